@@ -1,0 +1,55 @@
+"""Errors raised by clickstream_lib.
+
+Every error says what went wrong and what to do about it::
+
+    ClickstreamError
+     ├── ConfigError          a setting (environment variable or argument) is wrong
+     ├── BrokerUnavailable    Kafka cannot be reached (retriable)
+     ├── StackError           the local Kafka broker cannot be installed, started or stopped
+     ├── StoreError           ClickHouse failed or refused
+     │    └── StoreLocked     the embedded chdb directory is held by another process
+     └── InvalidEvent         a message is not a valid clickstream event
+"""
+
+from __future__ import annotations
+
+
+class ClickstreamError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+    retriable = False
+
+
+class ConfigError(ClickstreamError, ValueError):
+    """A setting is wrong. ``variable`` names the environment variable or option."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        self.variable = variable
+        super().__init__(f"{variable}: {message}")
+
+
+class BrokerUnavailable(ClickstreamError):
+    """Kafka could not be reached; trying again later may work."""
+
+    retriable = True
+
+
+class StackError(ClickstreamError):
+    """The local service stack (the Kafka broker process) failed."""
+
+
+class StoreError(ClickstreamError):
+    """ClickHouse (embedded chdb or a server) failed."""
+
+
+class StoreLocked(StoreError):
+    """The embedded chdb data directory is locked by another process."""
+
+
+class InvalidEvent(ClickstreamError, ValueError):
+    """A message is not a valid event. ``reason`` is one of ``events.REASONS``."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)

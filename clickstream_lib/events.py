@@ -1,0 +1,202 @@
+"""The clickstream event: fields, validation, (de)serialisation.
+
+Wire format: one JSON object per Kafka message (UTF-8), described by ``resources/event.schema.json``::
+
+    {"event_id": "0b6f...", "user_id": "user_0042", "session_id": "s_...", "item_id": "item_0007",
+     "interaction_type": "click", "timestamp": "2026-11-29T10:00:00.123Z", "page": "/item/item_0007",
+     "referrer": "search", "device": "mobile", "country": "DE", "price": null, "currency": null,
+     "schema_version": 1}
+
+The original case study's messages parse as they are: ``{"user_id", "item_id", "interaction_type", "timestamp"}``
+with a naive ``YYYY-MM-DD HH:MM:SS`` timestamp (read as UTC) and no ``event_id`` (the sink derives a deterministic
+one from topic/partition/offset).
+
+:func:`parse` never raises on bad input: it returns a :class:`Rejection` with one reason from :data:`REASONS`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+
+import orjson
+
+SCHEMA_VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 1024
+INTERACTION_TYPES = ("view", "click", "add_to_cart", "purchase")
+_INTERACTIONS = frozenset(INTERACTION_TYPES)
+
+# The fixed, documented set of reasons a message is rejected (dead-lettered).
+NOT_JSON = "not_json"
+INVALID_UTF8 = "invalid_utf8"
+NOT_OBJECT = "not_object"
+MISSING_FIELD = "missing_field"
+WRONG_TYPE = "wrong_type"
+UNKNOWN_INTERACTION_TYPE = "unknown_interaction_type"
+TIMESTAMP_UNPARSABLE = "timestamp_unparsable"
+TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+TOO_LARGE = "too_large"
+REASONS: tuple[str, ...] = (
+    NOT_JSON,
+    INVALID_UTF8,
+    NOT_OBJECT,
+    MISSING_FIELD,
+    WRONG_TYPE,
+    UNKNOWN_INTERACTION_TYPE,
+    TIMESTAMP_UNPARSABLE,
+    TIMESTAMP_OUT_OF_RANGE,
+    TOO_LARGE,
+)
+
+REQUIRED_FIELDS = ("user_id", "item_id", "interaction_type", "timestamp")
+_OPTIONAL_STR = ("session_id", "page", "referrer", "device", "country", "currency")
+MIN_TIME_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_FUTURE_MS = 86_400_000  # one day ahead of the reference time
+_MAX_ID_LEN = 256
+
+# The event as stored: these keys, in this order, are what parse() returns and the events table holds.
+FIELDS = (
+    "event_id",
+    "user_id",
+    "session_id",
+    "item_id",
+    "interaction_type",
+    "timestamp_ms",
+    "page",
+    "referrer",
+    "device",
+    "country",
+    "price",
+    "currency",
+    "schema_version",
+)
+
+_EVENT_ID_NAMESPACE = uuid.UUID("6f1c1e43-5d2a-4c53-9a55-0c1c7e1b2f00")
+
+
+class Rejection(NamedTuple):
+    """Why a message is not a valid event: ``reason`` is one of :data:`REASONS`, ``detail`` says where."""
+
+    reason: str
+    detail: str
+
+
+def derived_event_id(topic: str, partition: int, offset: int) -> str:
+    """A deterministic event id for a message that carries none, so a replay yields the same id."""
+    return str(uuid.uuid5(_EVENT_ID_NAMESPACE, f"{topic}:{partition}:{offset}"))
+
+
+def parse_timestamp(value: str) -> int | None:
+    """ISO-8601 (``Z``/offset or naive = UTC, ``T`` or space) to epoch milliseconds; None if unparsable."""
+    if not 10 <= len(value) <= 40:
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1000 + (0.5 if dt.microsecond % 1000 else 0))
+
+
+def format_timestamp(ms: int) -> str:
+    """Epoch milliseconds to the wire form ``2026-11-29T10:00:00.123Z``."""
+    dt = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def parse(raw: bytes | bytearray | memoryview | str, reference_ms: int | None = None) -> dict[str, Any] | Rejection:
+    """Validate one message; return the normalised event (keys :data:`FIELDS`) or a :class:`Rejection`.
+
+    Args:
+        raw: the Kafka message value.
+        reference_ms: "now" for the future-timestamp check. The sink passes the Kafka record timestamp so that a
+            replay of the same record reaches the same decision; None means the wall clock.
+    """
+    if raw is None:
+        return Rejection(NOT_JSON, "empty message (null value)")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return Rejection(TOO_LARGE, f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "utf-8" in str(exc).lower() or "surrogate" in str(exc).lower():
+            try:
+                bytes(raw).decode("utf-8")
+            except UnicodeDecodeError as uexc:
+                return Rejection(INVALID_UTF8, f"byte {uexc.start}: {uexc.reason}")
+        return Rejection(NOT_JSON, str(exc)[:200])
+    if not isinstance(obj, dict):
+        return Rejection(NOT_OBJECT, f"top-level JSON is {type(obj).__name__}")
+    return validate(obj, reference_ms)
+
+
+def validate(obj: dict[str, Any], reference_ms: int | None = None) -> dict[str, Any] | Rejection:
+    """Validate an already-decoded message object (see :func:`parse`)."""
+    for name in REQUIRED_FIELDS:
+        if obj.get(name) is None:
+            return Rejection(MISSING_FIELD, name)
+    user_id = obj["user_id"]
+    item_id = obj["item_id"]
+    itype = obj["interaction_type"]
+    ts = obj["timestamp"]
+    for name, value in (("user_id", user_id), ("item_id", item_id), ("interaction_type", itype)):
+        if not isinstance(value, str) or not value or len(value) > _MAX_ID_LEN:
+            return Rejection(WRONG_TYPE, f"{name} must be a non-empty string of at most {_MAX_ID_LEN} characters")
+    if itype not in _INTERACTIONS:
+        return Rejection(UNKNOWN_INTERACTION_TYPE, f"{itype[:40]!r} is not one of {', '.join(INTERACTION_TYPES)}")
+    if not isinstance(ts, str):
+        return Rejection(WRONG_TYPE, "timestamp must be an ISO-8601 string")
+    ts_ms = parse_timestamp(ts)
+    if ts_ms is None:
+        return Rejection(TIMESTAMP_UNPARSABLE, f"{ts[:40]!r}")
+    ref = reference_ms if reference_ms is not None else int(datetime.now(timezone.utc).timestamp() * 1000)
+    if ts_ms < MIN_TIME_MS or ts_ms > ref + MAX_FUTURE_MS:
+        return Rejection(TIMESTAMP_OUT_OF_RANGE, f"{ts[:40]!r} is before 2000-01-01 or more than 1 day ahead")
+    event_id = obj.get("event_id")
+    if event_id is not None:
+        if not isinstance(event_id, str):
+            return Rejection(WRONG_TYPE, "event_id must be a UUID string")
+        try:
+            event_id = str(uuid.UUID(event_id))
+        except ValueError:
+            return Rejection(WRONG_TYPE, "event_id is not a UUID")
+    out: dict[str, Any] = {
+        "event_id": event_id,
+        "user_id": user_id,
+        "session_id": "",
+        "item_id": item_id,
+        "interaction_type": itype,
+        "timestamp_ms": ts_ms,
+    }
+    for name in _OPTIONAL_STR:
+        value = obj.get(name)
+        if value is None:
+            out[name] = ""
+        elif isinstance(value, str) and len(value) <= 2048:
+            out[name] = value
+        else:
+            return Rejection(WRONG_TYPE, f"{name} must be a string")
+    price = obj.get("price")
+    if price is None:
+        out["price"] = 0.0
+    elif isinstance(price, (int, float)) and not isinstance(price, bool) and 0 <= price < 1e10:
+        out["price"] = float(price)
+    else:
+        return Rejection(WRONG_TYPE, "price must be a non-negative number")
+    version = obj.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= 255:
+        return Rejection(WRONG_TYPE, "schema_version must be an integer 0..255")
+    out["schema_version"] = version
+    return out
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    """Serialise an event dict for the wire (orjson). ``timestamp_ms`` becomes the ISO ``timestamp`` field."""
+    if "timestamp_ms" in event:
+        event = dict(event)
+        event["timestamp"] = format_timestamp(event.pop("timestamp_ms"))
+    return orjson.dumps(event)
