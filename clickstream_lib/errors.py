@@ -8,7 +8,8 @@ Every error says what went wrong and what to do about it::
      ├── StackError           the local Kafka broker cannot be installed, started or stopped
      ├── StoreError           ClickHouse failed or refused
      │    └── StoreLocked     the embedded chdb directory is held by another process
-     └── InvalidEvent         a message is not a valid clickstream event
+     ├── InvalidEvent         a message is not a valid clickstream event
+     └── NotebookError        a notebook failed to execute or could not be served
 """
 
 from __future__ import annotations
@@ -53,3 +54,7 @@ class InvalidEvent(ClickstreamError, ValueError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class NotebookError(ClickstreamError):
+    """A notebook (report, dashboard, workbench) failed to execute, or Voila could not serve it."""
