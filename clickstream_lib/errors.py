@@ -4,6 +4,7 @@ Every error says what went wrong and what to do about it::
 
     ClickstreamError
      ├── ConfigError          a setting (environment variable or argument) is wrong
+     │    └── QueryError      an unknown query name, filter or parameter value (analytics queries)
      ├── BrokerUnavailable    Kafka cannot be reached (retriable)
      ├── StackError           the local Kafka broker cannot be installed, started or stopped
      ├── StoreError           ClickHouse failed or refused
@@ -27,6 +28,10 @@ class ConfigError(ClickstreamError, ValueError):
     def __init__(self, variable: str, message: str) -> None:
         self.variable = variable
         super().__init__(f"{variable}: {message}")
+
+
+class QueryError(ConfigError):
+    """A named query, filter or query parameter is unknown or has a bad value. ``variable`` names it."""
 
 
 class BrokerUnavailable(ClickstreamError):
