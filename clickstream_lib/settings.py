@@ -27,12 +27,14 @@ _HOSTPORT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 
 
 def _default_data_dir(env: Mapping[str, str]) -> Path:
-    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    base = env.get("XDG_DATA_HOME") or str(home / ".local" / "share")
     return Path(base) / "clickstream"
 
 
 def _default_cache_dir(env: Mapping[str, str]) -> Path:
-    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    base = env.get("XDG_CACHE_HOME") or str(home / ".cache")
     return Path(base) / "clickstream"
 
 
@@ -64,6 +66,8 @@ class StoreURL:
     username: str = "default"
     password: str = field(default="", repr=False)
     database: str = ""
+    verify: bool = True  # https only: verify the server certificate and host name (CLICKHOUSE_VERIFY)
+    ca_file: str = ""  # https only: PEM CA bundle to verify against (CLICKHOUSE_CA_FILE); empty = system store
 
     @property
     def embedded(self) -> bool:
@@ -120,6 +124,9 @@ ENV_VARS: dict[str, str] = {
     "KAFKA_SASL_USERNAME": "kafka_sasl_username",
     "KAFKA_SASL_PASSWORD": "kafka_sasl_password",
     "KAFKA_SSL_CAFILE": "kafka_ssl_cafile",
+    "KAFKA_SSL_CERTFILE": "kafka_ssl_certfile",
+    "KAFKA_SSL_KEYFILE": "kafka_ssl_keyfile",
+    "KAFKA_SSL_CHECK_HOSTNAME": "kafka_ssl_check_hostname",
     "CLICKHOUSE_URL": "clickhouse_url",
     "CLICKHOUSE_HOST": "clickhouse_host",
     "CLICKHOUSE_PORT": "clickhouse_port",
@@ -127,6 +134,8 @@ ENV_VARS: dict[str, str] = {
     "CLICKHOUSE_PASSWORD": "clickhouse_password",
     "CLICKHOUSE_DATABASE": "clickhouse_database",
     "CLICKHOUSE_SECURE": "clickhouse_secure",
+    "CLICKHOUSE_CA_FILE": "clickhouse_ca_file",
+    "CLICKHOUSE_VERIFY": "clickhouse_verify",
     "CLICKSTREAM_DATA_DIR": "data_dir",
     "CLICKSTREAM_CACHE_DIR": "cache_dir",
     "CLICKSTREAM_KAFKA_CONTROLLER_PORT": "kafka_controller_port",
@@ -152,6 +161,9 @@ class Settings:
     kafka_sasl_username: str = ""
     kafka_sasl_password: str = field(default="", repr=False)
     kafka_ssl_cafile: str = ""
+    kafka_ssl_certfile: str = ""  # client certificate (PEM) for brokers that require mutual TLS
+    kafka_ssl_keyfile: str = ""
+    kafka_ssl_check_hostname: bool = True
     clickhouse_url: str = ""  # default: chdb://<data_dir>/chdb, or http://CLICKHOUSE_HOST:PORT when a host is set
     clickhouse_host: str = ""
     clickhouse_port: int = 0
@@ -159,6 +171,8 @@ class Settings:
     clickhouse_password: str = field(default="", repr=False)
     clickhouse_database: str = "clickstream"
     clickhouse_secure: bool = False
+    clickhouse_ca_file: str = ""  # PEM CA bundle for https://; empty = the system trust store
+    clickhouse_verify: bool = True  # verify the server certificate (and host name) on https://
     data_dir: Path = field(default_factory=lambda: _default_data_dir(os.environ))
     cache_dir: Path = field(default_factory=lambda: _default_cache_dir(os.environ))
     kafka_controller_port: int = 0  # default: broker port + 1
@@ -171,7 +185,9 @@ class Settings:
         for name in ("kafka_topic", "kafka_dead_letter_topic"):
             value = getattr(self, name)
             if value and not _TOPIC_RE.match(value):
-                raise ConfigError(env_of[name], f"{value!r} is not a valid topic name; expected 1-249 of [A-Za-z0-9._-]")
+                raise ConfigError(
+                    env_of[name], f"{value!r} is not a valid topic name; expected 1-249 of [A-Za-z0-9._-]"
+                )
         if not self.kafka_group_id.strip():
             raise ConfigError("KAFKA_GROUP_ID", "must not be empty; a sink without a group cannot commit offsets")
         if not 1 <= self.kafka_partitions <= 10_000:
@@ -191,12 +207,26 @@ class Settings:
                 missing = "KAFKA_SASL_USERNAME" if not self.kafka_sasl_username else "KAFKA_SASL_PASSWORD"
                 raise ConfigError(missing, f"is required when KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}")
         if self.kafka_ssl_cafile and not Path(self.kafka_ssl_cafile).is_file():
-            raise ConfigError("KAFKA_SSL_CAFILE", f"{self.kafka_ssl_cafile!r} is not a readable file; expected a PEM CA file")
+            raise ConfigError(
+                "KAFKA_SSL_CAFILE", f"{self.kafka_ssl_cafile!r} is not a readable file; expected a PEM CA file"
+            )
+        for var, value in (
+            ("KAFKA_SSL_CERTFILE", self.kafka_ssl_certfile),
+            ("KAFKA_SSL_KEYFILE", self.kafka_ssl_keyfile),
+            ("CLICKHOUSE_CA_FILE", self.clickhouse_ca_file),
+        ):
+            if value and not Path(value).is_file():
+                raise ConfigError(var, f"{value!r} is not a readable file; expected a PEM file")
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            missing = "KAFKA_SSL_KEYFILE" if self.kafka_ssl_certfile else "KAFKA_SSL_CERTFILE"
+            raise ConfigError(missing, "is required too: a client certificate needs both KAFKA_SSL_CERTFILE and "
+                              "KAFKA_SSL_KEYFILE")
         if self.clickhouse_port and not 0 < self.clickhouse_port < 65536:
             raise ConfigError("CLICKHOUSE_PORT", f"{self.clickhouse_port} is out of range; expected 1..65535")
         if not _IDENT_RE.match(self.clickhouse_database):
             raise ConfigError(
-                "CLICKHOUSE_DATABASE", f"{self.clickhouse_database!r} is not valid; expected letters, digits, underscore"
+                "CLICKHOUSE_DATABASE",
+                f"{self.clickhouse_database!r} is not valid; expected letters, digits, underscore",
             )
         if self.clickhouse_url:
             parse_store_url(self.clickhouse_url)
@@ -280,6 +310,8 @@ class Settings:
             username=self.clickhouse_user or url.username,
             password=self.clickhouse_password or url.password,
             database=url.database or self.clickhouse_database,
+            verify=self.clickhouse_verify,
+            ca_file=self.clickhouse_ca_file,
         )
 
     @property
@@ -299,8 +331,13 @@ class Settings:
                 sasl_plain_username=self.kafka_sasl_username,
                 sasl_plain_password=self.kafka_sasl_password,
             )
-        if self.kafka_security_protocol in ("SSL", "SASL_SSL") and self.kafka_ssl_cafile:
-            cfg["ssl_cafile"] = self.kafka_ssl_cafile
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            if self.kafka_ssl_cafile:
+                cfg["ssl_cafile"] = self.kafka_ssl_cafile
+            if self.kafka_ssl_certfile:
+                cfg.update(ssl_certfile=self.kafka_ssl_certfile, ssl_keyfile=self.kafka_ssl_keyfile)
+            # kafka-python checks the host name by default; turning it off is an explicit, logged choice.
+            cfg["ssl_check_hostname"] = self.kafka_ssl_check_hostname
         return cfg
 
     def describe(self) -> dict[str, str]:
