@@ -1,0 +1,706 @@
+"""ipywidgets + plotly panels for the notebooks: the live dashboard and the pipeline workbench.
+
+Panels only call :mod:`clickstream_lib.queries`, the producer and the sink; they hold no SQL of their own except
+the newest-events preview. Every number a test or a user may want to read has a stable DOM hook:
+``<span data-kpi="total">``, ``<span data-stat="rows_inserted">``, ``<div data-message="empty">``.
+
+Refresh: :meth:`Dashboard.start` schedules an ``asyncio`` task on the kernel's event loop (a ``Play`` widget does
+not tick in Voila while the notebook executes). The first refresh runs before the page is shown, so the page never
+opens on empty charts when there is data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import ipywidgets as w
+import pandas as pd
+import plotly.graph_objects as go
+
+from .errors import ClickstreamError, StoreLocked
+from .settings import Settings
+from .store import Store, connect
+
+logger = logging.getLogger(__name__)
+
+ALL = "All"
+TIME_WINDOWS: tuple[tuple[str, int], ...] = (
+    ("All time", 0),
+    ("Last 5 minutes", 300),
+    ("Last 15 minutes", 900),
+    ("Last hour", 3600),
+    ("Last 24 hours", 86_400),
+)
+KPI_LABELS: dict[str, str] = {
+    "total": "Total interactions",
+    "users": "Unique users",
+    "items": "Unique items",
+    "active_users": "Active users (5 min)",
+    "purchases": "Purchases",
+    "conversion": "Conversion",
+}
+_CSS = """
+<style>
+.cs-kpis {display:flex; flex-wrap:wrap; gap:12px; margin:4px 0 8px 0}
+.cs-kpi {border:1px solid #ddd; border-radius:6px; padding:8px 14px; min-width:130px; background:#fafafa}
+.cs-kpi .cs-label {font-size:12px; color:#666}
+.cs-kpi .cs-value {font-size:24px; font-weight:600}
+.cs-msg {padding:10px 14px; border-radius:6px; margin:6px 0}
+.cs-msg.info {background:#eef5ff; border:1px solid #b6d0f5}
+.cs-msg.warn {background:#fff6e5; border:1px solid #f0c36d}
+.cs-msg.error {background:#fdecea; border:1px solid #f5b7b1}
+.cs-table table {border-collapse:collapse; font-size:12px}
+.cs-table td, .cs-table th {padding:2px 8px; border-bottom:1px solid #eee; text-align:right}
+.cs-status {font-size:12px; color:#555}
+</style>
+"""
+
+
+# --- small HTML building blocks (pure functions, unit-testable) -------------------------------------------------
+
+
+def format_number(value: Any) -> str:
+    """Thousands-separated integers, two decimals for fractions, a dash for missing values."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "–"
+    if isinstance(value, int | bool) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1):
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    return html.escape(str(value))
+
+
+def kpi_html(values: Mapping[str, Any], labels: Mapping[str, str] = KPI_LABELS) -> str:
+    """KPI cards; each number sits in ``<span data-kpi="<key>" data-value="<raw>">`` for tests and scrapers."""
+    cards = []
+    for key, label in labels.items():
+        if key not in values:
+            continue
+        value = values[key]
+        shown = f"{value:.1%}" if key == "conversion" and isinstance(value, float) else format_number(value)
+        raw = "" if value is None else html.escape(str(value))
+        cards.append(
+            f'<div class="cs-kpi"><div class="cs-label">{html.escape(label)}</div>'
+            f'<div class="cs-value"><span data-kpi="{html.escape(key)}" data-value="{raw}">{shown}</span></div></div>'
+        )
+    return _CSS + f'<div class="cs-kpis">{"".join(cards)}</div>'
+
+
+def message_html(text: str, kind: str = "info", hook: str = "info") -> str:
+    """A friendly boxed message (``kind`` info/warn/error) with a ``data-message`` hook."""
+    return _CSS + f'<div class="cs-msg {kind}" data-message="{html.escape(hook)}">{text}</div>'
+
+
+def table_html(df: pd.DataFrame, hook: str, max_rows: int = 20) -> str:
+    """A compact HTML table of ``df`` (escaped) inside ``<div data-table="<hook>">``."""
+    if df is None or df.empty:
+        return f'<div class="cs-table" data-table="{html.escape(hook)}"><i>no rows</i></div>'
+    body = df.head(max_rows).to_html(index=False, escape=True, border=0, float_format=lambda v: f"{v:,.2f}")
+    return _CSS + f'<div class="cs-table" data-table="{html.escape(hook)}">{body}</div>'
+
+
+def stats_html(stats: Mapping[str, Any], title: str) -> str:
+    """``key: value`` pairs with ``data-stat`` hooks (pipeline health)."""
+    parts = []
+    for key, value in stats.items():
+        if isinstance(value, Mapping):
+            value = ", ".join(f"{k}: {format_number(v)}" for k, v in value.items()) or "none"
+            shown = html.escape(value)
+        else:
+            shown = format_number(value)
+        parts.append(f'<span class="cs-stat">{html.escape(key)}: <b data-stat="{html.escape(key)}">{shown}</b></span>')
+    return _CSS + f'<div class="cs-status"><b>{html.escape(title)}</b> · ' + " · ".join(parts) + "</div>"
+
+
+def store_locked_html(exc: BaseException) -> str:
+    """What a second viewer of an embedded dashboard sees instead of a traceback."""
+    return message_html(
+        "<b>This dashboard is already open in another tab or process.</b><br>"
+        "The embedded ClickHouse store allows one process at a time, and the first viewer's kernel owns it. "
+        "Close the other tab (its kernel then stops and frees the store) and reload this page — or, for many "
+        "viewers, run a ClickHouse server (<code>docker compose up</code>) and set "
+        "<code>CLICKHOUSE_URL=http://user:password@host:8123/db</code>.<br>"
+        f'<span class="cs-status">{html.escape(str(exc))}</span>',
+        kind="warn",
+        hook="store-locked",
+    )
+
+
+EMPTY_HTML = message_html(
+    "<b>No events yet.</b> Start the pipeline — <code>clickstream demo</code>, or the producer and sink "
+    "(<code>clickstream produce</code> / <code>clickstream consume</code>) — and this page fills in on its next "
+    "refresh.",
+    hook="empty",
+)
+
+
+def report_kpis(df: pd.DataFrame) -> dict[str, Any]:
+    """The KPI row of ``queries.kpis`` under the dashboard's keys (total, users, items, purchases, conversion)."""
+    k = _first_row(df)
+    out: dict[str, Any] = {
+        "total": int(_pick(k, "total_events", "total", "events", "interactions", default=0) or 0),
+        "users": _pick(k, "unique_users", "users"),
+        "items": _pick(k, "unique_items", "items"),
+    }
+    purchases = _pick(k, "purchases")
+    if purchases is not None:
+        out["purchases"] = int(purchases)
+    conversion = _pick(k, "conversion", "conversion_rate")
+    if conversion is not None:
+        out["conversion"] = float(conversion)
+    return out
+
+
+# --- DataFrame adapters: tolerate column names, fail soft -------------------------------------------------------
+
+
+def _first_row(df: pd.DataFrame | None) -> dict[str, Any]:
+    if df is None or df.empty:
+        return {}
+    row = df.iloc[0].to_dict()
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+
+
+def _pick(row: Mapping[str, Any], *names: str, default: Any = None) -> Any:
+    for name in names:
+        if name in row and row[name] is not None:
+            return row[name]
+    return default
+
+
+def _label_value(df: pd.DataFrame) -> tuple[list[Any], list[Any]]:
+    """The first non-numeric column as labels and the first numeric column as values."""
+    if df is None or df.empty:
+        return [], []
+    numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
+    labels = [c for c in df.columns if c not in numeric]
+    if not numeric:
+        return [], []
+    label_col = labels[0] if labels else df.columns[0]
+    return [str(v) for v in df[label_col]], [float(v) for v in df[numeric[0]]]
+
+
+def _time_column(df: pd.DataFrame) -> str | None:
+    for c in df.columns:
+        if pd.api.types.is_datetime64_any_dtype(df[c]):
+            return str(c)
+    return None
+
+
+# --- figures ----------------------------------------------------------------------------------------------------
+
+
+def _layout(title: str, height: int = 300, **layout: Any) -> dict[str, Any]:
+    return {
+        "title": {"text": title, "font": {"size": 14}}, "height": height,
+        "margin": {"l": 40, "r": 10, "t": 40, "b": 30}, "template": "plotly_white", **layout,
+    }
+
+
+def _figure(title: str, height: int = 300, **layout: Any) -> go.FigureWidget:
+    return go.FigureWidget(layout=_layout(title, height, **layout))
+
+
+def _set_bar(fig: go.Figure, df: pd.DataFrame, horizontal: bool = False) -> None:
+    labels, values = _label_value(df)
+    with fig.batch_update():
+        if horizontal:
+            labels, values = labels[::-1], values[::-1]
+            trace = go.Bar(x=values, y=labels, orientation="h")
+        else:
+            trace = go.Bar(x=labels, y=values)
+        if fig.data:
+            fig.data[0].update(x=trace.x, y=trace.y)
+        else:
+            fig.add_trace(trace)
+
+
+def _set_timeseries(fig: go.Figure, df: pd.DataFrame) -> None:
+    """Lines per series: long form (time, category, value) or wide form (time, v1, v2 ...)."""
+    series: dict[str, tuple[list[Any], list[float]]] = {}
+    tcol = _time_column(df) if df is not None and not df.empty else None
+    if tcol:
+        others = [c for c in df.columns if c != tcol]
+        numeric = [c for c in others if pd.api.types.is_numeric_dtype(df[c])]
+        cats = [c for c in others if c not in numeric]
+        if cats and numeric:
+            for key, part in df.groupby(cats[0], sort=True):
+                series[str(key)] = (list(part[tcol]), [float(v) for v in part[numeric[0]]])
+        else:
+            for c in numeric:
+                series[str(c)] = (list(df[tcol]), [float(v) for v in df[c]])
+    with fig.batch_update():
+        existing = {t.name: t for t in fig.data}
+        for name, (xs, ys) in series.items():
+            if name in existing:
+                existing[name].update(x=xs, y=ys)
+            else:
+                fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name))
+        for name, trace in existing.items():
+            if name not in series:
+                trace.update(x=[], y=[])
+
+
+def _set_funnel(fig: go.Figure, df: pd.DataFrame) -> None:
+    labels, values = _label_value(df)
+    with fig.batch_update():
+        if fig.data:
+            fig.data[0].update(y=labels, x=values)
+        else:
+            fig.add_trace(go.Funnel(y=labels, x=values, textinfo="value+percent initial"))
+
+
+def bar_figure(df: pd.DataFrame, title: str, horizontal: bool = False, height: int = 320) -> go.Figure:
+    """A static bar chart of ``df``'s first label and value columns (for reports)."""
+    fig = go.Figure(layout=_layout(title, height))
+    _set_bar(fig, df, horizontal=horizontal)
+    return fig
+
+
+def timeseries_figure(df: pd.DataFrame, title: str, height: int = 320) -> go.Figure:
+    """A static line chart, one line per series (for reports)."""
+    fig = go.Figure(layout=_layout(title, height))
+    _set_timeseries(fig, df)
+    return fig
+
+
+def funnel_figure(df: pd.DataFrame, title: str, height: int = 320) -> go.Figure:
+    """A static funnel chart (for reports)."""
+    fig = go.Figure(layout=_layout(title, height))
+    _set_funnel(fig, df)
+    return fig
+
+
+# --- the pipeline that runs inside a kernel (embedded mode) -----------------------------------------------------
+
+
+class Pipeline:
+    """Producer and sink threads in this process, for the workbench and the embedded demo dashboard."""
+
+    def __init__(self, settings: Settings, store: Store, rate: float = 200.0, seed: int | None = None) -> None:
+        from .consumer import Sink
+        from .producer import Producer
+
+        self.settings = settings
+        self.producer = Producer(settings, rate=rate, seed=seed)
+        self.sink = Sink(settings, store)
+
+    def start(self, events: int | None = None) -> None:
+        self.start_sink()
+        self.start_producer(events)
+
+    def start_producer(self, events: int | None = None) -> None:
+        if not self.producer.stats().get("running"):
+            self.producer.start(events=events)
+
+    def stop_producer(self) -> None:
+        self.producer.stop()
+
+    def start_sink(self) -> None:
+        if not self.sink.stats().get("running"):
+            self.sink.start()
+
+    def stop_sink(self) -> None:
+        self.sink.stop()
+
+    def stop(self) -> None:
+        self.stop_producer()
+        self.stop_sink()
+
+    def stats(self) -> dict[str, Any]:
+        p = self.producer.stats()
+        s = self.sink.stats()
+        return {
+            "producer": "running" if p.get("running") else "stopped",
+            "sent": p.get("sent"),
+            "acked": p.get("acked"),
+            "produced_per_s": p.get("rate_now"),
+            "sink": "running" if s.get("running") else "stopped",
+            "rows_inserted": s.get("rows_inserted"),
+            "ingested_per_s": s.get("rows_per_s"),
+            "lag": s.get("lag") or {},
+            "latency_p50_ms": s.get("latency_event_p50_ms"),
+            "latency_p99_ms": s.get("latency_event_p99_ms"),
+            "dead_letters": s.get("dead_letters"),
+            "dead_letters_by_reason": s.get("dead_letters_by_reason") or {},
+            "last_error": s.get("last_error") or "",
+        }
+
+
+# --- filters ----------------------------------------------------------------------------------------------------
+
+
+class Filters:
+    """Time window, device, country and interaction-type pickers; ``values()`` gives query keyword arguments."""
+
+    def __init__(self, window_s: int = 0, interaction_types: Sequence[str] = ()) -> None:
+        layout = w.Layout(width="200px")
+        style = {"description_width": "80px"}
+        self.window = w.Dropdown(options=list(TIME_WINDOWS), value=window_s, description="Window", layout=layout,
+                                 style=style)
+        self.interaction_type = w.Dropdown(options=[ALL, *interaction_types], value=ALL, description="Interaction",
+                                           layout=layout, style=style)
+        self.device = w.Dropdown(options=[ALL], value=ALL, description="Device", layout=layout, style=style)
+        self.country = w.Dropdown(options=[ALL], value=ALL, description="Country", layout=layout, style=style)
+        for name, dd in self.dropdowns().items():
+            dd.add_class(f"cs-filter-{name}")
+        self.box = w.HBox(list(self.dropdowns().values()))
+
+    def dropdowns(self) -> dict[str, w.Dropdown]:
+        return {"window": self.window, "interaction_type": self.interaction_type, "device": self.device,
+                "country": self.country}
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        for dd in self.dropdowns().values():
+            dd.observe(lambda _change: callback(), names="value")
+
+    def set_choices(self, name: str, choices: Sequence[str]) -> None:
+        """Offer the values present in the data, keeping the current selection."""
+        dd = self.dropdowns()[name]
+        options = [ALL, *sorted({str(c) for c in choices if c not in (None, "")} | ({dd.value} - {ALL}))]
+        if list(dd.options) != options:
+            current = dd.value
+            with dd.hold_trait_notifications():
+                dd.options = options
+                dd.value = current
+
+    def values(self, now: datetime | None = None) -> dict[str, Any]:
+        """Keyword arguments for :func:`clickstream_lib.queries.run`: ``start`` plus the chosen filters."""
+        out: dict[str, Any] = {}
+        if self.window.value:
+            out["start"] = (now or datetime.now(UTC)) - timedelta(seconds=int(self.window.value))
+        for name in ("interaction_type", "device", "country"):
+            value = self.dropdowns()[name].value
+            if value != ALL:
+                out[name] = value
+        return out
+
+
+# --- the dashboard ----------------------------------------------------------------------------------------------
+
+
+class Dashboard:
+    """The case study's panels and more, filtered, self-refreshing.
+
+    Args:
+        settings: where the store (and, for a live pipeline, Kafka) is.
+        refresh_s: seconds between refreshes once :meth:`start` was called.
+        window_s: the initial time window in seconds (0 = all time).
+        live_pipeline: run producer and sink threads in this process (embedded demo).
+        rate: events per second for the live producer.
+        top_n: rows in the top users/items panels.
+        store: an open store to use instead of connecting.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        refresh_s: float = 5.0,
+        window_s: int = 0,
+        live_pipeline: bool = False,
+        rate: float = 200.0,
+        top_n: int = 10,
+        store: Store | None = None,
+    ) -> None:
+        from . import events
+
+        self.settings = settings
+        self.refresh_s = float(refresh_s)
+        self.top_n = int(top_n)
+        self.refreshes = 0
+        self.error: BaseException | None = None
+        self.pipeline: Pipeline | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._busy = False
+
+        self.header = w.HTML(message_html("Loading…", hook="loading"))
+        self.status = w.HTML("")
+        self.pipeline_status = w.HTML("")
+        self.kpis = w.HTML("")
+        self.filters = Filters(window_s=window_s, interaction_types=events.INTERACTION_TYPES)
+        self.figures: dict[str, go.FigureWidget] = {
+            "breakdown": _figure("Interactions by type"),
+            "timeseries": _figure("Events over time", xaxis_title=None, yaxis_title="events"),
+            "top_users": _figure("Top users", height=340),
+            "top_items": _figure("Top items", height=340),
+            "funnel": _figure("Funnel (ordered within sessions)"),
+            "device": _figure("By device", height=260),
+            "country": _figure("By country", height=260),
+            "referrer": _figure("By referrer", height=260),
+        }
+        self.tables: dict[str, w.HTML] = {"items": w.HTML(""), "sessions": w.HTML("")}
+        try:
+            self.store = store or connect(settings)
+        except StoreLocked as exc:
+            self.error = exc
+            self.store = None  # type: ignore[assignment]
+            self.header.value = store_locked_html(exc)
+            self.widget: w.Widget = w.VBox([self.header])
+            return
+        except ClickstreamError as exc:
+            self.error = exc
+            self.store = None  # type: ignore[assignment]
+            self.header.value = message_html(html.escape(str(exc)), kind="error", hook="error")
+            self.widget = w.VBox([self.header])
+            return
+        if live_pipeline:
+            self.pipeline = Pipeline(settings, self.store, rate=rate)
+            self.pipeline.start()
+        self.filters.on_change(self._on_filter)
+        f = self.figures
+        self.widget = w.VBox(
+            [
+                self.header,
+                self.filters.box,
+                self.status,
+                self.pipeline_status,
+                self.kpis,
+                w.HBox([f["breakdown"], f["funnel"]]),
+                f["timeseries"],
+                w.HBox([f["top_users"], f["top_items"]]),
+                w.HTML("<b>Top items with conversion</b>"),
+                self.tables["items"],
+                w.HTML("<b>Sessions</b>"),
+                self.tables["sessions"],
+                w.HBox([f["device"], f["country"], f["referrer"]]),
+            ]
+        )
+        self.widget.add_class("cs-dashboard")
+
+    # --- data ---------------------------------------------------------------------------------------------------
+
+    def _q(self, name: str, **kwargs: Any) -> pd.DataFrame:
+        from . import queries
+
+        return queries.run(self.store, name, **kwargs)
+
+    def refresh(self) -> None:
+        """Re-run every query with the current filters and update the panels in place; never raises."""
+        if self.store is None or self._busy:
+            return
+        self._busy = True
+        try:
+            self._refresh()
+            self.refreshes += 1
+        except Exception as exc:  # a panel must not turn into a traceback on a dashboard
+            logger.exception("dashboard refresh failed")
+            self.header.value = message_html(
+                f"Refresh failed: {html.escape(str(exc))}. The next refresh tries again.", kind="error", hook="error"
+            )
+        finally:
+            self._busy = False
+
+    def _refresh(self) -> None:
+        args = self.filters.values()
+        values = report_kpis(self._q("kpis", **args))
+        total = int(values["total"])
+        active = _first_row(self._q("active_users", **{k2: v for k2, v in args.items() if k2 != "start"}))
+        values["active_users"] = _pick(active, "active_users", "users", "value")
+        self.kpis.value = kpi_html(values)
+        self._update_status()
+        if self.pipeline:
+            self.pipeline_status.value = stats_html(
+                {key: v for key, v in self.pipeline.stats().items() if key in
+                 ("producer", "produced_per_s", "sink", "rows_inserted", "ingested_per_s", "dead_letters")},
+                "Live pipeline",
+            )
+        self.header.value = EMPTY_HTML if total == 0 else ""
+        self.header.layout.display = "" if total == 0 else "none"
+        f = self.figures
+        _set_bar(f["breakdown"], self._q("breakdown", by="interaction_type", **args))
+        _set_timeseries(f["timeseries"], self._q("timeseries", **args))
+        _set_bar(f["top_users"], self._q("top_users", limit=self.top_n, **args), horizontal=True)
+        _set_bar(f["top_items"], self._q("top_items", limit=self.top_n, **args), horizontal=True)
+        _set_funnel(f["funnel"], self._q("funnel", **args))
+        for dim in ("device", "country", "referrer"):
+            df = self._q("breakdown", by=dim, **args)
+            _set_bar(f[dim], df)
+            if dim in ("device", "country"):
+                self.filters.set_choices(dim, _label_value(df)[0])
+        self.tables["items"].value = table_html(self._q("item_performance", limit=self.top_n, **args), "items")
+        self.tables["sessions"].value = table_html(self._q("sessions", **args), "sessions")
+
+    def _update_status(self) -> None:
+        fresh = _first_row(self._q("freshness"))
+        lag_s = _pick(fresh, "freshness_s", "lag_s", "seconds_behind", "age_s")
+        newest = _pick(fresh, "newest_event", "max_event_time", "last_event_time", "newest")
+        now = datetime.now(UTC).strftime("%H:%M:%S")
+        parts = [f'updated at <span data-status="updated">{now}</span> UTC']
+        if lag_s is not None:
+            parts.append(f'data freshness <span data-status="freshness">{float(lag_s):.1f}</span> s')
+        elif newest is not None:
+            parts.append(f'newest event <span data-status="newest">{html.escape(str(newest))}</span>')
+        parts.append(f'refresh every {self.refresh_s:g} s · <span data-status="refreshes">{self.refreshes + 1}</span>')
+        self.status.value = '<div class="cs-status">' + " · ".join(parts) + "</div>"
+
+    def _on_filter(self) -> None:
+        self.refresh()
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Refresh every ``refresh_s`` seconds with an asyncio task on the kernel's loop (idempotent)."""
+        if self.store is None or (self._task and not self._task.done()):
+            return
+        self._task = asyncio.get_event_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            self.refresh()
+
+    def stop(self) -> None:
+        """Stop refreshing and, if this dashboard runs the pipeline, stop it (the sink flushes and commits)."""
+        if self._task:
+            self._task.cancel()
+            self._task = None
+        if self.pipeline:
+            self.pipeline.stop()
+
+    def show(self) -> w.Widget:
+        """Refresh once, start the refresh task, and return the widget to display (the notebook's one call)."""
+        self.refresh()
+        self.start()
+        return self.widget
+
+
+# --- the workbench ----------------------------------------------------------------------------------------------
+
+
+class Workbench:
+    """Widgets that drive the pipeline in this kernel: producer, rate, scenarios, sink; live health and charts."""
+
+    def __init__(self, settings: Settings, rate: float = 500.0, refresh_s: float = 2.0, preview_rows: int = 10,
+                 store: Store | None = None, seed: int | None = None) -> None:
+        from . import generator
+
+        self.settings = settings
+        self.refresh_s = float(refresh_s)
+        self.preview_rows = int(preview_rows)
+        self.store = store or connect(settings)
+        self.pipeline = Pipeline(settings, self.store, rate=rate, seed=seed)
+        self._task: asyncio.Task[None] | None = None
+        self.refreshes = 0
+
+        def button(label: str, hook: str, style: str, action: Callable[[], None]) -> w.Button:
+            b = w.Button(description=label, button_style=style, layout=w.Layout(width="150px"))
+            b.add_class(f"cs-btn-{hook}")
+            b.on_click(lambda _b: self._act(action))
+            return b
+
+        self.buttons = {
+            "start-producer": button("Start producer", "start-producer", "success", self.pipeline.start_producer),
+            "stop-producer": button("Stop producer", "stop-producer", "warning", self.pipeline.stop_producer),
+            "start-sink": button("Start consumer", "start-sink", "success", self.pipeline.start_sink),
+            "stop-sink": button("Stop consumer", "stop-sink", "warning", self.pipeline.stop_sink),
+        }
+        self.rate = w.FloatLogSlider(value=rate, base=10, min=0, max=5, step=0.05, description="events/s",
+                                     continuous_update=False, layout=w.Layout(width="420px"))
+        self.rate.add_class("cs-rate")
+        self.rate.observe(lambda ch: self.pipeline.producer.set_rate(float(ch["new"])), names="value")
+        self.scenarios: dict[str, w.ToggleButton] = {}
+        for name in generator.SCENARIOS:
+            t = w.ToggleButton(value=False, description=name.replace("_", " "), layout=w.Layout(width="120px"))
+            t.add_class(f"cs-scenario-{name}")
+            t.observe(lambda ch, n=name: self._act(lambda: self.pipeline.producer.set_scenario(n, bool(ch["new"]))),
+                      names="value")
+            self.scenarios[name] = t
+        self.health = w.HTML(stats_html(self.pipeline.stats(), "Pipeline"))
+        self.message = w.HTML("")
+        self.preview = w.HTML("")
+        self.figures = {
+            "events_per_second": _figure("Events per second (by event time)"),
+            "breakdown": _figure("Interactions by type"),
+            "dead_letters": _figure("Dead letters by reason"),
+        }
+        b = self.buttons
+        f = self.figures
+        self.widget = w.VBox(
+            [
+                w.HBox([b["start-producer"], b["stop-producer"], self.rate]),
+                w.HBox([w.HTML("<b>Scenarios</b>&nbsp;"), *self.scenarios.values()]),
+                w.HBox([b["start-sink"], b["stop-sink"]]),
+                self.message,
+                self.health,
+                w.HBox([f["events_per_second"], f["breakdown"]]),
+                f["dead_letters"],
+                w.HTML("<b>Newest events</b>"),
+                self.preview,
+            ]
+        )
+        self.widget.add_class("cs-workbench")
+
+    def _act(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+            self.message.value = ""
+        except Exception as exc:  # a button must answer with a message, not a traceback in the log
+            logger.exception("workbench action failed")
+            self.message.value = message_html(html.escape(str(exc)), kind="error", hook="error")
+        self.refresh()
+
+    def newest_events(self) -> pd.DataFrame:
+        """The newest stored events (by ingest time)."""
+        return self.store.query_df(
+            f"SELECT event_time, user_id, item_id, interaction_type, device, country, kafka_partition, kafka_offset "
+            f"FROM {self.store.table('events')} ORDER BY ingest_time DESC, kafka_offset DESC LIMIT {{n:UInt32}}",
+            {"n": self.preview_rows},
+        )
+
+    def refresh(self) -> None:
+        """Update health, charts and preview; never raises."""
+        from . import queries
+
+        try:
+            stats = self.pipeline.stats()
+            self.health.value = stats_html(stats, "Pipeline")
+            start = datetime.now(UTC) - timedelta(minutes=5)
+            _set_timeseries(self.figures["events_per_second"], queries.run(self.store, "events_per_second",
+                                                                           start=start))
+            _set_bar(self.figures["breakdown"], queries.run(self.store, "breakdown", by="interaction_type"))
+            reasons = stats.get("dead_letters_by_reason") or {}
+            _set_bar(self.figures["dead_letters"], pd.DataFrame({"reason": list(reasons),
+                                                                 "count": [int(v) for v in reasons.values()]}))
+            self.preview.value = table_html(self.newest_events(), "preview")
+            self.refreshes += 1
+        except Exception as exc:
+            logger.exception("workbench refresh failed")
+            self.message.value = message_html(f"Refresh failed: {html.escape(str(exc))}", kind="error", hook="error")
+
+    def start(self) -> None:
+        if self._task and not self._task.done():
+            return
+        self._task = asyncio.get_event_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            self.refresh()
+
+    def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            self._task = None
+        with contextlib.suppress(Exception):
+            self.pipeline.stop()
+
+    def show(self) -> w.Widget:
+        self.refresh()
+        self.start()
+        return self.widget
+
+    def wait_for_rows(self, rows: int, timeout_s: float = 60.0) -> int:
+        """Block until the sink inserted at least ``rows`` rows (or the timeout passes); returns rows inserted."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            done = int(self.pipeline.sink.stats().get("rows_inserted") or 0)
+            if done >= rows or time.monotonic() > deadline:
+                return done
+            time.sleep(0.2)
