@@ -18,3 +18,110 @@ from .settings import Settings  # noqa: F401
 # --- query (named analytics queries, read-only SQL) --------------------------------------------------------------
 
 # --- report / dashboard / demo (notebooks) ----------------------------------------------------------------------
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="run the papermill report; write the executed notebook and an HTML export",
+        description=(
+            "Execute notebooks/report.ipynb with papermill (parameters: start, end, interaction_type, device, country, "
+            "referrer, top_n) and write <out>/report.ipynb (widget state stripped) and <out>/report.html (no code).\n"
+            "In embedded mode the report's kernel opens the store: stop other processes using CLICKSTREAM_DATA_DIR."
+        ),
+        epilog="example:\n  clickstream report --param start=2026-11-01 --param end=2026-12-01 --param device=mobile "
+        "--out reports/nov",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
+                   help="a report parameter (repeatable); values are typed like papermill's -p")
+    p.add_argument("--out", default="reports", help="output directory (default: reports)")
+    p.add_argument("--notebook", default="report", help="notebook name or .ipynb path (default: report)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per cell (default 600)")
+    p.set_defaults(handler=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from .notebooks import parse_param, run_report
+
+    params = dict(parse_param(p) for p in args.param)
+    result = run_report(settings, args.out, params, notebook=args.notebook, timeout_s=args.timeout)
+    out(f"notebook: {result.notebook}")
+    out(f"html: {result.html}")
+    return 0
+
+
+def _add_dashboard(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "dashboard",
+        help="serve the live dashboard with Voila on 127.0.0.1",
+        description=(
+            "Serve notebooks/dashboard.ipynb with Voila, bound to 127.0.0.1. Each browser tab gets its own kernel; "
+            "closing the tab stops it.\nEmbedded mode (default): the tab's kernel owns the store, so one viewer at a "
+            "time — use `--live` to run the producer and sink inside it. Server mode (CLICKHOUSE_URL=http://...): "
+            "many viewers, read-only."
+        ),
+        epilog="examples:\n  clickstream dashboard\n  clickstream dashboard --port 8870 --refresh 10\n"
+        "  clickstream dashboard --live --rate 500",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1 (default 8866; 0 picks a free one)")
+    p.add_argument("--refresh", type=float, default=5.0, help="seconds between refreshes (default 5)")
+    p.add_argument("--live", action="store_true", help="run producer + sink in the dashboard's kernel")
+    p.add_argument("--rate", type=float, default=200.0, help="events/s of the live producer (default 200)")
+    p.add_argument("--notebook", default="dashboard", help="notebook name or .ipynb path (default: dashboard)")
+    p.set_defaults(handler=_cmd_dashboard)
+
+
+def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    from .notebooks import VoilaServer
+
+    params: dict[str, object] = {"refresh_s": args.refresh}
+    if args.notebook == "dashboard":
+        params.update(live_pipeline=bool(args.live), rate=args.rate)
+    server = VoilaServer(settings, args.notebook, port=args.port, params=params)
+    try:
+        url = server.start()
+        out(f"dashboard: {url}")
+        err(f"voila log: {server.log_file} — Ctrl-C stops it")
+        return server.wait()
+    finally:
+        server.stop()
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the main job: local Kafka + live pipeline + dashboard in your browser",
+        description=(
+            "Start the local Kafka broker (resolving its jars once), then serve the dashboard with Voila on "
+            "127.0.0.1 with a live pipeline (generator -> Kafka -> sink -> embedded ClickHouse) running in its "
+            "kernel. Open the printed URL. Ctrl-C stops the dashboard, the pipeline and the broker it started."
+        ),
+        epilog="examples:\n  clickstream demo\n  clickstream demo --port 8870 --rate 1000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1 (default 8866; 0 picks a free one)")
+    p.add_argument("--rate", type=float, default=200.0, help="events/s generated (default 200)")
+    p.add_argument("--refresh", type=float, default=5.0, help="seconds between dashboard refreshes (default 5)")
+    p.add_argument("--keep-broker", action="store_true", help="leave the broker running on exit")
+    p.set_defaults(handler=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from .notebooks import run_demo
+
+    err("starting the local Kafka broker (the first run resolves its jars from Maven Central) ...")
+
+    def ready(url: str) -> None:
+        out(f"dashboard: {url}")
+        err("open it in a browser; Ctrl-C stops the dashboard, the pipeline and the broker")
+
+    run_demo(settings, port=args.port, rate=args.rate, refresh_s=args.refresh, on_ready=ready,
+             stop_broker=not args.keep_broker)
+    return 0
+
+
+register(_add_report)
+register(_add_dashboard)
+register(_add_demo)
