@@ -4,6 +4,7 @@ Every error says what went wrong and what to do about it::
 
     ClickstreamError
      ├── ConfigError          a setting (environment variable or argument) is wrong
+     │    ├── KafkaSecurityError  Kafka refused our TLS/SASL settings (unknown CA, wrong password, protocol)
      │    └── QueryError      an unknown query name, filter or parameter value (analytics queries)
      ├── BrokerUnavailable    Kafka cannot be reached (retriable)
      ├── StackError           the local Kafka broker cannot be installed, started or stopped
@@ -32,6 +33,14 @@ class ConfigError(ClickstreamError, ValueError):
 
 class QueryError(ConfigError):
     """A named query, filter or query parameter is unknown or has a bad value. ``variable`` names it."""
+
+
+class KafkaSecurityError(ConfigError):
+    """The broker answered, but the connection's security settings do not match it.
+
+    Not retriable: a wrong password or an unknown CA does not fix itself. ``variable`` names the setting to fix;
+    the message never contains a secret.
+    """
 
 
 class BrokerUnavailable(ClickstreamError):
