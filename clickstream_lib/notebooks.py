@@ -328,8 +328,15 @@ def run_report(
 
 def export_html(nb: nbformat.NotebookNode) -> str:
     """HTML of an executed notebook without code cells or prompts (what a report reader wants)."""
+    import copy
+
     from nbconvert import HTMLExporter
 
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            # Recorded values are for tools (recorded()); the reader sees their rendered form in other outputs.
+            cell["outputs"] = [o for o in cell.get("outputs", []) if set(o.get("data", {})) != {RECORD_MIME}]
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nb)
     return str(body)

@@ -43,8 +43,7 @@ KPI_LABELS: dict[str, str] = {
     "users": "Unique users",
     "items": "Unique items",
     "active_users": "Active users (5 min)",
-    "purchases": "Purchases",
-    "conversion": "Conversion",
+    "revenue": "Revenue",
 }
 _CSS = """
 <style>
@@ -84,7 +83,7 @@ def kpi_html(values: Mapping[str, Any], labels: Mapping[str, str] = KPI_LABELS) 
         if key not in values:
             continue
         value = values[key]
-        shown = f"{value:.1%}" if key == "conversion" and isinstance(value, float) else format_number(value)
+        shown = format_number(value)
         raw = "" if value is None else html.escape(str(value))
         cards.append(
             f'<div class="cs-kpi"><div class="cs-label">{html.escape(label)}</div>'
@@ -142,20 +141,14 @@ EMPTY_HTML = message_html(
 
 
 def report_kpis(df: pd.DataFrame) -> dict[str, Any]:
-    """The KPI row of ``queries.kpis`` under the dashboard's keys (total, users, items, purchases, conversion)."""
+    """The one-row result of ``queries.kpis`` under the dashboard's keys: total, users, items, revenue."""
     k = _first_row(df)
-    out: dict[str, Any] = {
-        "total": int(_pick(k, "total_events", "total", "events", "interactions", default=0) or 0),
-        "users": _pick(k, "unique_users", "users"),
-        "items": _pick(k, "unique_items", "items"),
+    return {
+        "total": int(k.get("total_interactions") or 0),
+        "users": int(k.get("unique_users") or 0),
+        "items": int(k.get("unique_items") or 0),
+        "revenue": round(float(k.get("revenue") or 0.0), 2),
     }
-    purchases = _pick(k, "purchases")
-    if purchases is not None:
-        out["purchases"] = int(purchases)
-    conversion = _pick(k, "conversion", "conversion_rate")
-    if conversion is not None:
-        out["conversion"] = float(conversion)
-    return out
 
 
 # --- DataFrame adapters: tolerate column names, fail soft -------------------------------------------------------
@@ -168,23 +161,17 @@ def _first_row(df: pd.DataFrame | None) -> dict[str, Any]:
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
 
 
-def _pick(row: Mapping[str, Any], *names: str, default: Any = None) -> Any:
-    for name in names:
-        if name in row and row[name] is not None:
-            return row[name]
-    return default
-
-
-def _label_value(df: pd.DataFrame) -> tuple[list[Any], list[Any]]:
-    """The first non-numeric column as labels and the first numeric column as values."""
+def _label_value(df: pd.DataFrame, label: str | None = None, value: str | None = None) -> tuple[list[Any], list[Any]]:
+    """Labels and values: the named columns, else the first non-numeric and the first numeric column."""
     if df is None or df.empty:
         return [], []
     numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
     labels = [c for c in df.columns if c not in numeric]
-    if not numeric:
+    value = value or (numeric[0] if numeric else None)
+    label = label or (labels[0] if labels else df.columns[0])
+    if value is None:
         return [], []
-    label_col = labels[0] if labels else df.columns[0]
-    return [str(v) for v in df[label_col]], [float(v) for v in df[numeric[0]]]
+    return [str(v) for v in df[label]], [float(v) if pd.notna(v) else 0.0 for v in df[value]]
 
 
 def _time_column(df: pd.DataFrame) -> str | None:
@@ -192,6 +179,19 @@ def _time_column(df: pd.DataFrame) -> str | None:
         if pd.api.types.is_datetime64_any_dtype(df[c]):
             return str(c)
     return None
+
+
+def run_query(store: Store, name: str, **kwargs: Any) -> pd.DataFrame:
+    """``queries.run`` with the arguments this query does not take dropped (the funnel spans every interaction
+    type; live queries have their own window), so one set of filter values can drive every panel."""
+    from . import queries
+
+    nq = queries.QUERIES[name]
+    kept = {
+        k: v for k, v in kwargs.items()
+        if not (k in queries.FILTERS and k not in nq.filters) and not (k in ("start", "end") and not nq.windowed)
+    }
+    return queries.run(store, name, **kept)
 
 
 # --- figures ----------------------------------------------------------------------------------------------------
@@ -208,8 +208,9 @@ def _figure(title: str, height: int = 300, **layout: Any) -> go.FigureWidget:
     return go.FigureWidget(layout=_layout(title, height, **layout))
 
 
-def _set_bar(fig: go.Figure, df: pd.DataFrame, horizontal: bool = False) -> None:
-    labels, values = _label_value(df)
+def _set_bar(fig: go.Figure, df: pd.DataFrame, horizontal: bool = False, label: str | None = None,
+             value: str | None = None) -> None:
+    labels, values = _label_value(df, label, value)
     with fig.batch_update():
         if horizontal:
             labels, values = labels[::-1], values[::-1]
@@ -249,7 +250,7 @@ def _set_timeseries(fig: go.Figure, df: pd.DataFrame) -> None:
 
 
 def _set_funnel(fig: go.Figure, df: pd.DataFrame) -> None:
-    labels, values = _label_value(df)
+    labels, values = _label_value(df, "interaction_type", "users")
     with fig.batch_update():
         if fig.data:
             fig.data[0].update(y=labels, x=values)
@@ -257,10 +258,11 @@ def _set_funnel(fig: go.Figure, df: pd.DataFrame) -> None:
             fig.add_trace(go.Funnel(y=labels, x=values, textinfo="value+percent initial"))
 
 
-def bar_figure(df: pd.DataFrame, title: str, horizontal: bool = False, height: int = 320) -> go.Figure:
-    """A static bar chart of ``df``'s first label and value columns (for reports)."""
+def bar_figure(df: pd.DataFrame, title: str, horizontal: bool = False, height: int = 320, label: str | None = None,
+               value: str | None = None) -> go.Figure:
+    """A static bar chart of ``df`` (``label``/``value`` columns, default the first text and numeric ones)."""
     fig = go.Figure(layout=_layout(title, height))
-    _set_bar(fig, df, horizontal=horizontal)
+    _set_bar(fig, df, horizontal=horizontal, label=label, value=value)
     return fig
 
 
@@ -477,9 +479,7 @@ class Dashboard:
     # --- data ---------------------------------------------------------------------------------------------------
 
     def _q(self, name: str, **kwargs: Any) -> pd.DataFrame:
-        from . import queries
-
-        return queries.run(self.store, name, **kwargs)
+        return run_query(self.store, name, **kwargs)
 
     def refresh(self) -> None:
         """Re-run every query with the current filters and update the panels in place; never raises."""
@@ -501,8 +501,7 @@ class Dashboard:
         args = self.filters.values()
         values = report_kpis(self._q("kpis", **args))
         total = int(values["total"])
-        active = _first_row(self._q("active_users", **{k2: v for k2, v in args.items() if k2 != "start"}))
-        values["active_users"] = _pick(active, "active_users", "users", "value")
+        values["active_users"] = int(_first_row(self._q("active_users", **args)).get("active_users") or 0)
         self.kpis.value = kpi_html(values)
         self._update_status()
         if self.pipeline:
@@ -518,6 +517,7 @@ class Dashboard:
         _set_timeseries(f["timeseries"], self._q("timeseries", **args))
         _set_bar(f["top_users"], self._q("top_users", limit=self.top_n, **args), horizontal=True)
         _set_bar(f["top_items"], self._q("top_items", limit=self.top_n, **args), horizontal=True)
+        # Views -> purchases conversion per item sits in the table below.
         _set_funnel(f["funnel"], self._q("funnel", **args))
         for dim in ("device", "country", "referrer"):
             df = self._q("breakdown", by=dim, **args)
@@ -529,14 +529,14 @@ class Dashboard:
 
     def _update_status(self) -> None:
         fresh = _first_row(self._q("freshness"))
-        lag_s = _pick(fresh, "freshness_s", "lag_s", "seconds_behind", "age_s")
-        newest = _pick(fresh, "newest_event", "max_event_time", "last_event_time", "newest")
+        lag_s = fresh.get("seconds_since_ingest")
+        newest = fresh.get("newest_event_time")
         now = datetime.now(UTC).strftime("%H:%M:%S")
         parts = [f'updated at <span data-status="updated">{now}</span> UTC']
-        if lag_s is not None:
-            parts.append(f'data freshness <span data-status="freshness">{float(lag_s):.1f}</span> s')
-        elif newest is not None:
-            parts.append(f'newest event <span data-status="newest">{html.escape(str(newest))}</span>')
+        if lag_s is not None and pd.notna(lag_s):
+            parts.append(f'last ingest <span data-status="freshness">{float(lag_s):.1f}</span> s ago')
+        if newest is not None and pd.notna(newest):
+            parts.append(f'newest event <span data-status="newest">{html.escape(str(newest))[:19]}</span>')
         parts.append(f'refresh every {self.refresh_s:g} s · <span data-status="refreshes">{self.refreshes + 1}</span>')
         self.status.value = '<div class="cs-status">' + " · ".join(parts) + "</div>"
 
@@ -662,12 +662,11 @@ class Workbench:
             stats = self.pipeline.stats()
             self.health.value = stats_html(stats, "Pipeline")
             start = datetime.now(UTC) - timedelta(minutes=5)
-            _set_timeseries(self.figures["events_per_second"], queries.run(self.store, "events_per_second",
-                                                                           start=start))
+            _set_timeseries(self.figures["events_per_second"],
+                            queries.run(self.store, "timeseries", bucket="second", start=start))
             _set_bar(self.figures["breakdown"], queries.run(self.store, "breakdown", by="interaction_type"))
-            reasons = stats.get("dead_letters_by_reason") or {}
-            _set_bar(self.figures["dead_letters"], pd.DataFrame({"reason": list(reasons),
-                                                                 "count": [int(v) for v in reasons.values()]}))
+            _set_bar(self.figures["dead_letters"], queries.run(self.store, "dead_letters"), label="reason",
+                     value="messages")
             self.preview.value = table_html(self.newest_events(), "preview")
             self.refreshes += 1
         except Exception as exc:
