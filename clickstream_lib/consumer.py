@@ -1,0 +1,1005 @@
+"""The sink: Kafka -> ClickHouse with no loss, no duplicates, and dead letters.
+
+Kafka delivers at least once; ClickHouse insert deduplication makes the result exactly once. That only works if a
+retried insert carries the same token *and the same rows* (the engine drops a re-used token silently even when
+the rows differ), so the sink is built around one rule: **a batch is a fixed offset range of one partition**.
+
+For every batch ``[first, last]`` of partition ``p``:
+
+1. *pre-commit*: the group's committed offset for ``p`` is set to ``first`` with metadata naming the range
+   (``clickstream-sink/1 <epoch> <first>-<last>``) — before anything is written;
+2. the valid rows go to ``events`` in one columnar insert, the invalid records to ``dead_letters`` and to the
+   dead-letter topic, both inserts carrying ``insert_deduplication_token = <topic>@<epoch>:<p>:<first>-<last>``;
+3. *post-commit*: the committed offset becomes ``last + 1`` (its metadata names the next sealed batch, if any).
+
+A member that starts on a partition (first start, restart after ``kill -9``, rebalance) reads the committed offset
+and metadata: a recorded range is rebuilt exactly — same records, same validation decisions (the Kafka record
+timestamp is the reference time), same token — so rows that were stored but not committed are dropped by the
+engine instead of being doubled. The epoch is the topic's id, so a deleted and re-created topic (whose offsets
+restart at 0) cannot collide with old tokens.
+
+Failures: a failing store or broker pauses the partitions and retries the same batches with capped exponential
+backoff; nothing is committed ahead of what ClickHouse acknowledged. On revoke, unfinished batches are abandoned
+uncommitted (the next owner rebuilds them). :meth:`Sink.stop` (SIGTERM/Ctrl-C in the CLI) finishes the open
+batches, commits, and leaves the group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
+from kafka.record import util as _record_util
+from kafka.structs import OffsetAndMetadata
+
+from . import events, topics
+from .errors import StoreError
+from .settings import Settings
+from .store import Store, connect
+
+logger = logging.getLogger(__name__)
+
+# Chosen by bench/consume.py: 20k-row inserts reach the engine's bulk rate while a 1 s wait keeps p99 latency
+# within the flush interval + 0.5 s at low rates.
+DEFAULT_BATCH_MAX_ROWS = 20_000
+DEFAULT_BATCH_MAX_WAIT_S = 1.0
+DEFAULT_RETRY_BASE_S = 0.25
+DEFAULT_RETRY_MAX_S = 5.0
+DEFAULT_STOP_TIMEOUT_S = 30.0
+
+EVENT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "user_id",
+    "session_id",
+    "item_id",
+    "interaction_type",
+    "event_time",
+    "page",
+    "referrer",
+    "device",
+    "country",
+    "price",
+    "currency",
+    "schema_version",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+    "kafka_timestamp",
+)
+DEAD_LETTER_COLUMNS: tuple[str, ...] = (
+    "raw",
+    "reason",
+    "detail",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+    "kafka_timestamp",
+)
+_PARSED_FIELDS = events.FIELDS  # event_id ... schema_version, in EVENT_COLUMNS order (timestamp_ms = event_time)
+_META_PREFIX = "clickstream-sink/1"
+_LATENCY_WINDOW_S = 30.0
+_RATE_WINDOW_S = 10.0
+# A record without a timestamp (old message formats report -1) gets no future-time check: any fixed reference keeps
+# the decision deterministic, and rejecting every such record would be worse.
+_NO_TIMESTAMP_REFERENCE_MS = 2**62
+
+# Group-membership errors: the commit can never succeed in this generation, so the batch is abandoned uncommitted
+# and the partition's next owner rebuilds it from the recorded range. Other Kafka errors are retried.
+_FENCED = (CommitFailedError, IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError)
+
+
+# --- pure helpers ----------------------------------------------------------------------------------------------
+
+
+def batch_token(topic: str, epoch: str, partition: int, first: int, last: int) -> str:
+    """The ``insert_deduplication_token`` of the batch ``[first, last]`` of ``topic``/``partition``."""
+    return f"{topic}@{epoch}:{partition}:{first}-{last}"
+
+
+def encode_pending(epoch: str, first: int, last: int) -> str:
+    """Commit metadata recording that the batch ``[first, last]`` may be in the store but is not committed."""
+    return f"{_META_PREFIX} {epoch} {first}-{last}"
+
+
+def decode_pending(metadata: str | None, epoch: str) -> tuple[int, int] | None:
+    """The ``(first, last)`` range recorded by :func:`encode_pending`, or None (absent, foreign, other epoch)."""
+    if not metadata:
+        return None
+    parts = metadata.split(" ")
+    if len(parts) != 3 or parts[0] != _META_PREFIX or parts[1] != epoch:
+        return None
+    first_s, sep, last_s = parts[2].partition("-")
+    if not sep or not first_s.isdigit() or not last_s.isdigit():
+        return None
+    first, last = int(first_s), int(last_s)
+    return (first, last) if first <= last else None
+
+
+def backoff_s(attempt: int, base_s: float = DEFAULT_RETRY_BASE_S, cap_s: float = DEFAULT_RETRY_MAX_S) -> float:
+    """Capped exponential backoff: ``base * 2**(attempt-1)``, at most ``cap`` (attempt counts from 1)."""
+    return float(min(cap_s, base_s * (2 ** max(0, attempt - 1))))
+
+
+def crc32c_accelerated() -> bool:
+    """True when kafka-python verifies record CRCs with the C ``crc32c`` extension (not its pure-Python fallback)."""
+    return getattr(_record_util, "crc32c_c", None) is not None
+
+
+# --- stats -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SinkStats:
+    """A snapshot of the sink's live figures (what the workbench widgets and ``consume --stats`` show).
+
+    Latencies are over the last 30 s of acknowledged inserts: *event* = event time -> insert acknowledged,
+    *kafka* = Kafka record timestamp -> insert acknowledged. ``lag`` is high watermark minus committed offset.
+    """
+
+    rows_inserted: int = 0
+    dead_letters: int = 0
+    dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    rows_per_s: float = 0.0
+    lag: dict[int, int] = field(default_factory=dict)
+    latency_event_p50_ms: float | None = None
+    latency_event_p99_ms: float | None = None
+    latency_kafka_p50_ms: float | None = None
+    latency_kafka_p99_ms: float | None = None
+    assigned_partitions: tuple[int, ...] = ()
+    running: bool = False
+    last_error: str | None = None
+    records_consumed: int = 0
+    retries: int = 0
+    committed: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def total_lag(self) -> int:
+        return sum(self.lag.values())
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """Mapping-style access to a field (``stats.get("lag")``), for code that treats stats as a dict."""
+        return getattr(self, name, default)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values for JSON (``consume --stats``)."""
+        return {
+            "rows_inserted": self.rows_inserted,
+            "dead_letters": self.dead_letters,
+            "dead_letters_by_reason": dict(self.dead_letters_by_reason),
+            "batches": self.batches,
+            "rows_per_s": round(self.rows_per_s, 1),
+            "lag": {str(k): v for k, v in sorted(self.lag.items())},
+            "latency_event_p50_ms": self.latency_event_p50_ms,
+            "latency_event_p99_ms": self.latency_event_p99_ms,
+            "latency_kafka_p50_ms": self.latency_kafka_p50_ms,
+            "latency_kafka_p99_ms": self.latency_kafka_p99_ms,
+            "assigned_partitions": list(self.assigned_partitions),
+            "running": self.running,
+            "last_error": self.last_error,
+            "records_consumed": self.records_consumed,
+            "retries": self.retries,
+        }
+
+
+class _Window:
+    """Recent acknowledged batches: rows/s and latency percentiles over a sliding time window."""
+
+    def __init__(self) -> None:
+        self._rates: deque[tuple[float, int]] = deque()
+        self._lat: deque[tuple[float, np.ndarray, np.ndarray]] = deque()
+
+    def add(self, now: float, rows: int, event_lat: np.ndarray, kafka_lat: np.ndarray) -> None:
+        self._rates.append((now, rows))
+        if event_lat.size:
+            self._lat.append((now, event_lat, kafka_lat))
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._rates and now - self._rates[0][0] > _RATE_WINDOW_S:
+            self._rates.popleft()
+        while self._lat and now - self._lat[0][0] > _LATENCY_WINDOW_S:
+            self._lat.popleft()
+
+    def rate(self, now: float, started: float) -> float:
+        self._trim(now)
+        rows = sum(n for _, n in self._rates)
+        span = min(_RATE_WINDOW_S, max(now - started, 1e-3))
+        return rows / span
+
+    def percentiles(self) -> tuple[float | None, float | None, float | None, float | None]:
+        if not self._lat:
+            return None, None, None, None
+        ev = np.concatenate([e for _, e, _ in self._lat])
+        ka = np.concatenate([k for _, _, k in self._lat])
+        e50, e99 = np.percentile(ev, [50, 99])
+        k50, k99 = np.percentile(ka, [50, 99])
+        return float(e50), float(e99), float(k50), float(k99)
+
+
+# --- batches ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """What one stored batch was (passed to the ``on_batch_stored`` hook)."""
+
+    partition: int
+    first_offset: int
+    last_offset: int
+    rows: int
+    dead_letters: int
+    token: str
+
+
+class _Batch:
+    """The records of one partition in one offset range, validated as they arrive."""
+
+    __slots__ = (
+        "dead",
+        "dead_stored",
+        "dlq_sent",
+        "epoch",
+        "event_ms",
+        "events_stored",
+        "first",
+        "kafka_ms",
+        "last",
+        "offsets",
+        "partition",
+        "precommitted",
+        "rows",
+        "started",
+        "topic",
+    )
+
+    def __init__(self, topic: str, epoch: str, partition: int, started: float) -> None:
+        self.topic = topic
+        self.epoch = epoch
+        self.partition = partition
+        self.started = started
+        self.first = -1
+        self.last = -1
+        self.rows: list[dict[str, Any]] = []
+        self.offsets: list[int] = []
+        self.kafka_ms: list[int] = []
+        self.event_ms: list[int] = []
+        # (raw, reason, detail, offset, kafka_ms, key)
+        self.dead: list[tuple[bytes, str, str, int, int, bytes | None]] = []
+        self.precommitted = False
+        self.events_stored = False
+        self.dead_stored = False
+        self.dlq_sent = False
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.dead)
+
+    @property
+    def token(self) -> str:
+        return batch_token(self.topic, self.epoch, self.partition, self.first, self.last)
+
+    def add(self, offset: int, timestamp_ms: int, key: bytes | None, value: bytes | None) -> None:
+        """Validate one record and keep it as a row or a dead letter (deterministic: no wall clock involved)."""
+        if self.first < 0:
+            self.first = offset
+        self.last = offset
+        reference = timestamp_ms if timestamp_ms >= 0 else _NO_TIMESTAMP_REFERENCE_MS
+        kafka_ms = max(timestamp_ms, 0)
+        result = events.parse(value, reference) if value is not None else events.Rejection(
+            events.NOT_JSON, "empty message (null value)"
+        )
+        if isinstance(result, events.Rejection):
+            self.dead.append((bytes(value or b""), result.reason, result.detail, offset, kafka_ms, key))
+            return
+        if result["event_id"] is None:
+            result["event_id"] = events.derived_event_id(self.topic, self.partition, offset)
+        self.rows.append(result)
+        self.offsets.append(offset)
+        self.kafka_ms.append(kafka_ms)
+        self.event_ms.append(result["timestamp_ms"])
+
+    def event_columns(self) -> list[list[Any]]:
+        """The valid rows as columns in :data:`EVENT_COLUMNS` order."""
+        rows = self.rows
+        cols: list[list[Any]] = [[r[f] for r in rows] for f in _PARSED_FIELDS]
+        n = len(rows)
+        cols += [[self.topic] * n, [self.partition] * n, list(self.offsets), list(self.kafka_ms)]
+        return cols
+
+    def dead_columns(self) -> list[list[Any]]:
+        """The dead letters as columns in :data:`DEAD_LETTER_COLUMNS` order."""
+        d = self.dead
+        return [
+            [x[0] for x in d],
+            [x[1] for x in d],
+            [x[2] for x in d],
+            [self.topic] * len(d),
+            [self.partition] * len(d),
+            [x[3] for x in d],
+            [x[4] for x in d],
+        ]
+
+    def info(self) -> BatchInfo:
+        return BatchInfo(self.partition, self.first, self.last, len(self.rows), len(self.dead), self.token)
+
+
+class _PartitionState:
+    """One assigned partition: its open batch, the sealed batches waiting for the store, its committed offset."""
+
+    def __init__(self, tp: TopicPartition, committed: int | None, replay: tuple[int, int] | None) -> None:
+        self.tp = tp
+        self.committed = committed
+        self.replay = replay  # a recorded range to rebuild exactly before normal batching resumes
+        self.open: _Batch | None = None
+        self.sealed: deque[_Batch] = deque()
+        self.next_offset = committed if committed is not None else -1
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Runs on kafka-python's IO thread, which may not block or call the consumer: it only queues the change."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self._sink._queue_rebalance("revoked", set(revoked))
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._sink._queue_rebalance("assigned", set(assigned))
+
+    def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        self._sink._queue_rebalance("revoked", set(lost))
+
+
+class _DeliveryError(Exception):
+    """A batch could not be delivered now; retried with backoff (``fenced``: abandon instead)."""
+
+    def __init__(self, message: str, fenced: bool = False) -> None:
+        super().__init__(message)
+        self.fenced = fenced
+
+
+# --- the sink --------------------------------------------------------------------------------------------------
+
+
+class Sink:
+    """A consumer-group member that sinks the events topic into ClickHouse, effectively once.
+
+    Args:
+        settings: where Kafka and ClickHouse are; ``kafka_topic``, ``kafka_group_id`` and ``dead_letter_topic``
+            name what is consumed and where rejects go.
+        store: an open :class:`~clickstream_lib.store.Store` to share (embedded mode: the one store of this
+            process); None opens one from ``settings`` in :meth:`run` and closes it afterwards.
+        batch_max_rows: records per partition batch (valid + invalid) before it is inserted.
+        batch_max_wait_s: how long the first record of a batch may wait before the batch is inserted.
+        retry_max_s: cap of the exponential backoff while ClickHouse or Kafka fail.
+        instance_id: a static group-membership id (``group.instance.id``): a restarted member with the same id takes
+            its partitions back at once instead of waiting for the session timeout.
+        consumer_config: extra kafka-python consumer options (e.g. ``session_timeout_ms``).
+        on_batch_stored: called after a batch is in ClickHouse and before its offsets are committed (fault tests).
+
+    Example:
+        >>> sink = Sink(Settings.from_env())
+        >>> sink.start()            # a daemon thread; sink.stats() gives live figures
+        >>> sink.stop()             # finishes the open batches, commits, leaves the group
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store | None = None,
+        *,
+        batch_max_rows: int = DEFAULT_BATCH_MAX_ROWS,
+        batch_max_wait_s: float = DEFAULT_BATCH_MAX_WAIT_S,
+        retry_max_s: float = DEFAULT_RETRY_MAX_S,
+        instance_id: str | None = None,
+        consumer_config: Mapping[str, Any] | None = None,
+        on_batch_stored: Callable[[BatchInfo], None] | None = None,
+    ) -> None:
+        if batch_max_rows < 1:
+            raise ValueError(f"batch_max_rows must be >= 1, got {batch_max_rows}")
+        if batch_max_wait_s <= 0:
+            raise ValueError(f"batch_max_wait_s must be > 0, got {batch_max_wait_s}")
+        self.settings = settings
+        self.topic = settings.kafka_topic
+        self.batch_max_rows = batch_max_rows
+        self.batch_max_wait_s = batch_max_wait_s
+        self.retry_max_s = retry_max_s
+        self.instance_id = instance_id
+        self._consumer_config = dict(consumer_config or {})
+        self._on_batch_stored = on_batch_stored
+        self._store = store
+        self._owns_store = store is None
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        self.epoch = ""
+        self._states: dict[int, _PartitionState] = {}
+        self._rebalances: list[tuple[str, set[TopicPartition]]] = []
+        self._rebalance_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._stop_deadline: float | None = None
+        self._thread: threading.Thread | None = None
+        self._retry_at = 0.0
+        self._attempt = 0
+        self._paused_for_failure = False
+        # live figures, read by stats() from other threads
+        self._lock = threading.Lock()
+        self._window = _Window()
+        self._started = time.monotonic()
+        self._running = False
+        self._last_error: str | None = None
+        self._rows = 0
+        self._dead = 0
+        self._dead_by_reason: dict[str, int] = {}
+        self._batches = 0
+        self._consumed = 0
+        self._retries = 0
+        self._lag: dict[int, int] = {}
+        self._committed: dict[int, int] = {}
+        self._assigned: tuple[int, ...] = ()
+
+    # --- public API ---------------------------------------------------------------------------------------------
+
+    def run(self, until_idle: float | None = None, max_events: int | None = None) -> SinkStats:
+        """Consume until stopped; blocks. Returns the final figures.
+
+        Args:
+            until_idle: return once no record arrived for this many seconds and everything read is committed.
+            max_events: return after exactly this many records (rows + dead letters) are stored and committed.
+
+        Raises:
+            BrokerUnavailable: Kafka cannot be reached at start.
+            StoreError: ClickHouse cannot be opened, or its tables would ignore deduplication tokens.
+        """
+        with self._lock:
+            self._running = True
+            self._last_error = None
+            self._started = time.monotonic()
+        try:
+            self._open()
+            try:
+                self._loop(until_idle, max_events)
+                self._drain()
+            finally:
+                self._close()
+        except BaseException as exc:
+            with self._lock:
+                self._last_error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            with self._lock:
+                self._running = False
+        return self.stats()
+
+    def start(self, until_idle: float | None = None, max_events: int | None = None) -> Sink:
+        """Run in a daemon thread (for notebooks); errors end up in ``stats().last_error``."""
+        if self._thread and self._thread.is_alive():
+            return self
+        self._stop.clear()
+        self._stop_deadline = None
+        with self._lock:
+            self._running = True  # so a caller polling stats() right after start() sees it running
+
+        def target() -> None:
+            try:
+                self.run(until_idle=until_idle, max_events=max_events)
+            except Exception:
+                logger.exception("the sink stopped with an error")
+
+        self._thread = threading.Thread(target=target, name=f"clickstream-sink-{self.topic}", daemon=True)
+        self._thread.start()
+        return self
+
+    def request_stop(self, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> None:
+        """Ask :meth:`run` to finish its open batches, commit and return (safe from signal handlers)."""
+        self._stop_deadline = time.monotonic() + timeout
+        self._stop.set()
+
+    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> SinkStats:
+        """Finish the open batches, commit, close; waits up to ``timeout`` s for the thread started by :meth:`start`.
+
+        Batches that cannot be stored within ``timeout`` (ClickHouse down) are abandoned uncommitted: a later run
+        rebuilds them, so nothing is lost.
+        """
+        self.request_stop(timeout)
+        thread = self._thread
+        if thread and thread is not threading.current_thread():
+            thread.join(timeout + 10)
+            if thread.is_alive():
+                logger.warning("the sink thread did not stop within %.0f s", timeout + 10)
+        return self.stats()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread started by :meth:`start`; True when it has finished."""
+        if self._thread:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    @property
+    def running(self) -> bool:
+        with self._lock:
+            return self._running
+
+    def stats(self) -> SinkStats:
+        """Live figures; cheap and thread-safe (the workbench polls it)."""
+        now = time.monotonic()
+        with self._lock:
+            e50, e99, k50, k99 = self._window.percentiles()
+            return SinkStats(
+                rows_inserted=self._rows,
+                dead_letters=self._dead,
+                dead_letters_by_reason=dict(self._dead_by_reason),
+                batches=self._batches,
+                rows_per_s=self._window.rate(now, self._started),
+                lag=dict(self._lag),
+                latency_event_p50_ms=e50,
+                latency_event_p99_ms=e99,
+                latency_kafka_p50_ms=k50,
+                latency_kafka_p99_ms=k99,
+                assigned_partitions=self._assigned,
+                running=self._running,
+                last_error=self._last_error,
+                records_consumed=self._consumed,
+                retries=self._retries,
+                committed=dict(self._committed),
+            )
+
+    # --- start-up / shutdown ------------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        if not crc32c_accelerated():
+            logger.warning("the crc32c package is missing: kafka-python checks record CRCs in pure Python (slow)")
+        if self._store is None:
+            self._store = connect(self.settings)
+            self._owns_store = True
+        self._check_dedup(self._store)
+        topics.ensure_topic(self.settings, self.topic)
+        topics.ensure_topic(self.settings, self.settings.dead_letter_topic)
+        self.epoch = self._topic_epoch()
+        cfg = topics.client_config(
+            self.settings,
+            group_id=self.settings.kafka_group_id,
+            client_id=f"clickstream-sink-{socket.gethostname()}-{os.getpid()}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.batch_max_rows,
+            check_crcs=True,
+        )
+        if self.instance_id:
+            cfg["group_instance_id"] = self.instance_id
+        cfg.update(self._consumer_config)
+        try:
+            self._consumer = KafkaConsumer(**cfg)
+            self._producer = KafkaProducer(**topics.client_config(self.settings, linger_ms=5))
+        except KafkaError as exc:
+            if self._consumer is not None:
+                self._consumer.close(autocommit=False)
+                self._consumer = None
+            raise topics.unreachable(self.settings, exc) from exc
+        self._consumer.subscribe([self.topic], listener=_Listener(self))
+        logger.info(
+            "sink %s -> %s.events: group %s, epoch %s, batches of <= %d rows / %.2f s",
+            self.topic, self._store.database, self.settings.kafka_group_id, self.epoch,
+            self.batch_max_rows, self.batch_max_wait_s,
+        )
+
+    def _check_dedup(self, store: Store) -> None:
+        # Without a deduplication window the engine silently ignores insert tokens: a replayed batch would be
+        # stored twice. Replicated tables use replicated_deduplication_window, which is on by default.
+        for table in ("events", "dead_letters"):
+            engine = store.scalar(
+                "SELECT engine FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                {"db": store.database, "t": table},
+            )
+            if engine is None:
+                raise StoreError(f"table {store.table(table)} does not exist — run the schema migrations (connect())")
+            if str(engine).startswith("Replicated"):
+                continue
+            if store.dedup_window(table) <= 0:
+                raise StoreError(
+                    f"{store.table(table)} has non_replicated_deduplication_window = 0, so ClickHouse would ignore "
+                    "the sink's deduplication tokens and a replayed batch would be stored twice — run "
+                    f"ALTER TABLE {store.table(table)} MODIFY SETTING non_replicated_deduplication_window = 100000"
+                )
+
+    def _topic_epoch(self) -> str:
+        try:
+            with topics.admin(self.settings) as client:
+                described = client.describe_topics([self.topic])
+        except KafkaError as exc:
+            raise topics.unreachable(self.settings, exc) from exc
+        topic_id = str(described[0].get("topic_id") or "") if described else ""
+        # Brokers older than 2.8 have no topic ids; the epoch then cannot tell a re-created topic apart.
+        return topic_id.replace("-", "")[:12] or "0"
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except Exception as exc:
+                logger.warning("closing the Kafka consumer failed: %s", exc)
+            self._consumer = None
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=5)
+            except Exception as exc:
+                logger.warning("closing the dead-letter producer failed: %s", exc)
+            self._producer = None
+        if self._owns_store and self._store is not None:
+            self._store.close()
+            self._store = None
+        self._states.clear()
+        with self._lock:
+            self._assigned = ()
+
+    # --- the loop -----------------------------------------------------------------------------------------------
+
+    def _loop(self, until_idle: float | None, max_events: int | None) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        last_activity = time.monotonic()
+        taken = 0
+        while not self._stop.is_set():
+            timeout_ms = self._poll_timeout_ms()
+            records = consumer.poll(timeout_ms=timeout_ms, max_records=self.batch_max_rows)
+            changed = self._apply_rebalances()
+            now = time.monotonic()
+            if changed:
+                last_activity = now
+            for tp, recs in records.items():
+                state = self._states.get(tp.partition)
+                if state is None:
+                    logger.warning("records for unassigned partition %s ignored", tp)
+                    continue
+                limit = None if max_events is None else max(0, max_events - taken)
+                taken += self._take(state, recs, now, limit)
+                last_activity = now
+            self._seal_due(now, force=max_events is not None and taken >= max_events)
+            if any(s.sealed for s in self._states.values()) and now >= self._retry_at:
+                self._deliver_round()
+            self._update_lag()
+            if max_events is not None and taken >= max_events and not self._busy():
+                return
+            if until_idle is not None and not self._busy() and time.monotonic() - last_activity >= until_idle:
+                return
+
+    def _busy(self) -> bool:
+        return any(s.open is not None or s.sealed for s in self._states.values())
+
+    def _poll_timeout_ms(self) -> int:
+        now = time.monotonic()
+        wait = 0.2  # short, so stop() and until_idle are noticed promptly
+        for s in self._states.values():
+            if s.open is not None and s.replay is None:
+                wait = min(wait, s.open.started + self.batch_max_wait_s - now)
+        if any(s.sealed for s in self._states.values()):
+            wait = min(wait, self._retry_at - now)
+        return max(0, int(wait * 1000))
+
+    def _take(self, state: _PartitionState, records: list[Any], now: float, limit: int | None = None) -> int:
+        """Add polled records to the partition's batches; returns how many were taken.
+
+        ``limit`` caps the records taken, except that a recorded range is always rebuilt whole: cutting it would
+        give its rows a different token and store them twice.
+        """
+        n = 0
+        for r in records:
+            if limit is not None and n >= limit and state.replay is None:
+                break
+            offset = r.offset
+            if offset < state.next_offset:
+                continue  # already in a batch (a re-fetch after seek); taking it twice would double it
+            if state.replay is not None and offset > state.replay[1]:
+                self._seal(state)  # the recorded range ended in a gap: what follows is a new batch
+            batch = state.open
+            if batch is None:
+                batch = state.open = _Batch(self.topic, self.epoch, state.tp.partition, now)
+            batch.add(offset, r.timestamp, r.key, r.value)
+            state.next_offset = offset + 1
+            n += 1
+            if state.replay is not None:
+                if offset >= state.replay[1]:
+                    self._seal(state)
+            elif len(batch) >= self.batch_max_rows:
+                self._seal(state)
+        with self._lock:
+            self._consumed += n
+        return n
+
+    def _seal(self, state: _PartitionState) -> None:
+        """Close the open batch (its range is final) and queue it for the store."""
+        if state.open is not None and len(state.open):
+            replaying = state.replay is not None
+            state.sealed.append(state.open)
+            if replaying:
+                logger.info("rebuilt recorded batch %s", state.open.token)
+        state.open = None
+        state.replay = None
+
+    def _seal_due(self, now: float, force: bool = False) -> None:
+        for state in self._states.values():
+            b = state.open
+            if b is None:
+                continue
+            if state.replay is not None:
+                continue  # a recorded range is rebuilt whole, however long it takes to fetch
+            if force or now - b.started >= self.batch_max_wait_s:
+                self._seal(state)
+        # Backpressure: stop fetching a partition while two of its batches wait for the store.
+        if self._consumer is not None and not self._paused_for_failure:
+            pause = [s.tp for s in self._states.values() if len(s.sealed) >= 2]
+            resume = [s.tp for s in self._states.values() if len(s.sealed) < 2]
+            if pause:
+                self._consumer.pause(*pause)
+            if resume and self._consumer.paused():
+                self._consumer.resume(*[tp for tp in resume if tp in self._consumer.paused()])
+
+    # --- delivery -----------------------------------------------------------------------------------------------
+
+    def _deliver_round(self) -> bool:
+        """Store and commit the oldest sealed batch of every partition; True on success."""
+        consumer = self._consumer
+        assert consumer is not None
+        batches = [s.sealed[0] for s in self._states.values() if s.sealed]
+        try:
+            pre = {
+                TopicPartition(self.topic, b.partition): OffsetAndMetadata(
+                    b.first, encode_pending(self.epoch, b.first, b.last), -1
+                )
+                for b in batches
+                if not b.precommitted
+            }
+            if pre:
+                self._commit(pre)
+                for b in batches:
+                    b.precommitted = True
+            for b in batches:
+                self._store_batch(b)
+            self._send_dead_letters(batches)
+            if self._on_batch_stored is not None:
+                for b in batches:
+                    self._on_batch_stored(b.info())
+            post: dict[TopicPartition, OffsetAndMetadata] = {}
+            for b in batches:
+                state = self._states[b.partition]
+                nxt = state.sealed[1] if len(state.sealed) > 1 else None
+                meta = encode_pending(self.epoch, nxt.first, nxt.last) if nxt is not None else ""
+                post[state.tp] = OffsetAndMetadata(b.last + 1, meta, -1)
+            self._commit(post)
+        except _DeliveryError as exc:
+            if exc.fenced:
+                logger.warning("%s — abandoning uncommitted batches; the partitions' next owner rebuilds them", exc)
+                self._rewind()
+                return False
+            self._failed(str(exc))
+            return False
+        ack = time.time() * 1000
+        now = time.monotonic()
+        for b in batches:
+            state = self._states[b.partition]
+            state.sealed.popleft()
+            state.committed = b.last + 1
+            if state.sealed:
+                state.sealed[0].precommitted = True  # its range went out with the post-commit above
+        self._recovered()
+        with self._lock:
+            for b in batches:
+                self._rows += len(b.rows)
+                self._dead += len(b.dead)
+                for d in b.dead:
+                    self._dead_by_reason[d[1]] = self._dead_by_reason.get(d[1], 0) + 1
+                self._batches += 1
+                self._committed[b.partition] = b.last + 1
+                self._window.add(
+                    now,
+                    len(b),
+                    ack - np.asarray(b.event_ms, dtype=np.float64),
+                    ack - np.asarray(b.kafka_ms, dtype=np.float64),
+                )
+        return True
+
+    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            consumer.commit(offsets, timeout_ms=10_000)
+        except _FENCED as exc:
+            raise _DeliveryError(f"offset commit refused by the group ({type(exc).__name__})", fenced=True) from exc
+        except KafkaError as exc:
+            raise _DeliveryError(f"offset commit failed ({type(exc).__name__}: {exc})") from exc
+
+    def _store_batch(self, b: _Batch) -> None:
+        store = self._store
+        assert store is not None
+        try:
+            if b.rows and not b.events_stored:
+                store.insert("events", b.event_columns(), EVENT_COLUMNS, dedup_token=b.token)
+            b.events_stored = True
+            if b.dead and not b.dead_stored:
+                store.insert("dead_letters", b.dead_columns(), DEAD_LETTER_COLUMNS, dedup_token=b.token)
+            b.dead_stored = True
+        except Exception as exc:  # chdb and the HTTP driver raise several types; every failure is retried
+            raise _DeliveryError(f"ClickHouse insert of batch {b.token} failed: {type(exc).__name__}: {exc}") from exc
+
+    def _send_dead_letters(self, batches: list[_Batch]) -> None:
+        producer = self._producer
+        assert producer is not None
+        pending = [b for b in batches if b.dead and not b.dlq_sent]
+        if not pending:
+            return
+        topic = self.settings.dead_letter_topic
+        try:
+            futures = []
+            for b in pending:
+                for raw, reason, detail, offset, kafka_ms, key in b.dead:
+                    headers = [
+                        ("reason", reason.encode()),
+                        ("detail", detail.encode("utf-8", "replace")),
+                        ("source_topic", self.topic.encode()),
+                        ("source_partition", str(b.partition).encode()),
+                        ("source_offset", str(offset).encode()),
+                        ("source_timestamp_ms", str(kafka_ms).encode()),
+                    ]
+                    futures.append(producer.send(topic, value=raw, key=key, headers=headers))
+            producer.flush(timeout=10)
+            for f in futures:
+                f.get(timeout=0)
+        except KafkaError as exc:
+            # A retry re-sends the batch's dead letters: the topic is at-least-once; the table is exactly-once.
+            raise _DeliveryError(f"sending dead letters to {topic} failed ({type(exc).__name__}: {exc})") from exc
+        for b in pending:
+            b.dlq_sent = True
+
+    def _failed(self, message: str) -> None:
+        self._attempt += 1
+        delay = backoff_s(self._attempt, cap_s=self.retry_max_s)
+        self._retry_at = time.monotonic() + delay
+        logger.warning("%s — retrying in %.2f s (attempt %d), partitions paused", message, delay, self._attempt)
+        consumer = self._consumer
+        if consumer is not None and self._states:
+            consumer.pause(*[s.tp for s in self._states.values()])
+            self._paused_for_failure = True
+        with self._lock:
+            self._retries += 1
+            self._last_error = message
+
+    def _recovered(self) -> None:
+        if self._attempt:
+            logger.info("delivery recovered after %d failed attempts", self._attempt)
+        self._attempt = 0
+        self._retry_at = 0.0
+        if self._paused_for_failure and self._consumer is not None:
+            self._consumer.resume(*[s.tp for s in self._states.values() if len(s.sealed) < 2])
+            self._paused_for_failure = False
+            with self._lock:
+                self._last_error = None
+
+    def _drain(self) -> None:
+        """On a requested stop or a finished run: store and commit what was read, within the stop deadline."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        self._seal_for_stop()
+        deadline = self._stop_deadline or (time.monotonic() + DEFAULT_STOP_TIMEOUT_S)
+        while any(s.sealed for s in self._states.values()):
+            if time.monotonic() >= deadline:
+                left = sum(len(b) for s in self._states.values() for b in s.sealed)
+                logger.warning("stop deadline reached: %d records left uncommitted (a later run stores them)", left)
+                return
+            if time.monotonic() < self._retry_at:
+                consumer.poll(timeout_ms=min(200, int((self._retry_at - time.monotonic()) * 1000) + 1))
+                if self._apply_rebalances():
+                    self._seal_for_stop()
+                continue
+            self._deliver_round()
+        self._update_lag()
+
+    def _seal_for_stop(self) -> None:
+        for state in self._states.values():
+            if state.replay is not None:
+                state.open = None  # an incomplete recorded range stays uncommitted; the next run rebuilds it
+                state.replay = None
+            else:
+                self._seal(state)
+
+    # --- rebalances ---------------------------------------------------------------------------------------------
+
+    def _queue_rebalance(self, kind: str, tps: set[TopicPartition]) -> None:
+        with self._rebalance_lock:
+            self._rebalances.append((kind, tps))
+
+    def _apply_rebalances(self) -> bool:
+        with self._rebalance_lock:
+            changes, self._rebalances = self._rebalances, []
+        for kind, tps in changes:
+            if kind == "revoked":
+                for tp in tps:
+                    state = self._states.pop(tp.partition, None)
+                    if state and (state.open is not None or state.sealed):
+                        logger.info("partition %d revoked: unfinished batches abandoned uncommitted", tp.partition)
+            else:
+                self._assign(sorted(tp for tp in tps if tp.topic == self.topic))
+        if changes:
+            with self._lock:
+                self._assigned = tuple(sorted(self._states))
+                self._committed = {p: s.committed for p, s in self._states.items() if s.committed is not None}
+                self._lag = {p: v for p, v in self._lag.items() if p in self._states}
+            self._paused_for_failure = False
+        return bool(changes)
+
+    def _assign(self, tps: list[TopicPartition]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        for tp in tps:
+            committed = self._committed_offset(tp)
+            offset = committed.offset if committed is not None and committed.offset >= 0 else None
+            replay = decode_pending(committed.metadata if committed is not None else None, self.epoch)
+            if replay is not None and offset is not None and replay[1] < offset:
+                replay = None  # stale: the range is below the committed offset
+            self._states[tp.partition] = _PartitionState(tp, offset, replay)
+            if replay is not None:
+                logger.info("partition %d: rebuilding recorded batch %d-%d", tp.partition, *replay)
+
+    def _committed_offset(self, tp: TopicPartition) -> OffsetAndMetadata | None:
+        consumer = self._consumer
+        assert consumer is not None
+        for attempt in range(1, 100):
+            try:
+                return consumer.committed(tp, metadata=True, timeout_ms=10_000)
+            except KafkaError as exc:
+                # Without the committed offset and metadata the partition cannot be resumed safely: wait for Kafka.
+                if attempt >= 12 or self._stop.is_set():
+                    raise topics.unreachable(self.settings, exc) from exc
+                time.sleep(backoff_s(attempt, cap_s=self.retry_max_s))
+        return None
+
+    def _rewind(self) -> None:
+        """Forget every buffered batch and fetch again from the committed offsets.
+
+        After a refused commit the group is rebalancing; if this member keeps a partition, it must not skip the
+        records it had read past the committed offset.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        tps = [s.tp for s in self._states.values()]
+        self._states.clear()
+        try:
+            self._assign(tps)
+            for tp in tps:
+                state = self._states[tp.partition]
+                if state.committed is not None:
+                    consumer.seek(tp, state.committed)
+        except Exception as exc:  # no longer assigned: the rebalance callbacks rebuild the states
+            logger.info("rewind after a refused commit: %s", exc)
+
+    def _update_lag(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        lag: dict[int, int] = {}
+        for p, state in self._states.items():
+            hw = consumer.highwater(state.tp)
+            if hw is None:
+                continue
+            base = state.committed if state.committed is not None else 0
+            lag[p] = max(0, hw - base)
+        with self._lock:
+            self._lag.update(lag)
