@@ -23,6 +23,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from . import schema
 from .errors import StoreError, StoreLocked
 from .settings import Settings, StoreURL
 
@@ -43,55 +44,14 @@ class Migration:
 # Versioned, append-only. Each statement is idempotent (IF NOT EXISTS) so a half-applied migration can re-run.
 # ``{db}`` is the database identifier (validated by Settings, so formatting it is safe); values are never formatted.
 MIGRATIONS: tuple[Migration, ...] = (
+    # The table definitions live in schema.py, which also renders the cluster (Replicated/Distributed) variant.
     Migration(
         1,
         "events and dead letters",
-        (
-            f"""
-            CREATE TABLE IF NOT EXISTS {{db}}.events
-            (
-                event_id         UUID,
-                user_id          String,
-                session_id       String,
-                item_id          String,
-                interaction_type LowCardinality(String),
-                event_time       DateTime64(3, 'UTC'),
-                page             String,
-                referrer         LowCardinality(String),
-                device           LowCardinality(String),
-                country          LowCardinality(String),
-                price            Decimal(12, 2),
-                currency         LowCardinality(String),
-                schema_version   UInt8,
-                kafka_topic      LowCardinality(String),
-                kafka_partition  UInt32,
-                kafka_offset     UInt64,
-                kafka_timestamp  DateTime64(3, 'UTC'),
-                ingest_time      DateTime64(3, 'UTC') DEFAULT now64(3)
-            )
-            ENGINE = MergeTree
-            PARTITION BY toYYYYMM(event_time)
-            ORDER BY (toDate(event_time), interaction_type, user_id, event_time)
-            SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
-            """,
-            f"""
-            CREATE TABLE IF NOT EXISTS {{db}}.dead_letters
-            (
-                raw             String,
-                reason          LowCardinality(String),
-                detail          String,
-                kafka_topic     LowCardinality(String),
-                kafka_partition UInt32,
-                kafka_offset    UInt64,
-                kafka_timestamp DateTime64(3, 'UTC'),
-                ingest_time     DateTime64(3, 'UTC') DEFAULT now64(3)
-            )
-            ENGINE = MergeTree
-            ORDER BY (kafka_topic, kafka_partition, kafka_offset)
-            SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
-            """,
-        ),
+        (schema.table_ddl(schema.EVENTS, dedup_window=DEDUP_WINDOW),
+         schema.table_ddl(schema.DEAD_LETTERS, dedup_window=DEDUP_WINDOW)),
     ),
+    Migration(2, "rollups: events_by_minute, items_by_hour, users_by_day", schema.rollup_statements()),
 )
 
 

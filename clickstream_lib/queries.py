@@ -1,0 +1,761 @@
+"""Named analytics queries: every metric the notebooks and the dashboard show, returned as pandas DataFrames.
+
+Every query takes a time window (``start`` inclusive, ``end`` exclusive; UTC datetimes or ISO strings, None = open)
+and optional filters (:data:`FILTERS`: interaction_type, device, country, referrer, item_id — a string, a list of
+strings, or None for all). Filter and parameter values are validated (:class:`~clickstream_lib.errors.QueryError`,
+a ``ValueError``) and always bound as ClickHouse query parameters (``{name:Type}``); only whitelisted identifiers
+(a column from a fixed list, the validated database name) are formatted into SQL.
+
+Where a rollup (see :mod:`clickstream_lib.schema`) can answer exactly the same question — its time grain divides
+the window and it keeps every filtered column — ``source="auto"`` reads the rollup, otherwise the raw ``events``
+table. Counts and sums are equal either way; distinct users/items from a rollup are ``uniqCombined`` estimates
+(~0.8% standard error, exact for small sets), from raw events they are exact. ``df.attrs["source"]`` says which
+was used.
+
+Example::
+
+    from clickstream_lib import queries
+    queries.kpis(store)                                   # one row: total_interactions, unique_users, ...
+    queries.run(store, "top_items", limit=5, device="mobile", start=datetime(2026, 11, 29, tzinfo=UTC))
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from .errors import QueryError, StoreError
+from .events import INTERACTION_TYPES
+from .schema import HLL_PRECISION
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+FILTERS: tuple[str, ...] = ("interaction_type", "device", "country", "referrer", "item_id")
+SOURCES: tuple[str, ...] = ("auto", "raw", "rollup")
+FUNNEL_STEPS: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
+BUCKETS: dict[str, str] = {
+    "second": "toDateTime({col}, 'UTC')",
+    "minute": "toDateTime(toStartOfMinute({col}), 'UTC')",
+    "hour": "toDateTime(toStartOfHour({col}), 'UTC')",
+    "day": "toDateTime(toStartOfDay({col}), 'UTC')",
+}
+SESSION_BUCKETS: tuple[str, ...] = (
+    "1 event (bounce)", "< 1 min", "1-5 min", "5-15 min", "15-30 min", "30-60 min", ">= 60 min",
+)
+_MAX_VALUE_LEN = 256
+_MAX_VALUES = 1000
+_UNIQ = f"uniqCombinedMerge({HLL_PRECISION})"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """A rollup table: its time column and grain, and the columns a filter may use on it."""
+
+    table: str
+    time_col: str
+    seconds: int
+    dims: frozenset[str]
+    time_type: str = "DateTime"
+
+
+MINUTE_ROLLUP = Rollup(
+    "events_by_minute", "minute", 60, frozenset({"interaction_type", "device", "country", "referrer"})
+)
+ITEM_ROLLUP = Rollup("items_by_hour", "hour", 3600, frozenset({"interaction_type", "item_id"}))
+USER_ROLLUP = Rollup("users_by_day", "day", 86400, frozenset({"interaction_type"}), time_type="Date")
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query option: name, type (int, str or datetime), default and allowed values or range."""
+
+    name: str
+    kind: type
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    minimum: int = 0
+    maximum: int = 10**9
+    help: str = ""
+
+    def coerce(self, value: Any) -> Any:
+        if value is None:
+            return self.default
+        if self.kind is int:
+            if isinstance(value, str):
+                try:
+                    value = int(value.strip())
+                except ValueError:
+                    raise QueryError(self.name, f"{value[:40]!r} is not an integer") from None
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                raise QueryError(self.name, f"expected an integer, got {type(value).__name__}")
+            if not self.minimum <= int(value) <= self.maximum:
+                raise QueryError(self.name, f"{value} is out of range; expected {self.minimum}..{self.maximum}")
+            return int(value)
+        if self.kind is datetime:
+            return _as_utc(value, self.name)
+        if not isinstance(value, str) or (self.choices and value not in self.choices):
+            raise QueryError(self.name, f"{str(value)[:40]!r} is not one of {', '.join(self.choices)}")
+        return value
+
+
+@dataclass
+class Query:
+    """One invocation being planned: window, validated filters and options, and the source decision."""
+
+    name: str
+    database: str
+    start_ms: int | None
+    end_ms: int | None
+    filters: dict[str, tuple[str, ...]]
+    options: dict[str, Any]
+    source: str
+    used: str = "raw"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def can_use(self, rollup: Rollup) -> bool:
+        """Whether ``rollup`` answers this query exactly; raises if ``source='rollup'`` was forced but it cannot."""
+        if self.source == "raw":
+            return False
+        grain = rollup.seconds * 1000
+        problems = [f"filter {f!r} is not kept by {rollup.table}" for f in self.filters if f not in rollup.dims]
+        for label, ms in (("start", self.start_ms), ("end", self.end_ms)):
+            if ms is not None and ms % grain:
+                problems.append(f"{label} is not aligned to {rollup.table}'s {rollup.seconds} s grain")
+        if problems:
+            if self.source == "rollup":
+                raise QueryError("source", f"{self.name} cannot be answered from a rollup: {'; '.join(problems)}")
+            return False
+        self.used = rollup.table
+        return True
+
+    def table(self, name: str) -> str:
+        return f"{self.database}.{name}"
+
+    def where(self, time_col: str = "event_time", rollup: Rollup | None = None, use_filters: bool = True) -> str:
+        """The WHERE clause for the window and filters; values go into :attr:`params`, never into the text."""
+        conds: list[str] = []
+        for op, key, ms in ((">=", "start_ms", self.start_ms), ("<", "end_ms", self.end_ms)):
+            if ms is None:
+                continue
+            self.params[key] = ms
+            if rollup is None:
+                bound = f"fromUnixTimestamp64Milli({{{key}:Int64}}, 'UTC')"
+            elif rollup.time_type == "Date":
+                bound = f"toDate(toDateTime(intDiv({{{key}:Int64}}, 1000), 'UTC'))"
+            else:
+                bound = f"toDateTime(intDiv({{{key}:Int64}}, 1000), 'UTC')"
+            conds.append(f"{rollup.time_col if rollup else time_col} {op} {bound}")
+        if use_filters:
+            for name, values in self.filters.items():
+                key = f"f_{name}"
+                if len(values) == 1:
+                    self.params[key] = values[0]
+                    conds.append(f"{name} = {{{key}:String}}")
+                else:
+                    self.params[key] = list(values)
+                    conds.append(f"{name} IN {{{key}:Array(String)}}")
+        return ("WHERE " + " AND ".join(conds)) if conds else ""
+
+
+Builder = Callable[[Query], str]
+Post = Callable[[pd.DataFrame, Query], pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class NamedQuery:
+    """A named query: what it answers, its options, the filters it honours, and how to build and shape it."""
+
+    name: str
+    description: str
+    build: Builder
+    params: tuple[Param, ...] = ()
+    filters: tuple[str, ...] = FILTERS
+    windowed: bool = True
+    post: Post | None = None
+
+    def describe(self) -> str:
+        opts = ", ".join(f"{p.name}={p.default}" for p in self.params)
+        return f"{self.name}({opts}): {self.description}"
+
+
+# --- validation ------------------------------------------------------------------------------------------------
+
+
+def _as_utc(value: Any, name: str) -> datetime:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise QueryError(name, f"{value[:40]!r} is not an ISO-8601 time, e.g. 2026-11-29T10:00:00Z") from None
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    if not isinstance(value, datetime):
+        raise QueryError(name, f"expected a datetime or ISO-8601 string, got {type(value).__name__}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _ms(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    return (value - _EPOCH) // timedelta(milliseconds=1)  # exact integer arithmetic, no float rounding
+
+
+def _filter_values(name: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    values: tuple[Any, ...]
+    if isinstance(value, str):
+        values = (value,)
+    elif isinstance(value, Iterable):
+        values = tuple(value)
+    else:
+        raise QueryError(name, f"expected a string or a list of strings, got {type(value).__name__}")
+    if not values:
+        return None  # an empty multi-select means "all", as in the dashboard's filter widgets
+    if len(values) > _MAX_VALUES:
+        raise QueryError(name, f"{len(values)} values is too many; expected at most {_MAX_VALUES}")
+    for v in values:
+        if not isinstance(v, str):
+            raise QueryError(name, f"expected strings, got {type(v).__name__}")
+        if len(v) > _MAX_VALUE_LEN:
+            raise QueryError(name, f"a value of {len(v)} characters is too long; expected at most {_MAX_VALUE_LEN}")
+        if name == "interaction_type" and v not in INTERACTION_TYPES:
+            raise QueryError(name, f"{v[:40]!r} is not one of {', '.join(INTERACTION_TYPES)}")
+    return tuple(dict.fromkeys(values))
+
+
+def plan(
+    name: str,
+    database: str,
+    *,
+    start: Any = None,
+    end: Any = None,
+    source: str = "auto",
+    **kwargs: Any,
+) -> tuple[NamedQuery, Query, str]:
+    """Validate a call and build its SQL without running it: ``(named_query, query, sql)``.
+
+    Raises:
+        QueryError: unknown query, filter or option, or a bad value.
+    """
+    nq = QUERIES.get(name)
+    if nq is None:
+        raise QueryError("query", f"unknown query {name!r}; known queries: {', '.join(QUERIES)}")
+    if source not in SOURCES:
+        raise QueryError("source", f"{source!r} is not one of {', '.join(SOURCES)}")
+    known = {p.name: p for p in nq.params}
+    filters: dict[str, tuple[str, ...]] = {}
+    options: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in FILTERS:
+            vals = _filter_values(key, value)
+            if vals is None:
+                continue
+            if key not in nq.filters:
+                honoured = ", ".join(nq.filters) or "none"
+                raise QueryError(key, f"{name} does not take this filter (filters it takes: {honoured})")
+            filters[key] = vals
+        elif key in known:
+            options[key] = known[key].coerce(value)
+        else:
+            allowed = ", ".join([*known, *nq.filters, "start", "end", "source"])
+            raise QueryError(key, f"is not a parameter of {name}; expected one of {allowed}")
+    for p in nq.params:
+        options.setdefault(p.name, p.default)
+    start_dt = _as_utc(start, "start") if start is not None else None
+    end_dt = _as_utc(end, "end") if end is not None else None
+    if (start_dt or end_dt) and not nq.windowed:
+        raise QueryError("start", f"{name} does not take a time window")
+    if start_dt and end_dt and end_dt < start_dt:
+        raise QueryError("end", f"{end_dt.isoformat()} is before start {start_dt.isoformat()}")
+    q = Query(name, database, _ms(start_dt), _ms(end_dt), filters, options, source)
+    return nq, q, nq.build(q)
+
+
+def run(
+    store: Store, name: str, *, start: Any = None, end: Any = None, source: str = "auto", **kwargs: Any
+) -> pd.DataFrame:
+    """Run the named query ``name`` (a key of :data:`QUERIES`) and return a DataFrame.
+
+    Args:
+        store: an open store.
+        name: the query name.
+        start: window start (inclusive), a datetime (naive = UTC) or ISO string; None = from the beginning.
+        end: window end (exclusive); None = up to now and beyond.
+        source: "auto" (rollup when exact, else raw), "raw", or "rollup" (error if the rollup cannot answer).
+        **kwargs: filters (:data:`FILTERS`) and the query's options (see ``QUERIES[name].params``).
+
+    Raises:
+        QueryError: unknown query, filter or option, or a bad value.
+        StoreError: ClickHouse failed.
+    """
+    nq, q, sql = plan(name, store.database, start=start, end=end, source=source, **kwargs)
+    try:
+        df = store.query_df(sql, q.params)
+        if df.columns.empty:
+            df = _empty_frame(store, sql, q.params)
+    except ClickHouseError as exc:
+        raise StoreError(f"query {name} failed on {store.database}: {exc}") from exc
+    if nq.post is not None:
+        df = nq.post(df, q)
+    df.attrs.update(query=name, source=q.used)
+    logger.debug("query %s from %s: %d rows", name, q.used, len(df))
+    return df
+
+
+def _empty_frame(store: Store, sql: str, params: dict[str, Any]) -> pd.DataFrame:
+    """An empty result with its columns: the embedded engine returns no header for zero rows, so ask DESCRIBE."""
+    columns = {}
+    for name, ctype, *_ in store.query_rows(f"DESCRIBE ({sql})", params):
+        base = ctype.removeprefix("Nullable(").removeprefix("LowCardinality(")
+        if base.startswith(("DateTime", "Date")):
+            columns[name] = pd.Series(dtype="datetime64[ns, UTC]" if base.startswith("DateTime") else "datetime64[ns]")
+        elif base.startswith(("UInt", "Int")):
+            columns[name] = pd.Series(dtype="int64")
+        elif base.startswith(("Float", "Decimal")):
+            columns[name] = pd.Series(dtype="float64")
+        else:
+            columns[name] = pd.Series(dtype="object")
+    return pd.DataFrame(columns)
+
+
+# --- builders --------------------------------------------------------------------------------------------------
+
+_PURCHASE_REVENUE = "toFloat64(sumIf(price, interaction_type = 'purchase'))"
+
+
+def _kpis(q: Query) -> str:
+    if q.can_use(MINUTE_ROLLUP):
+        return (
+            f"SELECT sum(events) AS total_interactions, {_UNIQ}(users) AS unique_users, "
+            f"{_UNIQ}(items) AS unique_items, toFloat64(sum(revenue)) AS revenue "
+            f"FROM {q.table(MINUTE_ROLLUP.table)} {q.where(rollup=MINUTE_ROLLUP)}"
+        )
+    return (
+        "SELECT count() AS total_interactions, uniqExact(user_id) AS unique_users, "
+        f"uniqExact(item_id) AS unique_items, {_PURCHASE_REVENUE} AS revenue "
+        f"FROM {q.table('events')} {q.where()}"
+    )
+
+
+def _breakdown(q: Query) -> str:
+    by = q.options["by"]  # one of FILTERS (validated): a column name, safe to format
+    rollup = ITEM_ROLLUP if by == "item_id" else MINUTE_ROLLUP
+    if q.can_use(rollup):
+        src, count, users = q.table(rollup.table), "sum(events)", f"{_UNIQ}(users)"
+        where = q.where(rollup=rollup)
+    else:
+        src, count, users, where = q.table("events"), "count()", "uniqExact(user_id)", q.where()
+    return (
+        f"SELECT {by}, {count} AS events, {users} AS users, events / sum(events) OVER () AS share "
+        f"FROM {src} {where} GROUP BY {by} ORDER BY events DESC, {by}"
+    )
+
+
+def _timeseries(q: Query) -> str:
+    bucket = q.options["bucket"]
+    if bucket != "second" and q.can_use(MINUTE_ROLLUP):
+        expr = BUCKETS[bucket].format(col="minute")
+        return (
+            f"SELECT {expr} AS time, interaction_type, sum(events) AS events "
+            f"FROM {q.table(MINUTE_ROLLUP.table)} {q.where(rollup=MINUTE_ROLLUP)} "
+            "GROUP BY time, interaction_type ORDER BY time, interaction_type"
+        )
+    expr = BUCKETS[bucket].format(col="event_time")
+    return (
+        f"SELECT {expr} AS time, interaction_type, count() AS events FROM {q.table('events')} {q.where()} "
+        "GROUP BY time, interaction_type ORDER BY time, interaction_type"
+    )
+
+
+def _top(column: str, rollup: Rollup) -> Builder:
+    def build(q: Query) -> str:
+        q.params["limit"] = q.options["limit"]
+        if q.can_use(rollup):
+            src, count, where = q.table(rollup.table), "sum(events)", q.where(rollup=rollup)
+        else:
+            src, count, where = q.table("events"), "count()", q.where()
+        return (
+            f"SELECT {column}, {count} AS interactions FROM {src} {where} "
+            f"GROUP BY {column} ORDER BY interactions DESC, {column} LIMIT {{limit:UInt32}}"
+        )
+
+    return build
+
+
+def _live_window(q: Query, seconds: int) -> None:
+    now = q.options.get("now") or datetime.now(UTC)
+    q.start_ms = _ms(now - timedelta(seconds=seconds))
+    q.end_ms = _ms(now)
+
+
+def _active_users(q: Query) -> str:
+    _live_window(q, q.options["minutes"] * 60)
+    q.end_ms = None  # events stamped slightly ahead of this clock are still "active now"
+    q.params["minutes"] = q.options["minutes"]
+    return (
+        "SELECT uniqExact(user_id) AS active_users, count() AS events, {minutes:UInt32} AS minutes "
+        f"FROM {q.table('events')} {q.where()}"
+    )
+
+
+def _events_per_second(q: Query) -> str:
+    _live_window(q, q.options["seconds"])
+    q.params["seconds"] = q.options["seconds"]
+    return (
+        "SELECT count() AS events, {seconds:UInt32} AS seconds, events / {seconds:UInt32} AS events_per_second "
+        f"FROM {q.table('events')} {q.where()}"
+    )
+
+
+def _funnel(q: Query) -> str:
+    q.params["window_ms"] = q.options["window_s"] * 1000
+    steps = []
+    for i, step in enumerate(FUNNEL_STEPS):
+        q.params[f"step{i}"] = step
+        steps.append(f"interaction_type = {{step{i}:String}}")
+    # strict_increase: a step must come strictly after the previous one, so ties never fake an ordered path.
+    return (
+        "SELECT level, count() AS users FROM ("
+        " SELECT user_id, windowFunnel({window_ms:UInt64}, 'strict_increase')"
+        f"(toUInt64(toUnixTimestamp64Milli(event_time)), {', '.join(steps)}) AS level"
+        f" FROM {q.table('events')} {q.where()} GROUP BY user_id"
+        ") GROUP BY level ORDER BY level"
+    )
+
+
+def _funnel_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
+    by_level = dict(zip(df["level"].astype(int), df["users"].astype(int), strict=True)) if len(df) else {}
+    reached = [sum(n for lvl, n in by_level.items() if lvl >= k) for k in range(1, len(FUNNEL_STEPS) + 1)]
+    out = pd.DataFrame({"step": range(1, len(FUNNEL_STEPS) + 1), "interaction_type": FUNNEL_STEPS, "users": reached})
+    users = out["users"].astype(float)
+    out["conversion_from_previous"] = users / users.shift(1).fillna(users.iloc[0]).replace(0, np.nan)
+    out["conversion_from_start"] = users / (users.iloc[0] if users.iloc[0] else np.nan)
+    return out
+
+
+def _session_rows(q: Query) -> str:
+    q.params["gap_ms"] = q.options["gap_s"] * 1000
+    # One row per session: split each user's sorted times where the gap to the previous event exceeds gap_ms.
+    return (
+        "SELECT user_id, length(s) AS n, s[length(s)] - s[1] AS duration_ms FROM ("
+        " SELECT user_id, arraySort(groupArray(toUnixTimestamp64Milli(event_time))) AS ts"
+        f" FROM {q.table('events')} {q.where()} GROUP BY user_id"
+        ") ARRAY JOIN arraySplit((t, p) -> t - p > {gap_ms:Int64}, ts, arrayPushFront(arrayPopBack(ts), ts[1])) AS s"
+    )
+
+
+def _sessions(q: Query) -> str:
+    return (
+        "SELECT count() AS sessions, uniqExact(user_id) AS users, countIf(n = 1) / count() AS bounce_rate, "
+        "avg(n) AS events_per_session, avg(duration_ms) / 1000 AS avg_duration_s, "
+        "quantileExact(0.5)(duration_ms) / 1000 AS p50_duration_s, "
+        "quantileExact(0.9)(duration_ms) / 1000 AS p90_duration_s "
+        f"FROM ({_session_rows(q)})"
+    )
+
+
+def _session_durations(q: Query) -> str:
+    return (
+        "SELECT multiIf(n = 1, 0, duration_ms < 60000, 1, duration_ms < 300000, 2, duration_ms < 900000, 3, "
+        "duration_ms < 1800000, 4, duration_ms < 3600000, 5, 6) AS bucket_index, count() AS sessions "
+        f"FROM ({_session_rows(q)}) GROUP BY bucket_index ORDER BY bucket_index"
+    )
+
+
+def _session_durations_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
+    counts = dict(zip(df["bucket_index"].astype(int), df["sessions"].astype(int), strict=True)) if len(df) else {}
+    n = [counts.get(i, 0) for i in range(len(SESSION_BUCKETS))]
+    total = sum(n)
+    return pd.DataFrame(
+        {"duration": SESSION_BUCKETS, "sessions": n, "share": [c / total if total else np.nan for c in n]}
+    )
+
+
+def _retention(q: Query) -> str:
+    q.params["days"] = q.options["days"]
+    return (
+        "SELECT cohort, day_n, count() AS users FROM ("
+        " SELECT arrayMin(days) AS cohort, days FROM ("
+        f"  SELECT user_id, groupUniqArray(toDate(event_time)) AS days FROM {q.table('events')} {q.where()}"
+        "  GROUP BY user_id)"
+        ") ARRAY JOIN arrayMap(d -> toUInt32(dateDiff('day', cohort, d)), days) AS day_n "
+        "WHERE day_n <= {days:UInt32} GROUP BY cohort, day_n ORDER BY cohort, day_n"
+    )
+
+
+def _retention_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
+    if df.empty:
+        return pd.DataFrame({"cohort": [], "day_n": [], "users": [], "cohort_size": [], "retention": []})
+    df = df.astype({"day_n": int, "users": int})
+    size = df[df["day_n"] == 0].set_index("cohort")["users"]
+    df["cohort_size"] = df["cohort"].map(size).astype(int)
+    df["retention"] = df["users"] / df["cohort_size"]
+    return df.reset_index(drop=True)
+
+
+def _item_performance(q: Query) -> str:
+    q.params["limit"] = q.options["limit"]
+    if q.can_use(ITEM_ROLLUP):
+        counts = ", ".join(
+            f"sumIf(events, interaction_type = '{t}') AS {t}s" for t in ("view", "click", "add_to_cart", "purchase")
+        )
+        sel = f"{counts}, toFloat64(sumIf(revenue, interaction_type = 'purchase')) AS revenue, {_UNIQ}(users) AS users"
+        src, where = q.table(ITEM_ROLLUP.table), q.where(rollup=ITEM_ROLLUP)
+    else:
+        counts = ", ".join(
+            f"countIf(interaction_type = '{t}') AS {t}s" for t in ("view", "click", "add_to_cart", "purchase")
+        )
+        sel = f"{counts}, {_PURCHASE_REVENUE} AS revenue, uniqExact(user_id) AS users"
+        src, where = q.table("events"), q.where()
+    return (
+        f"SELECT item_id, {sel} FROM {src} {where} GROUP BY item_id "
+        "ORDER BY revenue DESC, purchases DESC, item_id LIMIT {limit:UInt32}"
+    )
+
+
+def _item_performance_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
+    views = df["views"].astype(float).replace(0, np.nan)
+    df["click_through"] = df["clicks"].astype(float) / views
+    df["conversion"] = df["purchases"].astype(float) / views
+    return df
+
+
+def _ingestion_partitions(q: Query) -> str:
+    return (
+        "SELECT kafka_topic AS topic, kafka_partition AS partition, count() AS events, "
+        "min(kafka_offset) AS min_offset, max(kafka_offset) AS max_offset, "
+        "count() - uniqExact(kafka_offset) AS duplicates, max(ingest_time) AS last_ingest "
+        f"FROM {q.table('events')} {q.where(time_col='ingest_time')} "
+        "GROUP BY topic, partition ORDER BY topic, partition"
+    )
+
+
+def _ingestion_latency(q: Query) -> str:
+    ev = "toUnixTimestamp64Milli(ingest_time) - toUnixTimestamp64Milli(event_time)"
+    kf = "toUnixTimestamp64Milli(ingest_time) - toUnixTimestamp64Milli(kafka_timestamp)"
+    return (
+        f"SELECT count() AS events, quantilesExact(0.5, 0.9, 0.99)({ev}) AS ev_q, max({ev}) AS ev_max, "
+        f"quantilesExact(0.5, 0.9, 0.99)({kf}) AS kf_q, max({kf}) AS kf_max "
+        f"FROM {q.table('events')} {q.where(time_col='ingest_time')}"
+    )
+
+
+def _ingestion_latency_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
+    rows = []
+    n = int(df["events"].iloc[0]) if len(df) else 0
+    for label, qcol, mcol in (("event_to_ingest", "ev_q", "ev_max"), ("kafka_to_ingest", "kf_q", "kf_max")):
+        qs = list(df[qcol].iloc[0]) if n else [np.nan] * 3
+        rows.append(
+            {"latency": label, "events": n, "p50_ms": qs[0], "p90_ms": qs[1], "p99_ms": qs[2],
+             "max_ms": df[mcol].iloc[0] if n else np.nan}
+        )
+    return pd.DataFrame(rows)
+
+
+def _dead_letters(q: Query) -> str:
+    return (
+        "SELECT reason, count() AS messages, max(ingest_time) AS last_seen "
+        f"FROM {q.table('dead_letters')} {q.where(time_col='ingest_time', use_filters=False)} "
+        "GROUP BY reason ORDER BY messages DESC, reason"
+    )
+
+
+def _freshness(q: Query) -> str:
+    return (
+        "SELECT count() AS events, maxOrNull(event_time) AS newest_event_time, "
+        "maxOrNull(ingest_time) AS newest_ingest_time, "
+        "dateDiff('millisecond', maxOrNull(ingest_time), now64(3)) / 1000 AS seconds_since_ingest "
+        f"FROM {q.table('events')}"
+    )
+
+
+def _freshness_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
+    # Nullable(DateTime64) columns arrive without their zone; say UTC like every other time column.
+    for col in ("newest_event_time", "newest_ingest_time"):
+        df[col] = pd.to_datetime(df[col], utc=True)
+    return df
+
+
+_LIMIT = Param("limit", int, 10, minimum=1, maximum=100_000, help="rows to return")
+_NOW = Param("now", datetime, None, help="the reference 'now' (default: the wall clock, UTC)")
+
+QUERIES: dict[str, NamedQuery] = {
+    q.name: q
+    for q in (
+        NamedQuery("kpis", "total interactions, unique users, unique items, revenue (one row)", _kpis),
+        NamedQuery(
+            "breakdown", "events, distinct users and share per value of one column", _breakdown,
+            (Param("by", str, "interaction_type", choices=FILTERS),),
+        ),
+        NamedQuery(
+            "timeseries", "events per time bucket and interaction type", _timeseries,
+            (Param("bucket", str, "minute", choices=tuple(BUCKETS)),),
+        ),
+        NamedQuery("top_users", "most active users", _top("user_id", USER_ROLLUP), (_LIMIT,)),
+        NamedQuery("top_items", "most interacted-with items", _top("item_id", ITEM_ROLLUP), (_LIMIT,)),
+        NamedQuery(
+            "active_users", "distinct users active in the last N minutes (live)", _active_users,
+            (Param("minutes", int, 5, minimum=1, maximum=10_080), _NOW), windowed=False,
+        ),
+        NamedQuery(
+            "events_per_second", "events per second over the last N seconds (live)", _events_per_second,
+            (Param("seconds", int, 10, minimum=1, maximum=86_400), _NOW), windowed=False,
+        ),
+        NamedQuery(
+            "funnel", "ordered funnel view -> click -> add_to_cart -> purchase per user (windowFunnel)", _funnel,
+            (Param("window_s", int, 1800, minimum=1, maximum=90 * 86_400),),
+            filters=tuple(f for f in FILTERS if f != "interaction_type"), post=_funnel_post,
+        ),
+        NamedQuery(
+            "sessions", "sessions (gap_s inactivity): count, bounce rate, events per session, durations", _sessions,
+            (Param("gap_s", int, 1800, minimum=1, maximum=86_400),),
+        ),
+        NamedQuery(
+            "session_durations", "sessions per duration bucket", _session_durations,
+            (Param("gap_s", int, 1800, minimum=1, maximum=86_400),), post=_session_durations_post,
+        ),
+        NamedQuery(
+            "retention", "users of each first-day cohort active again on day N", _retention,
+            (Param("days", int, 7, minimum=0, maximum=366),), post=_retention_post,
+        ),
+        NamedQuery(
+            "item_performance", "per item: views, clicks, add to carts, purchases, CTR, conversion, revenue",
+            _item_performance, (Param("limit", int, 20, minimum=1, maximum=100_000),), post=_item_performance_post,
+        ),
+        NamedQuery(
+            "ingestion_partitions", "per Kafka partition: events, offset range, duplicates, last ingest",
+            _ingestion_partitions, filters=(),
+        ),
+        NamedQuery(
+            "ingestion_latency", "latency percentiles: event time -> ingest, Kafka timestamp -> ingest (ms)",
+            _ingestion_latency, filters=(), post=_ingestion_latency_post,
+        ),
+        NamedQuery("dead_letters", "dead-lettered messages by reason", _dead_letters, filters=()),
+        NamedQuery(
+            "freshness", "newest event and ingest time", _freshness, filters=(), windowed=False, post=_freshness_post
+        ),
+    )
+}
+
+
+# --- convenience functions -------------------------------------------------------------------------------------
+
+
+def kpis(store: Store, **kwargs: Any) -> pd.DataFrame:
+    """One row: total_interactions, unique_users, unique_items, revenue. Takes start, end, source and filters."""
+    return run(store, "kpis", **kwargs)
+
+
+def breakdown(store: Store, by: str = "interaction_type", **kwargs: Any) -> pd.DataFrame:
+    """Events, users and share per value of ``by`` (one of :data:`FILTERS`), largest first."""
+    return run(store, "breakdown", by=by, **kwargs)
+
+
+def timeseries(store: Store, bucket: str = "minute", **kwargs: Any) -> pd.DataFrame:
+    """Events per ``bucket`` (second, minute, hour, day) and interaction type: time, interaction_type, events."""
+    return run(store, "timeseries", bucket=bucket, **kwargs)
+
+
+def top_users(store: Store, limit: int = 10, **kwargs: Any) -> pd.DataFrame:
+    """The ``limit`` most active users: user_id, interactions (ties by user_id)."""
+    return run(store, "top_users", limit=limit, **kwargs)
+
+
+def top_items(store: Store, limit: int = 10, **kwargs: Any) -> pd.DataFrame:
+    """The ``limit`` most interacted-with items: item_id, interactions (ties by item_id)."""
+    return run(store, "top_items", limit=limit, **kwargs)
+
+
+def active_users(store: Store, minutes: int = 5, **kwargs: Any) -> pd.DataFrame:
+    """One row: active_users (exact distinct) and events since ``now - minutes`` (``now=`` defaults to the clock)."""
+    return run(store, "active_users", minutes=minutes, **kwargs)
+
+
+def events_per_second(store: Store, seconds: int = 10, **kwargs: Any) -> pd.DataFrame:
+    """One row: events in ``[now - seconds, now)`` and events_per_second."""
+    return run(store, "events_per_second", seconds=seconds, **kwargs)
+
+
+def funnel(store: Store, window_s: int = 1800, **kwargs: Any) -> pd.DataFrame:
+    """Users reaching each ordered step (view -> click -> add_to_cart -> purchase within ``window_s``).
+
+    Columns: step, interaction_type, users, conversion_from_previous, conversion_from_start. The funnel spans all
+    interaction types, so it takes every filter except interaction_type.
+    """
+    return run(store, "funnel", window_s=window_s, **kwargs)
+
+
+def sessions(store: Store, gap_s: int = 1800, **kwargs: Any) -> pd.DataFrame:
+    """One row: sessions, users, bounce_rate, events_per_session, avg/p50/p90 duration (s).
+
+    A session is a user's run of events with no gap over ``gap_s``; sessions are cut at the window's edges.
+    """
+    return run(store, "sessions", gap_s=gap_s, **kwargs)
+
+
+def session_durations(store: Store, gap_s: int = 1800, **kwargs: Any) -> pd.DataFrame:
+    """Sessions per duration bucket (:data:`SESSION_BUCKETS`): duration, sessions, share."""
+    return run(store, "session_durations", gap_s=gap_s, **kwargs)
+
+
+def retention(store: Store, days: int = 7, **kwargs: Any) -> pd.DataFrame:
+    """Cohorts by first active day (within the window): cohort, day_n, users, cohort_size, retention."""
+    return run(store, "retention", days=days, **kwargs)
+
+
+def item_performance(store: Store, limit: int = 20, **kwargs: Any) -> pd.DataFrame:
+    """Per item, by revenue: views, clicks, add_to_carts, purchases, revenue, users, click_through, conversion."""
+    return run(store, "item_performance", limit=limit, **kwargs)
+
+
+class IngestionHealth(NamedTuple):
+    """The sink's health: per-partition offsets, latency percentiles, dead letters by reason."""
+
+    partitions: pd.DataFrame
+    latency: pd.DataFrame
+    dead_letters: pd.DataFrame
+
+
+def ingestion_health(store: Store, *, start: Any = None, end: Any = None) -> IngestionHealth:
+    """Per-partition offsets, latency percentiles and dead letters, for rows ingested in ``[start, end)``."""
+    return IngestionHealth(
+        run(store, "ingestion_partitions", start=start, end=end),
+        run(store, "ingestion_latency", start=start, end=end),
+        run(store, "dead_letters", start=start, end=end),
+    )
+
+
+def freshness(store: Store) -> pd.DataFrame:
+    """One row: events, newest_event_time, newest_ingest_time (None when empty), seconds_since_ingest."""
+    return run(store, "freshness")
+
+
+LIVE_PANELS: tuple[str, ...] = (
+    "kpis", "breakdown", "timeseries", "top_users", "top_items", "active_users", "events_per_second",
+)
+
+
+def live_panels(store: Store, *, start: Any = None, end: Any = None, source: str = "auto",
+                **filters: Any) -> dict[str, pd.DataFrame]:
+    """The dashboard's refresh set (:data:`LIVE_PANELS`) for one window and filter choice, keyed by query name.
+
+    The live queries (active users, events per second) take the filters but not the window: theirs is "now".
+    """
+    windowed = {"start": start, "end": end, "source": source}
+    out: dict[str, pd.DataFrame] = {}
+    for name in LIVE_PANELS:
+        kwargs = dict(filters)
+        if QUERIES[name].windowed:
+            kwargs.update(windowed)
+        out[name] = run(store, name, **kwargs)
+    return out

@@ -1,0 +1,435 @@
+"""Named analytics queries against the real ClickHouse engine, checked against pandas on the same rows.
+
+A seeded clickstream (sessions of view -> click -> add_to_cart -> purchase walks over three days) is inserted into
+this test's database; every metric is recomputed independently in pandas and must be equal — exact for counts,
+sums and exact distincts, within the stated HLL error for distincts read from rollups.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clickstream_lib import queries
+from clickstream_lib.errors import QueryError
+from clickstream_lib.schema import HLL_RELATIVE_ERROR
+from clickstream_lib.store import Store
+
+BASE = datetime(2026, 11, 26, tzinfo=UTC)
+NOW = BASE + timedelta(days=3)
+EVENT_COLUMNS = (
+    "event_id", "user_id", "session_id", "item_id", "interaction_type", "event_time", "page", "referrer", "device",
+    "country", "price", "currency", "schema_version", "kafka_topic", "kafka_partition", "kafka_offset",
+    "kafka_timestamp", "ingest_time",
+)
+DEVICES = ("desktop", "mobile", "tablet")
+COUNTRIES = ("DE", "US", "FR", "IN", "BR", "GB")
+REFERRERS = ("direct", "search", "social", "email", "ads")
+
+
+def make_events(n_sessions: int = 700, seed: int = 7, n_users: int = 250, n_items: int = 40) -> pd.DataFrame:
+    """A seeded clickstream as the events table holds it (one row per event, times in UTC)."""
+    rng = np.random.default_rng(seed)
+    item_price = np.round(rng.uniform(3, 300, n_items), 2)
+    user_weight = rng.zipf(1.6, n_users).astype(float)
+    user_weight /= user_weight.sum()
+    rows: list[dict[str, Any]] = []
+    span_ms = 3 * 86_400_000
+    for s in range(n_sessions):
+        user = int(rng.choice(n_users, p=user_weight))
+        t = int(rng.integers(0, span_ms))
+        device, country, referrer = rng.choice(DEVICES), rng.choice(COUNTRIES), rng.choice(REFERRERS)
+        stage = 0
+        for _ in range(int(rng.geometric(0.22))):
+            # a walk down the funnel that sometimes restarts; occasional long pauses split sessions
+            stage = stage + 1 if stage < 3 and rng.random() < 0.45 else (0 if rng.random() < 0.5 else stage)
+            itype = queries.FUNNEL_STEPS[stage]
+            item = int(rng.integers(0, n_items))
+            t += int(rng.exponential(70_000)) if rng.random() > 0.05 else int(rng.integers(1_800_001, 4_000_000))
+            if t >= span_ms:
+                break
+            rows.append({
+                "user_id": f"user_{user:04d}", "session_id": f"s_{s}", "item_id": f"item_{item:03d}",
+                "interaction_type": itype, "t": t, "page": f"/item/item_{item:03d}", "referrer": str(referrer),
+                "device": str(device), "country": str(country),
+                "price": float(item_price[item]) if itype in ("add_to_cart", "purchase") else 0.0,
+                "currency": "EUR" if itype in ("add_to_cart", "purchase") else "",
+            })
+    df = pd.DataFrame(rows)
+    n = len(df)
+    df["event_id"] = [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in range(n)]
+    df["event_time"] = pd.to_datetime(BASE) + pd.to_timedelta(df.pop("t"), unit="ms")
+    df["schema_version"] = 1
+    df["kafka_topic"] = "clicks"
+    df["kafka_partition"] = np.arange(n) % 3
+    df["kafka_offset"] = np.arange(n) // 3
+    df["kafka_timestamp"] = df["event_time"] + pd.to_timedelta(rng.integers(0, 50, n), unit="ms")
+    df["ingest_time"] = df["kafka_timestamp"] + pd.to_timedelta(rng.integers(5, 2500, n), unit="ms")
+    return df[list(EVENT_COLUMNS)]
+
+
+def insert_events(store: Store, df: pd.DataFrame, chunk: int = 100_000) -> int:
+    """Columnar insert of an events frame (as :func:`make_events` builds it)."""
+    written = 0
+    for lo in range(0, len(df), chunk):
+        part = df.iloc[lo : lo + chunk]
+        cols = []
+        for c in EVENT_COLUMNS:
+            s = part[c]
+            if c in ("event_time", "kafka_timestamp", "ingest_time"):
+                cols.append(list(s.dt.to_pydatetime()))
+            elif c == "event_id":
+                cols.append([uuid.UUID(x) for x in s])
+            else:
+                cols.append(s.tolist())
+        written += store.insert("events", cols, EVENT_COLUMNS)
+    return written
+
+
+@pytest.fixture(scope="module")
+def events() -> pd.DataFrame:
+    return make_events()
+
+
+@pytest.fixture
+def loaded(store: Store, events: pd.DataFrame) -> Store:
+    assert insert_events(store, events) == len(events)
+    return store
+
+
+# --- pandas ground truth ---------------------------------------------------------------------------------------
+
+
+def select(df: pd.DataFrame, start: datetime | None = None, end: datetime | None = None, **filters: Any) -> pd.DataFrame:
+    m = pd.Series(True, index=df.index)
+    if start is not None:
+        m &= df["event_time"] >= pd.Timestamp(start)
+    if end is not None:
+        m &= df["event_time"] < pd.Timestamp(end)
+    for k, v in filters.items():
+        m &= df[k].isin([v] if isinstance(v, str) else list(v))
+    return df[m]
+
+
+def revenue(df: pd.DataFrame) -> float:
+    return round(float(df.loc[df["interaction_type"] == "purchase", "price"].sum()), 2)
+
+
+def close_hll(estimate: float, exact: int) -> bool:
+    return abs(estimate - exact) <= max(1, 3 * HLL_RELATIVE_ERROR * exact)
+
+
+WINDOWS = [
+    {},
+    {"start": BASE + timedelta(hours=5), "end": BASE + timedelta(days=2)},  # aligned to days -> every rollup
+    {"start": BASE + timedelta(hours=7, minutes=13, seconds=5), "end": BASE + timedelta(days=2, minutes=1)},
+]
+FILTER_SETS = [
+    {},
+    {"device": "mobile"},
+    {"interaction_type": ["click", "purchase"], "country": "DE"},
+    {"item_id": "item_007"},
+    {"referrer": "search", "device": ["desktop", "tablet"]},
+]
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("source", ["raw", "auto"])
+def test_dashboard_queries_equal_pandas(loaded: Store, events: pd.DataFrame, window: dict, source: str) -> None:
+    for filters in FILTER_SETS:
+        sel = select(events, **window, **filters)
+        kw = {**window, **filters, "source": source}
+        exact_distinct = source == "raw"
+
+        k = queries.kpis(loaded, **kw)
+        assert len(k) == 1
+        assert int(k["total_interactions"][0]) == len(sel)
+        assert round(float(k["revenue"][0]), 2) == revenue(sel)
+        for col, key in (("unique_users", "user_id"), ("unique_items", "item_id")):
+            exact = sel[key].nunique()
+            got = int(k[col][0])
+            assert got == exact if k.attrs["source"] == "raw" else close_hll(got, exact), (col, got, exact)
+        if exact_distinct:
+            assert k.attrs["source"] == "raw"
+
+        for by in queries.FILTERS:
+            b = queries.breakdown(loaded, by=by, **kw)
+            want = sel.groupby(by).size().sort_values(ascending=False)
+            got = b.set_index(by)["events"].astype(int)
+            assert got.to_dict() == want.to_dict(), (by, filters, window)
+            assert list(got) == sorted(got, reverse=True)
+            if len(b):
+                assert abs(b["share"].sum() - 1) < 1e-9
+
+        ts = queries.timeseries(loaded, bucket="hour", **kw)
+        want_ts = sel.groupby([sel["event_time"].dt.floor("h"), "interaction_type"]).size()
+        got_ts = ts.set_index([pd.to_datetime(ts["time"], utc=True), "interaction_type"])["events"].astype(int)
+        assert got_ts.to_dict() == want_ts.to_dict()
+
+        for fn, key in ((queries.top_users, "user_id"), (queries.top_items, "item_id")):
+            top = fn(loaded, limit=7, **kw)
+            counts = sel.groupby(key).size().reset_index(name="n").sort_values(["n", key], ascending=[False, True])
+            assert list(zip(top[key], top["interactions"].astype(int), strict=True)) == list(
+                zip(counts[key][:7], counts["n"][:7], strict=True)
+            )
+
+
+def test_auto_reads_rollups_only_when_exact(loaded: Store, events: pd.DataFrame) -> None:
+    aligned = {"start": BASE + timedelta(days=1), "end": BASE + timedelta(days=2)}
+    assert queries.kpis(loaded, **aligned).attrs["source"] == "events_by_minute"
+    assert queries.kpis(loaded, device="mobile").attrs["source"] == "events_by_minute"
+    assert queries.kpis(loaded, item_id="item_001").attrs["source"] == "raw"  # the minute rollup has no item column
+    assert queries.kpis(loaded, start=BASE + timedelta(seconds=30)).attrs["source"] == "raw"
+    assert queries.top_items(loaded, **aligned).attrs["source"] == "items_by_hour"
+    assert queries.top_users(loaded, **aligned).attrs["source"] == "users_by_day"
+    assert queries.top_users(loaded, device="mobile").attrs["source"] == "raw"
+    assert queries.timeseries(loaded, bucket="second").attrs["source"] == "raw"
+    with pytest.raises(QueryError, match="cannot be answered from a rollup"):
+        queries.kpis(loaded, item_id="item_001", source="rollup")
+    # Counts and sums agree exactly between the two sources.
+    raw = queries.item_performance(loaded, source="raw", limit=100, **aligned)
+    rolled = queries.item_performance(loaded, source="rollup", limit=100, **aligned)
+    cols = ["item_id", "views", "clicks", "add_to_carts", "purchases", "revenue"]
+    pd.testing.assert_frame_equal(raw[cols], rolled[cols], check_dtype=False)
+
+
+def test_live_queries(loaded: Store, events: pd.DataFrame) -> None:
+    now = BASE + timedelta(days=2, hours=3, minutes=17, seconds=23, milliseconds=456)
+    for minutes in (1, 5, 60):
+        got = queries.active_users(loaded, minutes=minutes, now=now)
+        sel = events[events["event_time"] >= pd.Timestamp(now - timedelta(minutes=minutes))]
+        assert int(got["active_users"][0]) == sel["user_id"].nunique()
+        assert int(got["events"][0]) == len(sel)
+    for seconds in (10, 600, 3600):
+        got = queries.events_per_second(loaded, seconds=seconds, now=now, device="mobile")
+        sel = select(events, now - timedelta(seconds=seconds), now, device="mobile")
+        assert int(got["events"][0]) == len(sel)
+        assert got["events_per_second"][0] == pytest.approx(len(sel) / seconds)
+
+
+def funnel_truth(df: pd.DataFrame, window_ms: int) -> list[int]:
+    """Users reaching each step: the longest chain of steps in order, strictly increasing times, within the window."""
+    steps = {s: i for i, s in enumerate(queries.FUNNEL_STEPS)}
+    reached = [0] * len(steps)
+    t_ms = (df["event_time"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
+    for _, g in df.assign(t=t_ms).sort_values("t").groupby("user_id"):
+        # best[i]: the latest start of a chain that has reached step i, and that chain's last time
+        best: list[tuple[int, int] | None] = [None] * len(steps)
+        for t, grp in g.groupby("t", sort=True):
+            updates = []
+            for itype in grp["interaction_type"]:
+                i = steps[itype]
+                if i == 0:
+                    updates.append((0, (t, t)))
+                elif best[i - 1] is not None and t > best[i - 1][1] and t - best[i - 1][0] <= window_ms:
+                    updates.append((i, (best[i - 1][0], t)))
+            for i, val in updates:  # events at the same time cannot extend each other (strict increase)
+                if best[i] is None or val[0] >= best[i][0]:
+                    best[i] = val
+        level = max((i + 1 for i in range(len(steps)) if best[i] is not None), default=0)
+        for i in range(level):
+            reached[i] += 1
+    return reached
+
+
+@pytest.mark.parametrize("window_s", [60, 1800])
+def test_funnel_equals_pandas(loaded: Store, events: pd.DataFrame, window_s: int) -> None:
+    for filters in ({}, {"device": "mobile", "country": ["DE", "US"]}):
+        f = queries.funnel(loaded, window_s=window_s, start=BASE + timedelta(hours=1), **filters)
+        want = funnel_truth(select(events, start=BASE + timedelta(hours=1), **filters), window_s * 1000)
+        assert list(f["users"]) == want
+        assert list(f["interaction_type"]) == list(queries.FUNNEL_STEPS)
+        assert f["conversion_from_start"].iloc[-1] == pytest.approx(want[-1] / want[0])
+        assert f["conversion_from_previous"].iloc[2] == pytest.approx(want[2] / want[1])
+        assert want[0] > want[1] > want[2] >= want[3]  # the data walks down the funnel
+        assert want[3] > 0 or window_s < 600
+    with pytest.raises(QueryError, match="interaction_type"):
+        queries.funnel(loaded, interaction_type="view")
+
+
+def sessions_truth(df: pd.DataFrame, gap_ms: int) -> pd.DataFrame:
+    t = ((df["event_time"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).rename("t")
+    d = pd.DataFrame({"user_id": df["user_id"], "t": t}).sort_values(["user_id", "t"])
+    new = (d["user_id"] != d["user_id"].shift()) | (d["t"] - d["t"].shift() > gap_ms)
+    d["sid"] = new.cumsum()
+    return d.groupby("sid").agg(user_id=("user_id", "first"), n=("t", "size"), lo=("t", "min"), hi=("t", "max"))
+
+
+def exact_quantile(values: np.ndarray, level: float) -> float:
+    """ClickHouse quantileExact: the element at index floor(level * n) of the sorted values."""
+    v = np.sort(values)
+    return float(v[min(int(level * len(v)), len(v) - 1)])
+
+
+def test_sessions_equal_pandas(loaded: Store, events: pd.DataFrame) -> None:
+    for gap_s, filters in ((1800, {}), (300, {"country": "FR"})):
+        s = queries.sessions(loaded, gap_s=gap_s, **filters)
+        truth = sessions_truth(select(events, **filters), gap_s * 1000)
+        dur = (truth["hi"] - truth["lo"]).to_numpy()
+        assert int(s["sessions"][0]) == len(truth)
+        assert int(s["users"][0]) == truth["user_id"].nunique()
+        assert s["bounce_rate"][0] == pytest.approx((truth["n"] == 1).mean())
+        assert s["events_per_session"][0] == pytest.approx(truth["n"].mean())
+        assert s["avg_duration_s"][0] == pytest.approx(dur.mean() / 1000)
+        assert s["p50_duration_s"][0] == pytest.approx(exact_quantile(dur, 0.5) / 1000)
+        assert s["p90_duration_s"][0] == pytest.approx(exact_quantile(dur, 0.9) / 1000)
+
+        h = queries.session_durations(loaded, gap_s=gap_s, **filters)
+        edges = [60_000, 300_000, 900_000, 1_800_000, 3_600_000]
+        bucket = np.where(truth["n"] == 1, 0, 1 + np.searchsorted(edges, dur, side="right"))
+        want = np.bincount(bucket, minlength=7)
+        assert list(h["sessions"]) == list(want)
+        assert list(h["duration"]) == list(queries.SESSION_BUCKETS)
+
+
+def test_retention_equals_pandas(loaded: Store, events: pd.DataFrame) -> None:
+    r = queries.retention(loaded, days=2, device=["mobile", "desktop"])
+    sel = select(events, device=["mobile", "desktop"])
+    day = sel["event_time"].dt.floor("D")
+    active = pd.DataFrame({"user_id": sel["user_id"], "day": day}).drop_duplicates()
+    active["cohort"] = active.groupby("user_id")["day"].transform("min")
+    active["day_n"] = (active["day"] - active["cohort"]).dt.days
+    want = active[active["day_n"] <= 2].groupby(["cohort", "day_n"]).size()
+    got = r.set_index([pd.to_datetime(r["cohort"]).dt.tz_localize("UTC"), "day_n"])["users"]
+    assert got.astype(int).to_dict() == want.to_dict()
+    assert (r.loc[r["day_n"] == 0, "retention"] == 1).all()
+    sizes = active[active["day_n"] == 0].groupby("cohort").size()
+    day1 = r[r["day_n"] == 1]
+    for cohort, users, ret in zip(pd.to_datetime(day1["cohort"]).dt.tz_localize("UTC"), day1["users"],
+                                  day1["retention"], strict=True):
+        assert ret == pytest.approx(users / sizes[cohort])
+
+
+def test_item_performance_equals_pandas(loaded: Store, events: pd.DataFrame) -> None:
+    for source, filters in (("raw", {"device": "tablet"}), ("auto", {})):
+        got = queries.item_performance(loaded, limit=15, source=source, **filters)
+        sel = select(events, **filters)
+        g = sel.groupby("item_id")
+        want = pd.DataFrame({
+            "views": g["interaction_type"].apply(lambda s: int((s == "view").sum())),
+            "clicks": g["interaction_type"].apply(lambda s: int((s == "click").sum())),
+            "purchases": g["interaction_type"].apply(lambda s: int((s == "purchase").sum())),
+            "revenue": g.apply(revenue),
+            "users": g["user_id"].nunique(),
+        }).reset_index()
+        want = want.sort_values(["revenue", "purchases", "item_id"], ascending=[False, False, True]).head(15)
+        assert list(got["item_id"]) == list(want["item_id"])
+        assert list(got["views"].astype(int)) == list(want["views"])
+        assert list(got["clicks"].astype(int)) == list(want["clicks"])
+        assert list(got["purchases"].astype(int)) == list(want["purchases"])
+        assert list(got["revenue"].round(2)) == list(want["revenue"])
+        assert np.allclose(got["click_through"], want["clicks"].to_numpy() / want["views"].to_numpy(), equal_nan=True)
+        for g_users, w_users in zip(got["users"], want["users"], strict=True):
+            assert g_users == w_users if got.attrs["source"] == "raw" else close_hll(g_users, w_users)
+
+
+def test_ingestion_health_and_freshness(loaded: Store, events: pd.DataFrame) -> None:
+    reasons = ["not_json"] * 3 + ["missing_field"] * 2 + ["too_large"]
+    loaded.insert(
+        "dead_letters",
+        [[b"{" for _ in reasons], reasons, ["d"] * 6, ["clicks"] * 6, [0] * 6, list(range(6)),
+         [NOW] * 6, [NOW] * 6],
+        ["raw", "reason", "detail", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp",
+         "ingest_time"],
+    )
+    h = queries.ingestion_health(loaded)
+    parts = h.partitions.set_index("partition")
+    for p, g in events.groupby("kafka_partition"):
+        assert int(parts.loc[p, "events"]) == len(g)
+        assert int(parts.loc[p, "max_offset"]) == g["kafka_offset"].max()
+        assert int(parts.loc[p, "duplicates"]) == 0
+    lat = h.latency.set_index("latency")
+    e2i = ((events["ingest_time"] - events["event_time"]) // pd.Timedelta(milliseconds=1)).to_numpy()
+    k2i = ((events["ingest_time"] - events["kafka_timestamp"]) // pd.Timedelta(milliseconds=1)).to_numpy()
+    for label, values in (("event_to_ingest", e2i), ("kafka_to_ingest", k2i)):
+        for col, level in (("p50_ms", 0.5), ("p90_ms", 0.9), ("p99_ms", 0.99)):
+            assert float(lat.loc[label, col]) == exact_quantile(values, level)
+        assert float(lat.loc[label, "max_ms"]) == values.max()
+    assert dict(zip(h.dead_letters["reason"], h.dead_letters["messages"].astype(int), strict=True)) == {
+        "not_json": 3, "missing_field": 2, "too_large": 1,
+    }
+    f = queries.freshness(loaded)
+    assert int(f["events"][0]) == len(events)
+    assert pd.Timestamp(f["newest_event_time"][0]) == events["event_time"].max()
+    assert pd.Timestamp(f["newest_ingest_time"][0]) == events["ingest_time"].max()
+
+
+INJECTIONS = [
+    "x' OR '1'='1", "'; DROP TABLE events; --", "mobile' UNION SELECT * FROM system.tables --",
+    "\\'", "`events`", "{f_device:String}", "mobile\x00", "a\"b", "); SELECT 1; --", "${db}",
+]
+
+
+def test_injection_payloads_change_nothing(loaded: Store, events: pd.DataFrame) -> None:
+    before = queries.kpis(loaded, source="raw")
+    for payload in INJECTIONS:
+        for name in ("device", "country", "referrer", "item_id"):
+            for qname in ("kpis", "top_items", "funnel", "sessions", "item_performance", "breakdown"):
+                df = queries.run(loaded, qname, **{name: payload})
+                if qname == "kpis":
+                    assert int(df["total_interactions"][0]) == 0
+                elif qname == "funnel":
+                    assert list(df["users"]) == [0, 0, 0, 0]
+                elif qname == "sessions":
+                    assert int(df["sessions"][0]) == 0
+                else:
+                    assert df.empty
+        with pytest.raises(QueryError, match="interaction_type"):
+            queries.kpis(loaded, interaction_type=payload)
+        with pytest.raises(QueryError):
+            queries.breakdown(loaded, by=payload)
+        with pytest.raises(QueryError):
+            queries.run(loaded, payload)
+        with pytest.raises(QueryError):
+            queries.run(loaded, "kpis", **{"device) OR (1": "x"})
+        with pytest.raises(QueryError):
+            queries.top_items(loaded, limit=payload)
+    after = queries.kpis(loaded, source="raw")
+    pd.testing.assert_frame_equal(before, after)
+    assert int(after["total_interactions"][0]) == len(events)
+    tables = {r[0] for r in loaded.query_rows(f"SHOW TABLES FROM {loaded.database}")}
+    assert {"events", "dead_letters", "events_by_minute"} <= tables
+
+
+def test_validation_errors_name_the_parameter(store: Store) -> None:
+    with pytest.raises(QueryError, match="unknown query 'nope'; known queries: kpis"):
+        queries.run(store, "nope")
+    with pytest.raises(QueryError, match="^colour: is not a parameter of kpis"):
+        queries.run(store, "kpis", colour="red")
+    with pytest.raises(QueryError, match="^interaction_type: 'hover' is not one of view"):
+        queries.kpis(store, interaction_type="hover")
+    with pytest.raises(QueryError, match="^limit: 0 is out of range"):
+        queries.top_users(store, limit=0)
+    with pytest.raises(QueryError, match="^start: 'yesterday' is not an ISO-8601 time"):
+        queries.kpis(store, start="yesterday")
+    with pytest.raises(QueryError, match="^end: .* is before start"):
+        queries.kpis(store, start=NOW, end=BASE)
+    with pytest.raises(QueryError, match="^device: dead_letters does not take this filter"):
+        queries.run(store, "dead_letters", device="mobile")
+    assert isinstance(QueryError("x", "y"), ValueError)
+
+
+def test_empty_store_gives_empty_frames(store: Store) -> None:
+    for name, nq in queries.QUERIES.items():
+        df = queries.run(store, name)
+        assert isinstance(df, pd.DataFrame), name
+        if name in ("kpis", "active_users", "events_per_second", "sessions", "freshness"):
+            assert len(df) == 1
+            numeric = df.select_dtypes("number").drop(columns=["minutes", "seconds"], errors="ignore")
+            assert (numeric.fillna(0) == 0).all().all(), name
+        elif name == "funnel":
+            assert list(df["users"]) == [0, 0, 0, 0]
+        elif name == "session_durations":
+            assert df["sessions"].sum() == 0
+        elif name == "ingestion_latency":
+            assert (df["events"] == 0).all()
+        else:
+            assert df.empty, name
+    assert queries.freshness(store)["newest_event_time"].isna().all()
+    panels = queries.live_panels(store)
+    assert set(panels) == set(queries.LIVE_PANELS)
