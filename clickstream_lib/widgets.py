@@ -284,54 +284,113 @@ def funnel_figure(df: pd.DataFrame, title: str, height: int = 320) -> go.Figure:
 
 
 class Pipeline:
-    """Producer and sink threads in this process, for the workbench and the embedded demo dashboard."""
+    """Producer and sink threads in this process, for the workbench and the embedded demo dashboard.
+
+    A stopped producer or sink is replaced by a fresh one on the next start (their threads run once); counters in
+    :meth:`stats` add up over the replaced instances so the numbers on screen never go backwards.
+    """
 
     def __init__(self, settings: Settings, store: Store, rate: float = 200.0, seed: int | None = None) -> None:
-        from .consumer import Sink
+        self.settings = settings
+        self.store = store
+        self.rate = float(rate)
+        self.seed = seed
+        self.scenarios: dict[str, bool] = {}
+        self._done: dict[str, float] = {"sent": 0, "acked": 0, "rows_inserted": 0, "dead_letters": 0}
+        self._dead_by_reason: dict[str, int] = {}
+        self.producer = self._new_producer()
+        self.sink = self._new_sink()
+        self._producer_used = False
+        self._sink_used = False
+
+    def _new_producer(self) -> Any:
         from .producer import Producer
 
-        self.settings = settings
-        self.producer = Producer(settings, rate=rate, seed=seed)
-        self.sink = Sink(settings, store)
+        producer = Producer(self.settings, rate=self.rate, seed=self.seed)
+        for name, on in self.scenarios.items():
+            producer.set_scenario(name, on)
+        return producer
+
+    def _new_sink(self) -> Any:
+        from .consumer import Sink
+
+        return Sink(self.settings, self.store)
 
     def start(self, events: int | None = None) -> None:
+        """Start the sink, then the producer (``events`` = stop after that many; None = until stopped)."""
         self.start_sink()
         self.start_producer(events)
 
     def start_producer(self, events: int | None = None) -> None:
-        if not self.producer.stats().get("running"):
-            self.producer.start(events=events)
+        if self.producer.stats().get("running"):
+            return
+        if self._producer_used:
+            p = self.producer.stats()
+            self._done["sent"] += p.get("sent") or 0
+            self._done["acked"] += p.get("acked") or 0
+            self.producer = self._new_producer()
+        self._producer_used = True
+        self.producer.start(events=events)
 
     def stop_producer(self) -> None:
         self.producer.stop()
 
     def start_sink(self) -> None:
-        if not self.sink.stats().get("running"):
-            self.sink.start()
+        if self.sink.stats().get("running"):
+            return
+        if self._sink_used:
+            s = self.sink.stats()
+            self._done["rows_inserted"] += s.get("rows_inserted") or 0
+            self._done["dead_letters"] += s.get("dead_letters") or 0
+            for reason, n in (s.get("dead_letters_by_reason") or {}).items():
+                self._dead_by_reason[reason] = self._dead_by_reason.get(reason, 0) + int(n)
+            self.sink = self._new_sink()
+        self._sink_used = True
+        self.sink.start()
 
     def stop_sink(self) -> None:
+        """Stop the sink: it inserts its open batches and commits their offsets first."""
         self.sink.stop()
 
     def stop(self) -> None:
         self.stop_producer()
         self.stop_sink()
 
+    def set_rate(self, rate: float) -> None:
+        self.rate = float(rate)
+        self.producer.set_rate(self.rate)
+
+    def set_scenario(self, name: str, on: bool = True) -> None:
+        self.scenarios[name] = bool(on)
+        self.producer.set_scenario(name, bool(on))
+
+    @property
+    def running(self) -> bool:
+        return bool(self.producer.stats().get("running") or self.sink.stats().get("running"))
+
+    def rows_inserted(self) -> int:
+        return int(self._done["rows_inserted"] + (self.sink.stats().get("rows_inserted") or 0))
+
     def stats(self) -> dict[str, Any]:
+        """Live figures of both threads, flattened for display (``data-stat`` hooks use these keys)."""
         p = self.producer.stats()
         s = self.sink.stats()
+        reasons = dict(self._dead_by_reason)
+        for reason, n in (s.get("dead_letters_by_reason") or {}).items():
+            reasons[reason] = reasons.get(reason, 0) + int(n)
         return {
             "producer": "running" if p.get("running") else "stopped",
-            "sent": p.get("sent"),
-            "acked": p.get("acked"),
+            "sent": int(self._done["sent"] + (p.get("sent") or 0)),
+            "acked": int(self._done["acked"] + (p.get("acked") or 0)),
             "produced_per_s": p.get("rate_now"),
             "sink": "running" if s.get("running") else "stopped",
-            "rows_inserted": s.get("rows_inserted"),
+            "rows_inserted": self.rows_inserted(),
             "ingested_per_s": s.get("rows_per_s"),
-            "lag": s.get("lag") or {},
+            "lag": dict(s.get("lag") or {}),
             "latency_p50_ms": s.get("latency_event_p50_ms"),
             "latency_p99_ms": s.get("latency_event_p99_ms"),
-            "dead_letters": s.get("dead_letters"),
-            "dead_letters_by_reason": s.get("dead_letters_by_reason") or {},
+            "dead_letters": int(self._done["dead_letters"] + (s.get("dead_letters") or 0)),
+            "dead_letters_by_reason": reasons,
             "last_error": s.get("last_error") or "",
         }
 
@@ -452,15 +511,21 @@ class Dashboard:
             self.header.value = message_html(html.escape(str(exc)), kind="error", hook="error")
             self.widget = w.VBox([self.header])
             return
+        controls: list[w.Widget] = [self.filters.box]
         if live_pipeline:
             self.pipeline = Pipeline(settings, self.store, rate=rate)
             self.pipeline.start()
+            self.pause = w.ToggleButton(value=False, description="Pause pipeline", icon="pause",
+                                        layout=w.Layout(width="160px"))
+            self.pause.add_class("cs-btn-pause")
+            self.pause.observe(self._on_pause, names="value")
+            controls.append(self.pause)
         self.filters.on_change(self._on_filter)
         f = self.figures
         self.widget = w.VBox(
             [
                 self.header,
-                self.filters.box,
+                w.HBox(controls),
                 self.status,
                 self.pipeline_status,
                 self.kpis,
@@ -543,6 +608,17 @@ class Dashboard:
     def _on_filter(self) -> None:
         self.refresh()
 
+    def _on_pause(self, change: Mapping[str, Any]) -> None:
+        if not self.pipeline:
+            return
+        if change["new"]:
+            self.pipeline.stop()
+            self.pause.description, self.pause.icon = "Resume pipeline", "play"
+        else:
+            self.pipeline.start()
+            self.pause.description, self.pause.icon = "Pause pipeline", "pause"
+        self.refresh()
+
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -604,12 +680,12 @@ class Workbench:
         self.rate = w.FloatLogSlider(value=rate, base=10, min=0, max=5, step=0.05, description="events/s",
                                      continuous_update=False, layout=w.Layout(width="420px"))
         self.rate.add_class("cs-rate")
-        self.rate.observe(lambda ch: self.pipeline.producer.set_rate(float(ch["new"])), names="value")
+        self.rate.observe(lambda ch: self._act(lambda: self.pipeline.set_rate(float(ch["new"]))), names="value")
         self.scenarios: dict[str, w.ToggleButton] = {}
         for name in generator.SCENARIOS:
             t = w.ToggleButton(value=False, description=name.replace("_", " "), layout=w.Layout(width="120px"))
             t.add_class(f"cs-scenario-{name}")
-            t.observe(lambda ch, n=name: self._act(lambda: self.pipeline.producer.set_scenario(n, bool(ch["new"]))),
+            t.observe(lambda ch, n=name: self._act(lambda: self.pipeline.set_scenario(n, bool(ch["new"]))),
                       names="value")
             self.scenarios[name] = t
         self.health = w.HTML(stats_html(self.pipeline.stats(), "Pipeline"))
@@ -699,7 +775,7 @@ class Workbench:
         """Block until the sink inserted at least ``rows`` rows (or the timeout passes); returns rows inserted."""
         deadline = time.monotonic() + timeout_s
         while True:
-            done = int(self.pipeline.sink.stats().get("rows_inserted") or 0)
+            done = self.pipeline.rows_inserted()
             if done >= rows or time.monotonic() > deadline:
                 return done
             time.sleep(0.2)

@@ -10,7 +10,7 @@ from clickstream_lib.notebooks import VoilaServer
 from clickstream_lib.settings import Settings
 from clickstream_lib.store import Store
 
-from .conftest import screenshot
+from .conftest import kpi, query_json, screenshot, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.notebooks]
 
@@ -34,3 +34,67 @@ def test_second_viewer_of_an_embedded_store_gets_a_clear_message(
             screenshot(page, "dashboard-store-locked")
         finally:
             page.close()
+
+
+def _select(page, hook: str, label: str) -> None:
+    page.locator(f".cs-filter-{hook} select").select_option(label=label)
+
+
+def _options(page, hook: str) -> list[str]:
+    return page.locator(f".cs-filter-{hook} select option").all_inner_texts()
+
+
+def test_live_dashboard_in_chromium(browser, own_settings: Settings, tmp_path: Path) -> None:
+    """Charts render; the KPIs grow with each refresh; a filter changes the panels; the numbers equal SQL counts;
+    closing the tab ends the kernel and frees the embedded store."""
+    params = {"live_pipeline": True, "rate": 400.0, "refresh_s": 1.5}
+    with VoilaServer(own_settings, "dashboard", port=0, params=params, log_file=tmp_path / "voila.log") as server:
+        page = browser.new_page()
+        page.goto(server.url, wait_until="domcontentloaded", timeout=90_000)
+        page.locator('[data-kpi="total"]').wait_for(timeout=120_000)
+        page.locator(".cs-dashboard .js-plotly-plot").first.wait_for(timeout=60_000)
+        assert page.locator(".cs-dashboard .js-plotly-plot").count() == 8
+        assert "Traceback" not in page.content()
+
+        # Live: the page refreshes itself and the totals grow.
+        first = wait_until(lambda: kpi(page, "total"), 60, what="first events on the page")
+        wait_until(lambda: kpi(page, "total") > first, 60, what="the total to grow on a refresh")
+        assert kpi(page, "users") > 0 and kpi(page, "items") > 0
+        assert page.locator('[data-status="updated"]').inner_text()
+        screenshot(page, "dashboard-live")
+
+        # Pause the pipeline so the numbers hold still, then compare them with the store after the kernel is gone.
+        page.locator(".cs-btn-pause").click()
+        wait_until(lambda: page.locator('[data-stat="sink"]').inner_text() == "stopped", 60, what="pipeline paused")
+        stable = kpi(page, "total")
+        page.wait_for_timeout(3500)  # two refresh periods
+        assert kpi(page, "total") == stable
+
+        # A filter changes the panels: the device filter offers the devices seen, and narrows every number.
+        wait_until(lambda: len(_options(page, "device")) > 1, 30, what="device choices")
+        device = _options(page, "device")[1]
+        _select(page, "device", device)
+        wait_until(lambda: kpi(page, "total") < stable, 30, what="the filtered total")
+        filtered = kpi(page, "total")
+        assert filtered > 0
+        screenshot(page, "dashboard-filtered")
+        _select(page, "device", "All")
+        wait_until(lambda: kpi(page, "total") == stable, 30, what="the unfiltered total again")
+
+        kernels = server.kernel_pids()
+        assert kernels, "a kernel serves the page"
+        page.close()  # Voila's shutdown beacon (XSRF check disabled on loopback) ends the kernel
+        wait_until(lambda: not any(_alive(pid) for pid in kernels), 60, what="the kernel to exit after the tab closed")
+
+    counts = query_json(own_settings, {"mobile": ("kpis", {"device": device})})
+    assert counts["_count"] == stable
+    assert counts["mobile"]["total"] == filtered
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

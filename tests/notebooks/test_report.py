@@ -1,0 +1,66 @@
+"""`clickstream report`: papermill runs the report; its numbers equal the named queries' results."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from clickstream_lib.notebooks import recorded
+from clickstream_lib.settings import Settings
+
+from .conftest import ROOT, env_for, load_events, query_json
+
+pytestmark = [pytest.mark.integration, pytest.mark.notebooks]
+
+CLI = str(ROOT / ".venv" / "bin" / "clickstream")
+
+
+def test_report_numbers_equal_the_named_queries(own_settings: Settings, tmp_path: Path) -> None:
+    assert load_events(own_settings, 3000) == 3000
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [CLI, "report", "--param", "start=2020-01-01", "--param", "device=mobile", "--param", "top_n=5",
+         "--out", str(out)],
+        env=env_for(own_settings), capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"html: {out / 'report.html'}" in proc.stdout
+
+    nb = nbformat.read(out / "report.ipynb", as_version=4)
+    assert "widgets" not in nb.metadata  # no widget state kept
+    got = recorded(nb)
+    args = {"start": "2020-01-01", "device": "mobile"}
+    want = query_json(own_settings, {
+        "kpis": ("kpis", args),
+        "funnel": ("funnel", args),
+        "top_items": ("item_performance", {**args, "limit": 5}),
+        "retention": ("retention", args),
+    })
+    assert got["kpis"] == want["kpis"]
+    assert got["funnel"] == want["funnel"]
+    assert got["top_items"] == want["top_items"]
+    assert got["retention"] == want["retention"]
+    # The filter took effect: mobile is a real share of all events, not all of them and not none.
+    assert 0 < got["kpis"]["total"] < want["_count"] == 3000
+    assert len(got["top_items"]) == 5
+    assert [row["interaction_type"] for row in got["funnel"]] == ["view", "click", "add_to_cart", "purchase"]
+
+    html = (out / "report.html").read_text()
+    assert f'data-value="{got["kpis"]["total"]}"' in html
+    assert "plotly" in html.lower()  # the charts are there
+    assert "queries.run(" not in html and "report_arguments(" not in html  # no code cells
+
+
+def test_a_failing_report_exits_1_and_keeps_the_executed_notebook(own_settings: Settings, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [CLI, "report", "--param", "start=yesterday", "--out", str(out)],
+        env=env_for(own_settings), capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 1
+    assert "not an ISO date" in proc.stderr
+    assert str(out / "report.ipynb") in proc.stderr
+    assert (out / "report.ipynb").exists() and not (out / "report.html").exists()
