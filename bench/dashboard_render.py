@@ -1,0 +1,149 @@
+"""Time to first render of the Voila dashboard in headless Chromium, and the memory of the dashboard process.
+
+Usage:  .venv/bin/python bench/dashboard_render.py [--repeats 5] [--events 20000]
+
+dashboard = open the dashboard (embedded store holding --events events, read-only) in a new tab until the KPI
+            numbers and all eight plotly charts are on the page; close the tab and wait for its kernel to exit
+            (it holds the chdb lock) before the next run;
+raw       = the baseline measured in the same run: Voila rendering a one-cell notebook that prints a word, same
+            server flags, same browser, until the word is on the page.
+Medians of --repeats runs; the ratio is against the raw baseline. Memory: resident set size (RSS) of the Voila
+server and of the dashboard kernel while a tab is open, then the same with the live pipeline (--rate events/s
+generated -> Kafka -> sink inside the kernel) after it ran for 20 s.
+A local Kafka broker on free ports in a temporary directory is started and stopped by this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+from nbformat.v4 import new_code_cell, new_notebook
+from playwright.sync_api import sync_playwright
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from clickstream_lib.notebooks import VoilaServer, settings_env  # noqa: E402
+from clickstream_lib.settings import Settings  # noqa: E402
+from clickstream_lib.stack import KafkaStack  # noqa: E402
+from tests.conftest import base_env, free_port  # noqa: E402
+from tests.notebooks.conftest import CHROMIUM_ARGS, LOAD_EVENTS  # noqa: E402
+
+
+def rss_mb(pids: list[int]) -> list[float]:
+    out = []
+    for pid in pids:
+        try:
+            out.append(psutil.Process(pid).memory_info().rss / 2**20)
+        except psutil.NoSuchProcess:
+            out.append(0.0)
+    return out
+
+
+def wait_gone(pids: list[int], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"kernels {pids} did not exit after their tab closed")
+
+
+def render(context, server: VoilaServer, selector: str, count: int) -> tuple[float, list[float]]:
+    page = context.new_page()
+    t0 = time.perf_counter()
+    page.goto(server.url, wait_until="domcontentloaded", timeout=120_000)
+    page.locator(selector).nth(count - 1).wait_for(timeout=120_000)
+    elapsed = time.perf_counter() - t0
+    kernels = server.kernel_pids()
+    mem = rss_mb([server.proc.pid, *kernels]) if server.proc else []
+    page.close()
+    wait_gone(kernels)
+    return elapsed, mem
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--events", type=int, default=20_000)
+    ap.add_argument("--rate", type=float, default=1000.0)
+    args = ap.parse_args()
+    chromium = shutil.which("chromium")
+    if not chromium:
+        print("chromium is not installed (apt-get install -y chromium)", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
+    port, cport = free_port(), free_port()
+    settings = Settings.from_env(base_env(), kafka_broker_url=f"127.0.0.1:{port}", kafka_controller_port=cport,
+                                 data_dir=tmp / "data", kafka_topic="bench_render", kafka_partitions=3)
+    stack = KafkaStack(settings.replace(data_dir=tmp / "kafka"))
+    stack.up(timeout_s=120)
+    try:
+        proc = subprocess.run([sys.executable, "-c", LOAD_EVENTS.format(n=args.events, seed=1, rate=20_000.0)],
+                              env=settings_env(settings, base_env()), capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            return 1
+        stored = json.loads(proc.stdout.strip().splitlines()[-1])
+        raw_nb = tmp / "raw.ipynb"
+        nbformat.write(new_notebook(cells=[new_code_cell("print('rendered-baseline')")],
+                                    metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                             "language": "python"}}), raw_nb)
+        with sync_playwright() as pw:
+            context = pw.chromium.launch_persistent_context(
+                str(tmp / "profile"), executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
+                viewport={"width": 1400, "height": 1800},
+            )
+            try:
+                raw_t: list[float] = []
+                with VoilaServer(settings, raw_nb, port=0, log_file=tmp / "raw.log") as server:
+                    for _ in range(args.repeats):
+                        raw_t.append(render(context, server, "text=rendered-baseline", 1)[0])
+                dash_t: list[float] = []
+                mems: list[list[float]] = []
+                with VoilaServer(settings, "dashboard", port=0, log_file=tmp / "dash.log") as server:
+                    for _ in range(args.repeats):
+                        t, mem = render(context, server, ".cs-dashboard .js-plotly-plot", 8)
+                        dash_t.append(t)
+                        mems.append(mem)
+                live = settings.replace(kafka_topic="bench_render_live", clickhouse_database="live")
+                params = {"live_pipeline": True, "rate": args.rate, "refresh_s": 5.0}
+                with VoilaServer(live, "dashboard", port=0, params=params, log_file=tmp / "live.log") as server:
+                    page = context.new_page()
+                    page.goto(server.url, wait_until="domcontentloaded", timeout=120_000)
+                    page.locator(".cs-dashboard .js-plotly-plot").nth(7).wait_for(timeout=120_000)
+                    time.sleep(20)
+                    live_mem = rss_mb([server.proc.pid, *server.kernel_pids()]) if server.proc else []
+                    live_total = page.locator('[data-kpi="total"]').get_attribute("data-value")
+                    page.close()
+            finally:
+                context.close()
+    finally:
+        stack.down()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    raw_med, dash_med = statistics.median(raw_t), statistics.median(dash_t)
+    server_mb = statistics.median(m[0] for m in mems)
+    kernel_mb = statistics.median(sum(m[1:]) for m in mems)
+    print(f"events in the store: {stored}; repeats: {args.repeats}")
+    print(f"raw voila notebook   first render median {raw_med:6.2f} s  {[round(x, 2) for x in raw_t]}")
+    print(f"dashboard            first render median {dash_med:6.2f} s  {[round(x, 2) for x in dash_t]}")
+    print(f"ratio dashboard/raw  {dash_med / raw_med:6.2f}x")
+    print(f"memory (read-only)   voila server {server_mb:.0f} MB RSS, dashboard kernel {kernel_mb:.0f} MB RSS")
+    print(f"memory (live, {args.rate:.0f} ev/s, 20 s, total {live_total}): voila server {live_mem[0]:.0f} MB, "
+          f"kernel {sum(live_mem[1:]):.0f} MB RSS")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
