@@ -8,14 +8,96 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import err, out, register  # noqa: F401
-from .settings import Settings  # noqa: F401
+from .cli import err, out, register
+from .settings import Settings
 
 # --- generate / produce (events, generator, producer) -----------------------------------------------------------
 
 # --- consume (the sink) -----------------------------------------------------------------------------------------
 
 # --- query (named analytics queries, read-only SQL) --------------------------------------------------------------
+
+
+def _add_query(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "query",
+        help="run a named analytics query or read-only SQL against the store",
+        description=(
+            "Run a named query (see --list) with its window, filters and options as --param NAME=VALUE, or run "
+            "SQL with --sql (read-only: readonly=1). Filters: interaction_type, device, country, referrer, item_id; "
+            "repeat a filter to match several values. Times are ISO-8601, UTC unless they carry an offset.\n"
+            "In embedded mode this process opens the store: stop other processes using CLICKSTREAM_DATA_DIR."
+        ),
+        epilog=(
+            "examples:\n  clickstream query --list\n  clickstream query kpis\n"
+            "  clickstream query top_items --param limit=5 --param device=mobile --param start=2026-11-29T00:00Z\n"
+            "  clickstream query funnel --param window_s=900 --format json\n"
+            "  clickstream query --sql \"SELECT count() FROM clickstream.events\" --format csv\n"
+            "  clickstream query --ddl cluster --cluster prod"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("name", nargs="?", help="the query name (see --list)")
+    p.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
+                   help="start, end, a filter or a query option (repeatable)")
+    p.add_argument("--source", choices=["auto", "raw", "rollup"], default="auto",
+                   help="read rollups when exact (auto, default), always raw events, or insist on rollups")
+    p.add_argument("--sql", help="run this SQL read-only instead of a named query")
+    p.add_argument("--format", "-f", choices=["table", "csv", "json"], default="table", help="output format")
+    p.add_argument("--list", action="store_true", help="list the named queries and their options")
+    p.add_argument("--ddl", choices=["local", "cluster"], help="print the schema DDL (no store is opened)")
+    p.add_argument("--cluster", default="clickstream", help="cluster name for --ddl cluster")
+    p.set_defaults(handler=_cmd_query)
+
+
+def _cmd_query(args: argparse.Namespace, settings: Settings) -> int:
+    from . import queries, schema
+    from .errors import QueryError
+    from .store import connect
+
+    if args.list:
+        for nq in queries.QUERIES.values():
+            out(nq.describe())
+        return 0
+    if args.ddl:
+        stmts = (schema.cluster_ddl(settings.database, args.cluster) if args.ddl == "cluster"
+                 else schema.local_ddl(settings.database))
+        for stmt in stmts:
+            out(stmt + ";\n")
+        return 0
+    if bool(args.sql) == bool(args.name):
+        raise QueryError("query", "give a query NAME or --sql (not both); see `clickstream query --list`")
+    params: dict[str, object] = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise QueryError("--param", f"{item!r} is not NAME=VALUE")
+        key = key.strip()
+        prev = params.get(key)
+        params[key] = value if prev is None else [*(prev if isinstance(prev, list) else [prev]), value]
+    store = connect(settings)
+    try:
+        if args.sql:
+            if params:
+                raise QueryError("--param", "does not apply to --sql")
+            df = queries.read_only(store, args.sql)
+        else:
+            if args.name not in queries.QUERIES:
+                queries.run(store, args.name)  # raises the QueryError listing the known names
+            df = queries.run(store, args.name, source=args.source, **params)
+    finally:
+        store.close()
+    if args.format == "csv":
+        out(df.to_csv(index=False).rstrip("\n"))
+    elif args.format == "json":
+        out(df.to_json(orient="records", date_format="iso", date_unit="ms"))
+    else:
+        out(df.to_string(index=False) if len(df) else f"(no rows; columns: {', '.join(map(str, df.columns))})")
+    return 0
+
+
+register(_add_query)
+
 
 # --- report / dashboard / demo (notebooks) ----------------------------------------------------------------------
 

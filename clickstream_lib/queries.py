@@ -312,6 +312,25 @@ def run(
     return df
 
 
+def read_only(store: Store, sql: str, parameters: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Run arbitrary SQL with ``readonly = 1``: SELECT/SHOW/DESCRIBE work; writes, DDL and SET are refused.
+
+    Raises:
+        QueryError: the SQL is empty.
+        StoreError: ClickHouse refused or failed (e.g. ``Cannot execute query in readonly mode``).
+    """
+    if not sql.strip():
+        raise QueryError("sql", "is empty; pass a SELECT statement")
+    try:
+        with store._lock:  # the Store serialises use of its client
+            df = store.client.query_df(sql, parameters=parameters or {}, settings={"readonly": 1})
+        if df.columns.empty:
+            df = _empty_frame(store, sql, parameters or {})
+    except ClickHouseError as exc:
+        raise StoreError(f"read-only query failed: {exc}") from exc
+    return df
+
+
 def _empty_frame(store: Store, sql: str, params: dict[str, Any]) -> pd.DataFrame:
     """An empty result with its columns: the embedded engine returns no header for zero rows, so ask DESCRIBE."""
     columns = {}
