@@ -7,6 +7,12 @@ Java 17 with a capped heap, bound to 127.0.0.1; its data directory persists acro
 Layout under ``<CLICKSTREAM_DATA_DIR>/kafka``::
 
     server.properties  log4j2.properties  broker.pid  data/  logs/server.log  logs/stdout.log
+    tls/broker.pem     (only with a SASL_SSL listener: the broker's key and certificate chain, mode 0600)
+
+The PLAINTEXT listener on ``KAFKA_BROKER_URL`` is always there (the stack administers the broker through it). A
+:class:`SecureListener` adds a SASL_SSL listener (TLS from PEM files, SCRAM users) for clients that must
+authenticate; its users are created through the admin API after start, so no password is ever written to
+``server.properties`` or put on a command line.
 """
 
 from __future__ import annotations
@@ -20,13 +26,14 @@ import socket
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .errors import BrokerUnavailable, StackError
-from .settings import Settings, parse_bootstrap
-from .topics import ping
+from .errors import BrokerUnavailable, ClickstreamError, StackError
+from .settings import SASL_MECHANISMS, Settings, parse_bootstrap
+from .topics import admin, ping
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +45,45 @@ def kafka_version() -> str:
     text = resources.files("clickstream_lib").joinpath("resources/kafka-pom.xml").read_text()
     start = text.index("<kafka.version>") + len("<kafka.version>")
     return text[start : text.index("</kafka.version>")]
+
+
+@dataclass(frozen=True)
+class SecureListener:
+    """An extra SASL_SSL listener for the local broker: TLS from PEM files, SCRAM users.
+
+    Attributes:
+        port: loopback port of the listener (clients set ``KAFKA_BROKER_URL=127.0.0.1:<port>``).
+        certfile: the broker's certificate chain in PEM, leaf first; its subjectAltName must name the host clients
+            dial (``127.0.0.1`` / ``localhost``), since kafka-python checks the hostname.
+        keyfile: the certificate's private key in PEM (unencrypted; the stack copies it beside the chain into a
+            0600 file under the broker home, as Kafka's PEM keystore wants both in one place).
+        users: SCRAM users to create after start, name -> password. Never logged.
+        cafile: the CA that signed ``certfile`` (PEM), used by the stack's own readiness probe; None means the
+            system trust store.
+        mechanism: ``SCRAM-SHA-512`` (default) or ``SCRAM-SHA-256``.
+        host: address to bind, loopback only.
+    """
+
+    port: int
+    certfile: Path
+    keyfile: Path
+    users: Mapping[str, str] = field(default_factory=dict, repr=False)
+    cafile: Path | None = None
+    mechanism: str = "SCRAM-SHA-512"
+    host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in SASL_MECHANISMS or not self.mechanism.startswith("SCRAM"):
+            raise StackError(f"SecureListener mechanism {self.mechanism!r} is not supported; use SCRAM-SHA-512")
+        if self.host not in _LOOPBACK:
+            raise StackError(f"SecureListener host {self.host!r} must be a loopback address; the local stack is local")
+        for name in ("certfile", "keyfile"):
+            if not Path(getattr(self, name)).is_file():
+                raise StackError(f"SecureListener {name} {getattr(self, name)} is not a readable PEM file")
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -75,8 +121,9 @@ class KafkaStack:
         >>> stack.down()
     """
 
-    def __init__(self, settings: Settings, home: Path | None = None) -> None:
+    def __init__(self, settings: Settings, home: Path | None = None, secure: SecureListener | None = None) -> None:
         self.settings = settings
+        self.secure = secure
         self.home = Path(home) if home else Path(settings.data_dir) / "kafka"
         servers = parse_bootstrap(settings.kafka_broker_url)
         self.host, self.port = servers[0]
@@ -84,6 +131,17 @@ class KafkaStack:
         self.controller_port = settings.kafka_controller_port or self.port + 1
         self.version = kafka_version()
         self.libs = Path(settings.cache_dir) / f"kafka-{self.version}" / "libs"
+        if secure and secure.port in (self.port, self.controller_port):
+            raise StackError(f"SecureListener port {secure.port} collides with the broker or controller port")
+
+    @property
+    def admin_settings(self) -> Settings:
+        """Settings for the stack's own admin traffic: always the PLAINTEXT listener on loopback.
+
+        The caller's settings may carry SASL_SSL for its clients; readiness probes and user creation must not
+        depend on them (a wrong password would otherwise look like a broker that never starts).
+        """
+        return self.settings.replace(kafka_broker_url=self.url, kafka_security_protocol="PLAINTEXT")
 
     # --- paths --------------------------------------------------------------------------------------------------
 
@@ -156,14 +214,21 @@ class KafkaStack:
     def _write_config(self) -> None:
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         data = self.home / "data"
+        listeners = f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}"
+        advertised = f"PLAINTEXT://{self.host}:{self.port}"
+        protocol_map = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        if self.secure:
+            listeners += f",SASL_SSL://{self.secure.url}"
+            advertised += f",SASL_SSL://{self.secure.url}"
+            protocol_map += ",SASL_SSL:SASL_SSL"
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": f"{self.host}:{self.controller_port}",
-            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
+            "listeners": listeners,
+            "advertised.listeners": advertised,
             "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": protocol_map,
             "inter.broker.listener.name": "PLAINTEXT",
             "log.dirs": str(data),
             "num.partitions": str(self.settings.kafka_partitions),
@@ -178,6 +243,8 @@ class KafkaStack:
             "group.initial.rebalance.delay.ms": "0",
             "log.retention.hours": "168",
         }
+        if self.secure:
+            props.update(self._secure_props(self.secure))
         self.properties_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         log4j = f"""\
 status = warn
@@ -194,6 +261,67 @@ logger.state.name = state.change.logger
 logger.state.level = WARN
 """
         (self.home / "log4j2.properties").write_text(log4j)
+
+    def _secure_props(self, secure: SecureListener) -> dict[str, str]:
+        """Broker properties of the SASL_SSL listener. No secret goes in here: SCRAM users live in the metadata log."""
+        tls = self.home / "tls"
+        tls.mkdir(mode=0o700, exist_ok=True)
+        keystore = tls / "broker.pem"
+        # Kafka's PEM keystore reads the private key and the certificate chain from one file.
+        fd = os.open(keystore, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(Path(secure.keyfile).read_text().strip() + "\n" + Path(secure.certfile).read_text().strip() + "\n")
+        mech = secure.mechanism.lower()
+        prefix = "listener.name.sasl_ssl."
+        return {
+            "sasl.enabled.mechanisms": secure.mechanism,
+            f"{prefix}sasl.enabled.mechanisms": secure.mechanism,
+            f"{prefix}{mech}.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            f"{prefix}ssl.keystore.type": "PEM",
+            f"{prefix}ssl.keystore.location": str(keystore),
+            f"{prefix}ssl.client.auth": "none",
+            f"{prefix}ssl.enabled.protocols": "TLSv1.3,TLSv1.2",
+        }
+
+    def create_scram_users(self, users: Mapping[str, str], mechanism: str = "SCRAM-SHA-512") -> None:
+        """Create or update SCRAM users through the admin API (over the PLAINTEXT listener).
+
+        Raises:
+            StackError: the broker refused a user.
+        """
+        from kafka.admin import UserScramCredentialUpsertion
+
+        if not users:
+            return
+        with admin(self.admin_settings, timeout_s=10) as client:
+            result = client.alter_user_scram_credentials(
+                [UserScramCredentialUpsertion(name, mechanism, password) for name, password in users.items()]
+            )
+        failed = {name: msg for name, msg in result.items() if msg}
+        if failed:
+            raise StackError(f"the broker refused SCRAM users: {failed}")
+        logger.info("SCRAM users ready: %s (%s)", ", ".join(sorted(users)), mechanism)
+
+    def _wait_secure_ready(self, secure: SecureListener, deadline: float) -> None:
+        """Wait until the SASL_SSL listener authenticates the first user (credentials propagate asynchronously)."""
+        if not secure.users:
+            return
+        name, password = next(iter(secure.users.items()))
+        client_settings = self.settings.replace(
+            kafka_broker_url=secure.url, kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism=secure.mechanism,
+            kafka_sasl_username=name, kafka_sasl_password=password,
+            kafka_ssl_cafile=str(secure.cafile) if secure.cafile else "",
+        )
+        while True:
+            try:
+                ping(client_settings, timeout_s=3)
+                return
+            except ClickstreamError as exc:
+                if time.monotonic() > deadline:
+                    raise StackError(
+                        f"the SASL_SSL listener at {secure.url} did not accept user {name} in time: {exc}"
+                    ) from None
+            time.sleep(0.2)
 
     def _classpath(self) -> str:
         return str(self.libs / "*")
@@ -250,7 +378,7 @@ logger.state.level = WARN
     def status(self) -> StackStatus:
         pid = self._read_pid()
         if pid:
-            return StackStatus("running", self.url, pid, self.home, self.log_file)
+            return StackStatus("running", self.url, pid, self.home, self.log_file, self._detail())
         if not self.is_local:
             try:
                 ping(self.settings, timeout_s=3)
@@ -307,7 +435,7 @@ logger.state.level = WARN
             try:
                 # A cheap socket probe first keeps kafka-python's connection-refused noise out of the logs.
                 if self._port_open():
-                    ping(self.settings, timeout_s=5)
+                    ping(self.admin_settings, timeout_s=5)
                     break
             except BrokerUnavailable:
                 pass
@@ -315,7 +443,13 @@ logger.state.level = WARN
                 self._stop_pid(proc.pid, 10)
                 raise StackError(f"the Kafka broker did not become ready in {timeout_s:.0f} s; see {self.log_file}")
             time.sleep(0.2)
-        return StackStatus("running", self.url, proc.pid, self.home, self.log_file)
+        if self.secure:
+            self.create_scram_users(self.secure.users, self.secure.mechanism)
+            self._wait_secure_ready(self.secure, deadline)
+        return StackStatus("running", self.url, proc.pid, self.home, self.log_file, self._detail())
+
+    def _detail(self) -> str:
+        return f"SASL_SSL at {self.secure.url}" if self.secure else ""
 
     def _log_hint(self) -> str:
         try:

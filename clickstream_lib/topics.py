@@ -15,7 +15,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from .errors import BrokerUnavailable
+from .errors import BrokerUnavailable, ClickstreamError, KafkaSecurityError
+from .security import check_kafka
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -23,8 +24,17 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 
 
-def unreachable(settings: Settings, exc: BaseException | None = None) -> BrokerUnavailable:
-    """The one error for 'no broker there', with what to do about it."""
+def unreachable(settings: Settings, exc: BaseException | None = None) -> ClickstreamError:
+    """The one error for 'no broker there', with what to do about it.
+
+    kafka-python reports a wrong password, an unknown CA or a protocol mismatch as a bootstrap timeout, so a direct
+    probe (:func:`clickstream_lib.security.check_kafka`) first looks for those and returns a
+    :class:`KafkaSecurityError` naming the setting to fix.
+    """
+    try:
+        check_kafka(settings)
+    except KafkaSecurityError as security:
+        return security
     cause = f" ({type(exc).__name__}: {exc})" if exc else ""
     return BrokerUnavailable(
         f"Kafka not reachable at {settings.kafka_broker_url}{cause} — start it with `clickstream stack up` "
@@ -46,7 +56,10 @@ def admin(settings: Settings, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> I
 
     Raises:
         BrokerUnavailable: no broker answered within ``timeout_s``.
+        KafkaSecurityError: the broker refused the TLS/SASL settings, or the protocol does not match the listener
+            (checked up front in one round trip, so these fail at once instead of after the bootstrap timeout).
     """
+    check_kafka(settings)
     try:
         client = KafkaAdminClient(**client_config(settings, timeout_s, request_timeout_ms=int(timeout_s * 1000) + 5000))
     except KafkaError as exc:
