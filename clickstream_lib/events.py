@@ -16,8 +16,11 @@ one from topic/partition/offset).
 
 from __future__ import annotations
 
+import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from importlib import resources
 from typing import Any, NamedTuple
 
 import orjson
@@ -73,6 +76,21 @@ FIELDS = (
 )
 
 _EVENT_ID_NAMESPACE = uuid.UUID("6f1c1e43-5d2a-4c53-9a55-0c1c7e1b2f00")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+SCHEMA_RESOURCE = "resources/event.schema.json"
+
+
+@cache
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a wire message, shipped as ``resources/event.schema.json``.
+
+    It documents what producers send, for other producers and for tests. The sink uses :func:`parse`, which
+    also checks what a schema cannot (the timestamp's range, the message size) and says *why* in one stable word.
+    """
+    text = resources.files("clickstream_lib").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
 
 
 class Rejection(NamedTuple):
@@ -96,14 +114,18 @@ def parse_timestamp(value: str) -> int | None:
     except ValueError:
         return None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp() * 1000 + (0.5 if dt.microsecond % 1000 else 0))
+        dt = dt.replace(tzinfo=UTC)
+    # Integer arithmetic: dt.timestamp() is a float and 10:00:00.123 can come back as ...122.999 ms.
+    try:
+        return (dt - _EPOCH) // _MS
+    except OverflowError:  # e.g. year 1 with a +14:00 offset
+        return None
 
 
 def format_timestamp(ms: int) -> str:
     """Epoch milliseconds to the wire form ``2026-11-29T10:00:00.123Z``."""
-    dt = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    dt = _EPOCH + timedelta(milliseconds=int(ms))  # exact, unlike fromtimestamp(ms / 1000)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ms) % 1000:03d}Z"
 
 
 def parse(raw: bytes | bytearray | memoryview | str, reference_ms: int | None = None) -> dict[str, Any] | Rejection:
@@ -116,10 +138,11 @@ def parse(raw: bytes | bytearray | memoryview | str, reference_ms: int | None = 
     """
     if raw is None:
         return Rejection(NOT_JSON, "empty message (null value)")
+    if isinstance(raw, str):
+        # surrogatepass keeps a lone surrogate as bytes, so it is reported as invalid UTF-8 below, not raised here.
+        raw = raw.encode("utf-8", "surrogatepass")
     if len(raw) > MAX_MESSAGE_BYTES:
         return Rejection(TOO_LARGE, f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8", "surrogatepass")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -153,7 +176,7 @@ def validate(obj: dict[str, Any], reference_ms: int | None = None) -> dict[str, 
     ts_ms = parse_timestamp(ts)
     if ts_ms is None:
         return Rejection(TIMESTAMP_UNPARSABLE, f"{ts[:40]!r}")
-    ref = reference_ms if reference_ms is not None else int(datetime.now(timezone.utc).timestamp() * 1000)
+    ref = reference_ms if reference_ms is not None else int(datetime.now(UTC).timestamp() * 1000)
     if ts_ms < MIN_TIME_MS or ts_ms > ref + MAX_FUTURE_MS:
         return Rejection(TIMESTAMP_OUT_OF_RANGE, f"{ts[:40]!r} is before 2000-01-01 or more than 1 day ahead")
     event_id = obj.get("event_id")

@@ -1,0 +1,904 @@
+"""A realistic synthetic clickstream, generated in numpy batches and deterministic under a seed.
+
+The model, in the order a reader meets it in a dashboard:
+
+* **Users** have a fixed device and country and a skewed activity level (a few users are much busier).
+* **Sessions**: a user's visit is a run of events less than 30 minutes apart; the next visit of the same user starts
+  at least 30 minutes after the previous one ended, so the "30 minutes of inactivity" rule recovers the sessions.
+* **Funnel**: a session views a few items (Zipf-like popularity: a long tail), then may go on, in order, to
+  ``click`` -> ``add_to_cart`` -> ``purchase`` of the last viewed item, with configurable step rates. The defaults
+  (40% / 25% / 30%) make about 3% of sessions convert, near published e-commerce figures.
+* **Time**: session starts follow a diurnal curve (peak in the evening, UTC). :meth:`Generator.backfill` stamps
+  events with that simulated clock over a date range; :meth:`Generator.batch` is the live mode: events keep the
+  simulated order but are stamped *now* (strictly increasing per user, so funnels stay ordered in time).
+* **Mixes**: referrer per session, device and country per user, a price per item (in the user's currency).
+
+Scenarios can be switched on and off between batches (:meth:`Generator.set_scenario`), and every event they
+touch is labelled in :meth:`EventBatch.to_frame`'s ``scenario`` column so tests can check the pipeline's reaction:
+
+=============  ==================================================================================================
+flash_sale     a share of new sessions go straight to one item (referrer ``flash_sale``, page ``/sale/<item>``,
+               boosted funnel, discounted price)
+bot_burst      one user (default ``bot_0001``, device ``bot``) sends a share of all messages, views and clicks
+late_events    a share of events carry an event time minutes to hours in the past
+duplicates     a share of messages are re-sends of an earlier message of the batch (same ``event_id``)
+malformed      a share of messages are invalid, cycling through every reason in :data:`events.REASONS`
+=============  ==================================================================================================
+
+Example:
+    >>> gen = Generator(seed=42)
+    >>> batch = gen.batch(10_000)
+    >>> messages = batch.to_messages()        # [(key=user_id bytes, value=JSON bytes), ...]
+    >>> frame = batch.to_frame()              # ground truth, columns events.FIELDS + scenario
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from . import events
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+SCENARIOS: tuple[str, ...] = ("flash_sale", "bot_burst", "late_events", "duplicates", "malformed")
+
+#: Default parameters of each scenario; ``set_scenario(name, **params)`` overrides them.
+SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
+    "flash_sale": {"item": None, "share": 0.3, "boost": 3.0, "discount": 0.3},
+    "bot_burst": {"user": "bot_0001", "share": 0.2},
+    "late_events": {"share": 0.05, "min_delay_s": 120.0, "max_delay_s": 6 * 3600.0},
+    "duplicates": {"share": 0.02},
+    "malformed": {"share": 0.01},
+}
+
+DEVICES: tuple[str, ...] = ("mobile", "desktop", "tablet", "bot")
+_DEVICE_WEIGHTS = (0.58, 0.36, 0.06)
+REFERRERS: tuple[str, ...] = ("direct", "search", "social", "email", "ads", "flash_sale")
+_REFERRER_WEIGHTS = (0.33, 0.32, 0.12, 0.08, 0.15)
+# (country, share of users, currency, units of that currency per USD, decimals)
+_COUNTRIES: tuple[tuple[str, float, str, float, int], ...] = (
+    ("US", 0.30, "USD", 1.0, 2),
+    ("GB", 0.09, "GBP", 0.79, 2),
+    ("DE", 0.10, "EUR", 0.92, 2),
+    ("FR", 0.07, "EUR", 0.92, 2),
+    ("ES", 0.05, "EUR", 0.92, 2),
+    ("IT", 0.05, "EUR", 0.92, 2),
+    ("NL", 0.03, "EUR", 0.92, 2),
+    ("PL", 0.03, "PLN", 3.95, 2),
+    ("BR", 0.06, "BRL", 5.0, 2),
+    ("IN", 0.08, "INR", 83.0, 2),
+    ("JP", 0.05, "JPY", 150.0, 0),
+    ("CA", 0.05, "CAD", 1.36, 2),
+    ("AU", 0.04, "AUD", 1.52, 2),
+)
+COUNTRIES: tuple[str, ...] = tuple(c[0] for c in _COUNTRIES)
+CURRENCIES: tuple[str, ...] = tuple(sorted({c[2] for c in _COUNTRIES}))
+
+_VIEW, _CLICK, _CART, _PURCHASE = 0, 1, 2, 3
+_NO_SCENARIO = 0
+_SCENARIO_LABELS: tuple[str, ...] = ("", *SCENARIOS)
+_FLASH, _BOT, _LATE, _DUP = (1 + SCENARIOS.index(s) for s in ("flash_sale", "bot_burst", "late_events", "duplicates"))
+_HOUR_MS = 3_600_000
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+# Byte positions of the 32 hex digits inside a 36-character UUID string (the other 4 are dashes).
+_UUID_HEX_POS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+_MS_SUFFIX = np.array([f".{i:03d}Z" for i in range(1000)], dtype=object)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_.:@+-]{1,256}$")
+_COLUMNS = ("user", "session", "item", "itype", "ts", "page", "referrer", "device", "country", "price", "currency",
+            "scenario")  # fmt: skip
+
+
+def _uuid4_strings(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` random (version 4) UUIDs as a fixed-width ``S36`` array, without a Python loop."""
+    raw = np.frombuffer(rng.bytes(16 * n), dtype=np.uint8).reshape(n, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    digits = np.empty((n, 32), dtype=np.uint8)
+    digits[:, 0::2] = _HEX[raw >> 4]
+    digits[:, 1::2] = _HEX[raw & 0x0F]
+    out = np.full((n, 36), ord("-"), dtype=np.uint8)
+    out[:, _UUID_HEX_POS] = digits
+    return out.view("S36").reshape(n)
+
+
+def iso_timestamps(ts_ms: np.ndarray) -> list[str]:
+    """Epoch milliseconds to wire-form strings (``2026-11-29T10:00:00.123Z``), formatting each second once."""
+    if len(ts_ms) == 0:
+        return []
+    secs, ms = np.divmod(ts_ms.astype(np.int64), 1000)
+    low = int(secs.min())
+    span = int(secs.max()) - low + 1
+    if span <= 4 * len(secs):  # live batches span a second or two: index a dense table, no sort needed
+        uniq, inverse = np.arange(low, low + span), secs - low
+    else:
+        uniq, inverse = np.unique(secs, return_inverse=True)
+    prefixes = np.array(
+        [(_EPOCH + timedelta(seconds=int(s))).strftime("%Y-%m-%dT%H:%M:%S") for s in uniq.tolist()], dtype=object
+    )
+    out: list[str] = (prefixes[inverse] + _MS_SUFFIX[ms]).tolist()
+    return out
+
+
+def _groupwise_cummax(values: np.ndarray, group_start: np.ndarray) -> np.ndarray:
+    """Running maximum of ``values`` restarting at each group (rows sorted by group; ``group_start`` marks firsts)."""
+    if len(values) == 0:
+        return values
+    gid = np.cumsum(group_start) - 1
+    low = values.min()
+    span = int(values.max() - low) + 1
+    lifted = (values - low) + gid.astype(np.int64) * span  # later groups always compare larger
+    return np.maximum.accumulate(lifted) - gid.astype(np.int64) * span + low
+
+
+@dataclass
+class EventBatch:
+    """A batch of messages in columnar form: valid events (including re-sent duplicates) plus malformed messages.
+
+    ``len(batch)`` is the number of messages, what :meth:`to_messages` returns and a producer sends. Valid events
+    come back as wire dicts (:meth:`to_dicts`) or as a ground-truth frame (:meth:`to_frame`); malformed ones are
+    in :attr:`malformed` with the reason :func:`events.parse` gives for each.
+    """
+
+    cols: dict[str, np.ndarray]
+    event_id: np.ndarray  # S36, one per valid event
+    tables: _Tables
+    malformed: list[tuple[bytes, bytes, str]] = field(default_factory=list)  # (key, value, expected reason)
+    malformed_pos: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.event_id) + len(self.malformed)
+
+    @property
+    def n_valid(self) -> int:
+        """How many messages are valid events (duplicates included)."""
+        return len(self.event_id)
+
+    def scenario_counts(self) -> dict[str, int]:
+        """Messages per scenario label (``""`` = ordinary events; ``"malformed"`` counts invalid messages)."""
+        codes = np.bincount(self.cols["scenario"], minlength=len(_SCENARIO_LABELS))
+        out = {label: int(c) for label, c in zip(_SCENARIO_LABELS, codes, strict=True) if c}
+        if self.malformed:
+            out["malformed"] = len(self.malformed)
+        return out
+
+    def _columns(self) -> dict[str, list[Any]]:
+        t, c = self.tables, self.cols
+        purchase = c["itype"] == _PURCHASE
+        price = np.full(len(purchase), None, dtype=object)
+        price[purchase] = c["price"][purchase].tolist()
+        return {
+            "event_id": self.event_id.astype("U36").tolist(),
+            "user_id": t.users[c["user"]].tolist(),
+            "session_id": c["session"].tolist(),
+            "item_id": t.items[c["item"]].tolist(),
+            "interaction_type": t.itypes[c["itype"]].tolist(),
+            "timestamp": iso_timestamps(c["ts"]),
+            "page": t.pages[c["page"]].tolist(),
+            "referrer": t.referrers[c["referrer"]].tolist(),
+            "device": t.devices[c["device"]].tolist(),
+            "country": t.countries[c["country"]].tolist(),
+            "price": price.tolist(),
+            "currency": t.currencies[np.where(purchase, c["currency"] + 1, 0)].tolist(),
+        }
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """The valid events as wire-form dicts (ISO ``timestamp``; ``price``/``currency`` None unless purchase)."""
+        cols = self._columns()
+        names = list(cols)
+        return [
+            {**dict(zip(names, row, strict=True)), "schema_version": events.SCHEMA_VERSION}
+            for row in zip(*cols.values(), strict=True)
+        ]
+
+    def keys_values(self) -> tuple[list[bytes], list[bytes]]:
+        """Keys and values of every message as two lists (what a producer loop wants; no per-message tuple)."""
+        t, c = self.tables, self.cols
+        # Every string in a generated event comes from a fixed vocabulary or a checked pattern (ids, hex session
+        # ids, ISO times; see Generator._bot_index), none needs JSON escaping: %-formatting a template is exact
+        # and 2-3x faster than building a dict for orjson. test_generator checks it against orjson.loads.
+        frag = t.fragments()
+        kind = np.searchsorted(t.page_kind_edges, c["page"], side="right") - 1
+        frag_idx = (c["item"].astype(np.int64) * 4 + c["itype"]) * 4 + kind
+        purchase = np.flatnonzero(c["itype"] == _PURCHASE)
+        money = np.full(len(frag_idx), _NO_PRICE, dtype=object)
+        if len(purchase):
+            cur = t.currencies[c["currency"][purchase] + 1].tolist()
+            money[purchase] = [
+                f'"price":{p!r},"currency":"{cu}"' for p, cu in zip(c["price"][purchase].tolist(), cur, strict=True)
+            ]
+        template = _TEMPLATE
+        values = [
+            (template % row).encode()
+            for row in zip(
+                self.event_id.astype("U36").tolist(),
+                t.user_fragments[c["user"]].tolist(),
+                c["session"].tolist(),
+                frag[frag_idx].tolist(),
+                iso_timestamps(c["ts"]),
+                t.referrers[c["referrer"]].tolist(),
+                t.devices[c["device"]].tolist(),
+                t.countries[c["country"]].tolist(),
+                money.tolist(),
+                strict=True,
+            )
+        ]
+        keys: list[bytes] = t.user_keys[c["user"]].tolist()
+        if not self.malformed:
+            return keys, values
+        is_valid = np.ones(len(self), dtype=bool)
+        is_valid[self.malformed_pos] = False
+        all_keys: list[bytes] = [b""] * len(self)
+        all_values: list[bytes] = [b""] * len(self)
+        for pos, key, value in zip(np.flatnonzero(is_valid).tolist(), keys, values, strict=True):
+            all_keys[pos] = key
+            all_values[pos] = value
+        for pos, (key, value, _) in zip(self.malformed_pos.tolist(), self.malformed, strict=True):
+            all_keys[pos] = key
+            all_values[pos] = value
+        return all_keys, all_values
+
+    def to_messages(self) -> list[tuple[bytes, bytes]]:
+        """Every message as ``(key, value)``: key = user_id (UTF-8), value = JSON; malformed ones in place."""
+        keys, values = self.keys_values()
+        return list(zip(keys, values, strict=True))
+
+    def to_frame(self) -> pd.DataFrame:
+        """Ground truth for tests: one row per valid message, columns :data:`events.FIELDS` plus ``scenario``.
+
+        Values are normalised as :func:`events.parse` returns them (``timestamp_ms``; ``price`` 0.0 and
+        ``currency`` "" when not a purchase), so they compare directly with what the sink stored.
+        """
+        import pandas as pd
+
+        t, c = self.tables, self.cols
+        purchase = c["itype"] == _PURCHASE
+        return pd.DataFrame(
+            {
+                "event_id": self.event_id.astype("U36").astype(object),
+                "user_id": t.users[c["user"]],
+                "session_id": c["session"],
+                "item_id": t.items[c["item"]],
+                "interaction_type": t.itypes[c["itype"]],
+                "timestamp_ms": c["ts"].astype(np.int64),
+                "page": t.pages[c["page"]],
+                "referrer": t.referrers[c["referrer"]],
+                "device": t.devices[c["device"]],
+                "country": t.countries[c["country"]],
+                "price": np.where(purchase, c["price"], 0.0),
+                "currency": np.where(purchase, t.currencies[c["currency"] + 1], ""),
+                "schema_version": np.full(len(purchase), events.SCHEMA_VERSION, dtype=np.uint8),
+                "scenario": np.array(_SCENARIO_LABELS, dtype=object)[c["scenario"]],
+            },
+            columns=[*events.FIELDS, "scenario"],
+        )
+
+    def write_jsonl(self, stream: Any) -> int:
+        """Write every message (malformed included) as one line each to a binary stream; returns bytes written.
+
+        A message value never contains a raw newline (JSON escapes it), except deliberately malformed ones,
+        which are written with ``\\n`` escaped so that each line stays one message.
+        """
+        written = 0
+        for value in self.keys_values()[1]:
+            line = value.replace(b"\n", b"\\n") + b"\n"
+            stream.write(line)
+            written += len(line)
+        return written
+
+
+@dataclass
+class _Tables:
+    """String tables that the integer columns index into (shared by every batch of one generator)."""
+
+    users: np.ndarray  # object: user_id per user index (humans, then bots)
+    user_keys: np.ndarray  # object: user_id as UTF-8 bytes (the Kafka key)
+    items: np.ndarray
+    pages: np.ndarray
+    itypes: np.ndarray = field(default_factory=lambda: np.array(events.INTERACTION_TYPES, dtype=object))
+    referrers: np.ndarray = field(default_factory=lambda: np.array(REFERRERS, dtype=object))
+    devices: np.ndarray = field(default_factory=lambda: np.array(DEVICES, dtype=object))
+    countries: np.ndarray = field(default_factory=lambda: np.array(COUNTRIES, dtype=object))
+    currencies: np.ndarray = field(default_factory=lambda: np.array([None, *CURRENCIES], dtype=object))
+    user_fragments: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+    page_kind_edges: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    _fragments: np.ndarray | None = None
+
+    def add_user(self, name: str) -> int:
+        self.users = np.append(self.users, np.array([name], dtype=object))
+        self.user_keys = np.append(self.user_keys, np.array([name.encode()], dtype=object))
+        self.user_fragments = np.append(self.user_fragments, np.array([_user_fragment(name)], dtype=object))
+        return len(self.users) - 1
+
+    def fragments(self) -> np.ndarray:
+        """JSON of (item, interaction, page) for every item x 4 interactions x 4 page kinds, built once."""
+        if self._fragments is None:
+            n_items = len(self.items)
+            out: list[str] = []
+            for i, item in enumerate(self.items.tolist()):
+                pages = (self.pages[i], self.pages[n_items], self.pages[n_items + 1], self.pages[n_items + 2 + i])
+                for itype in events.INTERACTION_TYPES:
+                    out.extend(f'"item_id":"{item}","interaction_type":"{itype}","page":"{pg}"' for pg in pages)
+            self._fragments = np.array(out, dtype=object)
+        return self._fragments
+
+
+def _user_fragment(name: str) -> str:
+    return f'"user_id":"{name}"'
+
+
+_NO_PRICE = '"price":null,"currency":null'
+_TEMPLATE = (
+    '{"event_id":"%s",%s,"session_id":"%s",%s,"timestamp":"%s","referrer":"%s","device":"%s","country":"%s",%s,'
+    f'"schema_version":{events.SCHEMA_VERSION}}}'
+)
+
+
+def _empty_cols() -> dict[str, np.ndarray]:
+    dtypes = {"session": object, "ts": np.int64, "price": np.float64}
+    return {name: np.empty(0, dtype=dtypes.get(name, np.int32)) for name in _COLUMNS}
+
+
+def _take(cols: Mapping[str, np.ndarray], index: np.ndarray | slice) -> dict[str, np.ndarray]:
+    return {k: v[index] for k, v in cols.items()}
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in _COLUMNS}
+
+
+class Generator:
+    """Synthetic clickstream with sessions, a Zipf-like catalogue, an ordered funnel and a diurnal curve.
+
+    Args:
+        seed: the same seed and the same sequence of calls give the same events (``None``: random).
+        n_users: human users ``user_0000`` ...; bots come on top.
+        n_items: catalogue size ``item_0000`` ...
+        zipf_s: exponent of item popularity (rank ``k`` is viewed in proportion to ``k**-zipf_s``).
+        user_skew: exponent of user activity (0 = all users equally active).
+        click_rate: share of sessions that click the last viewed item.
+        cart_rate: share of clicking sessions that add it to the cart.
+        purchase_rate: share of carting sessions that buy.
+        views_per_session: mean number of item views in a session (geometric, at least 1).
+        gap_mean_s: mean time between two events of a session (exponential, 1 s to 20 min).
+        session_timeout_s: inactivity that ends a session (30 min).
+        sessions_per_user_hour: live mode's simulated session start rate per user (orders events only).
+        diurnal_amplitude: 0 = flat traffic; 0.6 = evening peak 4x the morning trough.
+        peak_hour_utc: hour of the daily traffic peak.
+    """
+
+    def __init__(
+        self,
+        seed: int | None = None,
+        n_users: int = 10_000,
+        n_items: int = 1_000,
+        *,
+        zipf_s: float = 1.1,
+        user_skew: float = 0.5,
+        click_rate: float = 0.40,
+        cart_rate: float = 0.25,
+        purchase_rate: float = 0.30,
+        views_per_session: float = 3.0,
+        gap_mean_s: float = 40.0,
+        session_timeout_s: float = 1800.0,
+        sessions_per_user_hour: float = 0.25,
+        diurnal_amplitude: float = 0.6,
+        peak_hour_utc: float = 20.0,
+    ) -> None:
+        if n_users < 1 or n_items < 1:
+            raise ConfigError("n_users/n_items", f"need at least one user and one item, got {n_users}/{n_items}")
+        for name, rate in (("click_rate", click_rate), ("cart_rate", cart_rate), ("purchase_rate", purchase_rate)):
+            if not 0.0 <= rate <= 1.0:
+                raise ConfigError(name, f"{rate} is not a probability; expected 0..1")
+        if views_per_session < 1 or gap_mean_s <= 0 or session_timeout_s <= 60:
+            raise ConfigError("generator", "views_per_session >= 1, gap_mean_s > 0 and session_timeout_s > 60 needed")
+        if not 0 <= diurnal_amplitude < 1:
+            raise ConfigError("diurnal_amplitude", f"{diurnal_amplitude} out of range; expected 0 <= a < 1")
+        self.seed = seed
+        self.n_users = n_users
+        self.n_items = n_items
+        self.funnel_rates = (click_rate, cart_rate, purchase_rate)
+        self.views_per_session = views_per_session
+        self.session_timeout_ms = int(session_timeout_s * 1000)
+        # Gaps stay well under the timeout so that a session is never split by the inactivity rule.
+        self._gap_mean_ms = gap_mean_s * 1000
+        self._gap_max_ms = min(20 * 60_000, self.session_timeout_ms * 2 // 3)
+        self.diurnal_amplitude = diurnal_amplitude
+        self.peak_hour_utc = peak_hour_utc
+        self._session_rate_per_ms = n_users * sessions_per_user_hour / _HOUR_MS
+        self._rng = np.random.default_rng(seed)
+        rng = self._rng
+        self._lock = threading.Lock()  # batch() may run in a producer thread while a notebook reads state
+
+        uw = max(4, len(str(n_users - 1)))
+        iw = max(4, len(str(n_items - 1)))
+        users = [f"user_{i:0{uw}d}" for i in range(n_users)]
+        items = [f"item_{i:0{iw}d}" for i in range(n_items)]
+        pages = [f"/product/{it}" for it in items] + ["/cart", "/checkout/complete"] + [f"/sale/{it}" for it in items]
+        self._page_cart, self._page_checkout, self._page_sale0 = n_items, n_items + 1, n_items + 2
+        self._tables = _Tables(
+            users=np.array(users, dtype=object),
+            user_keys=np.array([u.encode() for u in users], dtype=object),
+            items=np.array(items, dtype=object),
+            pages=np.array(pages, dtype=object),
+            user_fragments=np.array([_user_fragment(u) for u in users], dtype=object),
+            # page code -> kind: [0, n) product, n cart, n+1 checkout, [n+2, 2n+2) sale
+            page_kind_edges=np.array([0, n_items, n_items + 1, n_items + 2]),
+        )
+        self._bots: dict[str, int] = {}
+
+        # Item popularity: Zipf over ranks, ranks shuffled so the bestseller is not simply item_0000.
+        ranks = np.arange(1, n_items + 1, dtype=np.float64)
+        pop = ranks**-zipf_s
+        self._rank_to_item = rng.permutation(n_items).astype(np.int32)
+        self.item_popularity = np.empty(n_items)
+        self.item_popularity[self._rank_to_item] = pop / pop.sum()
+        self._item_cdf = np.cumsum(pop / pop.sum())
+        activity = np.arange(1, n_users + 1, dtype=np.float64) ** -user_skew
+        activity = np.minimum(activity / activity.mean(), 10.0)  # nobody is a human bot
+        self._user_order = rng.permutation(n_users).astype(np.int32)
+        self._user_cdf = np.cumsum(activity / activity.sum())
+        self._user_device = rng.choice(3, size=n_users, p=_DEVICE_WEIGHTS).astype(np.int32)
+        cshare = np.array([c[1] for c in _COUNTRIES])
+        self._user_country = rng.choice(len(_COUNTRIES), size=n_users, p=cshare / cshare.sum()).astype(np.int32)
+        self._country_currency = np.array([CURRENCIES.index(c[2]) for c in _COUNTRIES], dtype=np.int32)
+        self._country_fx = np.array([c[3] for c in _COUNTRIES])
+        self._country_decimals = np.array([c[4] for c in _COUNTRIES])
+        # Prices: log-normal around 35 USD, a few items in the hundreds.
+        self._item_price_usd = np.round(np.exp(rng.normal(np.log(35.0), 0.9, n_items)), 2) + 0.99
+        self._referrer_p = np.array(_REFERRER_WEIGHTS) / sum(_REFERRER_WEIGHTS)
+
+        # Live state: simulated clock, buffered (generated but not yet emitted) events, per-user history.
+        self._clock_ms: int | None = None
+        self._buf = _empty_cols()
+        self._last_end = np.full(n_users, np.iinfo(np.int64).min // 4, dtype=np.int64)
+        self._last_live_ts = np.zeros(n_users, dtype=np.int64)
+        self._scenarios: dict[str, dict[str, Any]] = {}
+        self._bot_session: dict[str, str] = {}
+        self._malformed_next = 0
+        self.emitted = 0
+
+    # --- public API ---------------------------------------------------------------------------------------------
+
+    @property
+    def users(self) -> list[str]:
+        """Human user ids, index = user number."""
+        out: list[str] = self._tables.users[: self.n_users].tolist()
+        return out
+
+    @property
+    def items(self) -> list[str]:
+        out: list[str] = self._tables.items.tolist()
+        return out
+
+    @property
+    def mean_session_length(self) -> float:
+        """Expected events per (non-scenario) session."""
+        c, a, p = self.funnel_rates
+        return self.views_per_session + c + c * a + c * a * p
+
+    @property
+    def conversion_rate(self) -> float:
+        """Expected share of sessions that purchase."""
+        c, a, p = self.funnel_rates
+        return c * a * p
+
+    def scenarios(self) -> dict[str, dict[str, Any]]:
+        """The scenarios switched on, with their parameters."""
+        return {k: dict(v) for k, v in self._scenarios.items()}
+
+    def set_scenario(self, name: str, on: bool = True, **params: Any) -> None:
+        """Switch a scenario on (with ``params`` overriding :data:`SCENARIO_DEFAULTS`) or off; safe while running.
+
+        Raises:
+            ConfigError: unknown scenario or parameter, or a share outside 0..0.9.
+        """
+        if name not in SCENARIOS:
+            raise ConfigError("scenario", f"{name!r} is not a scenario; expected one of {', '.join(SCENARIOS)}")
+        new = dict(self._scenarios)
+        if not on:
+            new.pop(name, None)
+            self._scenarios = new
+            return
+        defaults = SCENARIO_DEFAULTS[name]
+        bad = sorted(set(params) - set(defaults))
+        if bad:
+            raise ConfigError(f"{name}.{bad[0]}", f"is not a parameter of {name}; expected {', '.join(defaults)}")
+        merged = {**defaults, **params}
+        if not 0.0 <= float(merged["share"]) <= 0.9:
+            raise ConfigError(f"{name}.share", f"{merged['share']} out of range; expected 0..0.9")
+        if name == "flash_sale":
+            merged["item_index"] = self._item_index(merged["item"])
+            merged["item"] = self._tables.items[merged["item_index"]]
+        if name == "bot_burst":
+            merged["user_index"] = self._bot_index(str(merged["user"]))
+        if name == "late_events" and not 0 < float(merged["min_delay_s"]) <= float(merged["max_delay_s"]):
+            raise ConfigError("late_events.min_delay_s", "need 0 < min_delay_s <= max_delay_s")
+        new[name] = merged
+        total = sum(float(v["share"]) for k, v in new.items() if k != "flash_sale")
+        if total > 0.9:
+            raise ConfigError(f"{name}.share", f"scenario shares add up to {total:.2f}; keep them at most 0.9")
+        self._scenarios = new  # one assignment: a concurrent batch() sees the old or the new set, never half
+
+    def batch(self, n: int, now_ms: int | None = None) -> EventBatch:
+        """The next ``n`` live messages, stamped ``now_ms`` (default: the wall clock).
+
+        Events keep their simulated order; timestamps are ``now_ms`` made strictly increasing per user (a user's
+        events in one batch sit a millisecond apart, ending at ``now_ms``), so an ordered funnel stays ordered.
+        """
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        now = int(time.time() * 1000) if now_ms is None else int(now_ms)
+        with self._lock:
+            scen = self._scenarios
+            counts = self._scenario_counts(n, scen)
+            base = self._live_events(counts["base"], now, scen)
+            out = self._assemble(base, counts, scen, live_now=now)
+            self.emitted += len(out)
+            return out
+
+    def backfill(self, start_ms: int, end_ms: int, n: int) -> EventBatch:
+        """``n`` messages with simulated event times in ``[start_ms, end_ms)``, in time order.
+
+        Sessions, gaps, the diurnal curve and the 30-minute rule hold in event time, so a backfill is what the
+        sessionisation and funnel queries are checked against. Independent of the live stream's state.
+        """
+        if end_ms <= start_ms:
+            raise ValueError("end_ms must be after start_ms")
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        with self._lock:
+            scen = self._scenarios
+            counts = self._scenario_counts(n, scen)
+            base = self._backfill_events(counts["base"], int(start_ms), int(end_ms), scen)
+            out = self._assemble(base, counts, scen, live_now=None, span=(int(start_ms), int(end_ms)))
+            self.emitted += len(out)
+            return out
+
+    # --- sessions -----------------------------------------------------------------------------------------------
+
+    def _item_index(self, item: Any) -> int:
+        if item is None:  # a mid-tail item, so that its spike stands out
+            return int(self._rank_to_item[min(99, self.n_items - 1)])
+        if isinstance(item, (int, np.integer)) and 0 <= int(item) < self.n_items:
+            return int(item)
+        try:
+            return self.items.index(str(item))
+        except ValueError:
+            raise ConfigError("flash_sale.item", f"{item!r} is not in the catalogue (ids like item_0007)") from None
+
+    def _bot_index(self, name: str) -> int:
+        if not _SAFE_ID.match(name):
+            # Also what keeps EventBatch's JSON template exact: no quote, backslash or control character.
+            raise ConfigError("bot_burst.user", f"{name!r} is not a user id; expected 1-256 of [A-Za-z0-9_.:@+-]")
+        if name not in self._bots:
+            self._bots[name] = self._tables.add_user(name)
+        return self._bots[name]
+
+    def _diurnal(self, t_ms: np.ndarray) -> np.ndarray:
+        hour = (t_ms % (24 * _HOUR_MS)) / _HOUR_MS
+        return 1.0 + self.diurnal_amplitude * np.cos(2 * np.pi * (hour - self.peak_hour_utc) / 24.0)
+
+    def _start_times(self, m: int, t0: int, t1: int) -> np.ndarray:
+        """``m`` session start times in ``[t0, t1)`` following the diurnal curve (inverse CDF over hour bins)."""
+        edges = np.arange((t0 // _HOUR_MS) * _HOUR_MS, t1 + _HOUR_MS, _HOUR_MS, dtype=np.int64)
+        edges = np.unique(np.clip(edges, t0, t1))
+        lo, hi = edges[:-1], edges[1:]
+        weight = (hi - lo) * self._diurnal((lo + hi) // 2)
+        cdf = np.cumsum(weight)
+        rng = self._rng
+        b = np.minimum(np.searchsorted(cdf, rng.random(m) * cdf[-1], side="right"), len(lo) - 1)
+        return lo[b] + (rng.random(m) * (hi[b] - lo[b])).astype(np.int64)
+
+    def _sessions(
+        self, m: int, t0: int, t1: int, last_end: np.ndarray, scen: Mapping[str, Mapping[str, Any]]
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """Generate ``m`` whole sessions starting in ``[t0, t1)``; returns (columns, session index, position).
+
+        Updates ``last_end`` (per user) so that a user's next session starts after the inactivity timeout.
+        """
+        rng = self._rng
+        users = self._user_order[np.searchsorted(self._user_cdf, rng.random(m), side="right").clip(0, self.n_users - 1)]
+        starts = self._start_times(m, t0, t1)
+        flash = np.zeros(m, dtype=bool)
+        rates = np.tile(np.array(self.funnel_rates), (m, 1))
+        if "flash_sale" in scen:
+            fs = scen["flash_sale"]
+            flash = rng.random(m) < float(fs["share"])
+            rates[flash] = np.minimum(rates[flash] * float(fs["boost"]), 0.95)
+        views = np.minimum(rng.geometric(1.0 / self.views_per_session, m), 30)
+        steps = rng.random((m, 3)) < rates
+        depth = steps[:, 0].astype(np.int64) + (steps[:, 0] & steps[:, 1]) + (steps[:, 0] & steps[:, 1] & steps[:, 2])
+        length = views + depth
+        total = int(length.sum())
+        first = np.cumsum(length) - length
+        sess = np.repeat(np.arange(m), length)
+        pos = np.arange(total) - first[sess]
+
+        gaps = np.clip(rng.exponential(self._gap_mean_ms, total), 1000, self._gap_max_ms).astype(np.int64)
+        gaps[first] = 0
+        csum = np.cumsum(gaps)
+        offset = csum - csum[first][sess]
+        duration = offset[first + length - 1]
+
+        # A user's sessions must not overlap and must sit >= timeout apart. Sorted by (user, start), the earliest
+        # feasible start is s'_k = c_k + max(last_end + G, cummax_j<=k(s_j - c_j)), c_k = sum_{j<k}(d_j + G).
+        timeout = self.session_timeout_ms
+        order = np.lexsort((starts, users))
+        u_s, s_s, d_s = users[order], starts[order], duration[order]
+        group_start = np.ones(m, dtype=bool)
+        group_start[1:] = u_s[1:] != u_s[:-1]
+        step = d_s + timeout + 1
+        incl = np.cumsum(step)
+        gfirst = np.maximum.accumulate(np.where(group_start, np.arange(m), 0))
+        c = incl - step - (incl[gfirst] - step[gfirst])
+        floor = np.maximum(_groupwise_cummax(s_s - c, group_start), last_end[u_s] + timeout + 1)
+        shifted = np.empty(m, dtype=np.int64)
+        shifted[order] = c + floor
+        np.maximum.at(last_end, users, shifted + duration)
+
+        ts = shifted[sess] + offset
+        itype = np.where(pos < views[sess], _VIEW, pos - views[sess] + 1).astype(np.int32)
+        item = self._rank_to_item[
+            np.searchsorted(self._item_cdf, rng.random(total), side="right").clip(0, self.n_items - 1)
+        ]
+        last_view = first + views - 1
+        if flash.any():
+            item[last_view[flash]] = int(scen["flash_sale"]["item_index"])
+        funnel = itype != _VIEW
+        item[funnel] = item[last_view][sess[funnel]]
+        page = item.copy()
+        page[itype == _CART] = self._page_cart
+        page[itype == _PURCHASE] = self._page_checkout
+        flash_e = flash[sess]
+        if flash.any():
+            on_sale = flash_e & (itype <= _CLICK) & (item == int(scen["flash_sale"]["item_index"]))
+            page[on_sale] = self._page_sale0 + item[on_sale]
+        referrer = rng.choice(len(self._referrer_p), size=m, p=self._referrer_p).astype(np.int32)
+        referrer[flash] = REFERRERS.index("flash_sale")
+        u_e = users[sess]
+        country = self._user_country[u_e]
+        fx = self._country_fx[country]
+        price = self._item_price_usd[item] * fx
+        if flash.any():
+            price[flash_e] *= 1.0 - float(scen["flash_sale"]["discount"])
+        dec = self._country_decimals[country]
+        price = np.round(price * 10.0**dec) / 10.0**dec
+        sid_raw = rng.integers(0, 2**63 - 1, size=m, dtype=np.int64).tolist()
+        session_ids = np.array([f"s{x:016x}" for x in sid_raw], dtype=object)
+        cols = {
+            "user": u_e.astype(np.int32),
+            "session": session_ids[sess],
+            "item": item.astype(np.int32),
+            "itype": itype,
+            "ts": ts.astype(np.int64),
+            "page": page.astype(np.int32),
+            "referrer": referrer[sess],
+            "device": self._user_device[u_e],
+            "country": country,
+            "price": price,
+            "currency": self._country_currency[country],
+            "scenario": np.where(flash_e, _FLASH, _NO_SCENARIO).astype(np.int32),
+        }
+        return cols, sess, pos
+
+    def _live_events(self, n: int, now: int, scen: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        """The next ``n`` events of the simulated stream (time order), refilling the buffer with new sessions."""
+        if self._clock_ms is None:
+            self._clock_ms = now
+        while int(np.searchsorted(self._buf["ts"], self._clock_ms)) < n:
+            need = n - int(np.searchsorted(self._buf["ts"], self._clock_ms))
+            m = max(256, math.ceil(need / self.mean_session_length * 1.2))
+            window = max(1, math.ceil(m / self._session_rate_per_ms))
+            t0 = self._clock_ms
+            cols, _, _ = self._sessions(m, t0, t0 + window, self._last_end, scen)
+            merged = _concat([self._buf, cols])
+            # Stable: equal times keep generation order, so a session's events never swap.
+            self._buf = _take(merged, np.argsort(merged["ts"], kind="stable"))
+            self._clock_ms = t0 + window
+        out = _take(self._buf, slice(0, n))
+        self._buf = _take(self._buf, slice(n, None))
+        return out
+
+    def _backfill_events(
+        self, n: int, start: int, end: int, scen: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, np.ndarray]:
+        """Exactly ``n`` events of whole sessions (the last one cut short) inside ``[start, end)``, time order."""
+        if n == 0:
+            return _empty_cols()
+        last_end = np.full(self.n_users, np.iinfo(np.int64).min // 4, dtype=np.int64)
+        parts: list[dict[str, np.ndarray]] = []
+        have = 0
+        for _ in range(50):  # each round normally suffices; more only when most sessions fall past the end
+            need = n - have
+            m = max(16, math.ceil(need / self.mean_session_length * 1.3))
+            cols, sess, _ = self._sessions(m, start, end, last_end, scen)
+            inside = cols["ts"] < end  # a session pushed past the end is cut; its prefix keeps the funnel order
+            cols, sess = _take(cols, inside), sess[inside]
+            # Take whole sessions in a random order until ``need`` events, cutting the last one short.
+            lengths = np.bincount(sess, minlength=m)
+            chosen = self._rng.permutation(m)
+            chosen = chosen[lengths[chosen] > 0]
+            cum = np.cumsum(lengths[chosen])
+            k = int(np.searchsorted(cum, need))
+            rank = np.full(m, -1)
+            taken = chosen[: k + 1]
+            rank[taken] = np.arange(len(taken))
+            keep = rank[sess] >= 0
+            if k < len(chosen) and int(cum[k]) > need:
+                in_last = np.flatnonzero(sess == taken[-1])  # session-major order: positions ascend
+                keep[in_last[len(in_last) - (int(cum[k]) - need) :]] = False
+            part = _take(cols, keep)
+            parts.append(part)
+            have += len(part["ts"])
+            if have >= n:
+                break
+        else:
+            raise ValueError(f"could not fit {n} events into the range; widen it or lower n")
+        merged = _concat(parts)
+        merged = _take(merged, slice(0, n))
+        return _take(merged, np.argsort(merged["ts"], kind="stable"))
+
+    # --- scenarios and assembly ---------------------------------------------------------------------------------
+
+    def _scenario_counts(self, n: int, scen: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+        rng = self._rng
+        counts = {}
+        for name in ("bot_burst", "duplicates", "malformed"):
+            share = float(scen[name]["share"]) if name in scen else 0.0
+            counts[name] = int(rng.binomial(n, share)) if share > 0 and n > 0 else 0
+        if counts["duplicates"] and n - counts["malformed"] - counts["duplicates"] <= 0:
+            counts["duplicates"] = 0  # nothing to re-send
+        counts["base"] = n - counts["bot_burst"] - counts["duplicates"] - counts["malformed"]
+        return counts
+
+    def _bot_events(
+        self, k: int, params: Mapping[str, Any], live_now: int | None, span: tuple[int, int] | None
+    ) -> dict[str, np.ndarray]:
+        rng = self._rng
+        name = str(params["user"])
+        user = int(params["user_index"])
+        sid = self._bot_session.setdefault(name, f"s{int(rng.integers(0, 2**63 - 1)):016x}")
+        item = rng.integers(0, self.n_items, size=k).astype(np.int32)
+        if span is not None:
+            ts = np.sort(rng.integers(span[0], span[1], size=k)).astype(np.int64)
+        else:
+            ts = np.full(k, live_now, dtype=np.int64)
+        return {
+            "user": np.full(k, user, dtype=np.int32),
+            "session": np.full(k, sid, dtype=object),
+            "item": item,
+            "itype": np.where(rng.random(k) < 0.7, _VIEW, _CLICK).astype(np.int32),
+            "ts": ts,
+            "page": item.copy(),
+            "referrer": np.full(k, REFERRERS.index("direct"), dtype=np.int32),
+            "device": np.full(k, DEVICES.index("bot"), dtype=np.int32),
+            "country": np.full(k, COUNTRIES.index("US"), dtype=np.int32),
+            "price": np.zeros(k),
+            "currency": np.zeros(k, dtype=np.int32),
+            "scenario": np.full(k, _BOT, dtype=np.int32),
+        }
+
+    def _assemble(
+        self,
+        base: dict[str, np.ndarray],
+        counts: Mapping[str, int],
+        scen: Mapping[str, Mapping[str, Any]],
+        live_now: int | None,
+        span: tuple[int, int] | None = None,
+    ) -> EventBatch:
+        """Mix bots, live timestamps, late events, duplicates and malformed messages into one batch."""
+        rng = self._rng
+        nb = len(base["ts"])
+        cols = base
+        k_bot = counts["bot_burst"]
+        if k_bot:
+            bots = self._bot_events(k_bot, scen["bot_burst"], live_now, span)
+            # Bots interleave at random positions; base events keep their order (stable sort on position keys).
+            keys = np.concatenate([np.arange(nb, dtype=np.float64), rng.random(k_bot) * max(nb, 1)])
+            cols = _take(_concat([base, bots]), np.argsort(keys, kind="stable"))
+        nv = len(cols["ts"])
+        if live_now is not None:
+            cols["ts"] = self._live_timestamps(cols, live_now)
+        if "late_events" in scen and nv:
+            p = scen["late_events"]
+            late = (rng.random(nv) < float(p["share"])) & (cols["scenario"] == _NO_SCENARIO)
+            lo, hi = np.log(float(p["min_delay_s"]) * 1000), np.log(float(p["max_delay_s"]) * 1000)
+            delay = np.exp(rng.uniform(lo, hi, int(late.sum()))).astype(np.int64)
+            cols["ts"][late] -= delay
+            cols["scenario"][late] = _LATE
+        event_id = _uuid4_strings(rng, nv)
+        k_dup = counts["duplicates"]
+        if k_dup and nv:
+            src = rng.integers(0, nv, size=k_dup)
+            # A re-send comes after its original: place it at a random later position.
+            keys = np.concatenate([np.arange(nv, dtype=np.float64), src + 0.5 + rng.random(k_dup) * (nv - src)])
+            order = np.argsort(keys, kind="stable")
+            idx = np.concatenate([np.arange(nv), src])[order]
+            cols = _take(cols, idx)
+            cols["scenario"] = cols["scenario"].copy()
+            cols["scenario"][order >= nv] = _DUP
+            event_id = event_id[idx]
+        batch = EventBatch(cols=cols, event_id=event_id, tables=self._tables)
+        k_bad = counts["malformed"]
+        if k_bad:
+            total = len(event_id) + k_bad
+            batch.malformed_pos = np.sort(rng.choice(total, size=k_bad, replace=False))
+            ref = live_now if live_now is not None else (span[1] if span else int(time.time() * 1000))
+            batch.malformed = [self._malformed_message(ref) for _ in range(k_bad)]
+        return batch
+
+    def _live_timestamps(self, cols: Mapping[str, np.ndarray], now: int) -> np.ndarray:
+        """``now``, made strictly increasing per human user across batches (bots keep ``now``: ties are theirs)."""
+        users = cols["user"]
+        ts = np.full(len(users), now, dtype=np.int64)
+        human = np.flatnonzero(users < self.n_users)
+        if len(human) == 0:
+            return ts
+        u = users[human]
+        order = np.argsort(u, kind="stable")
+        u_sorted = u[order]
+        starts = np.ones(len(u_sorted), dtype=bool)
+        starts[1:] = u_sorted[1:] != u_sorted[:-1]
+        gfirst = np.maximum.accumulate(np.where(starts, np.arange(len(u_sorted)), 0))
+        rank = np.arange(len(u_sorted)) - gfirst
+        size = np.bincount(u_sorted, minlength=self.n_users)[u_sorted]
+        end = np.maximum(now, self._last_live_ts[u_sorted] + size)
+        stamped = end - (size - 1 - rank)
+        out = np.empty(len(u), dtype=np.int64)
+        out[order] = stamped
+        ts[human] = out
+        np.maximum.at(self._last_live_ts, u_sorted, stamped)
+        return ts
+
+    def _malformed_message(self, ref_ms: int) -> tuple[bytes, bytes, str]:
+        """One invalid message, cycling through every reason in :data:`events.REASONS`."""
+        reason = events.REASONS[self._malformed_next % len(events.REASONS)]
+        self._malformed_next += 1
+        rng = self._rng
+        user = str(self._tables.users[int(rng.integers(0, self.n_users))])
+        item = str(self._tables.items[int(rng.integers(0, self.n_items))])
+        good = {
+            "user_id": user,
+            "item_id": item,
+            "interaction_type": "view",
+            "timestamp": events.format_timestamp(ref_ms),
+            "schema_version": events.SCHEMA_VERSION,
+        }
+        value: bytes
+        if reason == events.NOT_JSON:
+            value = orjson.dumps(good)[:-7]  # cut mid-value, as a crashed writer would leave it
+        elif reason == events.INVALID_UTF8:
+            value = orjson.dumps({**good, "page": "/product/XX"}).replace(b"XX", b"\xff\xfe")
+        elif reason == events.NOT_OBJECT:
+            value = orjson.dumps([good])
+        elif reason == events.MISSING_FIELD:
+            value = orjson.dumps({k: v for k, v in good.items() if k != "user_id"})
+        elif reason == events.WRONG_TYPE:
+            value = orjson.dumps({**good, "item_id": 7})
+        elif reason == events.UNKNOWN_INTERACTION_TYPE:
+            value = orjson.dumps({**good, "interaction_type": "hover"})
+        elif reason == events.TIMESTAMP_UNPARSABLE:
+            value = orjson.dumps({**good, "timestamp": "yesterday at noon"})
+        elif reason == events.TIMESTAMP_OUT_OF_RANGE:
+            value = orjson.dumps({**good, "timestamp": "1999-12-31T23:59:59.000Z"})
+        elif reason == events.TOO_LARGE:
+            value = orjson.dumps({**good, "page": "/" + "x" * events.MAX_MESSAGE_BYTES})
+        else:  # a new reason without a sample here is a bug in this module
+            raise AssertionError(f"no malformed sample for reason {reason!r}")
+        return user.encode(), value, reason

@@ -1,0 +1,446 @@
+"""The rate-controlled Kafka producer: generator batches -> kafka-python, with delivery accounting.
+
+Messages are keyed by ``user_id`` (so one user's events stay in order on one partition), sent with ``acks=all`` and
+idempotence (kafka-python 3's defaults, kept on purpose), lz4-compressed. A token bucket holds the rate; every
+message is counted as sent, acknowledged or failed (with the broker's error name), and the run ends with a flush.
+
+Two ways to drive it:
+
+* blocking, as ``clickstream produce`` does: ``Producer(settings, rate=10_000).run(events=100_000)``;
+* from a notebook, in a background thread: ``p.start()``, then ``p.set_rate(...)``, ``p.set_scenario(...)``,
+  ``p.stats()`` while it runs, and ``p.stop()``.
+
+Example:
+    >>> with Producer(Settings.from_env(), rate=5_000, seed=1) as producer:
+    ...     stats = producer.run(duration=10)
+    >>> stats.summary()
+    'sent 50000, acked 50000, failed 0 in 10.0 s (5000 events/s)'
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from .errors import ConfigError
+from .generator import Generator
+from .settings import Settings
+from .topics import client_config, ensure_topic, unreachable
+
+logger = logging.getLogger(__name__)
+
+#: kafka-python settings of every producer here (and of the benchmark's raw baseline). batch_size/linger_ms come
+#: from bench/produce.py's sweep on the local broker: 128 KiB / 20 ms beat 16 KiB / 0 ms (the defaults) by ~1.5x,
+#: larger batches were no faster. acks=all + idempotence are kafka-python 3's defaults, stated for the reader.
+PRODUCER_CONFIG: dict[str, Any] = {
+    "acks": "all",
+    "enable_idempotence": True,
+    "compression_type": "lz4",
+    "batch_size": 128 * 1024,
+    "linger_ms": 20,
+    "delivery_timeout_ms": 60_000,
+}
+#: Records handed to kafka-python but not yet acknowledged before the loop waits: kafka-python 3 has no
+#: buffer_memory limit, so without this a fast generator against a slow broker would grow memory without bound.
+MAX_IN_FLIGHT = 100_000
+_UNLIMITED_CHUNK = 2_000  # events per loop turn when no rate is set: amortises per-batch work, keeps stop() quick
+_TICK_S = 0.01  # the token bucket refills continuously; the loop wakes at most every 10 ms
+
+
+@dataclass(frozen=True)
+class ProducerStats:
+    """Delivery counters of one producer. ``sent = acked + failed + in_flight``."""
+
+    sent: int = 0
+    acked: int = 0
+    failed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # error name (the broker's, e.g. "KafkaTimeoutError") -> n
+    rate_now: float = 0.0  # messages/s sent over the last second or so
+    elapsed_s: float = 0.0
+    running: bool = False
+    target_rate: float | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return self.sent - self.acked - self.failed
+
+    @property
+    def rate_avg(self) -> float:
+        """Acknowledged messages per second over the whole run."""
+        return self.acked / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def summary(self) -> str:
+        """The one-line summary ``clickstream produce`` prints."""
+        text = (
+            f"sent {self.sent}, acked {self.acked}, failed {self.failed} in {self.elapsed_s:.1f} s "
+            f"({self.rate_avg:.0f} events/s)"
+        )
+        if self.in_flight:
+            text += f", {self.in_flight} unacknowledged"
+        if self.errors:
+            text += "; errors: " + ", ".join(f"{k}={v}" for k, v in sorted(self.errors.items()))
+        return text
+
+
+def _check_rate(rate: float | None) -> float | None:
+    if rate is None:
+        return None
+    if not 0 < float(rate) <= 10_000_000:
+        raise ConfigError("rate", f"{rate} events/s is out of range; expected 0 < rate <= 10000000 (None: unlimited)")
+    return float(rate)
+
+
+def connect(settings: Settings, topic: str | None = None, **config: Any) -> KafkaProducer:
+    """A kafka-python producer for ``settings`` with :data:`PRODUCER_CONFIG`; the topic exists afterwards.
+
+    Raises:
+        BrokerUnavailable: no broker answered within a few seconds.
+    """
+    topic = topic or settings.kafka_topic
+    ensure_topic(settings, topic, settings.kafka_partitions)
+    try:
+        return KafkaProducer(**client_config(settings, **{**PRODUCER_CONFIG, **config}))
+    except KafkaError as exc:
+        raise unreachable(settings, exc) from exc
+
+
+def send_raw(
+    settings: Settings,
+    values: Sequence[bytes | None],
+    keys: Sequence[bytes | None] | None = None,
+    topic: str | None = None,
+    timeout_s: float = 60.0,
+) -> int:
+    """Send pre-serialised messages as they are (plain kafka-python) and wait for them; returns how many were acked.
+
+    Meant for tests and tools that need exact bytes on the topic (e.g. malformed messages for the sink).
+
+    Raises:
+        BrokerUnavailable: no broker answered.
+        kafka.errors.KafkaError: a message was rejected (the first error).
+    """
+    if keys is not None and len(keys) != len(values):
+        raise ValueError("keys and values must have the same length")
+    topic = topic or settings.kafka_topic
+    producer = connect(settings, topic)
+    try:
+        futures = [
+            producer.send(topic, value, key=None if keys is None else keys[i]) for i, value in enumerate(values)
+        ]
+        producer.flush(timeout=timeout_s)
+        for fut in futures:
+            fut.get(timeout=0)
+        return len(futures)
+    finally:
+        producer.close(timeout=5)
+
+
+class Producer:
+    """Generates events and sends them to ``settings.kafka_topic`` at a controlled rate.
+
+    Args:
+        settings: where Kafka is and which topic to write (created with ``settings.kafka_partitions`` if missing).
+        rate: events per second (token bucket); ``None`` sends as fast as the broker acknowledges.
+        seed: seed of the default :class:`Generator` (ignored when ``generator`` is given).
+        generator: the event source; ``Generator(seed=seed)`` by default.
+        batch_size: events generated per loop turn at most, and the bucket's burst. The case study's
+            ``--batch_size 1000 --time_interval 1`` is ``batch_size=1000, rate=1000``: a batch of 1000 each second.
+        **config: kafka-python producer settings overriding :data:`PRODUCER_CONFIG`.
+
+    Raises:
+        BrokerUnavailable: no broker answered within a few seconds (not kafka-python's 30 s).
+    """
+
+    flush_timeout_s = 90.0  # at the end of a run; delivery_timeout_ms bounds each message anyway
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        rate: float | None = 10_000.0,
+        seed: int | None = None,
+        generator: Generator | None = None,
+        batch_size: int | None = None,
+        **config: Any,
+    ) -> None:
+        self.settings = settings
+        self.topic = settings.kafka_topic
+        self.generator = generator if generator is not None else Generator(seed=seed)
+        self._rate = _check_rate(rate)
+        if batch_size is not None and batch_size < 1:
+            raise ConfigError("batch_size", f"{batch_size} must be at least 1")
+        self._batch_size = batch_size
+        self._kafka = connect(settings, self.topic, **config)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._thread_error: BaseException | None = None
+        self._closed = False
+        self._reset()
+
+    # --- counters -----------------------------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self._sent = 0
+        self._acked = 0
+        self._failed = 0
+        self._errors: Counter[str] = Counter()
+        self._started = 0.0
+        self._ended: float | None = None
+        self._running = False
+        self._rate_mark = (time.monotonic(), 0)
+        self._rate_now = 0.0
+
+    def stats(self) -> ProducerStats:
+        """A snapshot of the counters; cheap and safe from any thread while the producer runs."""
+        with self._lock:
+            end = self._ended if self._ended is not None else time.monotonic()
+            return ProducerStats(
+                sent=self._sent,
+                acked=self._acked,
+                failed=self._failed,
+                errors=dict(self._errors),
+                rate_now=self._rate_now,
+                elapsed_s=max(0.0, end - self._started) if self._started else 0.0,
+                running=self._running,
+                target_rate=self._rate,
+            )
+
+    def _reap(self, pending: deque[Any], block: bool = False) -> None:
+        """Count finished sends, oldest first; ``block`` waits for the oldest one."""
+        acked = failed = 0
+        errors: Counter[str] = Counter()
+        while pending:
+            fut = pending[0]
+            if not fut.is_done:
+                if not block:
+                    break
+                try:
+                    fut.get(timeout=1.0)
+                except KafkaError:
+                    pass  # counted below from fut.exception
+                if not fut.is_done:
+                    break
+                block = False
+            pending.popleft()
+            if fut.exception is None:
+                acked += 1
+            else:
+                failed += 1
+                errors[type(fut.exception).__name__] += 1
+        if acked or failed:
+            with self._lock:
+                self._acked += acked
+                self._failed += failed
+                self._errors.update(errors)
+                if errors:
+                    logger.warning("delivery failed for %d message(s): %s", failed, dict(errors))
+
+    # --- control ------------------------------------------------------------------------------------------------
+
+    @property
+    def rate(self) -> float | None:
+        return self._rate
+
+    def set_rate(self, rate: float | None) -> None:
+        """Change the target rate (events/s; ``None`` = unlimited); takes effect within one loop turn."""
+        self._rate = _check_rate(rate)
+
+    def set_scenario(self, name: str, on: bool = True, **params: Any) -> None:
+        """Switch a generator scenario on or off while running (see :data:`generator.SCENARIOS`)."""
+        self.generator.set_scenario(name, on, **params)
+
+    def run(
+        self,
+        events: int | None = None,
+        duration: float | None = None,
+        progress: Callable[[ProducerStats], None] | None = None,
+        progress_every_s: float = 0.5,
+    ) -> ProducerStats:
+        """Produce until ``events`` were sent, ``duration`` seconds passed, or :meth:`stop`; then flush.
+
+        Blocking. With neither limit it runs until stopped (Ctrl-C in a terminal: the flush still happens, then
+        KeyboardInterrupt propagates). ``progress`` is called with a stats snapshot about every
+        ``progress_every_s`` and once at the end.
+        """
+        if self._thread is None or threading.current_thread() is not self._thread:
+            self._stop.clear()  # a blocking run after an earlier stop(); start() clears it for its thread
+        return self._run(events, duration, progress, progress_every_s)
+
+    def _run(
+        self,
+        events: int | None,
+        duration: float | None,
+        progress: Callable[[ProducerStats], None] | None,
+        progress_every_s: float,
+    ) -> ProducerStats:
+        if self._closed:
+            raise RuntimeError("producer is closed")
+        if events is not None and events < 0:
+            raise ValueError("events must be >= 0")
+        if duration is not None and duration < 0:
+            raise ValueError("duration must be >= 0")
+        with self._lock:
+            self._reset()
+            self._started = time.monotonic()
+            self._rate_mark = (self._started, 0)
+            self._running = True
+        pending: deque[Any] = deque()
+        send = self._kafka.send
+        topic = self.topic
+        gen = self.generator
+        tokens = 0.0
+        last = time.monotonic()
+        next_progress = last + progress_every_s
+        deadline = None if duration is None else self._started + duration
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                left = None if events is None else events - self._sent
+                if left is not None and left <= 0:
+                    break
+                rate = self._rate
+                if rate is None:
+                    k = self._batch_size or _UNLIMITED_CHUNK
+                    tokens = 0.0
+                else:
+                    burst = float(self._batch_size or max(1.0, rate * 0.05))
+                    tokens = min(burst, tokens + (now - last) * rate)
+                    # Wait for a whole batch when batch_size is set (the case study's "a batch every interval"),
+                    # else for ~10 ms worth of events so that sends are batched but the rate stays smooth.
+                    need = float(self._batch_size) if self._batch_size else max(1.0, rate * _TICK_S)
+                    need = min(need, burst, float(left) if left is not None else need)
+                    if tokens < need:
+                        last = now
+                        wait = (need - tokens) / rate
+                        if deadline is not None:
+                            wait = min(wait, max(0.0, deadline - now))
+                        self._stop.wait(wait)
+                        self._reap(pending)
+                        continue
+                    k = int(tokens)
+                    tokens -= k
+                last = now
+                if left is not None:
+                    k = min(k, left)
+                keys, values = gen.batch(k).keys_values()
+                before, refused = len(pending), 0
+                try:
+                    for key, value in zip(keys, values, strict=True):
+                        try:
+                            pending.append(send(topic, value, key=key))
+                        except KafkaError as exc:  # synchronous refusal, e.g. a message over max_request_size
+                            refused += 1
+                            with self._lock:
+                                self._failed += 1
+                                self._errors[type(exc).__name__] += 1
+                finally:  # count what was handed over even if Ctrl-C lands mid-chunk
+                    with self._lock:
+                        self._sent += len(pending) - before + refused
+                self._reap(pending)
+                while len(pending) > MAX_IN_FLIGHT and not self._stop.is_set():
+                    self._reap(pending, block=True)
+                if time.monotonic() >= next_progress:
+                    self._update_rate()
+                    next_progress = time.monotonic() + progress_every_s
+                    if progress is not None:
+                        progress(self.stats())
+        finally:
+            self._finish(pending)
+        final = self.stats()
+        if progress is not None:
+            progress(final)
+        return final
+
+    def _update_rate(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            t0, n0 = self._rate_mark
+            if now - t0 >= 0.25:
+                self._rate_now = (self._sent - n0) / (now - t0)
+                self._rate_mark = (now, self._sent)
+
+    def _finish(self, pending: deque[Any]) -> None:
+        try:
+            self._kafka.flush(timeout=self.flush_timeout_s)
+        except KafkaError as exc:
+            logger.warning("flush did not complete: %s", exc)
+        self._reap(pending)
+        with self._lock:
+            self._ended = time.monotonic()
+            self._running = False
+            self._rate_now = 0.0
+
+    def start(self, events: int | None = None, duration: float | None = None) -> None:
+        """Run :meth:`run` in a daemon thread (for notebooks) and return at once.
+
+        Read :meth:`stats` while it runs; :meth:`stop` ends it, :meth:`wait` waits for its limit.
+        """
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("producer is already running; stop() it first")
+        self._stop.clear()
+        self._thread_error = None
+        with self._lock:
+            self._running = True  # visible before the thread gets scheduled
+
+        def target() -> None:
+            try:
+                self.run(events=events, duration=duration)
+            except BaseException as exc:  # handed to stop(): a thread has no one else to tell
+                logger.exception("producer thread failed")
+                self._thread_error = exc
+                with self._lock:
+                    self._running = False
+
+        self._thread = threading.Thread(target=target, name="clickstream-producer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> ProducerStats:
+        """Stop the loop (thread or blocking run), wait for the flush, and return the final counters.
+
+        Raises:
+            the error that ended the background thread, if one did.
+        """
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("producer thread still flushing after %s s", timeout)
+            else:
+                self._thread = None
+        if self._thread_error is not None:
+            exc, self._thread_error = self._thread_error, None
+            raise exc
+        return self.stats()
+
+    def wait(self, timeout: float | None = None) -> ProducerStats:
+        """Wait for a :meth:`start`-ed run to reach its events/duration limit; returns the counters."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.stats()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop, flush and close the Kafka connection. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.stop(timeout=timeout)
+        finally:
+            self._closed = True
+            self._kafka.close(timeout=timeout)
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
