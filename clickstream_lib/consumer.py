@@ -99,6 +99,8 @@ _RATE_WINDOW_S = 10.0
 # A record without a timestamp (old message formats report -1) gets no future-time check: any fixed reference keeps
 # the decision deterministic, and rejecting every such record would be worse.
 _NO_TIMESTAMP_REFERENCE_MS = 2**62
+# until_idle waits at most this long for a first assignment (a group waiting for a dead member's session).
+_JOIN_GRACE_S = 60.0
 
 # Group-membership errors: the commit can never succeed in this generation, so the batch is abandoned uncommitted
 # and the partition's next owner rebuilds it from the recorded range. Other Kafka errors are retried.
@@ -432,6 +434,7 @@ class Sink:
         self.epoch = ""
         self._states: dict[int, _PartitionState] = {}
         self._rebalances: list[tuple[str, set[TopicPartition]]] = []
+        self._joined = False
         self._rebalance_lock = threading.Lock()
         self._stop = threading.Event()
         self._stop_deadline: float | None = None
@@ -655,8 +658,9 @@ class Sink:
     def _loop(self, until_idle: float | None, max_events: int | None) -> None:
         consumer = self._consumer
         assert consumer is not None
-        last_activity = time.monotonic()
+        started = last_activity = time.monotonic()
         taken = 0
+        joined = False
         while not self._stop.is_set():
             timeout_ms = self._poll_timeout_ms()
             records = consumer.poll(timeout_ms=timeout_ms, max_records=self.batch_max_rows)
@@ -664,6 +668,7 @@ class Sink:
             now = time.monotonic()
             if changed:
                 last_activity = now
+                joined = joined or self._joined
             for tp, recs in records.items():
                 state = self._states.get(tp.partition)
                 if state is None:
@@ -678,7 +683,14 @@ class Sink:
             self._update_lag()
             if max_events is not None and taken >= max_events and not self._busy():
                 return
-            if until_idle is not None and not self._busy() and time.monotonic() - last_activity >= until_idle:
+            # Idle only counts once the group assigned this member its partitions (possibly none): joining can take
+            # longer than the idle time, e.g. while the group waits for a killed member's session to expire.
+            if (
+                until_idle is not None
+                and (joined or now - started > until_idle + _JOIN_GRACE_S)
+                and not self._busy()
+                and time.monotonic() - last_activity >= until_idle
+            ):
                 return
 
     def _busy(self) -> bool:
@@ -936,6 +948,7 @@ class Sink:
                     if state and (state.open is not None or state.sealed):
                         logger.info("partition %d revoked: unfinished batches abandoned uncommitted", tp.partition)
             else:
+                self._joined = True
                 self._assign(sorted(tp for tp in tps if tp.topic == self.topic))
         if changes:
             with self._lock:
