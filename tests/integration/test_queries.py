@@ -105,7 +105,9 @@ def loaded(store: Store, events: pd.DataFrame) -> Store:
 # --- pandas ground truth ---------------------------------------------------------------------------------------
 
 
-def select(df: pd.DataFrame, start: datetime | None = None, end: datetime | None = None, **filters: Any) -> pd.DataFrame:
+def select(
+    df: pd.DataFrame, start: datetime | None = None, end: datetime | None = None, **filters: Any
+) -> pd.DataFrame:
     m = pd.Series(True, index=df.index)
     if start is not None:
         m &= df["event_time"] >= pd.Timestamp(start)
@@ -399,23 +401,23 @@ def test_injection_payloads_change_nothing(loaded: Store, events: pd.DataFrame) 
 def test_validation_errors_name_the_parameter(store: Store) -> None:
     with pytest.raises(QueryError, match="unknown query 'nope'; known queries: kpis"):
         queries.run(store, "nope")
-    with pytest.raises(QueryError, match="^colour: is not a parameter of kpis"):
+    with pytest.raises(QueryError, match=r"^colour: is not a parameter of kpis"):
         queries.run(store, "kpis", colour="red")
-    with pytest.raises(QueryError, match="^interaction_type: 'hover' is not one of view"):
+    with pytest.raises(QueryError, match=r"^interaction_type: 'hover' is not one of view"):
         queries.kpis(store, interaction_type="hover")
-    with pytest.raises(QueryError, match="^limit: 0 is out of range"):
+    with pytest.raises(QueryError, match=r"^limit: 0 is out of range"):
         queries.top_users(store, limit=0)
-    with pytest.raises(QueryError, match="^start: 'yesterday' is not an ISO-8601 time"):
+    with pytest.raises(QueryError, match=r"^start: 'yesterday' is not an ISO-8601 time"):
         queries.kpis(store, start="yesterday")
-    with pytest.raises(QueryError, match="^end: .* is before start"):
+    with pytest.raises(QueryError, match=r"^end: .* is before start"):
         queries.kpis(store, start=NOW, end=BASE)
-    with pytest.raises(QueryError, match="^device: dead_letters does not take this filter"):
+    with pytest.raises(QueryError, match=r"^device: dead_letters does not take this filter"):
         queries.run(store, "dead_letters", device="mobile")
     assert isinstance(QueryError("x", "y"), ValueError)
 
 
 def test_empty_store_gives_empty_frames(store: Store) -> None:
-    for name, nq in queries.QUERIES.items():
+    for name in queries.QUERIES:
         df = queries.run(store, name)
         assert isinstance(df, pd.DataFrame), name
         if name in ("kpis", "active_users", "events_per_second", "sessions", "freshness"):

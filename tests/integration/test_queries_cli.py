@@ -1,0 +1,87 @@
+"""`clickstream query` in its own process and data directory (chdb: one directory per process)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import base_env
+from tests.integration.test_queries import make_events
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = str(ROOT / ".venv" / "bin" / "clickstream")
+SEED, SESSIONS = 3, 250
+
+
+@pytest.fixture(scope="module")
+def data_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A data directory filled by a separate process, then released (that process exits)."""
+    env = base_env(CLICKSTREAM_DATA_DIR=str(tmp_path_factory.mktemp("cli-data")))
+    fill = (
+        "from clickstream_lib.settings import Settings\n"
+        "from clickstream_lib.store import connect\n"
+        "from tests.integration.test_queries import insert_events, make_events\n"
+        f"store = connect(Settings.from_env())\ninsert_events(store, make_events(n_sessions={SESSIONS}, seed={SEED}))\n"
+        "store.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", fill], env=env, cwd=ROOT, check=True, timeout=120)
+    return env
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, "query", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_named_query_formats(data_env: dict[str, str]) -> None:
+    events = make_events(n_sessions=SESSIONS, seed=SEED)
+    r = cli(data_env, "kpis", "--format", "json", "--source", "raw")
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)
+    assert row["total_interactions"] == len(events)
+    assert row["unique_users"] == events["user_id"].nunique()
+
+    mobile = events[events["device"].isin(["mobile", "tablet"])]
+    r = cli(data_env, "top_items", "-p", "limit=3", "-p", "device=mobile", "-p", "device=tablet", "-f", "csv")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == "item_id,interactions"
+    counts = mobile.groupby("item_id").size().reset_index(name="n").sort_values(["n", "item_id"],
+                                                                                 ascending=[False, True])
+    assert lines[1:] == [f"{i},{n}" for i, n in zip(counts["item_id"][:3], counts["n"][:3], strict=True)]
+
+    r = cli(data_env, "funnel", "-p", "window_s=900", "-p", "start=2026-11-26T00:00:00Z")
+    assert r.returncode == 0, r.stderr
+    assert "conversion_from_start" in r.stdout and "add_to_cart" in r.stdout
+
+
+def test_read_only_sql(data_env: dict[str, str]) -> None:
+    n = len(make_events(n_sessions=SESSIONS, seed=SEED))
+    r = cli(data_env, "--sql", "SELECT count() AS n FROM clickstream.events", "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["n", str(n)]
+    for sql in ("DROP TABLE clickstream.events", "INSERT INTO clickstream.events (user_id) VALUES ('x')",
+                "SELECT 1 SETTINGS readonly = 0"):
+        r = cli(data_env, "--sql", sql)
+        assert r.returncode == 1, (sql, r.stdout)
+        assert "readonly" in r.stderr.lower()
+    r = cli(data_env, "--sql", "SELECT count() FROM clickstream.events", "-f", "csv")
+    assert r.stdout.split()[-1] == str(n)
+
+
+def test_usage_errors_exit_2(data_env: dict[str, str]) -> None:
+    r = cli(data_env, "no_such_query")
+    assert r.returncode == 2
+    assert "unknown query 'no_such_query'; known queries: kpis" in r.stderr
+    r = cli(data_env, "kpis", "-p", "interaction_type=x' OR 1=1 --")
+    assert r.returncode == 2
+    assert "interaction_type" in r.stderr
+    r = cli(data_env, "kpis", "-p", "nonsense")
+    assert r.returncode == 2
+    r = cli(data_env, "--list")
+    assert r.returncode == 0 and "retention(days=7)" in r.stdout
+    r = cli(data_env, "--ddl", "cluster", "--cluster", "prod")
+    assert r.returncode == 0 and "ReplicatedAggregatingMergeTree" in r.stdout

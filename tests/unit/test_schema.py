@@ -1,0 +1,92 @@
+"""The schema definitions and their two renderings (one machine, cluster), checked as text — no engine needed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from clickstream_lib import schema
+from clickstream_lib.store import DEDUP_WINDOW, MIGRATIONS
+
+# The columns the sink writes: migration 1 may be retuned (ORDER BY / PARTITION BY / TTL) but never renamed/retyped.
+EVENTS_COLUMNS = {
+    "event_id": "UUID", "user_id": "String", "session_id": "String", "item_id": "String",
+    "interaction_type": "LowCardinality(String)", "event_time": "DateTime64(3, 'UTC')", "page": "String",
+    "referrer": "LowCardinality(String)", "device": "LowCardinality(String)", "country": "LowCardinality(String)",
+    "price": "Decimal(12, 2)", "currency": "LowCardinality(String)", "schema_version": "UInt8",
+    "kafka_topic": "LowCardinality(String)", "kafka_partition": "UInt32", "kafka_offset": "UInt64",
+    "kafka_timestamp": "DateTime64(3, 'UTC')", "ingest_time": "DateTime64(3, 'UTC') DEFAULT now64(3)",
+}
+
+
+def columns_of(ddl: str) -> dict[str, str]:
+    body = ddl[ddl.index("(\n") + 2 : ddl.index("\n)\n")]
+    return dict(line.strip().rstrip(",").split(" ", 1) for line in body.splitlines())
+
+
+def test_events_columns_are_the_sink_contract() -> None:
+    assert dict(schema.EVENTS.columns) == EVENTS_COLUMNS
+    first = MIGRATIONS[0]
+    assert first.version == 1
+    assert columns_of(first.statements[0]) == EVENTS_COLUMNS
+    assert f"non_replicated_deduplication_window = {DEDUP_WINDOW}" in first.statements[0]
+    assert f"non_replicated_deduplication_window = {DEDUP_WINDOW}" in first.statements[1]
+
+
+def test_migrations_are_versioned_and_templated() -> None:
+    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+    for m in MIGRATIONS:
+        for stmt in m.statements:
+            # Store.migrate formats only {db}; any other brace would break it or be an injection point.
+            assert set(re.findall(r"\{[^}]*\}", stmt)) <= {"{db}"}, stmt
+            assert "IF NOT EXISTS" in stmt or stmt.startswith("INSERT INTO {db}.")
+    rollups = MIGRATIONS[1].statements
+    # Backfills run before the views exist, so a re-run never counts a row twice.
+    kinds = [s.split()[0] + (" VIEW" if "MATERIALIZED VIEW" in s else "") for s in rollups]
+    assert kinds == ["CREATE"] * 3 + ["INSERT"] * 3 + ["CREATE VIEW"] * 3
+
+
+def test_rollup_columns_are_keys_or_aggregates() -> None:
+    for table in schema.ROLLUPS:
+        keys = set(re.findall(r"\w+", table.order_by))
+        for name, ctype in table.columns:
+            assert name in keys or ctype.startswith(("SimpleAggregateFunction", "AggregateFunction")), (table, name)
+        assert table.engine == "AggregatingMergeTree"
+
+
+def test_cluster_ddl_is_replicated_and_distributed_from_the_same_definitions() -> None:
+    stmts = schema.cluster_ddl("analytics", cluster="prod")
+    assert stmts[0] == "CREATE DATABASE IF NOT EXISTS analytics ON CLUSTER 'prod'"
+    assert all(" ON CLUSTER 'prod'" in s for s in stmts)
+    for table in (schema.EVENTS, schema.DEAD_LETTERS, *schema.ROLLUPS):
+        local = next(s for s in stmts if s.startswith(f"CREATE TABLE IF NOT EXISTS analytics.{table.name}_local "))
+        assert columns_of(local) == dict(table.columns)
+        assert f"ENGINE = Replicated{table.engine}('/clickhouse/tables/{{shard}}/analytics/{table.name}', " \
+               "'{replica}')" in local
+        assert f"ORDER BY {table.order_by}" in local
+        dist = next(s for s in stmts if s.startswith(f"CREATE TABLE IF NOT EXISTS analytics.{table.name} "))
+        assert f"AS analytics.{table.name}_local" in dist
+        assert f"ENGINE = Distributed('prod', 'analytics', '{table.name}_local', {table.shard_key})" in dist
+    events_local = next(s for s in stmts if "analytics.events_local " in s and s.startswith("CREATE TABLE"))
+    assert "replicated_deduplication_window = 1000" in events_local
+    assert "cityHash64(user_id)" in schema.EVENTS.shard_key
+    views = [s for s in stmts if "MATERIALIZED VIEW" in s]
+    assert len(views) == len(schema.VIEWS)
+    for v in views:
+        # Each shard's view reads its local events and writes its local rollup.
+        assert "FROM analytics.events_local " in v
+        assert re.search(r"TO analytics\.\w+_local AS SELECT", v)
+
+
+def test_identifiers_are_validated() -> None:
+    for bad in ("db; DROP TABLE x", "a-b", "", "1db", "x" * 65):
+        with pytest.raises(ValueError, match="not a valid identifier"):
+            schema.cluster_ddl(bad)
+        with pytest.raises(ValueError, match="not a valid identifier"):
+            schema.local_ddl(bad)
+    with pytest.raises(ValueError, match="not a valid identifier"):
+        schema.cluster_ddl("ok", cluster="x' OR 1")
+    with pytest.raises(ValueError, match="out of range"):
+        schema.ttl_statement("ok", 0)
+    assert schema.ttl_statement("ok", 30).endswith("toDateTime(event_time) + INTERVAL 30 DAY")
