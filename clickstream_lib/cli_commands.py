@@ -13,6 +13,233 @@ from .settings import Settings
 
 # --- generate / produce (events, generator, producer) -----------------------------------------------------------
 
+
+def _scenario_arg(text: str) -> tuple[str, dict[str, object]]:
+    """``NAME`` or ``NAME:key=value,key=value`` -> (name, params); numbers become numbers."""
+    name, _, rest = text.partition(":")
+    params: dict[str, object] = {}
+    for part in filter(None, rest.split(",")):
+        key, sep, raw = part.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"{part!r} in {text!r} is not key=value (e.g. flash_sale:share=0.5)")
+        value: object = raw
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                pass
+        params[key.strip()] = value
+    return name.strip(), params
+
+
+def _add_generator_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=None, help="the same seed gives the same events (default: random)")
+    p.add_argument("--users", type=int, default=10_000, help="number of users (default 10000)")
+    p.add_argument("--items", type=int, default=1_000, help="catalogue size (default 1000)")
+    p.add_argument(
+        "--scenario",
+        action="append",
+        type=_scenario_arg,
+        default=[],
+        metavar="NAME[:k=v,...]",
+        help="switch a scenario on (repeatable): flash_sale, bot_burst, late_events, duplicates, malformed; "
+        "e.g. --scenario malformed:share=0.05 --scenario flash_sale:item=item_0007",
+    )
+
+
+def _make_generator(args: argparse.Namespace) -> object:
+    from .generator import Generator
+
+    gen = Generator(seed=args.seed, n_users=args.users, n_items=args.items)
+    for name, params in args.scenario:
+        gen.set_scenario(name, True, **params)
+    return gen
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="write synthetic events to a JSON-lines file (no Kafka)",
+        description=(
+            "Write the events `clickstream produce` would send, one JSON message per line, without Kafka. Live "
+            "mode stamps them now; --start/--end give a backfill with simulated event times over that range."
+        ),
+        epilog=(
+            "examples:\n  clickstream generate --events 100000 --out events.jsonl --seed 42\n"
+            "  clickstream generate --events 1000000 --out week.jsonl --start 2026-11-22 --end 2026-11-29\n"
+            "  clickstream generate --events 1000 --out - --scenario malformed:share=0.1 | head"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--events", type=int, required=True, help="number of messages to write")
+    p.add_argument("--out", required=True, help="output file (.jsonl), or - for stdout")
+    p.add_argument("--start", help="backfill: first event time (ISO-8601, UTC unless it has an offset)")
+    p.add_argument("--end", help="backfill: end of the range (exclusive); default now")
+    _add_generator_args(p)
+    p.set_defaults(handler=_cmd_generate)
+
+
+def _cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    import sys
+    import time
+
+    from . import events as ev
+    from .errors import ConfigError
+    from .generator import Generator
+
+    if args.events < 0:
+        raise ConfigError("--events", f"{args.events} must be >= 0")
+    gen = _make_generator(args)
+    assert isinstance(gen, Generator)
+    start_ms = end_ms = None
+    if args.start or args.end:
+        if not args.start:
+            raise ConfigError("--start", "is required with --end")
+        start_ms = ev.parse_timestamp(args.start)
+        end_ms = ev.parse_timestamp(args.end) if args.end else int(time.time() * 1000)
+        if start_ms is None or end_ms is None or end_ms <= start_ms:
+            raise ConfigError("--start/--end", "need two ISO-8601 times with start < end, e.g. 2026-11-22 2026-11-29")
+    chunk = 100_000
+    written = done = 0
+    stream = sys.stdout.buffer if args.out == "-" else open(args.out, "wb")  # noqa: SIM115 (closed below)
+    try:
+        if start_ms is not None and end_ms is not None:
+            written = gen.backfill(start_ms, end_ms, args.events).write_jsonl(stream)
+            done = args.events
+        while done < args.events:
+            k = min(chunk, args.events - done)
+            written += gen.batch(k).write_jsonl(stream)
+            done += k
+    finally:
+        if stream is not sys.stdout.buffer:
+            stream.close()
+        else:
+            stream.flush()
+    if args.out != "-":
+        out(f"wrote {done} messages ({written} bytes) to {args.out}")
+    return 0
+
+
+def _add_produce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "produce",
+        help="send synthetic events to Kafka at a controlled rate",
+        description=(
+            "Generate events and send them to KAFKA_TOPIC (created with KAFKA_PARTITIONS partitions if missing), "
+            "keyed by user_id, acks=all, idempotent, lz4. Runs until --events or --duration, or Ctrl-C (which "
+            "flushes and prints the summary). The case study's flags work as they did: a batch of --batch_size "
+            "events every --time_interval seconds, at most --data_generation_speed events/s."
+        ),
+        epilog=(
+            "examples:\n  clickstream produce --rate 5000 --duration 60\n"
+            "  clickstream produce --events 1000000 --rate 0 --seed 7\n"
+            "  clickstream produce --batch_size 1000 --time_interval 1 --data_generation_speed 10000\n"
+            "  clickstream produce --duration 30 --scenario bot_burst --scenario late_events:share=0.1\n"
+            "exit codes: 0 all acknowledged, 1 some messages failed or Kafka unreachable, 130 interrupted"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--rate", type=float, default=None, help="events/s (default 10000; 0 = as fast as possible)")
+    limit = p.add_mutually_exclusive_group()
+    limit.add_argument("--events", type=int, default=None, help="stop after this many messages")
+    limit.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--batch_size", "--batch-size", type=int, default=None, help="events per batch (case study)")
+    p.add_argument(
+        "--time_interval", "--time-interval", type=float, default=None, help="seconds between batches (case study)"
+    )
+    p.add_argument(
+        "--data_generation_speed",
+        "--data-generation-speed",
+        type=float,
+        default=None,
+        help="events/s cap (case study)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    _add_generator_args(p)
+    p.set_defaults(handler=_cmd_produce)
+
+
+def _produce_rate(args: argparse.Namespace) -> tuple[float | None, int | None]:
+    """(rate, batch_size) from --rate and the case study's flags; the smallest cap wins."""
+    from .errors import ConfigError
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError("--batch_size", f"{args.batch_size} must be at least 1")
+    for flag, value in (
+        ("--time_interval", args.time_interval),
+        ("--data_generation_speed", args.data_generation_speed),
+    ):
+        if value is not None and value <= 0:
+            raise ConfigError(flag, f"{value} must be > 0")
+    if args.rate is not None and args.rate < 0:
+        raise ConfigError("--rate", f"{args.rate} must be >= 0 (0 = as fast as possible)")
+    caps: list[float] = []
+    if args.rate:
+        caps.append(args.rate)
+    if args.time_interval is not None:
+        caps.append((args.batch_size or 1000) / args.time_interval)
+    if args.data_generation_speed is not None:
+        caps.append(args.data_generation_speed)
+    if caps:
+        return min(caps), args.batch_size
+    if args.rate == 0:
+        return None, args.batch_size
+    return 10_000.0, args.batch_size
+
+
+def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    import sys
+
+    from .errors import ConfigError
+    from .generator import Generator
+    from .producer import Producer, ProducerStats
+
+    if args.events is not None and args.events < 0:
+        raise ConfigError("--events", f"{args.events} must be >= 0")
+    if args.duration is not None and args.duration < 0:
+        raise ConfigError("--duration", f"{args.duration} must be >= 0")
+    rate, batch_size = _produce_rate(args)
+    gen = _make_generator(args)
+    assert isinstance(gen, Generator)
+    bar = None
+    if not args.no_progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.events, unit="ev", unit_scale=True, dynamic_ncols=True, file=sys.stderr)
+    shown = 0
+
+    def progress(stats: ProducerStats) -> None:
+        nonlocal shown
+        if bar is None:
+            return
+        bar.update(stats.sent - shown)
+        shown = stats.sent
+        bar.set_postfix(acked=stats.acked, failed=stats.failed, rate=f"{stats.rate_now:.0f}/s", refresh=False)
+
+    where = f"{settings.kafka_broker_url}/{settings.kafka_topic}"
+    limit = f"{args.events} events" if args.events is not None else f"{args.duration} s" if args.duration else "Ctrl-C"
+    err(f"producing to {where} at {f'{rate:.0f} events/s' if rate else 'full speed'} until {limit}")
+    producer = Producer(settings, rate=rate, generator=gen, batch_size=batch_size)
+    try:
+        stats = producer.run(events=args.events, duration=args.duration, progress=progress)
+    except KeyboardInterrupt:
+        stats = producer.stats()  # run() flushed before letting the interrupt through
+        if bar is not None:
+            bar.close()
+        out(stats.summary() + " (interrupted)")
+        producer.close()
+        return 130
+    if bar is not None:
+        bar.close()
+    producer.close()
+    out(stats.summary())
+    return 1 if stats.failed or stats.in_flight else 0
+
+
+register(_add_generate)
+register(_add_produce)
+
 # --- consume (the sink) -----------------------------------------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ from kafka.errors import KafkaError
 from .errors import ConfigError
 from .generator import Generator
 from .settings import Settings
-from .topics import client_config, ensure_topic, unreachable
+from .topics import DEFAULT_CONNECT_TIMEOUT_S, client_config, ensure_topic, unreachable
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,8 @@ def connect(settings: Settings, topic: str | None = None, **config: Any) -> Kafk
         BrokerUnavailable: no broker answered within a few seconds.
     """
     topic = topic or settings.kafka_topic
-    ensure_topic(settings, topic, settings.kafka_partitions)
+    # The admin client's bootstrap wait is what a user waits when Kafka is down: keep it at a few seconds.
+    ensure_topic(settings, topic, settings.kafka_partitions, timeout_s=DEFAULT_CONNECT_TIMEOUT_S)
     try:
         return KafkaProducer(**client_config(settings, **{**PRODUCER_CONFIG, **config}))
     except KafkaError as exc:
