@@ -51,3 +51,13 @@ def test_notebook_path_finds_shipped_notebooks_and_rejects_unknown_ones() -> Non
     assert notebook_path("dashboard") == ROOT / "notebooks" / "dashboard.ipynb"
     with pytest.raises(ValueError, match="not found"):
         notebook_path("nope")
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
+def test_papermill_sees_every_parameter(path) -> None:
+    import papermill
+
+    nb = nbformat.read(path, as_version=4)
+    code = next(c for c in nb.cells if c.cell_type == "code")
+    names = [n.targets[0].id for n in ast.parse(code.source).body]
+    assert list(papermill.inspect_notebook(str(path))) == names
