@@ -51,7 +51,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         (schema.table_ddl(schema.EVENTS, dedup_window=DEDUP_WINDOW),
          schema.table_ddl(schema.DEAD_LETTERS, dedup_window=DEDUP_WINDOW)),
     ),
-    Migration(2, "rollups: events_by_minute, items_by_hour, users_by_day", schema.rollup_statements()),
+    Migration(2, "rollups: events_by_minute, events_by_hour, items_by_hour, users_by_day", schema.rollup_statements()),
 )
 
 
@@ -130,21 +130,69 @@ def open_client(url: StoreURL, database: str | None = None, settings: dict[str, 
             _embedded_path = real
             return client
     try:
-        return clickhouse_connect.get_client(
-            host=url.host,
-            port=url.port,
-            username=url.username,
-            password=url.password,
-            database=database or "default",
-            secure=url.scheme == "https",
-            settings=settings,
-            connect_timeout=5,
-        )
+        return clickhouse_connect.get_client(**server_client_args(url, database, settings))
     except Exception as exc:
-        raise StoreError(
-            f"ClickHouse not reachable at {url.redacted()} ({type(exc).__name__}: {_scrub(str(exc), url)}) — "
-            "check CLICKHOUSE_URL / CLICKHOUSE_HOST, CLICKHOUSE_USER and CLICKHOUSE_PASSWORD"
-        ) from None
+        raise server_error(url, exc) from None
+
+
+def server_client_args(
+    url: StoreURL, database: str | None = None, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for ``clickhouse_connect.get_client`` for a server URL, TLS options included.
+
+    On ``https://`` the server certificate and host name are verified against ``CLICKHOUSE_CA_FILE`` (or the system
+    trust store); ``CLICKHOUSE_VERIFY=false`` turns that off, with a warning, for test servers only.
+    """
+    args: dict[str, Any] = {
+        "host": url.host,
+        "port": url.port,
+        "username": url.username,
+        "password": url.password,
+        "database": database or "default",
+        "secure": url.scheme == "https",
+        "settings": settings,
+        "connect_timeout": 5,
+    }
+    if url.scheme == "https":
+        args["verify"] = url.verify
+        if url.ca_file:
+            args["ca_cert"] = url.ca_file
+        if not url.verify:
+            logger.warning(
+                "TLS certificate verification is OFF for %s (CLICKHOUSE_VERIFY=false): anyone on the path can read "
+                "and change the traffic; use CLICKHOUSE_CA_FILE instead outside tests", url.redacted()
+            )
+    return args
+
+
+def server_error(url: StoreURL, exc: BaseException) -> StoreError:
+    """Turn a connection failure into a StoreError naming the setting to fix; never includes the password."""
+    text = _scrub(str(exc), url)
+    low = text.lower()
+    where = url.redacted()
+    if "certificate_verify_failed" in low or "certificate verify failed" in low:
+        if "hostname" in low or "ip address mismatch" in low or "doesn't match" in low:
+            return StoreError(
+                f"the TLS certificate of ClickHouse at {where} does not name host {url.host!r} — connect by a name "
+                "the certificate lists (CLICKHOUSE_URL / CLICKHOUSE_HOST), or reissue the certificate"
+            )
+        return StoreError(
+            f"the TLS certificate of ClickHouse at {where} is not signed by a trusted CA — set CLICKHOUSE_CA_FILE "
+            "to the PEM file of the CA that issued it (CLICKHOUSE_VERIFY=false skips the check; test servers only)"
+        )
+    if "wrong_version_number" in low or "wrong version number" in low or "record layer failure" in low:
+        return StoreError(
+            f"ClickHouse at {where} did not answer with TLS — it is probably a plain HTTP port: use http:// (port "
+            "8123), or the server's HTTPS port (8443) with https:// (CLICKHOUSE_URL / CLICKHOUSE_SECURE)"
+        )
+    if "authentication failed" in low or "code: 516" in low or "code: 192" in low:
+        return StoreError(
+            f"ClickHouse at {where} refused user {url.username!r} — check CLICKHOUSE_USER and CLICKHOUSE_PASSWORD"
+        )
+    return StoreError(
+        f"ClickHouse not reachable at {where} ({type(exc).__name__}: {text}) — "
+        "check CLICKHOUSE_URL / CLICKHOUSE_HOST, CLICKHOUSE_USER and CLICKHOUSE_PASSWORD"
+    )
 
 
 def _scrub(text: str, url: StoreURL) -> str:
