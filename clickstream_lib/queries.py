@@ -47,6 +47,7 @@ BUCKETS: dict[str, str] = {
     "hour": "toDateTime(toStartOfHour({col}), 'UTC')",
     "day": "toDateTime(toStartOfDay({col}), 'UTC')",
 }
+BUCKET_SECONDS: dict[str, int] = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 SESSION_BUCKETS: tuple[str, ...] = (
     "1 event (bounce)", "< 1 min", "1-5 min", "5-15 min", "15-30 min", "30-60 min", ">= 60 min",
 )
@@ -67,9 +68,8 @@ class Rollup:
     time_type: str = "DateTime"
 
 
-MINUTE_ROLLUP = Rollup(
-    "events_by_minute", "minute", 60, frozenset({"interaction_type", "device", "country", "referrer"})
-)
+MINUTE_ROLLUP = Rollup("events_by_minute", "minute", 60, frozenset({"interaction_type"}))
+HOUR_ROLLUP = Rollup("events_by_hour", "hour", 3600, frozenset({"interaction_type", "device", "country", "referrer"}))
 ITEM_ROLLUP = Rollup("items_by_hour", "hour", 3600, frozenset({"interaction_type", "item_id"}))
 USER_ROLLUP = Rollup("users_by_day", "day", 86400, frozenset({"interaction_type"}), time_type="Date")
 
@@ -121,21 +121,34 @@ class Query:
     used: str = "raw"
     params: dict[str, Any] = field(default_factory=dict)
 
-    def can_use(self, rollup: Rollup) -> bool:
-        """Whether ``rollup`` answers this query exactly; raises if ``source='rollup'`` was forced but it cannot."""
+    def pick(self, *candidates: Rollup, need: Iterable[str] = (), max_grain_s: int | None = None) -> Rollup | None:
+        """The first rollup that answers this query exactly, or None (read raw events).
+
+        A rollup qualifies when it keeps every filtered (and ``need``-ed) column, its grain is at most
+        ``max_grain_s``, and its grain divides the window's bounds. Raises if ``source='rollup'`` but none does.
+        """
         if self.source == "raw":
-            return False
-        grain = rollup.seconds * 1000
-        problems = [f"filter {f!r} is not kept by {rollup.table}" for f in self.filters if f not in rollup.dims]
-        for label, ms in (("start", self.start_ms), ("end", self.end_ms)):
-            if ms is not None and ms % grain:
-                problems.append(f"{label} is not aligned to {rollup.table}'s {rollup.seconds} s grain")
-        if problems:
-            if self.source == "rollup":
-                raise QueryError("source", f"{self.name} cannot be answered from a rollup: {'; '.join(problems)}")
-            return False
-        self.used = rollup.table
-        return True
+            return None
+        problems: list[str] = []
+        for rollup in candidates:
+            grain = rollup.seconds * 1000
+            missing = [c for c in (*self.filters, *need) if c not in rollup.dims]
+            why = [f"it has no column {c!r}" for c in missing]
+            if max_grain_s is not None and rollup.seconds > max_grain_s:
+                why.append(f"its grain is {rollup.seconds} s")
+            why += [
+                f"{label} is not a multiple of {rollup.seconds} s"
+                for label, ms in (("start", self.start_ms), ("end", self.end_ms))
+                if ms is not None and ms % grain
+            ]
+            if not why:
+                self.used = rollup.table
+                return rollup
+            problems.append(f"{rollup.table}: {', '.join(why)}")
+        if self.source == "rollup":
+            detail = "; ".join(problems) or "no rollup keeps this query"
+            raise QueryError("source", f"{self.name} cannot be answered from a rollup ({detail})")
+        return None
 
     def table(self, name: str) -> str:
         return f"{self.database}.{name}"
@@ -353,11 +366,12 @@ _PURCHASE_REVENUE = "toFloat64(sumIf(price, interaction_type = 'purchase'))"
 
 
 def _kpis(q: Query) -> str:
-    if q.can_use(MINUTE_ROLLUP):
+    rollup = q.pick(MINUTE_ROLLUP, HOUR_ROLLUP)
+    if rollup:
         return (
             f"SELECT sum(events) AS total_interactions, {_UNIQ}(users) AS unique_users, "
             f"{_UNIQ}(items) AS unique_items, toFloat64(sum(revenue)) AS revenue "
-            f"FROM {q.table(MINUTE_ROLLUP.table)} {q.where(rollup=MINUTE_ROLLUP)}"
+            f"FROM {q.table(rollup.table)} {q.where(rollup=rollup)}"
         )
     return (
         "SELECT count() AS total_interactions, uniqExact(user_id) AS unique_users, "
@@ -368,8 +382,8 @@ def _kpis(q: Query) -> str:
 
 def _breakdown(q: Query) -> str:
     by = q.options["by"]  # one of FILTERS (validated): a column name, safe to format
-    rollup = ITEM_ROLLUP if by == "item_id" else MINUTE_ROLLUP
-    if q.can_use(rollup):
+    rollup = q.pick(ITEM_ROLLUP, need=[by]) if by == "item_id" else q.pick(MINUTE_ROLLUP, HOUR_ROLLUP, need=[by])
+    if rollup:
         src, count, users = q.table(rollup.table), "sum(events)", f"{_UNIQ}(users)"
         where = q.where(rollup=rollup)
     else:
@@ -382,11 +396,12 @@ def _breakdown(q: Query) -> str:
 
 def _timeseries(q: Query) -> str:
     bucket = q.options["bucket"]
-    if bucket != "second" and q.can_use(MINUTE_ROLLUP):
-        expr = BUCKETS[bucket].format(col="minute")
+    rollup = q.pick(MINUTE_ROLLUP, HOUR_ROLLUP, max_grain_s=BUCKET_SECONDS[bucket])
+    if rollup:
+        expr = BUCKETS[bucket].format(col=rollup.time_col)
         return (
             f"SELECT {expr} AS time, interaction_type, sum(events) AS events "
-            f"FROM {q.table(MINUTE_ROLLUP.table)} {q.where(rollup=MINUTE_ROLLUP)} "
+            f"FROM {q.table(rollup.table)} {q.where(rollup=rollup)} "
             "GROUP BY time, interaction_type ORDER BY time, interaction_type"
         )
     expr = BUCKETS[bucket].format(col="event_time")
@@ -399,7 +414,7 @@ def _timeseries(q: Query) -> str:
 def _top(column: str, rollup: Rollup) -> Builder:
     def build(q: Query) -> str:
         q.params["limit"] = q.options["limit"]
-        if q.can_use(rollup):
+        if q.pick(rollup):
             src, count, where = q.table(rollup.table), "sum(events)", q.where(rollup=rollup)
         else:
             src, count, where = q.table("events"), "count()", q.where()
@@ -524,7 +539,7 @@ def _retention_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
 
 def _item_performance(q: Query) -> str:
     q.params["limit"] = q.options["limit"]
-    if q.can_use(ITEM_ROLLUP):
+    if q.pick(ITEM_ROLLUP):
         counts = ", ".join(
             f"sumIf(events, interaction_type = '{t}') AS {t}s" for t in ("view", "click", "add_to_cart", "purchase")
         )

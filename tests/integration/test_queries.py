@@ -184,8 +184,13 @@ def test_dashboard_queries_equal_pandas(loaded: Store, events: pd.DataFrame, win
 def test_auto_reads_rollups_only_when_exact(loaded: Store, events: pd.DataFrame) -> None:
     aligned = {"start": BASE + timedelta(days=1), "end": BASE + timedelta(days=2)}
     assert queries.kpis(loaded, **aligned).attrs["source"] == "events_by_minute"
-    assert queries.kpis(loaded, device="mobile").attrs["source"] == "events_by_minute"
-    assert queries.kpis(loaded, item_id="item_001").attrs["source"] == "raw"  # the minute rollup has no item column
+    assert queries.kpis(loaded, interaction_type="view").attrs["source"] == "events_by_minute"
+    assert queries.kpis(loaded, device="mobile").attrs["source"] == "events_by_hour"
+    assert queries.breakdown(loaded, by="country").attrs["source"] == "events_by_hour"
+    assert queries.kpis(loaded, device="mobile", start=BASE + timedelta(minutes=1)).attrs["source"] == "raw"
+    assert queries.timeseries(loaded, bucket="minute", device="mobile").attrs["source"] == "raw"
+    assert queries.timeseries(loaded, bucket="hour", device="mobile").attrs["source"] == "events_by_hour"
+    assert queries.kpis(loaded, item_id="item_001").attrs["source"] == "raw"  # no event rollup has an item column
     assert queries.kpis(loaded, start=BASE + timedelta(seconds=30)).attrs["source"] == "raw"
     assert queries.top_items(loaded, **aligned).attrs["source"] == "items_by_hour"
     assert queries.top_users(loaded, **aligned).attrs["source"] == "users_by_day"
