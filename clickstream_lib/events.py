@@ -17,6 +17,8 @@ one from topic/partition/offset).
 from __future__ import annotations
 
 import json
+import re
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -76,6 +78,7 @@ FIELDS = (
 )
 
 _EVENT_ID_NAMESPACE = uuid.UUID("6f1c1e43-5d2a-4c53-9a55-0c1c7e1b2f00")
+_CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 SCHEMA_RESOURCE = "resources/event.schema.json"
@@ -176,45 +179,52 @@ def validate(obj: dict[str, Any], reference_ms: int | None = None) -> dict[str, 
     ts_ms = parse_timestamp(ts)
     if ts_ms is None:
         return Rejection(TIMESTAMP_UNPARSABLE, f"{ts[:40]!r}")
-    ref = reference_ms if reference_ms is not None else int(datetime.now(UTC).timestamp() * 1000)
+    ref = reference_ms if reference_ms is not None else time.time_ns() // 1_000_000
     if ts_ms < MIN_TIME_MS or ts_ms > ref + MAX_FUTURE_MS:
         return Rejection(TIMESTAMP_OUT_OF_RANGE, f"{ts[:40]!r} is before 2000-01-01 or more than 1 day ahead")
     event_id = obj.get("event_id")
     if event_id is not None:
         if not isinstance(event_id, str):
             return Rejection(WRONG_TYPE, "event_id must be a UUID string")
-        try:
-            event_id = str(uuid.UUID(event_id))
-        except ValueError:
-            return Rejection(WRONG_TYPE, "event_id is not a UUID")
-    out: dict[str, Any] = {
-        "event_id": event_id,
-        "user_id": user_id,
-        "session_id": "",
-        "item_id": item_id,
-        "interaction_type": itype,
-        "timestamp_ms": ts_ms,
-    }
+        if not _CANONICAL_UUID.match(event_id):  # the common case is already canonical; uuid.UUID is slow
+            try:
+                event_id = str(uuid.UUID(event_id))
+            except ValueError:
+                return Rejection(WRONG_TYPE, "event_id is not a UUID")
+    optional: dict[str, str] = {}
     for name in _OPTIONAL_STR:
         value = obj.get(name)
         if value is None:
-            out[name] = ""
+            optional[name] = ""
         elif isinstance(value, str) and len(value) <= 2048:
-            out[name] = value
+            optional[name] = value
         else:
-            return Rejection(WRONG_TYPE, f"{name} must be a string")
+            return Rejection(WRONG_TYPE, f"{name} must be a string of at most 2048 characters")
     price = obj.get("price")
     if price is None:
-        out["price"] = 0.0
+        price = 0.0
     elif isinstance(price, (int, float)) and not isinstance(price, bool) and 0 <= price < 1e10:
-        out["price"] = float(price)
+        price = float(price)
     else:
         return Rejection(WRONG_TYPE, "price must be a non-negative number")
     version = obj.get("schema_version", SCHEMA_VERSION)
     if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= 255:
         return Rejection(WRONG_TYPE, "schema_version must be an integer 0..255")
-    out["schema_version"] = version
-    return out
+    return {  # the order of FIELDS
+        "event_id": event_id,
+        "user_id": user_id,
+        "session_id": optional["session_id"],
+        "item_id": item_id,
+        "interaction_type": itype,
+        "timestamp_ms": ts_ms,
+        "page": optional["page"],
+        "referrer": optional["referrer"],
+        "device": optional["device"],
+        "country": optional["country"],
+        "price": price,
+        "currency": optional["currency"],
+        "schema_version": version,
+    }
 
 
 def encode(event: dict[str, Any]) -> bytes:

@@ -55,6 +55,42 @@ _UNLIMITED_CHUNK = 2_000  # events per loop turn when no rate is set: amortises 
 _TICK_S = 0.01  # the token bucket refills continuously; the loop wakes at most every 10 ms
 
 
+class TokenBucket:
+    """How many events may go now at ``rate`` events/s: tokens refill continuously up to a burst.
+
+    Without ``batch_size`` the burst is 50 ms of events and a turn waits for 10 ms worth, so sends are batched but
+    the rate stays smooth. With ``batch_size`` (the case study's "a batch every time_interval") both are the batch.
+    Pure logic on a caller-supplied clock, so tests can drive it with a fake one.
+    """
+
+    def __init__(self, rate: float | None, batch_size: int | None = None, now: float = 0.0) -> None:
+        self.rate = rate
+        self.batch_size = batch_size
+        self.tokens = 0.0  # start empty: the first second carries no burst, so short runs hold the rate too
+        self.last = now
+
+    def take(self, now: float, limit: int | None = None) -> tuple[int, float]:
+        """``(k, 0.0)``: send ``k`` events now; or ``(0, wait_s)``: nothing yet, try again in ``wait_s``."""
+        rate = self.rate
+        if rate is None:  # unlimited: a chunk per turn; the bucket restarts empty if a rate is set later
+            self.tokens, self.last = 0.0, now
+            chunk = self.batch_size or _UNLIMITED_CHUNK
+            return (chunk if limit is None else min(chunk, limit)), 0.0
+        burst = float(self.batch_size or max(1.0, rate * 0.05))
+        self.tokens = min(burst, self.tokens + max(0.0, now - self.last) * rate)
+        self.last = now
+        need = min(float(self.batch_size) if self.batch_size else max(1.0, rate * _TICK_S), burst)
+        if limit is not None:
+            need = min(need, float(limit))
+        if self.tokens < need:
+            return 0, (need - self.tokens) / rate
+        k = int(self.tokens)
+        if limit is not None:
+            k = min(k, limit)
+        self.tokens -= k
+        return k, 0.0
+
+
 @dataclass(frozen=True)
 class ProducerStats:
     """Delivery counters of one producer. ``sent = acked + failed + in_flight``."""
@@ -298,8 +334,8 @@ class Producer:
         send = self._kafka.send
         topic = self.topic
         gen = self.generator
-        tokens = 0.0
         last = time.monotonic()
+        bucket = TokenBucket(self._rate, self._batch_size, now=last)
         next_progress = last + progress_every_s
         deadline = None if duration is None else self._started + duration
         try:
@@ -310,30 +346,14 @@ class Producer:
                 left = None if events is None else events - self._sent
                 if left is not None and left <= 0:
                     break
-                rate = self._rate
-                if rate is None:
-                    k = self._batch_size or _UNLIMITED_CHUNK
-                    tokens = 0.0
-                else:
-                    burst = float(self._batch_size or max(1.0, rate * 0.05))
-                    tokens = min(burst, tokens + (now - last) * rate)
-                    # Wait for a whole batch when batch_size is set (the case study's "a batch every interval"),
-                    # else for ~10 ms worth of events so that sends are batched but the rate stays smooth.
-                    need = float(self._batch_size) if self._batch_size else max(1.0, rate * _TICK_S)
-                    need = min(need, burst, float(left) if left is not None else need)
-                    if tokens < need:
-                        last = now
-                        wait = (need - tokens) / rate
-                        if deadline is not None:
-                            wait = min(wait, max(0.0, deadline - now))
-                        self._stop.wait(wait)
-                        self._reap(pending)
-                        continue
-                    k = int(tokens)
-                    tokens -= k
-                last = now
-                if left is not None:
-                    k = min(k, left)
+                bucket.rate = self._rate  # set_rate() from another thread takes effect here
+                k, wait = bucket.take(now, left)
+                if k == 0:
+                    if deadline is not None:
+                        wait = min(wait, max(0.0, deadline - now))
+                    self._stop.wait(wait)
+                    self._reap(pending)
+                    continue
                 keys, values = gen.batch(k).keys_values()
                 before, refused = len(pending), 0
                 try:

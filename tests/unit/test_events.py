@@ -1,0 +1,205 @@
+"""The event schema: parsing, the fixed set of rejection reasons, timestamps, and the JSON Schema file."""
+
+from __future__ import annotations
+
+import random
+
+import jsonschema
+import orjson
+import pytest
+
+from clickstream_lib import events
+from clickstream_lib.events import REASONS, Rejection, parse
+
+REF = events.parse_timestamp("2026-11-29T10:00:00Z")
+assert REF is not None
+
+CASE_STUDY = (
+    b'{"user_id": "user_0042", "item_id": "item_0007", "interaction_type": "click", "timestamp": "2026-11-29 10:00:00"}'
+)
+
+FULL = {
+    "event_id": "0b6f7c1e-1111-4222-8333-123456789abc",
+    "user_id": "user_0042",
+    "session_id": "s0123456789abcdef",
+    "item_id": "item_0007",
+    "interaction_type": "purchase",
+    "timestamp": "2026-11-29T10:00:00.123Z",
+    "page": "/checkout/complete",
+    "referrer": "search",
+    "device": "mobile",
+    "country": "DE",
+    "price": 19.99,
+    "currency": "EUR",
+    "schema_version": 1,
+}
+
+
+def _without(name: str) -> bytes:
+    return orjson.dumps({k: v for k, v in FULL.items() if k != name})
+
+
+# One or more messages per reason; test_every_reason_has_a_case keeps this table complete.
+INVALID: list[tuple[bytes | str, str]] = [
+    (b'{"user_id": "user_0042", "item_id": ', events.NOT_JSON),
+    (b"", events.NOT_JSON),
+    (b"user_0042,item_0007,click", events.NOT_JSON),
+    (b'{"user_id": "user_\xff\xfe", "item_id": "i", "interaction_type": "view"}', events.INVALID_UTF8),
+    ('{"user_id": "\udc80"}', events.INVALID_UTF8),
+    (b"[1, 2, 3]", events.NOT_OBJECT),
+    (b'"a string"', events.NOT_OBJECT),
+    (b"null", events.NOT_OBJECT),
+    (_without("user_id"), events.MISSING_FIELD),
+    (_without("timestamp"), events.MISSING_FIELD),
+    (orjson.dumps({**FULL, "item_id": None}), events.MISSING_FIELD),
+    (orjson.dumps({**FULL, "user_id": 42}), events.WRONG_TYPE),
+    (orjson.dumps({**FULL, "user_id": ""}), events.WRONG_TYPE),
+    (orjson.dumps({**FULL, "timestamp": 1795946400}), events.WRONG_TYPE),
+    (orjson.dumps({**FULL, "price": "19.99"}), events.WRONG_TYPE),
+    (orjson.dumps({**FULL, "price": -1}), events.WRONG_TYPE),
+    (orjson.dumps({**FULL, "event_id": "not-a-uuid"}), events.WRONG_TYPE),
+    (orjson.dumps({**FULL, "schema_version": True}), events.WRONG_TYPE),
+    (orjson.dumps({**FULL, "device": ["mobile"]}), events.WRONG_TYPE),
+    (orjson.dumps({**FULL, "interaction_type": "hover"}), events.UNKNOWN_INTERACTION_TYPE),
+    (orjson.dumps({**FULL, "interaction_type": "Click"}), events.UNKNOWN_INTERACTION_TYPE),
+    (orjson.dumps({**FULL, "timestamp": "yesterday"}), events.TIMESTAMP_UNPARSABLE),
+    (orjson.dumps({**FULL, "timestamp": "2026-13-01T00:00:00Z"}), events.TIMESTAMP_UNPARSABLE),
+    (orjson.dumps({**FULL, "timestamp": "1999-12-31T23:59:59.999Z"}), events.TIMESTAMP_OUT_OF_RANGE),
+    (orjson.dumps({**FULL, "timestamp": "2026-11-30T10:00:00.001Z"}), events.TIMESTAMP_OUT_OF_RANGE),
+    (orjson.dumps({**FULL, "page": "/" + "x" * events.MAX_MESSAGE_BYTES}), events.TOO_LARGE),
+    ("{" + " " * events.MAX_MESSAGE_BYTES + "}", events.TOO_LARGE),
+]
+
+
+def test_case_study_message_parses_as_it_is() -> None:
+    event = parse(CASE_STUDY, reference_ms=REF)
+    assert not isinstance(event, Rejection), event
+    assert list(event) == list(events.FIELDS)
+    assert event["user_id"] == "user_0042"
+    assert event["item_id"] == "item_0007"
+    assert event["interaction_type"] == "click"
+    assert event["timestamp_ms"] == REF  # naive "YYYY-MM-DD HH:MM:SS" is UTC
+    assert event["event_id"] is None  # the sink derives one from topic/partition/offset
+    assert event["price"] == 0.0 and event["currency"] == "" and event["schema_version"] == events.SCHEMA_VERSION
+
+
+def test_full_message_is_normalised() -> None:
+    event = parse(orjson.dumps(FULL), reference_ms=REF)
+    assert not isinstance(event, Rejection), event
+    assert event["timestamp_ms"] == REF + 123
+    assert event["price"] == 19.99 and event["currency"] == "EUR"
+    assert event["event_id"] == FULL["event_id"]
+    upper = parse(orjson.dumps({**FULL, "event_id": str(FULL["event_id"]).upper()}), reference_ms=REF)
+    assert not isinstance(upper, Rejection) and upper["event_id"] == FULL["event_id"]
+
+
+@pytest.mark.parametrize(("raw", "reason"), INVALID, ids=[f"{i}-{r}" for i, (_, r) in enumerate(INVALID)])
+def test_each_invalid_class_gives_its_reason(raw: bytes | str, reason: str) -> None:
+    result = parse(raw, reference_ms=REF)
+    assert isinstance(result, Rejection), result
+    assert result.reason == reason, result
+    assert result.detail  # says where
+
+
+def test_every_reason_has_a_case() -> None:
+    assert {reason for _, reason in INVALID} == set(REASONS)
+    assert len(set(REASONS)) == len(REASONS)
+
+
+def test_parse_never_raises_on_garbage() -> None:
+    rng = random.Random(7)
+    valid = orjson.dumps(FULL)
+    samples: list[bytes] = [bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 64))) for _ in range(500)]
+    for _ in range(2000):  # mutate one byte, drop a slice, or splice in junk
+        b = bytearray(valid)
+        i = rng.randrange(len(b))
+        op = rng.randrange(3)
+        if op == 0:
+            b[i] = rng.getrandbits(8)
+        elif op == 1:
+            del b[i : i + rng.randrange(1, 20)]
+        else:
+            b[i:i] = bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 8)))
+        samples.append(bytes(b))
+    samples += [b"{}", b"{" * 10_000, b"[" * 100_000, b'{"timestamp": "9999-12-31T23:59:59+14:00"}']
+    reasons: set[str] = set()
+    for raw in samples:
+        result = parse(raw, reference_ms=REF)
+        if isinstance(result, Rejection):
+            assert result.reason in REASONS
+            reasons.add(result.reason)
+        else:
+            assert list(result) == list(events.FIELDS)
+    assert len(reasons) >= 5  # the fuzz reached many branches, not one
+
+
+def test_timestamp_range_edges() -> None:
+    def reason(ts: str) -> str | None:
+        r = parse(orjson.dumps({**FULL, "timestamp": ts}), reference_ms=REF)
+        return r.reason if isinstance(r, Rejection) else None
+
+    assert reason("2000-01-01T00:00:00.000Z") is None
+    assert reason("1999-12-31T23:59:59.999Z") == events.TIMESTAMP_OUT_OF_RANGE
+    assert reason("2026-11-30T10:00:00.000Z") is None  # exactly one day ahead
+    assert reason("2026-11-30T10:00:00.001Z") == events.TIMESTAMP_OUT_OF_RANGE
+    assert reason("2026-11-30T11:00:00.000+01:00") is None  # offsets count
+    assert reason("0001-01-01T00:00:00+14:00") in (events.TIMESTAMP_UNPARSABLE, events.TIMESTAMP_OUT_OF_RANGE)
+
+
+def test_message_size_limit_is_exact() -> None:
+    base = orjson.dumps({**FULL, "note": ""})  # unknown fields are allowed (and ignored)
+    pad = events.MAX_MESSAGE_BYTES - len(base)
+    at_limit = orjson.dumps({**FULL, "note": "/" * pad})
+    assert len(at_limit) == events.MAX_MESSAGE_BYTES
+    assert not isinstance(parse(at_limit, reference_ms=REF), Rejection)
+    over = orjson.dumps({**FULL, "note": "/" * (pad + 1)})
+    assert parse(over, reference_ms=REF) == Rejection(events.TOO_LARGE, f"{len(over)} bytes > 65536")
+
+
+def test_timestamps_are_exact_to_the_millisecond() -> None:
+    base = events.parse_timestamp("2026-11-29T10:00:00Z")
+    assert base is not None
+    for ms in range(0, 86_400_000, 86_400_000 // 997 + 1):  # ~1000 values across a day, every ms digit pattern
+        ts = base + ms
+        text = events.format_timestamp(ts)
+        assert text.endswith("Z") and len(text) == 24
+        assert events.parse_timestamp(text) == ts
+    for ms in range(1000):
+        assert events.parse_timestamp(f"2026-11-29T10:00:00.{ms:03d}Z") == base + ms
+    assert events.parse_timestamp("2026-11-29T10:00:00.1239Z") == base + 123  # sub-ms truncates
+    assert events.parse_timestamp("2026-11-29T11:00:00+01:00") == base
+    assert events.parse_timestamp("") is None
+    assert events.parse_timestamp("2026-11-29T10:00:00Zjunk") is None
+
+
+def test_encode_round_trips() -> None:
+    event = parse(orjson.dumps(FULL), reference_ms=REF)
+    assert not isinstance(event, Rejection)
+    assert parse(events.encode(event), reference_ms=REF) == event
+
+
+def test_derived_event_id_is_deterministic_and_distinct() -> None:
+    a = events.derived_event_id("clicks", 0, 41)
+    assert a == events.derived_event_id("clicks", 0, 41)
+    assert len({a, events.derived_event_id("clicks", 0, 42), events.derived_event_id("clicks", 1, 41)}) == 3
+    event = events.parse(orjson.dumps({**FULL, "event_id": a}), reference_ms=REF)
+    assert not isinstance(event, Rejection) and event["event_id"] == a
+
+
+def test_json_schema_file_agrees_with_parse() -> None:
+    schema = events.json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    assert validator.is_valid(orjson.loads(CASE_STUDY))
+    assert validator.is_valid(FULL)
+    assert set(schema["properties"]) == {"timestamp" if f == "timestamp_ms" else f for f in events.FIELDS}
+    assert schema["properties"]["interaction_type"]["enum"] == list(events.INTERACTION_TYPES)
+    # What a schema can express, it rejects too.
+    schema_reasons = {events.MISSING_FIELD, events.WRONG_TYPE, events.UNKNOWN_INTERACTION_TYPE}
+    checked = 0
+    for raw, reason in INVALID:
+        unparsable_text = reason == events.TIMESTAMP_UNPARSABLE and isinstance(raw, bytes) and b"yesterday" in raw
+        if reason in schema_reasons or unparsable_text:
+            assert not validator.is_valid(orjson.loads(raw)), raw
+            checked += 1
+    assert checked >= 10
