@@ -1,0 +1,267 @@
+"""The generator: determinism, wire validity, and the statistical shape (sessions, funnel, Zipf, diurnal) on 100k."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import jsonschema
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from clickstream_lib import events
+from clickstream_lib.errors import ConfigError
+from clickstream_lib.generator import SCENARIOS, Generator, iso_timestamps
+
+NOW = 1_795_946_400_000  # 2026-11-29T10:00:00Z
+DAY = 86_400_000
+FUNNEL = {name: i for i, name in enumerate(events.INTERACTION_TYPES)}
+
+
+@pytest.fixture(scope="module")
+def week() -> pd.DataFrame:
+    """100k events of a simulated week: the ground the statistical tests stand on."""
+    return Generator(seed=11).backfill(NOW - 7 * DAY, NOW, 100_000).to_frame()
+
+
+def test_same_seed_same_events_other_seed_others() -> None:
+    def run(seed: int) -> list[tuple[bytes, bytes]]:
+        gen = Generator(seed=seed)
+        gen.set_scenario("malformed", share=0.02)
+        gen.set_scenario("duplicates")
+        out = gen.batch(3_000, now_ms=NOW).to_messages() + gen.batch(2_000, now_ms=NOW + 500).to_messages()
+        return out + gen.backfill(NOW - DAY, NOW, 2_000).to_messages()
+
+    first = run(5)
+    assert first == run(5)
+    other = run(6)
+    assert len(other) == len(first) and other != first
+    assert len({v for _, v in first}) > 0.9 * len(first)  # not one message repeated
+
+
+def test_every_message_validates_against_the_schema_and_parses() -> None:
+    gen = Generator(seed=3)
+    batch = gen.batch(5_000, now_ms=NOW)
+    validator = jsonschema.Draft202012Validator(events.json_schema())
+    dicts = batch.to_dicts()
+    frame = batch.to_frame()
+    assert len(batch) == len(dicts) == len(frame) == 5_000
+    for (key, value), wire, row in zip(batch.to_messages(), dicts, frame.itertuples(index=False), strict=True):
+        obj = orjson.loads(value)
+        assert obj == wire
+        assert set(obj) == {"timestamp" if f == "timestamp_ms" else f for f in events.FIELDS}
+        validator.validate(obj)
+        parsed = events.parse(value, reference_ms=NOW)
+        assert not isinstance(parsed, events.Rejection), parsed
+        assert key == obj["user_id"].encode()  # key = user id: per-user order in one partition
+        assert parsed == {f: getattr(row, f) for f in events.FIELDS}  # to_frame is parse's normal form
+
+
+def test_frame_columns_and_types() -> None:
+    frame = Generator(seed=1).batch(500, now_ms=NOW).to_frame()
+    assert list(frame.columns) == [*events.FIELDS, "scenario"]
+    assert frame["event_id"].is_unique
+    assert frame["timestamp_ms"].dtype == np.int64
+    purchases = frame[frame.interaction_type == "purchase"]
+    others = frame[frame.interaction_type != "purchase"]
+    assert (others.price == 0.0).all() and (others.currency == "").all()
+    if len(purchases):
+        assert (purchases.price > 0).all() and purchases.currency.str.fullmatch("[A-Z]{3}").all()
+
+
+def test_sessions_follow_the_30_minute_rule(week: pd.DataFrame) -> None:
+    df = week.sort_values(["user_id", "timestamp_ms"], kind="stable")
+    gap = df.groupby("user_id")["timestamp_ms"].diff()
+    same_session = df["session_id"].eq(df.groupby("user_id")["session_id"].shift())
+    has_prev = gap.notna()
+    timeout = 30 * 60 * 1000
+    # Sessionising by "a new session after 30 minutes of inactivity" gives back exactly the generator's sessions.
+    assert (gap[has_prev & same_session] < timeout).all()
+    assert (gap[has_prev & ~same_session] > timeout).all()
+    assert df.groupby("session_id")["user_id"].nunique().max() == 1
+    sessions = df["session_id"].nunique()
+    per_session = len(df) / sessions
+    assert 3.0 < per_session < 5.5  # 3 views + funnel steps on average
+    assert (df.groupby("user_id")["session_id"].nunique() > 1).sum() > 1_000  # users come back
+
+
+def test_funnel_is_ordered_and_converts_a_few_percent(week: pd.DataFrame) -> None:
+    df = week.sort_values(["session_id", "timestamp_ms"], kind="stable")
+    step = df["interaction_type"].map(FUNNEL)
+    # In every session: views first, then click -> add_to_cart -> purchase, each at most once, in that order.
+    prev = step.groupby(df["session_id"]).shift()
+    assert (step[prev.notna()] >= prev[prev.notna()]).all()
+    funnel_rows = df[step > 0]
+    assert not funnel_rows.duplicated(["session_id", "interaction_type"]).any()
+    depth = step.groupby(df["session_id"]).max()
+    reached = {name: (depth >= i).mean() for name, i in FUNNEL.items()}
+    # Steps are consecutive: a purchase implies a cart, which implies a click.
+    for i in (2, 3):
+        sessions_i = set(depth[depth >= i].index)
+        with_prev = set(df.loc[step == i - 1, "session_id"])
+        assert sessions_i <= with_prev
+    gen = Generator(seed=11)
+    assert reached["view"] == 1.0
+    assert reached["click"] == pytest.approx(gen.funnel_rates[0], abs=0.03)
+    assert reached["add_to_cart"] / reached["click"] == pytest.approx(gen.funnel_rates[1], abs=0.03)
+    assert 0.01 < reached["purchase"] < 0.06  # "a few percent of sessions convert"
+    assert reached["purchase"] == pytest.approx(gen.conversion_rate, rel=0.3)
+    # The funnel's item is the session's last viewed item.
+    last_view = df[step == 0].groupby("session_id")["item_id"].last()
+    buys = df[step == 3].set_index("session_id")["item_id"]
+    assert (buys == last_view.reindex(buys.index)).all()
+
+
+def test_item_popularity_is_zipf_like(week: pd.DataFrame) -> None:
+    views = week.loc[week.interaction_type == "view", "item_id"].value_counts().to_numpy()
+    ranks = np.arange(1, 101)
+    slope = np.polyfit(np.log(ranks), np.log(views[:100]), 1)[0]
+    assert -1.35 < slope < -0.85  # Zipf exponent 1.1 by default
+    top10 = views[: len(views) // 10].sum() / views.sum()
+    assert top10 > 0.5  # a long tail: the top 10% of items get most views
+    assert week["item_id"].nunique() > 500  # ... and the tail is there
+
+
+def test_diurnal_curve_and_time_range(week: pd.DataFrame) -> None:
+    ts = week["timestamp_ms"]
+    assert ts.between(NOW - 7 * DAY, NOW - 1).all()
+    assert ts.is_monotonic_increasing
+    hours = ((ts % DAY) // 3_600_000).value_counts()
+    assert hours.idxmax() in range(17, 24)  # evening peak (UTC)
+    assert hours.max() > 2.5 * hours.min()
+
+
+def test_mixes_and_prices(week: pd.DataFrame) -> None:
+    assert set(week.device) == {"mobile", "desktop", "tablet"}
+    assert week.device.value_counts(normalize=True)["mobile"] == pytest.approx(0.58, abs=0.08)
+    assert week.groupby("user_id").device.nunique().max() == 1  # a user keeps their device
+    assert set(week.referrer) <= {"direct", "search", "social", "email", "ads"}
+    assert week.country.nunique() >= 10
+    purchases = week[week.interaction_type == "purchase"]
+    assert len(purchases) > 100
+    eur = purchases[purchases.currency == "EUR"]
+    assert set(eur.country) <= {"DE", "FR", "ES", "IT", "NL"}
+    assert (purchases.price > 0).all()
+
+
+def test_live_timestamps_are_now_and_increase_per_user() -> None:
+    gen = Generator(seed=4, n_users=200)
+    frames = [gen.batch(2_000, now_ms=NOW + i * 1000).to_frame() for i in range(3)]
+    for i, frame in enumerate(frames):
+        assert frame.timestamp_ms.max() <= NOW + i * 1000 + 2_000  # "now", give or take a user's burst
+        assert frame.timestamp_ms.min() > NOW - 60_000
+    df = pd.concat(frames, ignore_index=True)
+    # Emission order is time order per user, strictly: funnels stay ordered in event time.
+    assert df.groupby("user_id").timestamp_ms.apply(lambda s: s.is_monotonic_increasing and s.is_unique).all()
+    step = df.interaction_type.map(FUNNEL)
+    prev = step.groupby(df.session_id).shift()
+    assert (step[prev.notna()] >= prev[prev.notna()]).all()
+
+
+def test_scenarios_are_labelled_and_switch_off() -> None:
+    gen = Generator(seed=9)
+    plain = gen.batch(20_000, now_ms=NOW).to_frame()
+    assert set(plain.scenario) == {""}
+    for name in SCENARIOS:
+        gen.set_scenario(name)
+    assert set(gen.scenarios()) == set(SCENARIOS)
+    batch = gen.batch(40_000, now_ms=NOW + 1000)
+    frame = batch.to_frame()
+    counts = batch.scenario_counts()
+    assert set(counts) == {"", *SCENARIOS}
+    assert len(batch) == 40_000 == len(frame) + counts["malformed"]
+
+    sale_item = gen.scenarios()["flash_sale"]["item"]
+    sale = frame[frame.scenario == "flash_sale"]
+    assert (sale.referrer == "flash_sale").all()
+    assert (frame.item_id == sale_item).mean() > 20 * (plain.item_id == sale_item).mean()  # one item spikes
+    assert (frame.item_id == sale_item).mean() > 0.05
+
+    bots = frame[frame.scenario == "bot_burst"]
+    assert set(bots.user_id) == {"bot_0001"} and set(bots.device) == {"bot"}
+    assert len(bots) / len(batch) == pytest.approx(0.2, abs=0.02)
+    assert frame.user_id.value_counts().index[0] == "bot_0001"
+
+    late = frame[frame.scenario == "late_events"]
+    delay = (NOW + 1000) - late.timestamp_ms
+    assert len(late) > 0.02 * len(frame)
+    assert delay.min() >= 110_000 and delay.max() <= 6 * 3600 * 1000 + 5_000  # minutes to hours
+
+    dups = frame[frame.scenario == "duplicates"]
+    assert len(dups) / len(batch) == pytest.approx(0.02, abs=0.01)
+    first_pos = {eid: i for i, eid in reversed(list(enumerate(frame.event_id)))}
+    for i, row in zip(dups.index, dups.itertuples(index=False), strict=True):
+        original = frame.loc[first_pos[row.event_id]]
+        assert first_pos[row.event_id] < i and original.scenario != "duplicates"
+        assert original.drop("scenario").equals(pd.Series(row._asdict()).drop("scenario"))
+    assert frame.event_id.nunique() == len(frame) - len(dups)
+
+    gen.set_scenario("bot_burst", on=False)
+    gen.set_scenario("malformed", on=False)
+    after = gen.batch(5_000, now_ms=NOW + 2000)
+    assert "bot_burst" not in after.scenario_counts() and not after.malformed
+
+
+def test_malformed_messages_cover_every_reason() -> None:
+    gen = Generator(seed=2)
+    gen.set_scenario("malformed", share=0.5)
+    batch = gen.batch(200, now_ms=NOW)
+    expected = [reason for _, _, reason in batch.malformed]
+    assert set(expected) == set(events.REASONS)
+    got: list[str] = []
+    for key, value in batch.to_messages():
+        result = events.parse(value, reference_ms=NOW)
+        if isinstance(result, events.Rejection):
+            got.append(result.reason)
+            assert key  # malformed messages still carry a key
+    assert got == expected  # in message order, each with its documented reason
+    assert batch.n_valid + len(batch.malformed) == len(batch) == 200
+
+
+def test_set_scenario_rejects_unknown_names_and_params() -> None:
+    gen = Generator(seed=1)
+    with pytest.raises(ConfigError, match="not a scenario"):
+        gen.set_scenario("earthquake")
+    with pytest.raises(ConfigError, match="not a parameter"):
+        gen.set_scenario("bot_burst", speed=3)
+    with pytest.raises(ConfigError, match="share"):
+        gen.set_scenario("duplicates", share=1.5)
+    with pytest.raises(ConfigError, match="catalogue"):
+        gen.set_scenario("flash_sale", item="item_9999")
+    with pytest.raises(ConfigError, match="user id"):
+        gen.set_scenario("bot_burst", user='bad"name')
+    gen.set_scenario("flash_sale", item="item_0007", share=0.5)
+    assert gen.scenarios()["flash_sale"]["item"] == "item_0007"
+
+
+def test_backfill_exact_count_and_small_sizes() -> None:
+    gen = Generator(seed=8, n_users=50, n_items=20)
+    for n in (0, 1, 7, 500):
+        batch = gen.backfill(NOW - DAY, NOW, n)
+        assert len(batch) == n == len(batch.to_messages())
+    assert len(gen.batch(0, now_ms=NOW)) == 0
+    assert gen.batch(0, now_ms=NOW).to_messages() == []
+
+
+def test_write_jsonl_one_message_per_line() -> None:
+    gen = Generator(seed=5)
+    gen.set_scenario("malformed", share=0.1)
+    batch = gen.batch(1_000, now_ms=NOW)
+    buf = io.BytesIO()
+    written = batch.write_jsonl(buf)
+    lines = buf.getvalue().splitlines()
+    assert written == len(buf.getvalue()) and len(lines) == 1_000
+    reasons = Counter(
+        r.reason for r in (events.parse(line, reference_ms=NOW) for line in lines) if isinstance(r, events.Rejection)
+    )
+    assert sum(reasons.values()) == len(batch.malformed)
+
+
+def test_iso_timestamps_match_format_timestamp() -> None:
+    rng = np.random.default_rng(0)
+    dense = NOW + rng.integers(0, 2_000, 1_000)  # one or two seconds: the dense-table path
+    sparse = NOW + rng.integers(-400 * DAY, DAY, 1_000)  # a year: the sorted path
+    for ts in (dense, sparse):
+        assert iso_timestamps(ts) == [events.format_timestamp(int(t)) for t in ts]
