@@ -1,0 +1,262 @@
+"""Benchmark the named queries at 1M and 10M generated events, raw events vs rollups, in the same run.
+
+    .venv/bin/python bench/queries.py                      # 1M and 10M events, 7 runs per query
+    .venv/bin/python bench/queries.py --sizes 1000000 5000000 --repeat 5 --json out.json
+
+For each size a child process generates events with the project's generator (``Generator.backfill`` over the last
+7 days, so the live panels have data "now") and loads them into a fresh database of an embedded store (through a
+Parquet file and ``INSERT ... SELECT``, so the materialized views fill the rollups as they would from the sink).
+The child exits (chdb: one process per data directory), then this process runs every query ``--repeat`` times and
+prints the median, raw events vs the rollup ``source="auto"`` picks, and the dashboard's refresh set
+(``queries.live_panels``). Ratios are against the raw baseline measured in the same run. Peak RSS is of the query
+process only (loading happens in the child).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DAY_MS = 86_400_000
+CHUNK = 1_000_000
+
+
+def load(size: int, database: str, seed: int, days: int) -> None:
+    """Child process: generate ``size`` events over the last ``days`` days and insert them (views fill rollups)."""
+    import numpy as np
+    import pandas as pd
+
+    from clickstream_lib.generator import Generator
+    from clickstream_lib.settings import Settings
+    from clickstream_lib.store import connect
+
+    store = connect(Settings.from_env(clickhouse_database=database))
+    gen = Generator(seed=seed)
+    end = int(time.time() * 1000)
+    start = end - days * DAY_MS
+    chunks = max(1, -(-size // CHUNK))
+    rng = np.random.default_rng(seed)
+    offset = 0
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "chunk.parquet"
+        for i in range(chunks):
+            n = min(CHUNK, size - i * CHUNK)
+            lo, hi = start + (end - start) * i // chunks, start + (end - start) * (i + 1) // chunks
+            df = gen.backfill(lo, hi, n).to_frame()
+            m = len(df)
+            part = np.arange(offset, offset + m)
+            offset += m
+            out = pd.DataFrame({
+                "event_id": df["event_id"].astype(str), "user_id": df["user_id"].astype(str),
+                "session_id": df["session_id"].astype(str), "item_id": df["item_id"].astype(str),
+                "interaction_type": df["interaction_type"].astype(str), "t": df["timestamp_ms"],
+                "page": df["page"].astype(str), "referrer": df["referrer"].astype(str),
+                "device": df["device"].astype(str), "country": df["country"].astype(str), "price": df["price"],
+                "currency": df["currency"].astype(str), "schema_version": df["schema_version"],
+                "kafka_partition": (part % 6).astype("uint32"), "kafka_offset": (part // 6).astype("uint64"),
+            })
+            out["kt"] = out["t"] + rng.integers(0, 50, m)
+            out["it"] = out["kt"] + rng.integers(5, 2_000, m)
+            out.to_parquet(path)
+            # The file is this process's own temporary file; its path is not user input.
+            store.client.command(
+                f"INSERT INTO {store.database}.events SELECT toUUID(event_id), user_id, session_id, item_id, "
+                "interaction_type, fromUnixTimestamp64Milli(t, 'UTC'), page, referrer, device, country, "
+                "toDecimal64(price, 2), currency, schema_version, 'clickstream_topic', kafka_partition, kafka_offset, "
+                "fromUnixTimestamp64Milli(kt, 'UTC'), fromUnixTimestamp64Milli(it, 'UTC') "
+                f"FROM file('{path}', Parquet)"
+            )
+            print(f"  loaded {offset:,} events ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    store.close()
+
+
+class PeakRSS:
+    """Samples this process's resident set size while running (ru_maxrss would include the import phase too)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        self.peak = max(self.peak, int(line.split()[1]) * 1024)
+            self._stop.wait(0.01)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def median_ms(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    result = fn()  # warm-up: first-run costs (part loading, compilation) are not what a refreshing panel pays
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        result = fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times), result
+
+
+def cases(now: datetime) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, query name, kwargs) — all-time unless the label says otherwise."""
+    last_day = {"start": (now - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)}
+    return [
+        ("kpis", "kpis", {}),
+        ("kpis device=mobile", "kpis", {"device": "mobile"}),
+        ("breakdown interaction_type", "breakdown", {"by": "interaction_type"}),
+        ("breakdown country", "breakdown", {"by": "country"}),
+        ("timeseries minute", "timeseries", {"bucket": "minute"}),
+        ("timeseries hour", "timeseries", {"bucket": "hour"}),
+        ("top_users", "top_users", {"limit": 10}),
+        ("top_items", "top_items", {"limit": 10}),
+        ("item_performance", "item_performance", {"limit": 20}),
+        ("active_users 5 min", "active_users", {"minutes": 5}),
+        ("events_per_second 10 s", "events_per_second", {"seconds": 10}),
+        ("funnel", "funnel", {}),
+        ("funnel last 24 h", "funnel", dict(last_day)),
+        ("sessions", "sessions", {}),
+        ("sessions last 24 h", "sessions", dict(last_day)),
+        ("session_durations", "session_durations", {}),
+        ("retention 7 days", "retention", {"days": 7}),
+        ("ingestion_latency", "ingestion_latency", {}),
+        ("ingestion_partitions", "ingestion_partitions", {}),
+        ("freshness", "freshness", {}),
+    ]
+
+
+def measure(database: str, repeat: int) -> dict[str, Any]:
+    from clickstream_lib import queries
+    from clickstream_lib.settings import Settings
+    from clickstream_lib.store import connect
+
+    store = connect(Settings.from_env(clickhouse_database=database))
+    rows: dict[str, dict[str, Any]] = {}
+    now = datetime.now(UTC)
+    hour_ago = (now - timedelta(hours=1)).replace(second=0, microsecond=0)
+    with PeakRSS() as rss:
+        count = int(store.scalar(f"SELECT count() FROM {database}.events"))
+        for label, name, kwargs in cases(now):
+            raw_ms, _ = median_ms(lambda n=name, k=kwargs: queries.run(store, n, source="raw", **k), repeat)
+            row: dict[str, Any] = {"raw_ms": raw_ms}
+            auto_ms, df = median_ms(lambda n=name, k=kwargs: queries.run(store, n, **k), repeat)
+            if df.attrs["source"] != "raw":
+                row.update(rollup_ms=auto_ms, rollup=df.attrs["source"], speedup=raw_ms / auto_ms)
+            rows[label] = row
+        panels = {}
+        for label, window in (("all time", {}), ("last hour", {"start": hour_ago})):
+            raw_ms, _ = median_ms(lambda w=window: queries.live_panels(store, source="raw", **w), repeat)
+            auto_ms, _ = median_ms(lambda w=window: queries.live_panels(store, **w), repeat)
+            panels[label] = {"raw_ms": raw_ms, "rollup_ms": auto_ms, "speedup": raw_ms / auto_ms}
+        parts = dict(store.query_rows(
+            "SELECT table, count() FROM system.parts WHERE database = {db:String} AND active GROUP BY table",
+            {"db": database},
+        ))
+        rollup_rows = {t: int(store.scalar(f"SELECT count() FROM {database}.{t}"))
+                       for t in ("events_by_minute", "events_by_hour", "items_by_hour", "users_by_day")}
+    store.close()
+    return {"events": count, "queries": rows, "live_panels": panels, "peak_rss_mb": rss.peak / 2**20,
+            "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "parts": parts,
+            "rollup_rows": rollup_rows}
+
+
+def report(results: dict[int, dict[str, Any]]) -> None:
+    sizes = sorted(results)
+    for size in sizes:
+        r = results[size]
+        print(f"\n== {r['events']:,} events (peak RSS of the query process {r['peak_rss_mb']:.0f} MB) ==")
+        print("rollup rows: " + ", ".join(f"{t} {n:,}" for t, n in r["rollup_rows"].items()))
+        print(f"{'query':28} {'raw ms':>9} {'rollup ms':>10} {'speedup':>8}  rollup")
+        for label, row in r["queries"].items():
+            rol = f"{row['rollup_ms']:10.1f} {row['speedup']:7.1f}x  {row['rollup']}" if "rollup_ms" in row else ""
+            print(f"{label:28} {row['raw_ms']:9.1f} {rol}")
+        for label, p in r["live_panels"].items():
+            print(f"{'live panels ' + label:28} {p['raw_ms']:9.1f} {p['rollup_ms']:10.1f} {p['speedup']:7.1f}x")
+    if len(sizes) > 1:
+        lo, hi = results[sizes[0]], results[sizes[-1]]
+        factor = hi["events"] / lo["events"]
+        print(f"\n== growth {lo['events']:,} -> {hi['events']:,} events ({factor:.0f}x data), median time ratio ==")
+        for label in lo["queries"]:
+            a, b = lo["queries"][label], hi["queries"][label]
+            line = f"{label:28} raw {b['raw_ms'] / a['raw_ms']:5.1f}x"
+            if "rollup_ms" in a and "rollup_ms" in b:
+                line += f"   rollup {b['rollup_ms'] / a['rollup_ms']:5.1f}x"
+            print(line)
+        for label in lo["live_panels"]:
+            a, b = lo["live_panels"][label], hi["live_panels"][label]
+            print(f"{'live panels ' + label:28} raw {b['raw_ms'] / a['raw_ms']:5.1f}x   "
+                  f"rollup {b['rollup_ms'] / a['rollup_ms']:5.1f}x")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--repeat", type=int, default=7, help="timed runs per query after one warm-up (default 7)")
+    parser.add_argument("--days", type=int, default=7, help="days of history the events span (default 7)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--data-dir", help="keep the store here (default: a temporary directory)")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--load", nargs=2, metavar=("SIZE", "DATABASE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load:
+        load(int(args.load[0]), args.load[1], args.seed, args.days)
+        return 0
+    tmp = None if args.data_dir else tempfile.TemporaryDirectory(prefix="bench-queries-")
+    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else tmp.name  # type: ignore[union-attr]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLICKHOUSE_", "CLICKSTREAM_"))}
+    env["CLICKSTREAM_DATA_DIR"] = data_dir
+    results: dict[int, dict[str, Any]] = {}
+    try:
+        for size in args.sizes:
+            db = f"bench_{size}"
+            print(f"loading {size:,} events into {db} (child process) ...", file=sys.stderr, flush=True)
+            t = time.perf_counter()
+            subprocess.run([sys.executable, __file__, "--load", str(size), db, "--seed", str(args.seed),
+                            "--days", str(args.days)], env=env, check=True)
+            print(f"  load took {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+        # Measure each size in its own child, so one size's memory does not count against the next.
+        out = Path(data_dir) / "results.json"
+        code = (
+            "import json, sys; sys.path.insert(0, sys.argv[1]); from bench.queries import measure; "
+            "print(json.dumps(measure(sys.argv[3], int(sys.argv[2]))))"
+        )
+        for size in args.sizes:
+            print(f"measuring {size:,} ...", file=sys.stderr, flush=True)
+            proc = subprocess.run([sys.executable, "-c", code, str(ROOT), str(args.repeat), f"bench_{size}"],
+                                  env=env, check=True, capture_output=True, text=True)
+            results[size] = json.loads(proc.stdout.strip().splitlines()[-1])
+        out.write_text(json.dumps(results, indent=1))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    report(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
