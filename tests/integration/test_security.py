@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+import subprocess
+import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,3 +234,46 @@ def test_settings_describe_and_repr_hide_the_password(secure: Settings, password
     assert password not in str(secure.describe())
     assert secure.describe()["KAFKA_SASL_PASSWORD"] == "***"
 
+
+
+def test_producer_and_sink_work_end_to_end_over_sasl_ssl(secure: Settings, store, password: str, caplog) -> None:
+    """The library's own Producer and Sink, configured only through Settings, deliver every event exactly once."""
+    from clickstream_lib.consumer import Sink
+    from clickstream_lib.producer import Producer
+
+    caplog.set_level(logging.DEBUG)
+    n = 2_000
+    producer = Producer(secure, rate=None, seed=7)
+    sent = producer.run(events=n)
+    assert sent.acked == n and sent.failed == 0
+    stats = Sink(secure, store).run(until_idle=3.0)
+    assert stats.rows_inserted == n and stats.dead_letters == 0 and stats.total_lag == 0
+    assert store.scalar(f"SELECT count() FROM {store.table('events')}") == n
+    assert store.scalar(f"SELECT count() - uniqExact(event_id) FROM {store.table('events')}") == 0
+    assert store.scalar(f"SELECT count() FROM {store.table('dead_letters')}") == 0
+    assert password not in _all_text(caplog)
+
+
+def test_cli_wrong_password_is_one_line_exit_2_without_the_secret(secure: Settings, secure_kafka: KafkaStack) -> None:
+    """`clickstream produce` with a wrong password: exit 2, one line naming the variable, no traceback, no secret."""
+    wrong = "not-the-" + secrets.token_hex(8)
+    env = base_env(
+        KAFKA_BROKER_URL=secure.kafka_broker_url,
+        KAFKA_TOPIC=secure.kafka_topic,
+        KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+        KAFKA_SASL_USERNAME=USER,
+        KAFKA_SASL_PASSWORD=wrong,
+        KAFKA_SSL_CAFILE=secure.kafka_ssl_cafile,
+        CLICKSTREAM_DATA_DIR=str(secure_kafka.home / "cli-data"),
+    )
+    cli = str(Path(sys.executable).with_name("clickstream"))
+    proc = subprocess.run(
+        [cli, "-vv", "produce", "--events", "10", "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "configuration error" in ln]
+    assert len(lines) == 1 and lines[0].startswith("clickstream: configuration error: KAFKA_SASL_PASSWORD: ")
+    assert f"rejected user '{USER}'" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert wrong not in proc.stdout + proc.stderr  # even with -vv (DEBUG logging of kafka-python)
