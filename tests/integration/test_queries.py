@@ -17,6 +17,7 @@ import pytest
 
 from clickstream_lib import queries
 from clickstream_lib.errors import QueryError
+from clickstream_lib.generator import Generator
 from clickstream_lib.schema import HLL_RELATIVE_ERROR
 from clickstream_lib.store import Store
 
@@ -73,6 +74,26 @@ def make_events(n_sessions: int = 700, seed: int = 7, n_users: int = 250, n_item
     return df[list(EVENT_COLUMNS)]
 
 
+def from_generator(n: int = 4000, seed: int = 21) -> pd.DataFrame:
+    """The project's generator (sessions, Zipf items, ordered funnel) over three days, as the events table holds it."""
+    start_ms = int(BASE.timestamp() * 1000)
+    g = Generator(seed=seed, n_users=400, n_items=60).backfill(start_ms, start_ms + 3 * 86_400_000, n).to_frame()
+    rng = np.random.default_rng(seed)
+    m = len(g)
+    df = g.drop(columns=["timestamp_ms", "scenario"]).astype(
+        {c: object for c in ("event_id", "user_id", "session_id", "item_id", "interaction_type", "page", "referrer",
+                             "device", "country", "currency")}
+    )
+    df["price"] = df["price"].round(2)
+    df["event_time"] = pd.to_datetime(g["timestamp_ms"], unit="ms", utc=True)
+    df["kafka_topic"] = "clicks"
+    df["kafka_partition"] = np.arange(m) % 3
+    df["kafka_offset"] = np.arange(m) // 3
+    df["kafka_timestamp"] = df["event_time"] + pd.to_timedelta(rng.integers(0, 50, m), unit="ms")
+    df["ingest_time"] = df["kafka_timestamp"] + pd.to_timedelta(rng.integers(5, 2500, m), unit="ms")
+    return df[list(EVENT_COLUMNS)]
+
+
 def insert_events(store: Store, df: pd.DataFrame, chunk: int = 100_000) -> int:
     """Columnar insert of an events frame (as :func:`make_events` builds it)."""
     written = 0
@@ -91,9 +112,10 @@ def insert_events(store: Store, df: pd.DataFrame, chunk: int = 100_000) -> int:
     return written
 
 
-@pytest.fixture(scope="module")
-def events() -> pd.DataFrame:
-    return make_events()
+@pytest.fixture(scope="module", params=["walks", "generator"])
+def events(request: pytest.FixtureRequest) -> pd.DataFrame:
+    """Two seeded datasets: hand-made funnel walks (with same-millisecond ties) and the project's generator."""
+    return make_events() if request.param == "walks" else from_generator()
 
 
 @pytest.fixture
