@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaConfigurationError, KafkaError, KafkaTimeoutError
 
 from .errors import ConfigError
 from .generator import Generator
@@ -145,6 +145,8 @@ def connect(settings: Settings, topic: str | None = None, **config: Any) -> Kafk
     ensure_topic(settings, topic, settings.kafka_partitions, timeout_s=DEFAULT_CONNECT_TIMEOUT_S)
     try:
         return KafkaProducer(**client_config(settings, **{**PRODUCER_CONFIG, **config}))
+    except (KafkaConfigurationError, ValueError) as exc:  # a bad override is ours to report, not the broker's
+        raise ConfigError("producer config", f"{exc}; see PRODUCER_CONFIG in clickstream_lib.producer") from exc
     except KafkaError as exc:
         raise unreachable(settings, exc) from exc
 
@@ -392,15 +394,28 @@ class Producer:
                 self._rate_mark = (now, self._sent)
 
     def _finish(self, pending: deque[Any]) -> None:
-        try:
-            self._kafka.flush(timeout=self.flush_timeout_s)
-        except KafkaError as exc:
-            logger.warning("flush did not complete: %s", exc)
+        self._flush(self.flush_timeout_s)
         self._reap(pending)
         with self._lock:
             self._ended = time.monotonic()
             self._running = False
             self._rate_now = 0.0
+
+    def _flush(self, timeout_s: float) -> None:
+        """Flush, riding out kafka-python's "Future not done" when the broker made it split a batch."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._kafka.flush(timeout=max(0.1, deadline - time.monotonic()))
+                return
+            except KafkaTimeoutError as exc:
+                logger.warning("flush timed out after %.0f s: %s", timeout_s, exc)
+                return
+            except KafkaError as exc:  # a split batch's old future: flush again waits on the new batches
+                if time.monotonic() >= deadline:
+                    logger.warning("flush did not complete: %s", exc)
+                    return
+                time.sleep(0.05)
 
     def start(self, events: int | None = None, duration: float | None = None) -> None:
         """Run :meth:`run` in a daemon thread (for notebooks) and return at once.
@@ -458,7 +473,11 @@ class Producer:
             self.stop(timeout=timeout)
         finally:
             self._closed = True
-            self._kafka.close(timeout=timeout)
+            self._flush(timeout)
+            try:
+                self._kafka.close(timeout=timeout)
+            except KafkaError as exc:  # closing is best effort: the counters already say what was delivered
+                logger.warning("closing the Kafka producer: %s", exc)
 
     def __enter__(self) -> Producer:
         return self
