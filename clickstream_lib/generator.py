@@ -95,13 +95,21 @@ _SCENARIO_LABELS: tuple[str, ...] = ("", *SCENARIOS)
 _FLASH, _BOT, _LATE, _DUP = (1 + SCENARIOS.index(s) for s in ("flash_sale", "bot_burst", "late_events", "duplicates"))
 _HOUR_MS = 3_600_000
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+# byte value -> its two hex digits as one uint16 in memory order, so a (n, k) byte array becomes (n, 2k) digits
+# with one table lookup and a view.
+_HEX2 = (np.stack([_HEX[np.arange(256) >> 4], _HEX[np.arange(256) & 0x0F]], axis=1).copy().view(np.uint16).ravel())
 # Byte positions of the 32 hex digits inside a 36-character UUID string (the other 4 are dashes).
-_UUID_HEX_POS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
 _MS_SUFFIX = np.array([f".{i:03d}Z" for i in range(1000)], dtype=object)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.:@+-]{1,256}$")
-_COLUMNS = ("user", "session", "item", "itype", "ts", "page", "referrer", "device", "country", "price", "currency",
-            "scenario")  # fmt: skip
+# What the live buffer carries per event; device, country and currency follow from the user and are added when a
+# batch is emitted (fewer columns to move through the buffer's sorts).
+_COLUMNS = ("user", "session", "item", "itype", "ts", "page", "referrer", "price", "scenario")
+
+
+def _hex_digits(raw: np.ndarray) -> np.ndarray:
+    """(n, k) bytes -> (n, 2k) ASCII hex digits."""
+    return _HEX2[raw].view(np.uint8).reshape(raw.shape[0], 2 * raw.shape[1])
 
 
 def _uuid4_strings(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -109,12 +117,20 @@ def _uuid4_strings(rng: np.random.Generator, n: int) -> np.ndarray:
     raw = np.frombuffer(rng.bytes(16 * n), dtype=np.uint8).reshape(n, 16).copy()
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
-    digits = np.empty((n, 32), dtype=np.uint8)
-    digits[:, 0::2] = _HEX[raw >> 4]
-    digits[:, 1::2] = _HEX[raw & 0x0F]
+    digits = _hex_digits(raw)
     out = np.full((n, 36), ord("-"), dtype=np.uint8)
-    out[:, _UUID_HEX_POS] = digits
+    for dst, src in ((0, 0), (9, 8), (14, 12), (19, 16), (24, 20)):  # 8-4-4-4-12
+        width = 12 if dst == 24 else (8 if dst == 0 else 4)
+        out[:, dst : dst + width] = digits[:, src : src + width]
     return out.view("S36").reshape(n)
+
+
+def _session_ids(rng: np.random.Generator, m: int) -> np.ndarray:
+    """``m`` random session ids ``s`` + 16 hex digits, as a fixed-width ``S17`` (ASCII) array."""
+    raw = np.frombuffer(rng.bytes(8 * m), dtype=np.uint8).reshape(m, 8)
+    out = np.full((m, 17), ord("s"), dtype=np.uint8)
+    out[:, 1:] = _hex_digits(raw)
+    return out.view("S17").reshape(m)
 
 
 def iso_timestamps(ts_ms: np.ndarray) -> list[str]:
@@ -185,7 +201,7 @@ class EventBatch:
         return {
             "event_id": self.event_id.astype("U36").tolist(),
             "user_id": t.users[c["user"]].tolist(),
-            "session_id": c["session"].tolist(),
+            "session_id": c["session"].astype("U17").tolist(),
             "item_id": t.items[c["item"]].tolist(),
             "interaction_type": t.itypes[c["itype"]].tolist(),
             "timestamp": iso_timestamps(c["ts"]),
@@ -228,7 +244,7 @@ class EventBatch:
             for row in zip(
                 self.event_id.astype("U36").tolist(),
                 t.user_fragments[c["user"]].tolist(),
-                c["session"].tolist(),
+                c["session"].astype("U17").tolist(),
                 frag[frag_idx].tolist(),
                 iso_timestamps(c["ts"]),
                 t.referrers[c["referrer"]].tolist(),
@@ -272,7 +288,7 @@ class EventBatch:
             {
                 "event_id": self.event_id.astype("U36").astype(object),
                 "user_id": t.users[c["user"]],
-                "session_id": c["session"],
+                "session_id": c["session"].astype("U17").astype(object),
                 "item_id": t.items[c["item"]],
                 "interaction_type": t.itypes[c["itype"]],
                 "timestamp_ms": c["ts"].astype(np.int64),
@@ -350,7 +366,7 @@ _TEMPLATE = (
 
 
 def _empty_cols() -> dict[str, np.ndarray]:
-    dtypes = {"session": object, "ts": np.int64, "price": np.float64}
+    dtypes: dict[str, Any] = {"session": "S17", "ts": np.int64, "price": np.float64}
     return {name: np.empty(0, dtype=dtypes.get(name, np.int32)) for name in _COLUMNS}
 
 
@@ -679,8 +695,7 @@ class Generator:
             price[flash_e] *= 1.0 - float(scen["flash_sale"]["discount"])
         dec = self._country_decimals[country]
         price = np.round(price * 10.0**dec) / 10.0**dec
-        sid_raw = rng.integers(0, 2**63 - 1, size=m, dtype=np.int64).tolist()
-        session_ids = np.array([f"s{x:016x}" for x in sid_raw], dtype=object)
+        session_ids = _session_ids(rng, m)
         cols = {
             "user": u_e.astype(np.int32),
             "session": session_ids[sess],
@@ -689,10 +704,7 @@ class Generator:
             "ts": ts.astype(np.int64),
             "page": page.astype(np.int32),
             "referrer": referrer[sess],
-            "device": self._user_device[u_e],
-            "country": country,
             "price": price,
-            "currency": self._country_currency[country],
             "scenario": np.where(flash_e, _FLASH, _NO_SCENARIO).astype(np.int32),
         }
         return cols, sess, pos
@@ -707,8 +719,10 @@ class Generator:
             window = max(1, math.ceil(m / self._session_rate_per_ms))
             t0 = self._clock_ms
             cols, _, _ = self._sessions(m, t0, t0 + window, self._last_end, scen)
+            # Stable sorts: equal times keep generation order, so a session's events never swap. Sorting the new
+            # chunk first leaves two sorted runs, which the (timsort) merge below takes in linear time.
+            cols = _take(cols, np.argsort(cols["ts"], kind="stable"))
             merged = _concat([self._buf, cols])
-            # Stable: equal times keep generation order, so a session's events never swap.
             self._buf = _take(merged, np.argsort(merged["ts"], kind="stable"))
             self._clock_ms = t0 + window
         out = _take(self._buf, slice(0, n))
@@ -773,7 +787,7 @@ class Generator:
         rng = self._rng
         name = str(params["user"])
         user = int(params["user_index"])
-        sid = self._bot_session.setdefault(name, f"s{int(rng.integers(0, 2**63 - 1)):016x}")
+        sid = self._bot_session.setdefault(name, _session_ids(rng, 1)[0])
         item = rng.integers(0, self.n_items, size=k).astype(np.int32)
         if span is not None:
             ts = np.sort(rng.integers(span[0], span[1], size=k)).astype(np.int64)
@@ -781,16 +795,13 @@ class Generator:
             ts = np.full(k, live_now, dtype=np.int64)
         return {
             "user": np.full(k, user, dtype=np.int32),
-            "session": np.full(k, sid, dtype=object),
+            "session": np.full(k, sid, dtype="S17"),
             "item": item,
             "itype": np.where(rng.random(k) < 0.7, _VIEW, _CLICK).astype(np.int32),
             "ts": ts,
             "page": item.copy(),
             "referrer": np.full(k, REFERRERS.index("direct"), dtype=np.int32),
-            "device": np.full(k, DEVICES.index("bot"), dtype=np.int32),
-            "country": np.full(k, COUNTRIES.index("US"), dtype=np.int32),
             "price": np.zeros(k),
-            "currency": np.zeros(k, dtype=np.int32),
             "scenario": np.full(k, _BOT, dtype=np.int32),
         }
 
@@ -834,6 +845,12 @@ class Generator:
             cols["scenario"] = cols["scenario"].copy()
             cols["scenario"][order >= nv] = _DUP
             event_id = event_id[idx]
+        users = cols["user"]
+        human = users < self.n_users
+        known = np.minimum(users, self.n_users - 1)
+        cols["device"] = np.where(human, self._user_device[known], DEVICES.index("bot")).astype(np.int32)
+        cols["country"] = np.where(human, self._user_country[known], COUNTRIES.index("US")).astype(np.int32)
+        cols["currency"] = self._country_currency[cols["country"]]
         batch = EventBatch(cols=cols, event_id=event_id, tables=self._tables)
         k_bad = counts["malformed"]
         if k_bad:
@@ -851,7 +868,8 @@ class Generator:
         if len(human) == 0:
             return ts
         u = users[human]
-        order = np.argsort(u, kind="stable")
+        # A stable sort of 16-bit keys is a radix sort in numpy: several times faster than on int32.
+        order = np.argsort(u.astype(np.uint16) if self.n_users <= 65_536 else u, kind="stable")
         u_sorted = u[order]
         starts = np.ones(len(u_sorted), dtype=bool)
         starts[1:] = u_sorted[1:] != u_sorted[:-1]

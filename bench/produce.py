@@ -1,0 +1,198 @@
+"""Benchmark: generator, serialisation, validation and the producer against raw kafka-python, in one run.
+
+Every figure is a median over ``--repeats`` rounds; the rounds interleave the measurements so that background load
+hits them alike. Baselines are measured in the same run: a per-event-dict generator (the case study's shape) for
+the vectorised generator, and raw kafka-python sending pre-serialised bytes with the same producer settings for
+the Producer. Rate control is checked at a few target rates (achieved rate over a fixed duration).
+
+    .venv/bin/python bench/produce.py                         # starts a throwaway local broker
+    .venv/bin/python bench/produce.py --events 200000 --repeats 3 --rates 1000,5000,20000,50000
+    KAFKA_BROKER_URL=host:9092 .venv/bin/python bench/produce.py --broker-from-env
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from kafka import KafkaProducer
+
+from clickstream_lib import events
+from clickstream_lib.generator import Generator
+from clickstream_lib.producer import PRODUCER_CONFIG, Producer
+from clickstream_lib.settings import Settings
+from clickstream_lib.stack import KafkaStack
+from clickstream_lib.topics import client_config, end_offsets, ensure_topic
+
+CASE_STUDY_RATE = 6_000.0  # events/s the original per-record-sleep producer topped out at
+CHUNK = 10_000  # events per generator call in the generator-only measurements
+
+
+def per_dict_generator(n: int, rng: random.Random) -> list[dict[str, object]]:
+    """The baseline shape: one dict at a time, random choices per field (as the case study and most tutorials)."""
+    out = []
+    types = events.INTERACTION_TYPES
+    for _ in range(n):
+        itype = rng.choice(types)
+        out.append(
+            {
+                "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                "user_id": f"user_{rng.randrange(10_000):04d}",
+                "session_id": f"s{rng.getrandbits(64):016x}",
+                "item_id": f"item_{rng.randrange(1_000):04d}",
+                "interaction_type": itype,
+                "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "page": "/product",
+                "referrer": rng.choice(("direct", "search", "social")),
+                "device": rng.choice(("mobile", "desktop", "tablet")),
+                "country": rng.choice(("US", "DE", "GB")),
+                "price": round(rng.uniform(1, 100), 2) if itype == "purchase" else None,
+                "currency": "USD" if itype == "purchase" else None,
+                "schema_version": 1,
+            }
+        )
+    return out
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def raw_kafka(settings: Settings, topic: str, keys: list[bytes], values: list[bytes]) -> float:
+    """Raw kafka-python: send pre-serialised bytes with the Producer's settings, flush; returns acked events/s."""
+    ensure_topic(settings, topic, settings.kafka_partitions)
+    producer = KafkaProducer(**client_config(settings, **PRODUCER_CONFIG))
+    try:
+        t0 = time.perf_counter()
+        send = producer.send
+        futures = [send(topic, v, key=k) for k, v in zip(keys, values, strict=True)]
+        producer.flush(timeout=300)
+        elapsed = time.perf_counter() - t0
+        acked = sum(1 for f in futures if f.succeeded())
+    finally:
+        producer.close(timeout=10)
+    return acked / elapsed
+
+
+def one_round(settings: Settings, n: int, r: int, record: Callable[[str, float], None]) -> None:
+    """One measurement of everything, in the order data flows."""
+    rng = random.Random(r)
+    record("per-dict generator", n / timed(lambda: per_dict_generator(n, rng)))
+
+    gen = Generator(seed=r)
+    gen.batch(1_000)  # warm the buffers
+    record("vectorised generator", n / timed(lambda: [gen.batch(CHUNK) for _ in range(n // CHUNK)]))
+
+    gen = Generator(seed=r)
+    messages: list[tuple[list[bytes], list[bytes]]] = []
+    record(
+        "generator + serialisation",
+        n / timed(lambda: messages.extend(gen.batch(CHUNK).keys_values() for _ in range(n // CHUNK))),
+    )
+    keys = [k for ks, _ in messages for k in ks]
+    values = [v for _, vs in messages for v in vs]
+    m = min(len(values), 200_000)
+    record("validation (events.parse)", m / timed(lambda: [events.parse(v) for v in values[:m]]))
+
+    tag = uuid.uuid4().hex[:8]
+    record("raw kafka-python (pre-serialised)", raw_kafka(settings, f"bench_raw_{tag}", keys, values))
+
+    topic = f"bench_producer_{tag}"
+    with Producer(settings.replace(kafka_topic=topic), rate=None, seed=r) as producer:
+        stats = producer.run(events=n)
+    assert stats.acked == n and sum(end_offsets(settings, topic).values()) == n, stats.summary()
+    record("Producer end to end (acked)", stats.acked / stats.elapsed_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=200_000, help="events per measurement (default 200000)")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds; figures are medians (default 3)")
+    ap.add_argument("--rates", default="1000,5000,20000,50000", help="target rates to check, events/s ('' = skip)")
+    ap.add_argument("--rate-seconds", type=float, default=4.0, help="duration of each rate check (default 4)")
+    ap.add_argument("--partitions", type=int, default=3)
+    ap.add_argument("--broker-from-env", action="store_true", help="use KAFKA_BROKER_URL instead of a local broker")
+    args = ap.parse_args(argv)
+    n = args.events
+
+    stack: KafkaStack | None = None
+    tmp = tempfile.TemporaryDirectory(prefix="bench-produce-")
+    if args.broker_from_env:
+        settings = Settings.from_env(kafka_partitions=args.partitions)
+    else:
+        port, cport = free_port(), free_port()
+        settings = Settings.from_env(
+            {},
+            kafka_broker_url=f"127.0.0.1:{port}",
+            kafka_controller_port=cport,
+            data_dir=Path(tmp.name),
+            kafka_partitions=args.partitions,
+        )
+        stack = KafkaStack(settings)
+        print(f"starting a local broker at {settings.kafka_broker_url} ...", file=sys.stderr)
+        stack.up(timeout_s=180)
+    results: dict[str, list[float]] = {}
+
+    def record(name: str, value: float) -> None:
+        results.setdefault(name, []).append(value)
+
+    try:
+        for r in range(args.repeats):
+            print(f"round {r + 1}/{args.repeats}", file=sys.stderr)
+            one_round(settings, n, r, record)
+
+        rate_rows: list[tuple[float, float]] = []
+        for target in [float(x) for x in args.rates.split(",") if x.strip()]:
+            topic = f"bench_rate_{int(target)}_{uuid.uuid4().hex[:6]}"
+            with Producer(settings.replace(kafka_topic=topic), rate=target, seed=1) as producer:
+                stats = producer.run(duration=args.rate_seconds)
+            rate_rows.append((target, stats.sent / args.rate_seconds))
+    finally:
+        if stack is not None:
+            stack.down()
+        tmp.cleanup()
+
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(f"\nproduce benchmark: {n} events x {args.repeats} rounds (medians), {args.partitions} partitions")
+    print(f"{'measurement':<38}{'events/s':>14}   ratio")
+    ratios = {
+        "vectorised generator": ("per-dict generator", "x per-dict"),
+        "generator + serialisation": ("per-dict generator", "x per-dict"),
+        "Producer end to end (acked)": ("raw kafka-python (pre-serialised)", "of raw"),
+    }
+    for name, value in med.items():
+        ratio = ""
+        if name in ratios:
+            base, label = ratios[name]
+            ratio = f"{value / med[base]:.2f} {label}" if label != "of raw" else f"{value / med[base]:.0%} {label}"
+        if name == "validation (events.parse)":
+            ratio = f"{1e6 / value:.2f} s per million"
+        print(f"{name:<38}{value:>14,.0f}   {ratio}")
+    prod = med["Producer end to end (acked)"]
+    print(f"{'Producer vs case study (~6k/s)':<38}{'':>14}   {prod / CASE_STUDY_RATE:.1f}x")
+    if rate_rows:
+        print(f"\nrate control ({args.rate_seconds:.0f} s each)\n{'target':>10}{'achieved':>12}{'error':>9}")
+        for target, achieved in rate_rows:
+            print(f"{target:>10,.0f}{achieved:>12,.0f}{(achieved - target) / target:>+9.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
