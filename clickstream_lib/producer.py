@@ -29,6 +29,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaConfigurationError, KafkaError, KafkaTimeoutError
+from kafka.partitioner.default import murmur2
 
 from .errors import ConfigError
 from .generator import Generator
@@ -53,6 +54,35 @@ PRODUCER_CONFIG: dict[str, Any] = {
 MAX_IN_FLIGHT = 100_000
 _UNLIMITED_CHUNK = 2_000  # events per loop turn when no rate is set: amortises per-batch work, keeps stop() quick
 _TICK_S = 0.01  # the token bucket refills continuously; the loop wakes at most every 10 ms
+
+
+class KeyPartitioner:
+    """Kafka's default key -> partition mapping (murmur2, as the Java client), memoised per key.
+
+    kafka-python hashes every key again in pure Python: ~15% of a send. Users repeat, so a dict lookup does it;
+    the result is identical, so one user's events share a partition whichever client wrote them.
+    """
+
+    def __init__(self, kafka: KafkaProducer, topic: str) -> None:
+        self._kafka = kafka
+        self._topic = topic
+        self._all: list[int] = []
+        self._cache: dict[bytes, int] = {}
+
+    def partitions(self, keys: Sequence[bytes | None]) -> list[int | None]:
+        """The partition of each key (None for a None key: kafka-python then picks one)."""
+        current = sorted(self._kafka.partitions_for(self._topic))
+        if current != self._all:  # partitions were added: keys move, as they would with the default partitioner
+            self._all, self._cache = current, {}
+        cache = self._cache
+        return [cache[k] if k in cache else self._hash(k) for k in keys]
+
+    def _hash(self, key: bytes | None) -> int | None:
+        if key is None:
+            return None
+        partition = self._all[(murmur2(key) & 0x7FFFFFFF) % len(self._all)]
+        self._cache[key] = partition
+        return partition
 
 
 class TokenBucket:
@@ -338,6 +368,7 @@ class Producer:
         gen = self.generator
         last = time.monotonic()
         bucket = TokenBucket(self._rate, self._batch_size, now=last)
+        partitioner = KeyPartitioner(self._kafka, topic)
         next_progress = last + progress_every_s
         deadline = None if duration is None else self._started + duration
         try:
@@ -357,11 +388,12 @@ class Producer:
                     self._reap(pending)
                     continue
                 keys, values = gen.batch(k).keys_values()
+                partitions = partitioner.partitions(keys)
                 before, refused = len(pending), 0
                 try:
-                    for key, value in zip(keys, values, strict=True):
+                    for key, value, partition in zip(keys, values, partitions, strict=True):
                         try:
-                            pending.append(send(topic, value, key=key))
+                            pending.append(send(topic, value, key=key, partition=partition))
                         except KafkaError as exc:  # synchronous refusal, e.g. a message over max_request_size
                             refused += 1
                             with self._lock:

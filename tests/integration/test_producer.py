@@ -15,6 +15,7 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
+from kafka.partitioner.default import murmur2
 
 from clickstream_lib import events
 from clickstream_lib.errors import BrokerUnavailable, ConfigError
@@ -105,7 +106,8 @@ def test_n_produced_is_n_in_topic_keyed_by_user_and_schema_valid(settings: Setti
     reasons: Counter[str] = Counter()
     for partition, key, value in messages:
         assert key is not None
-        assert partition_of.setdefault(key, partition) == partition  # one user, one partition
+        assert partition_of.setdefault(key, partition) == partition  # one user, one partition ...
+        assert partition == (murmur2(key) & 0x7FFFFFFF) % settings.kafka_partitions  # ... the default partitioner's
         parsed = events.parse(value)
         if isinstance(parsed, events.Rejection):
             reasons[parsed.reason] += 1
