@@ -35,6 +35,7 @@ from clickstream_lib.topics import client_config, end_offsets, ensure_topic
 
 CASE_STUDY_RATE = 6_000.0  # events/s the original per-record-sleep producer topped out at
 CHUNK = 10_000  # events per generator call in the generator-only measurements
+SWEEP = ((16, 0), (64, 5), (128, 20), (512, 50))  # kafka-python's default first
 
 
 def per_dict_generator(n: int, rng: random.Random) -> list[dict[str, object]]:
@@ -75,10 +76,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def raw_kafka(settings: Settings, topic: str, keys: list[bytes], values: list[bytes]) -> float:
+def raw_kafka(
+    settings: Settings, topic: str, keys: list[bytes], values: list[bytes], **overrides: object
+) -> float:
     """Raw kafka-python: send pre-serialised bytes with the Producer's settings, flush; returns acked events/s."""
     ensure_topic(settings, topic, settings.kafka_partitions)
-    producer = KafkaProducer(**client_config(settings, **PRODUCER_CONFIG))
+    producer = KafkaProducer(**client_config(settings, **{**PRODUCER_CONFIG, **overrides}))
     try:
         t0 = time.perf_counter()
         send = producer.send
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate-seconds", type=float, default=4.0, help="duration of each rate check (default 4)")
     ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--broker-from-env", action="store_true", help="use KAFKA_BROKER_URL instead of a local broker")
+    ap.add_argument("--sweep", action="store_true", help="also sweep kafka-python batch_size/linger_ms (raw sends)")
     args = ap.parse_args(argv)
     n = args.events
 
@@ -157,6 +161,16 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.repeats):
             print(f"round {r + 1}/{args.repeats}", file=sys.stderr)
             one_round(settings, n, r, record)
+
+        sweep: dict[tuple[int, int], list[float]] = {}
+        if args.sweep:
+            keys, values = Generator(seed=0).batch(n).keys_values()
+            for _ in range(args.repeats):
+                for batch_kib, linger in SWEEP:
+                    topic = f"bench_sweep_{uuid.uuid4().hex[:8]}"
+                    rate = raw_kafka(settings, topic, keys, values, batch_size=batch_kib * 1024, linger_ms=linger)
+                    sweep.setdefault((batch_kib, linger), []).append(rate)
+            del keys, values
 
         rate_rows: list[tuple[float, float]] = []
         for target in [float(x) for x in args.rates.split(",") if x.strip()]:
@@ -187,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<38}{value:>14,.0f}   {ratio}")
     prod = med["Producer end to end (acked)"]
     print(f"{'Producer vs case study (~6k/s)':<38}{'':>14}   {prod / CASE_STUDY_RATE:.1f}x")
+    if sweep:
+        print(f"\nkafka-python settings sweep (raw sends, lz4, acks=all){'':>4}events/s")
+        for (batch_kib, linger), rates in sweep.items():
+            print(f"  batch_size {batch_kib:>4} KiB, linger_ms {linger:>3}{'':>16}{statistics.median(rates):>10,.0f}")
     if rate_rows:
         print(f"\nrate control ({args.rate_seconds:.0f} s each)\n{'target':>10}{'achieved':>12}{'error':>9}")
         for target, achieved in rate_rows:
