@@ -88,8 +88,11 @@ def main() -> int:
         stack.up(timeout_s=120)
         try:
             secure = plain.replace(
-                kafka_broker_url=listener.url, kafka_security_protocol="SASL_SSL", kafka_sasl_username="bench",
-                kafka_sasl_password=password, kafka_ssl_cafile=str(pki.ca),
+                kafka_broker_url=listener.url,
+                kafka_security_protocol="SASL_SSL",
+                kafka_sasl_username="bench",
+                kafka_sasl_password=password,
+                kafka_ssl_cafile=str(pki.ca),
             )
             produce_rate(plain, 5_000, args.size)  # warm-up: JIT, page cache, group coordinator
             produce_rate(secure, 5_000, args.size)
@@ -110,8 +113,10 @@ def main() -> int:
         print(f"  {name:10s} {value:12,.0f} msg/s")
     print(f"  SASL_SSL / PLAINTEXT throughput ratio: {med['SASL_SSL'] / med['PLAINTEXT']:.2f}")
     check_ms, admin_ms = statistics.median(checks) * 1000, statistics.median(admins) * 1000
-    print(f"up-front check_kafka (TCP+TLS+SCRAM): {check_ms:.1f} ms; KafkaAdminClient set-up: {admin_ms:.1f} ms; "
-          f"ratio {check_ms / admin_ms:.2f}")
+    print(
+        f"up-front check_kafka (TCP+TLS+SCRAM): {check_ms:.1f} ms; KafkaAdminClient set-up: {admin_ms:.1f} ms; "
+        f"ratio {check_ms / admin_ms:.2f}"
+    )
     return 0
 
 

@@ -274,4 +274,3 @@ def _bad_credentials(user: str, mechanism: str, where: str) -> KafkaSecurityErro
         f"{where} rejected user {user!r} ({mechanism}): wrong password or unknown user — check KAFKA_SASL_USERNAME "
         "and KAFKA_SASL_PASSWORD",
     )
-

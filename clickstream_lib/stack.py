@@ -308,8 +308,11 @@ logger.state.level = WARN
             return
         name, password = next(iter(secure.users.items()))
         client_settings = self.settings.replace(
-            kafka_broker_url=secure.url, kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism=secure.mechanism,
-            kafka_sasl_username=name, kafka_sasl_password=password,
+            kafka_broker_url=secure.url,
+            kafka_security_protocol="SASL_SSL",
+            kafka_sasl_mechanism=secure.mechanism,
+            kafka_sasl_username=name,
+            kafka_sasl_password=password,
             kafka_ssl_cafile=str(secure.cafile) if secure.cafile else "",
         )
         while True:
@@ -330,10 +333,16 @@ logger.state.level = WARN
         if (self.home / "data" / "meta.properties").exists():
             return
         java = self._java()
-        cluster_id = subprocess.run(
-            [java, "-cp", self._classpath(), "kafka.tools.StorageTool", "random-uuid"],
-            capture_output=True, text=True, check=False,
-        ).stdout.strip().splitlines()
+        cluster_id = (
+            subprocess.run(
+                [java, "-cp", self._classpath(), "kafka.tools.StorageTool", "random-uuid"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            .stdout.strip()
+            .splitlines()
+        )
         cid = cluster_id[-1] if cluster_id else ""
         if not cid:
             # StorageTool's random-uuid is the documented way; a base64url UUID is the same thing.
@@ -341,9 +350,22 @@ logger.state.level = WARN
 
             cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         proc = subprocess.run(
-            [java, "-cp", self._classpath(), f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
-             "kafka.tools.StorageTool", "format", "--standalone", "-t", cid, "-c", str(self.properties_file)],
-            capture_output=True, text=True, check=False,
+            [
+                java,
+                "-cp",
+                self._classpath(),
+                f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                cid,
+                "-c",
+                str(self.properties_file),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if proc.returncode != 0:
             raise StackError(f"formatting Kafka storage in {self.home / 'data'} failed: {proc.stderr.strip()[-500:]}")
@@ -389,7 +411,10 @@ logger.state.level = WARN
             return StackStatus("external", self.url, detail="a broker not started by clickstream listens here")
         crashed = self.pid_file.exists()
         return StackStatus(
-            "crashed" if crashed else "stopped", self.url, None, self.home,
+            "crashed" if crashed else "stopped",
+            self.url,
+            None,
+            self.home,
             self.log_file if self.log_file.exists() else None,
             detail="the recorded broker process is gone; see its log" if crashed else "",
         )
@@ -415,13 +440,26 @@ logger.state.level = WARN
         self._format_storage()
         stdout = open(self.home / "logs" / "stdout.log", "ab")  # noqa: SIM115 - handed to the child
         cmd = [
-            java, f"-Xmx{self.settings.kafka_heap_mb}m", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            java,
+            f"-Xmx{self.settings.kafka_heap_mb}m",
+            "-Xms128m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={self.home / 'logs'}",
-            "-cp", self._classpath(), "kafka.Kafka", str(self.properties_file),
+            "-cp",
+            self._classpath(),
+            "kafka.Kafka",
+            str(self.properties_file),
         ]
-        proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=self.home)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.home,
+        )
         stdout.close()
         self.pid_file.write_text(str(proc.pid))
         logger.info("started Kafka %s (pid %d) at %s", self.version, proc.pid, self.url)

@@ -235,7 +235,6 @@ def test_settings_describe_and_repr_hide_the_password(secure: Settings, password
     assert secure.describe()["KAFKA_SASL_PASSWORD"] == "***"
 
 
-
 def test_producer_and_sink_work_end_to_end_over_sasl_ssl(secure: Settings, store, password: str, caplog) -> None:
     """The library's own Producer and Sink, configured only through Settings, deliver every event exactly once."""
     from clickstream_lib.consumer import Sink
@@ -269,7 +268,11 @@ def test_cli_wrong_password_is_one_line_exit_2_without_the_secret(secure: Settin
     cli = str(Path(sys.executable).with_name("clickstream"))
     proc = subprocess.run(
         [cli, "-vv", "produce", "--events", "10", "--no-progress"],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if "configuration error" in ln]

@@ -281,7 +281,9 @@ def _hook(precommit: dict[str, Any], hook_id: str) -> dict[str, Any]:
 def test_precommit_config_is_valid_and_has_the_hooks(precommit: dict[str, Any]) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "pre_commit", "validate-config", str(ROOT / ".pre-commit-config.yaml")],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for hook_id in ("ruff", "ruff-format", "nbstripout", "check-added-large-files"):

@@ -95,7 +95,10 @@ def test_https_arguments_verify_against_the_configured_ca(pki: Pki) -> None:
     args = server_client_args(url, "clickstream")
     assert args["secure"] is True and args["verify"] is True and args["ca_cert"] == str(pki.ca)
     assert (args["host"], args["port"], args["username"], args["database"]) == (
-        "127.0.0.1", 8443, "dashboard", "clickstream"
+        "127.0.0.1",
+        8443,
+        "dashboard",
+        "clickstream",
     )
 
 
@@ -106,8 +109,13 @@ def test_https_defaults_to_verification_with_the_system_store() -> None:
 
 def test_host_settings_with_clickhouse_secure_use_https_and_the_ca(pki: Pki) -> None:
     s = Settings.from_env(
-        base_env(CLICKHOUSE_HOST="ch.example", CLICKHOUSE_SECURE="true", CLICKHOUSE_USER="dashboard",
-                 CLICKHOUSE_PASSWORD=PASSWORD, CLICKHOUSE_CA_FILE=str(pki.ca))
+        base_env(
+            CLICKHOUSE_HOST="ch.example",
+            CLICKHOUSE_SECURE="true",
+            CLICKHOUSE_USER="dashboard",
+            CLICKHOUSE_PASSWORD=PASSWORD,
+            CLICKHOUSE_CA_FILE=str(pki.ca),
+        )
     )
     args = server_client_args(s.store_url)
     assert (args["secure"], args["port"], args["verify"], args["ca_cert"]) == (True, 8443, True, str(pki.ca))
@@ -147,12 +155,18 @@ def test_client_certificate_needs_both_files(pki: Pki) -> None:
         Settings.from_env(base_env(KAFKA_SSL_CERTFILE=str(pki.server_cert)))
     assert info.value.variable == "KAFKA_SSL_KEYFILE"
     both = Settings.from_env(
-        base_env(KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_CERTFILE=str(pki.server_cert),
-                 KAFKA_SSL_KEYFILE=str(pki.server_key), KAFKA_SSL_CHECK_HOSTNAME="false")
+        base_env(
+            KAFKA_SECURITY_PROTOCOL="SSL",
+            KAFKA_SSL_CERTFILE=str(pki.server_cert),
+            KAFKA_SSL_KEYFILE=str(pki.server_key),
+            KAFKA_SSL_CHECK_HOSTNAME="false",
+        )
     )
     cfg = both.kafka_client_config()
     assert (cfg["ssl_certfile"], cfg["ssl_keyfile"], cfg["ssl_check_hostname"]) == (
-        str(pki.server_cert), str(pki.server_key), False
+        str(pki.server_cert),
+        str(pki.server_key),
+        False,
     )
 
 
