@@ -294,6 +294,24 @@ class Store:
             self.client.close()
 
 
+def _current_server_store(settings: Settings, url: StoreURL, database: str) -> Store | None:
+    """A Store without any DDL when the server's schema is already current, else None.
+
+    Least-privilege server users (docker-compose's INSERT-only ``ingest`` and read-only ``dashboard``) may not run
+    ``CREATE DATABASE`` or migrations; once an admin has migrated, reading the version is all they need to do.
+    """
+    client = open_client(url)  # unreachable: StoreError, as the DDL path would raise
+    try:
+        version = client.query(f"SELECT max(version) FROM {database}.schema_migrations").result_rows[0][0]
+    except Exception:  # no database or table yet, or no SELECT on it: take the DDL path, which reports its own error
+        return None
+    finally:
+        client.close()
+    if int(version or 0) < MIGRATIONS[-1].version:
+        return None
+    return Store(settings, open_client(url, database), database)
+
+
 def connect(settings: Settings, migrate: bool = True) -> Store:
     """Open the store named by ``settings``, create its database, and apply schema migrations.
 
@@ -303,6 +321,10 @@ def connect(settings: Settings, migrate: bool = True) -> Store:
     """
     url = settings.store_url
     database = settings.database
+    if not url.embedded:
+        current = _current_server_store(settings, url, database)
+        if current is not None:
+            return current
     client = open_client(url)
     try:
         client.command(f"CREATE DATABASE IF NOT EXISTS {database}")

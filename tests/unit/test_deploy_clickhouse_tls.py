@@ -1,4 +1,5 @@
-"""ClickHouse over HTTPS (server mode): TLS settings, the client arguments they produce, and the errors a user sees.
+"""ClickHouse over HTTPS (server mode): TLS settings, the client arguments they produce, and the errors a user sees;
+and how least-privilege server users (docker-compose's ``ingest`` and ``dashboard``) open the store.
 
 The handshake tests use a real TLS server on 127.0.0.1 with certificates generated here. It is not ClickHouse (no
 server binary on these machines); it records whether an HTTP request got through the TLS layer and answers the way
@@ -16,10 +17,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from clickstream_lib import store as store_module
 from clickstream_lib.errors import ConfigError, StoreError
 from clickstream_lib.settings import Settings
-from clickstream_lib.store import open_client, server_client_args
+from clickstream_lib.store import MIGRATIONS, connect, open_client, server_client_args
 from tests.conftest import base_env
 from tests.pki import Pki, make_pki
 
@@ -226,3 +229,49 @@ def test_https_to_a_plain_http_port_says_so() -> None:
         assert "did not answer with TLS" in str(err)
     finally:
         server.close()
+
+
+# --- least-privilege server users -----------------------------------------------------------------------------------
+
+
+class _ServerClient:
+    """Stands in for a clickhouse-connect client of a restricted server user: it may read the schema version but
+    every DDL statement is refused, as ClickHouse refuses it for the compose ``ingest``/``dashboard`` users."""
+
+    def __init__(self, version: int | None, log: list[str]) -> None:
+        self.version = version
+        self.log = log
+
+    def query(self, sql: str, parameters: object = None) -> object:
+        self.log.append(sql)
+        if self.version is None:
+            raise ClickHouseError("Code: 497. DB::Exception: ingest: Not enough privileges. (ACCESS_DENIED)")
+        return type("Result", (), {"result_rows": [[self.version]]})()
+
+    def command(self, sql: str, *args: object, **kwargs: object) -> object:
+        self.log.append(sql)
+        raise ClickHouseError("Code: 497. DB::Exception: ingest: Not enough privileges. (ACCESS_DENIED)")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("version", "opens"), [(MIGRATIONS[-1].version, True), (MIGRATIONS[-1].version - 1, False), (None, False)]
+)
+def test_restricted_server_user_runs_no_ddl_once_the_schema_is_current(
+    monkeypatch: pytest.MonkeyPatch, version: int | None, opens: bool
+) -> None:
+    log: list[str] = []
+    monkeypatch.setattr(store_module.clickhouse_connect, "get_client", lambda **kw: _ServerClient(version, log))
+    settings = _settings(8443)
+    if opens:
+        st = connect(settings)
+        assert st.database == "clickstream"
+        assert not any(sql.lstrip().upper().startswith(("CREATE", "ALTER", "INSERT")) for sql in log), log
+    else:
+        # Not migrated yet (or the version is unreadable): the DDL path runs and reports the refusal clearly.
+        with pytest.raises(StoreError, match="cannot create database clickstream"):
+            connect(settings)
+        assert any(sql.startswith("CREATE DATABASE IF NOT EXISTS clickstream") for sql in log)
+    assert PASSWORD not in " ".join(log)
