@@ -67,7 +67,7 @@ def render(context, server: VoilaServer, selector: str, count: int) -> tuple[flo
     elapsed = time.perf_counter() - t0
     kernels = server.kernel_pids()
     mem = rss_mb([server.proc.pid, *kernels]) if server.proc else []
-    page.close()
+    page.close(run_before_unload=True)  # fires Voila's shutdown beacon, as closing a tab does
     wait_gone(kernels)
     return elapsed, mem
 
@@ -113,7 +113,7 @@ def main() -> int:
                 mems: list[list[float]] = []
                 with VoilaServer(settings, "dashboard", port=0, log_file=tmp / "dash.log") as server:
                     for _ in range(args.repeats):
-                        t, mem = render(context, server, ".cs-dashboard .js-plotly-plot", 8)
+                        t, mem = render(context, server, ".cs-dashboard .jp-RenderedPlotly", 8)
                         dash_t.append(t)
                         mems.append(mem)
                 live = settings.replace(kafka_topic="bench_render_live", clickhouse_database="live")
@@ -121,7 +121,7 @@ def main() -> int:
                 with VoilaServer(live, "dashboard", port=0, params=params, log_file=tmp / "live.log") as server:
                     page = context.new_page()
                     page.goto(server.url, wait_until="domcontentloaded", timeout=120_000)
-                    page.locator(".cs-dashboard .js-plotly-plot").nth(7).wait_for(timeout=120_000)
+                    page.locator(".cs-dashboard .jp-RenderedPlotly").nth(7).wait_for(timeout=120_000)
                     time.sleep(20)
                     live_mem = rss_mb([server.proc.pid, *server.kernel_pids()]) if server.proc else []
                     live_total = page.locator('[data-kpi="total"]').get_attribute("data-value")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -204,23 +205,58 @@ def _layout(title: str, height: int = 300, **layout: Any) -> dict[str, Any]:
     }
 
 
-def _figure(title: str, height: int = 300, **layout: Any) -> go.FigureWidget:
-    return go.FigureWidget(layout=_layout(title, height, **layout))
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+def _figure(title: str, height: int = 300, traces: Sequence[Any] = (), **layout: Any) -> go.Figure:
+    return go.Figure(data=list(traces), layout=_layout(title, height, **layout))
+
+
+def _bar_figure(title: str, height: int = 300, horizontal: bool = False) -> go.Figure:
+    return _figure(title, height, [go.Bar(x=[], y=[], orientation="h" if horizontal else "v")])
+
+
+class Chart:
+    """A plotly figure shown in an ``ipywidgets.Output`` whose ``outputs`` trait holds the figure's JSON.
+
+    Why not ``FigureWidget``: plotly 7 sends its edits as transient messages; in Voila a page that connects after an
+    edit never sees it, and ``batch_update()`` edits were not applied at all (measured with Voila 0.5.13). The
+    Output's ``outputs`` trait is ordinary widget state, so every page — including one that connects late or
+    reloads — shows the current figure, rendered by the jupyterlab-plotly mime renderer.
+    """
+
+    def __init__(self, fig: go.Figure, name: str) -> None:
+        self.fig = fig
+        self.widget = w.Output()
+        self.widget.add_class(f"cs-chart-{name}")
+        self.render()
+
+    def render(self) -> None:
+        bundle = {PLOTLY_MIME: json.loads(self.fig.to_json()), "text/plain": f"<chart {self.fig.layout.title.text}>"}
+        self.widget.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+
+
+_WIDE = {"timeseries", "dead_letters"}
+_THIRD = {"device", "country", "referrer"}
+
+
+def _sized(widget: w.Output, name: str) -> w.Output:
+    """Charts share a row: full width for time series, a third for the small breakdowns, else half."""
+    widget.layout.width = "100%" if name in _WIDE else "33%" if name in _THIRD else "50%"
+    return widget
 
 
 def _set_bar(fig: go.Figure, df: pd.DataFrame, horizontal: bool = False, label: str | None = None,
              value: str | None = None) -> None:
     labels, values = _label_value(df, label, value)
-    with fig.batch_update():
-        if horizontal:
-            labels, values = labels[::-1], values[::-1]
-            trace = go.Bar(x=values, y=labels, orientation="h")
-        else:
-            trace = go.Bar(x=labels, y=values)
-        if fig.data:
-            fig.data[0].update(x=trace.x, y=trace.y)
-        else:
-            fig.add_trace(trace)
+    if horizontal:
+        labels, values = labels[::-1], values[::-1]
+        xs, ys = values, labels
+    else:
+        xs, ys = labels, values
+    if not fig.data:
+        fig.add_trace(go.Bar(x=[], y=[], orientation="h" if horizontal else "v"))
+    fig.data[0].update(x=xs, y=ys)
 
 
 def _set_timeseries(fig: go.Figure, df: pd.DataFrame) -> None:
@@ -237,25 +273,21 @@ def _set_timeseries(fig: go.Figure, df: pd.DataFrame) -> None:
         else:
             for c in numeric:
                 series[str(c)] = (list(df[tcol]), [float(v) for v in df[c]])
-    with fig.batch_update():
-        existing = {t.name: t for t in fig.data}
-        for name, (xs, ys) in series.items():
-            if name in existing:
-                existing[name].update(x=xs, y=ys)
-            else:
-                fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name))
-        for name, trace in existing.items():
-            if name not in series:
-                trace.update(x=[], y=[])
+    names = [t.name for t in fig.data]
+    for name in series:
+        if name not in names:
+            fig.add_trace(go.Scatter(x=[], y=[], mode="lines+markers", name=name))
+            names.append(name)
+    for trace in fig.data:
+        xs, ys = series.get(trace.name, ([], []))
+        trace.update(x=xs, y=ys)
 
 
 def _set_funnel(fig: go.Figure, df: pd.DataFrame) -> None:
     labels, values = _label_value(df, "interaction_type", "users")
-    with fig.batch_update():
-        if fig.data:
-            fig.data[0].update(y=labels, x=values)
-        else:
-            fig.add_trace(go.Funnel(y=labels, x=values, textinfo="value+percent initial"))
+    if not fig.data:
+        fig.add_trace(go.Funnel(x=[], y=[], textinfo="value+percent initial"))
+    fig.data[0].update(x=values, y=labels)
 
 
 def bar_figure(df: pd.DataFrame, title: str, horizontal: bool = False, height: int = 320, label: str | None = None,
@@ -423,9 +455,14 @@ class Filters:
             dd.observe(lambda _change: callback(), names="value")
 
     def set_choices(self, name: str, choices: Sequence[str]) -> None:
-        """Offer the values present in the data, keeping the current selection."""
+        """Offer the values seen in the data, keeping the current selection.
+
+        Choices only accumulate: a filtered refresh sees fewer values, and dropping the options it does not see would
+        make the selection jump back to "All".
+        """
         dd = self.dropdowns()[name]
-        options = [ALL, *sorted({str(c) for c in choices if c not in (None, "")} | ({dd.value} - {ALL}))]
+        seen = {str(c) for c in choices if c not in (None, "")} | (set(dd.options) - {ALL})
+        options = [ALL, *sorted(seen)]
         if list(dd.options) != options:
             current = dd.value
             with dd.hold_trait_notifications():
@@ -486,15 +523,17 @@ class Dashboard:
         self.pipeline_status = w.HTML("")
         self.kpis = w.HTML("")
         self.filters = Filters(window_s=window_s, interaction_types=events.INTERACTION_TYPES)
-        self.figures: dict[str, go.FigureWidget] = {
-            "breakdown": _figure("Interactions by type"),
-            "timeseries": _figure("Events over time", xaxis_title=None, yaxis_title="events"),
-            "top_users": _figure("Top users", height=340),
-            "top_items": _figure("Top items", height=340),
-            "funnel": _figure("Funnel (ordered within sessions)"),
-            "device": _figure("By device", height=260),
-            "country": _figure("By country", height=260),
-            "referrer": _figure("By referrer", height=260),
+        lines = [go.Scatter(x=[], y=[], mode="lines+markers", name=t) for t in events.INTERACTION_TYPES]
+        self.figures: dict[str, go.Figure] = {
+            "breakdown": _bar_figure("Interactions by type"),
+            "timeseries": _figure("Events over time", traces=lines, yaxis_title="events"),
+            "top_users": _bar_figure("Top users", height=340, horizontal=True),
+            "top_items": _bar_figure("Top items", height=340, horizontal=True),
+            "funnel": _figure("Funnel (ordered within sessions)",
+                              traces=[go.Funnel(x=[], y=[], textinfo="value+percent initial")]),
+            "device": _bar_figure("By device", height=260),
+            "country": _bar_figure("By country", height=260),
+            "referrer": _bar_figure("By referrer", height=260),
         }
         self.tables: dict[str, w.HTML] = {"items": w.HTML(""), "sessions": w.HTML("")}
         try:
@@ -521,7 +560,8 @@ class Dashboard:
             self.pause.observe(self._on_pause, names="value")
             controls.append(self.pause)
         self.filters.on_change(self._on_filter)
-        f = self.figures
+        self.charts = {name: Chart(fig, name) for name, fig in self.figures.items()}
+        f = {name: _sized(chart.widget, name) for name, chart in self.charts.items()}
         self.widget = w.VBox(
             [
                 self.header,
@@ -579,7 +619,10 @@ class Dashboard:
         self.header.layout.display = "" if total == 0 else "none"
         f = self.figures
         _set_bar(f["breakdown"], self._q("breakdown", by="interaction_type", **args))
-        _set_timeseries(f["timeseries"], self._q("timeseries", **args))
+        series = self._q("timeseries", bucket="minute", **args)
+        if series.empty or series["time"].nunique() < 3:  # a young store: per-second buckets show its shape
+            series = self._q("timeseries", bucket="second", **args)
+        _set_timeseries(f["timeseries"], series)
         _set_bar(f["top_users"], self._q("top_users", limit=self.top_n, **args), horizontal=True)
         _set_bar(f["top_items"], self._q("top_items", limit=self.top_n, **args), horizontal=True)
         # Views -> purchases conversion per item sits in the table below.
@@ -591,6 +634,8 @@ class Dashboard:
                 self.filters.set_choices(dim, _label_value(df)[0])
         self.tables["items"].value = table_html(self._q("item_performance", limit=self.top_n, **args), "items")
         self.tables["sessions"].value = table_html(self._q("sessions", **args), "sessions")
+        for chart in self.charts.values():
+            chart.render()
 
     def _update_status(self) -> None:
         fresh = _first_row(self._q("freshness"))
@@ -655,7 +700,7 @@ class Workbench:
 
     def __init__(self, settings: Settings, rate: float = 500.0, refresh_s: float = 2.0, preview_rows: int = 10,
                  store: Store | None = None, seed: int | None = None) -> None:
-        from . import generator
+        from . import events, generator
 
         self.settings = settings
         self.refresh_s = float(refresh_s)
@@ -691,13 +736,15 @@ class Workbench:
         self.health = w.HTML(stats_html(self.pipeline.stats(), "Pipeline"))
         self.message = w.HTML("")
         self.preview = w.HTML("")
+        lines = [go.Scatter(x=[], y=[], mode="lines+markers", name=t) for t in events.INTERACTION_TYPES]
         self.figures = {
-            "events_per_second": _figure("Events per second (by event time)"),
-            "breakdown": _figure("Interactions by type"),
-            "dead_letters": _figure("Dead letters by reason"),
+            "events_per_second": _figure("Events per second (by event time)", traces=lines),
+            "breakdown": _bar_figure("Interactions by type"),
+            "dead_letters": _bar_figure("Dead letters by reason"),
         }
         b = self.buttons
-        f = self.figures
+        self.charts = {name: Chart(fig, name) for name, fig in self.figures.items()}
+        f = {name: _sized(chart.widget, name) for name, chart in self.charts.items()}
         self.widget = w.VBox(
             [
                 w.HBox([b["start-producer"], b["stop-producer"], self.rate]),
@@ -743,6 +790,8 @@ class Workbench:
             _set_bar(self.figures["breakdown"], queries.run(self.store, "breakdown", by="interaction_type"))
             _set_bar(self.figures["dead_letters"], queries.run(self.store, "dead_letters"), label="reason",
                      value="messages")
+            for chart in self.charts.values():
+                chart.render()
             self.preview.value = table_html(self.newest_events(), "preview")
             self.refreshes += 1
         except Exception as exc:

@@ -40,6 +40,17 @@ def _select(page, hook: str, label: str) -> None:
     page.locator(f".cs-filter-{hook} select").select_option(label=label)
 
 
+def _chart_sum(page, name: str) -> float:
+    """Sum of the first trace's y values in the chart as plotly drew it on the page."""
+    return float(page.evaluate(
+        """name => {
+            const el = Array.from(document.querySelectorAll(`.cs-chart-${name} .js-plotly-plot`)).find(e => e.data);
+            return el ? el.data[0].y.reduce((a, b) => a + b, 0) : -1;
+        }""",
+        name,
+    ))
+
+
 def _options(page, hook: str) -> list[str]:
     return page.locator(f".cs-filter-{hook} select option").all_inner_texts()
 
@@ -52,8 +63,8 @@ def test_live_dashboard_in_chromium(browser, own_settings: Settings, tmp_path: P
         page = browser.new_page()
         page.goto(server.url, wait_until="domcontentloaded", timeout=90_000)
         page.locator('[data-kpi="total"]').wait_for(timeout=120_000)
-        page.locator(".cs-dashboard .js-plotly-plot").first.wait_for(timeout=60_000)
-        assert page.locator(".cs-dashboard .js-plotly-plot").count() == 8
+        page.locator(".cs-dashboard .jp-RenderedPlotly").first.wait_for(timeout=60_000)
+        assert page.locator(".cs-dashboard .jp-RenderedPlotly").count() == 8
         assert "Traceback" not in page.content()
 
         # Live: the page refreshes itself and the totals grow.
@@ -69,6 +80,7 @@ def test_live_dashboard_in_chromium(browser, own_settings: Settings, tmp_path: P
         stable = kpi(page, "total")
         page.wait_for_timeout(3500)  # two refresh periods
         assert kpi(page, "total") == stable
+        assert _chart_sum(page, "breakdown") == stable  # the chart drawn on the page holds the same events
 
         # A filter changes the panels: the device filter offers the devices seen, and narrows every number.
         wait_until(lambda: len(_options(page, "device")) > 1, 30, what="device choices")
@@ -77,13 +89,18 @@ def test_live_dashboard_in_chromium(browser, own_settings: Settings, tmp_path: P
         wait_until(lambda: kpi(page, "total") < stable, 30, what="the filtered total")
         filtered = kpi(page, "total")
         assert filtered > 0
+        page.wait_for_timeout(3500)  # later refreshes keep the filter
+        assert kpi(page, "total") == filtered
+        assert page.locator(".cs-filter-device select").input_value() == device
+        assert _chart_sum(page, "breakdown") == filtered
         screenshot(page, "dashboard-filtered")
         _select(page, "device", "All")
         wait_until(lambda: kpi(page, "total") == stable, 30, what="the unfiltered total again")
 
         kernels = server.kernel_pids()
         assert kernels, "a kernel serves the page"
-        page.close()  # Voila's shutdown beacon (XSRF check disabled on loopback) ends the kernel
+        # Like a closed tab: beforeunload sends Voila's shutdown beacon (XSRF check disabled on loopback).
+        page.close(run_before_unload=True)
         wait_until(lambda: not any(_alive(pid) for pid in kernels), 60, what="the kernel to exit after the tab closed")
 
     counts = query_json(own_settings, {"mobile": ("kpis", {"device": device})})
