@@ -542,7 +542,8 @@ class Generator:
             merged["item_index"] = self._item_index(merged["item"])
             merged["item"] = self._tables.items[merged["item_index"]]
         if name == "bot_burst":
-            merged["user_index"] = self._bot_index(str(merged["user"]))
+            with self._lock:  # grows the user tables; wait for a batch() running in a producer thread
+                merged["user_index"] = self._bot_index(str(merged["user"]))
         if name == "late_events" and not 0 < float(merged["min_delay_s"]) <= float(merged["max_delay_s"]):
             raise ConfigError("late_events.min_delay_s", "need 0 < min_delay_s <= max_delay_s")
         new[name] = merged

@@ -340,7 +340,10 @@ class Producer:
         KeyboardInterrupt propagates). ``progress`` is called with a stats snapshot about every
         ``progress_every_s`` and once at the end.
         """
-        if self._thread is None or threading.current_thread() is not self._thread:
+        in_thread = self._thread is not None and threading.current_thread() is self._thread
+        if not in_thread and self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("producer is running in the background; stop() it before run()")
+        if not in_thread:
             self._stop.clear()  # a blocking run after an earlier stop(); start() clears it for its thread
         return self._run(events, duration, progress, progress_every_s)
 
