@@ -315,6 +315,11 @@ def funnel_figure(df: pd.DataFrame, title: str, height: int = 320) -> go.Figure:
 # --- the pipeline that runs inside a kernel (embedded mode) -----------------------------------------------------
 
 
+def _field(stats: Any, name: str) -> Any:
+    """A figure from a stats snapshot, whether it is a dataclass or a mapping."""
+    return stats.get(name) if isinstance(stats, Mapping) else getattr(stats, name, None)
+
+
 class Pipeline:
     """Producer and sink threads in this process, for the workbench and the embedded demo dashboard.
 
@@ -354,12 +359,13 @@ class Pipeline:
         self.start_producer(events)
 
     def start_producer(self, events: int | None = None) -> None:
-        if self.producer.stats().get("running"):
+        if _field(self.producer.stats(), "running"):
             return
         if self._producer_used:
             p = self.producer.stats()
-            self._done["sent"] += p.get("sent") or 0
-            self._done["acked"] += p.get("acked") or 0
+            self._done["sent"] += _field(p, "sent") or 0
+            self._done["acked"] += _field(p, "acked") or 0
+            self.producer.close()
             self.producer = self._new_producer()
         self._producer_used = True
         self.producer.start(events=events)
@@ -368,13 +374,13 @@ class Pipeline:
         self.producer.stop()
 
     def start_sink(self) -> None:
-        if self.sink.stats().get("running"):
+        if _field(self.sink.stats(), "running"):
             return
         if self._sink_used:
             s = self.sink.stats()
-            self._done["rows_inserted"] += s.get("rows_inserted") or 0
-            self._done["dead_letters"] += s.get("dead_letters") or 0
-            for reason, n in (s.get("dead_letters_by_reason") or {}).items():
+            self._done["rows_inserted"] += _field(s, "rows_inserted") or 0
+            self._done["dead_letters"] += _field(s, "dead_letters") or 0
+            for reason, n in (_field(s, "dead_letters_by_reason") or {}).items():
                 self._dead_by_reason[reason] = self._dead_by_reason.get(reason, 0) + int(n)
             self.sink = self._new_sink()
         self._sink_used = True
@@ -385,8 +391,18 @@ class Pipeline:
         self.sink.stop()
 
     def stop(self) -> None:
-        self.stop_producer()
-        self.stop_sink()
+        """Stop the producer, then the sink (which stores and commits what it has)."""
+        try:
+            self.stop_producer()
+        finally:
+            self.stop_sink()
+
+    def close(self) -> None:
+        """Stop both and close the producer's Kafka connection."""
+        try:
+            self.stop()
+        finally:
+            self.producer.close()
 
     def set_rate(self, rate: float) -> None:
         self.rate = float(rate)
@@ -398,32 +414,32 @@ class Pipeline:
 
     @property
     def running(self) -> bool:
-        return bool(self.producer.stats().get("running") or self.sink.stats().get("running"))
+        return bool(_field(self.producer.stats(), "running") or _field(self.sink.stats(), "running"))
 
     def rows_inserted(self) -> int:
-        return int(self._done["rows_inserted"] + (self.sink.stats().get("rows_inserted") or 0))
+        return int(self._done["rows_inserted"] + (_field(self.sink.stats(), "rows_inserted") or 0))
 
     def stats(self) -> dict[str, Any]:
         """Live figures of both threads, flattened for display (``data-stat`` hooks use these keys)."""
         p = self.producer.stats()
         s = self.sink.stats()
         reasons = dict(self._dead_by_reason)
-        for reason, n in (s.get("dead_letters_by_reason") or {}).items():
+        for reason, n in (_field(s, "dead_letters_by_reason") or {}).items():
             reasons[reason] = reasons.get(reason, 0) + int(n)
         return {
-            "producer": "running" if p.get("running") else "stopped",
-            "sent": int(self._done["sent"] + (p.get("sent") or 0)),
-            "acked": int(self._done["acked"] + (p.get("acked") or 0)),
-            "produced_per_s": p.get("rate_now"),
-            "sink": "running" if s.get("running") else "stopped",
+            "producer": "running" if _field(p, "running") else "stopped",
+            "sent": int(self._done["sent"] + (_field(p, "sent") or 0)),
+            "acked": int(self._done["acked"] + (_field(p, "acked") or 0)),
+            "produced_per_s": _field(p, "rate_now"),
+            "sink": "running" if _field(s, "running") else "stopped",
             "rows_inserted": self.rows_inserted(),
-            "ingested_per_s": s.get("rows_per_s"),
-            "lag": dict(s.get("lag") or {}),
-            "latency_p50_ms": s.get("latency_event_p50_ms"),
-            "latency_p99_ms": s.get("latency_event_p99_ms"),
-            "dead_letters": int(self._done["dead_letters"] + (s.get("dead_letters") or 0)),
+            "ingested_per_s": _field(s, "rows_per_s"),
+            "lag": dict(_field(s, "lag") or {}),
+            "latency_p50_ms": _field(s, "latency_event_p50_ms"),
+            "latency_p99_ms": _field(s, "latency_event_p99_ms"),
+            "dead_letters": int(self._done["dead_letters"] + (_field(s, "dead_letters") or 0)),
             "dead_letters_by_reason": reasons,
-            "last_error": s.get("last_error") or "",
+            "last_error": _field(s, "last_error") or "",
         }
 
 
@@ -599,6 +615,7 @@ class Dashboard:
             self.header.value = message_html(
                 f"Refresh failed: {html.escape(str(exc))}. The next refresh tries again.", kind="error", hook="error"
             )
+            self.header.layout.display = ""
         finally:
             self._busy = False
 
@@ -656,12 +673,18 @@ class Dashboard:
     def _on_pause(self, change: Mapping[str, Any]) -> None:
         if not self.pipeline:
             return
-        if change["new"]:
-            self.pipeline.stop()
-            self.pause.description, self.pause.icon = "Resume pipeline", "play"
-        else:
-            self.pipeline.start()
-            self.pause.description, self.pause.icon = "Pause pipeline", "pause"
+        try:
+            if change["new"]:
+                self.pipeline.stop()
+                self.pause.description, self.pause.icon = "Resume pipeline", "play"
+            else:
+                self.pipeline.start()
+                self.pause.description, self.pause.icon = "Pause pipeline", "pause"
+        except Exception as exc:  # shown on the page, not as a traceback in the kernel log only
+            logger.exception("pausing/resuming the pipeline failed")
+            self.header.value = message_html(html.escape(str(exc)), kind="error", hook="error")
+            self.header.layout.display = ""
+            return
         self.refresh()
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
@@ -813,7 +836,7 @@ class Workbench:
             self._task.cancel()
             self._task = None
         with contextlib.suppress(Exception):
-            self.pipeline.stop()
+            self.pipeline.close()
 
     def show(self) -> w.Widget:
         self.refresh()
