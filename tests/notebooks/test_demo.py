@@ -1,0 +1,50 @@
+"""`clickstream demo`, the main job: a live dashboard in a browser; Ctrl-C stops everything it started."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from clickstream_lib.settings import Settings
+
+from .conftest import ROOT, env_for, kpi, screenshot, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.notebooks]
+
+
+def test_demo_serves_a_live_dashboard_and_ctrl_c_stops_it(browser, own_settings: Settings, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "clickstream"), "demo", "--port", "0", "--rate", "300", "--refresh", "2"],
+        env=env_for(own_settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until the dashboard listens
+        assert line.startswith("dashboard: http://127.0.0.1:"), line + (proc.stderr.read() if proc.poll() else "")
+        url = line.split(" ", 1)[1].strip()
+        page = browser.new_page()
+        page.goto(url, wait_until="domcontentloaded", timeout=120_000)
+        page.locator('[data-kpi="total"]').wait_for(timeout=120_000)
+        first = wait_until(lambda: kpi(page, "total"), 90, what="events from the demo pipeline")
+        wait_until(lambda: kpi(page, "total") > first, 60, what="the demo's totals to grow")
+        screenshot(page, "demo")
+        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        assert children, "voila and its kernel run under the demo"
+        page.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+        assert "interrupted" in (proc.stderr.read() if proc.stderr else "")
+        wait_until(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                                   for p in children), 30, what="voila and the kernel to exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    # The broker is the session's (already running), so the demo left it alone.
+    from clickstream_lib.stack import KafkaStack
+
+    assert KafkaStack(own_settings).status().running
