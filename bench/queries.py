@@ -85,6 +85,12 @@ def load(size: int, database: str, seed: int, days: int) -> None:
                 f"FROM file('{path}', Parquet)"
             )
             print(f"  loaded {offset:,} events ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    # Let background merges settle (up to a minute), as they would between a dashboard's refreshes in steady state.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and store.scalar(
+        "SELECT count() FROM system.merges WHERE database = {db:String}", {"db": store.database}
+    ):
+        time.sleep(1)
     store.close()
 
 

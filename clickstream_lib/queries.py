@@ -69,7 +69,11 @@ class Rollup:
 
 
 MINUTE_ROLLUP = Rollup("events_by_minute", "minute", 60, frozenset({"interaction_type"}))
-HOUR_ROLLUP = Rollup("events_by_hour", "hour", 3600, frozenset({"interaction_type", "device", "country", "referrer"}))
+_DIMS = frozenset({"interaction_type", "device", "country", "referrer"})
+HOUR_ROLLUP = Rollup("events_by_hour", "hour", 3600, _DIMS)
+DAY_ROLLUP = Rollup("events_by_day", "day", 86400, _DIMS)
+# Coarsest first: the first rollup that fits has the fewest rows (and HLL states) to merge.
+EVENT_ROLLUPS = (DAY_ROLLUP, MINUTE_ROLLUP, HOUR_ROLLUP)
 ITEM_ROLLUP = Rollup("items_by_hour", "hour", 3600, frozenset({"interaction_type", "item_id"}))
 USER_ROLLUP = Rollup("users_by_day", "day", 86400, frozenset({"interaction_type"}), time_type="Date")
 
@@ -366,7 +370,7 @@ _PURCHASE_REVENUE = "toFloat64(sumIf(price, interaction_type = 'purchase'))"
 
 
 def _kpis(q: Query) -> str:
-    rollup = q.pick(MINUTE_ROLLUP, HOUR_ROLLUP)
+    rollup = q.pick(*EVENT_ROLLUPS)
     if rollup:
         return (
             f"SELECT sum(events) AS total_interactions, {_UNIQ}(users) AS unique_users, "
@@ -382,21 +386,20 @@ def _kpis(q: Query) -> str:
 
 def _breakdown(q: Query) -> str:
     by = q.options["by"]  # one of FILTERS (validated): a column name, safe to format
-    rollup = q.pick(ITEM_ROLLUP, need=[by]) if by == "item_id" else q.pick(MINUTE_ROLLUP, HOUR_ROLLUP, need=[by])
+    rollup = q.pick(ITEM_ROLLUP, need=[by]) if by == "item_id" else q.pick(*EVENT_ROLLUPS, need=[by])
     if rollup:
-        src, count, users = q.table(rollup.table), "sum(events)", f"{_UNIQ}(users)"
-        where = q.where(rollup=rollup)
+        src, count, where = q.table(rollup.table), "sum(events)", q.where(rollup=rollup)
     else:
-        src, count, users, where = q.table("events"), "count()", "uniqExact(user_id)", q.where()
+        src, count, where = q.table("events"), "count()", q.where()
     return (
-        f"SELECT {by}, {count} AS events, {users} AS users, events / sum(events) OVER () AS share "
+        f"SELECT {by}, {count} AS events, events / sum(events) OVER () AS share "
         f"FROM {src} {where} GROUP BY {by} ORDER BY events DESC, {by}"
     )
 
 
 def _timeseries(q: Query) -> str:
     bucket = q.options["bucket"]
-    rollup = q.pick(MINUTE_ROLLUP, HOUR_ROLLUP, max_grain_s=BUCKET_SECONDS[bucket])
+    rollup = q.pick(*EVENT_ROLLUPS, max_grain_s=BUCKET_SECONDS[bucket])
     if rollup:
         expr = BUCKETS[bucket].format(col=rollup.time_col)
         return (
@@ -543,13 +546,13 @@ def _item_performance(q: Query) -> str:
         counts = ", ".join(
             f"sumIf(events, interaction_type = '{t}') AS {t}s" for t in ("view", "click", "add_to_cart", "purchase")
         )
-        sel = f"{counts}, toFloat64(sumIf(revenue, interaction_type = 'purchase')) AS revenue, {_UNIQ}(users) AS users"
+        sel = f"{counts}, toFloat64(sumIf(revenue, interaction_type = 'purchase')) AS revenue"
         src, where = q.table(ITEM_ROLLUP.table), q.where(rollup=ITEM_ROLLUP)
     else:
         counts = ", ".join(
             f"countIf(interaction_type = '{t}') AS {t}s" for t in ("view", "click", "add_to_cart", "purchase")
         )
-        sel = f"{counts}, {_PURCHASE_REVENUE} AS revenue, uniqExact(user_id) AS users"
+        sel = f"{counts}, {_PURCHASE_REVENUE} AS revenue"
         src, where = q.table("events"), q.where()
     return (
         f"SELECT item_id, {sel} FROM {src} {where} GROUP BY item_id "
@@ -605,11 +608,13 @@ def _dead_letters(q: Query) -> str:
 
 
 def _freshness(q: Query) -> str:
+    ev = q.table("events")
+    # Separate scalar subqueries: count() and max(event_time) (the partition key) are answered from part metadata.
     return (
-        "SELECT count() AS events, maxOrNull(event_time) AS newest_event_time, "
-        "maxOrNull(ingest_time) AS newest_ingest_time, "
-        "dateDiff('millisecond', maxOrNull(ingest_time), now64(3)) / 1000 AS seconds_since_ingest "
-        f"FROM {q.table('events')}"
+        f"SELECT (SELECT count() FROM {ev}) AS events, "
+        f"if(events = 0, NULL, (SELECT max(event_time) FROM {ev})) AS newest_event_time, "
+        f"if(events = 0, NULL, (SELECT max(ingest_time) FROM {ev})) AS newest_ingest_time, "
+        "dateDiff('millisecond', newest_ingest_time, now64(3)) / 1000 AS seconds_since_ingest"
     )
 
 
@@ -628,7 +633,7 @@ QUERIES: dict[str, NamedQuery] = {
     for q in (
         NamedQuery("kpis", "total interactions, unique users, unique items, revenue (one row)", _kpis),
         NamedQuery(
-            "breakdown", "events, distinct users and share per value of one column", _breakdown,
+            "breakdown", "events and share per value of one column", _breakdown,
             (Param("by", str, "interaction_type", choices=FILTERS),),
         ),
         NamedQuery(
@@ -691,7 +696,7 @@ def kpis(store: Store, **kwargs: Any) -> pd.DataFrame:
 
 
 def breakdown(store: Store, by: str = "interaction_type", **kwargs: Any) -> pd.DataFrame:
-    """Events, users and share per value of ``by`` (one of :data:`FILTERS`), largest first."""
+    """Events and share per value of ``by`` (one of :data:`FILTERS`), largest first: columns ``by``, events, share."""
     return run(store, "breakdown", by=by, **kwargs)
 
 
@@ -748,7 +753,7 @@ def retention(store: Store, days: int = 7, **kwargs: Any) -> pd.DataFrame:
 
 
 def item_performance(store: Store, limit: int = 20, **kwargs: Any) -> pd.DataFrame:
-    """Per item, by revenue: views, clicks, add_to_carts, purchases, revenue, users, click_through, conversion."""
+    """Per item, by revenue: views, clicks, add_to_carts, purchases, revenue, click_through, conversion."""
     return run(store, "item_performance", limit=limit, **kwargs)
 
 

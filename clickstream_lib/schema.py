@@ -14,7 +14,8 @@ Rollups (read by the live panels) are ``AggregatingMergeTree`` tables fed by mat
   ``uniqCombined(14)`` states (HyperLogLog-style, ~0.8% standard error; merging them over any window gives the
   distinct count of the window, not a sum of per-minute distincts). Serves the unfiltered live panels.
 * ``events_by_hour`` — the same per hour x interaction type x device x country x referrer (filtered panels).
-* ``items_by_hour`` — per hour x item x interaction type: events, revenue, distinct users.
+* ``events_by_day`` — the same per day (all-time and whole-day windows: few rows to merge).
+* ``items_by_hour`` — per hour x item x interaction type: events, revenue.
 * ``users_by_day`` — per day x user x interaction type: events (top users).
 
 Only the database name (validated by Settings) and integers are formatted into DDL.
@@ -150,6 +151,19 @@ EVENTS_BY_HOUR = Table(
     order_by="(hour, interaction_type, device, country, referrer)",
 )
 
+# Long windows (all time, whole days): the same keys per day. Merging a few thousand HLL states is cheap; merging
+# the ~10^5 minute states of a week was measured slower than uniqExact on the raw table.
+EVENTS_BY_DAY = Table(
+    name="events_by_day",
+    columns=(
+        ("day", "DateTime('UTC')"),
+        *EVENTS_BY_HOUR.columns[1:],
+    ),
+    engine="AggregatingMergeTree",
+    partition_by="toYYYYMM(day)",
+    order_by="(day, interaction_type, device, country, referrer)",
+)
+
 ITEMS_BY_HOUR = Table(
     name="items_by_hour",
     columns=(
@@ -158,7 +172,6 @@ ITEMS_BY_HOUR = Table(
         ("interaction_type", "LowCardinality(String)"),
         ("events", _COUNT),
         ("revenue", _MONEY),
-        ("users", _HLL),
     ),
     engine="AggregatingMergeTree",
     partition_by="toYYYYMM(hour)",
@@ -200,12 +213,20 @@ VIEWS: tuple[View, ...] = (
         "FROM {src} GROUP BY hour, interaction_type, device, country, referrer",
     ),
     View(
+        "events_by_day_mv",
+        "events_by_day",
+        "events",
+        "SELECT toDateTime(toStartOfDay(event_time), 'UTC') AS day, interaction_type, device, country, referrer, "
+        f"count() AS events, {_REVENUE} AS revenue, "
+        f"uniqCombinedState({HLL_PRECISION})(user_id) AS users, uniqCombinedState({HLL_PRECISION})(item_id) AS items "
+        "FROM {src} GROUP BY day, interaction_type, device, country, referrer",
+    ),
+    View(
         "items_by_hour_mv",
         "items_by_hour",
         "events",
         "SELECT toStartOfHour(event_time) AS hour, item_id, interaction_type, count() AS events, "
-        f"{_REVENUE} AS revenue, uniqCombinedState({HLL_PRECISION})(user_id) AS users "
-        "FROM {src} GROUP BY hour, item_id, interaction_type",
+        f"{_REVENUE} AS revenue FROM {{src}} GROUP BY hour, item_id, interaction_type",
     ),
     View(
         "users_by_day_mv",
@@ -216,7 +237,7 @@ VIEWS: tuple[View, ...] = (
     ),
 )
 
-ROLLUPS: tuple[Table, ...] = (EVENTS_BY_MINUTE, EVENTS_BY_HOUR, ITEMS_BY_HOUR, USERS_BY_DAY)
+ROLLUPS: tuple[Table, ...] = (EVENTS_BY_MINUTE, EVENTS_BY_HOUR, EVENTS_BY_DAY, ITEMS_BY_HOUR, USERS_BY_DAY)
 TABLES: dict[str, Table] = {t.name: t for t in (EVENTS, DEAD_LETTERS, *ROLLUPS)}
 
 
@@ -291,7 +312,7 @@ def cluster_ddl(database: str, cluster: str = "clickstream", dedup_window: int =
     ``Distributed`` ``events`` table, which routes rows by ``cityHash64(user_id)``; each shard's views fill its local
     rollups; queries read the ``Distributed`` names and ClickHouse merges the partial aggregates.
     ``replicated_deduplication_window`` keeps the sink's ``insert_deduplication_token`` effective (insert with
-    ``insert_distributed_sync = 1`` so the token reaches the shard).
+    ``distributed_foreground_insert = 1``, formerly ``insert_distributed_sync``, so the token reaches the shard).
 
     Args:
         database: the database (a plain identifier).
