@@ -115,3 +115,18 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_an_empty_store_shows_a_friendly_message(browser, own_settings: Settings, tmp_path: Path) -> None:
+    with VoilaServer(own_settings, "dashboard", port=0, log_file=tmp_path / "voila.log") as server:
+        page = browser.new_page()
+        try:
+            page.goto(server.url, wait_until="domcontentloaded", timeout=90_000)
+            msg = page.locator('[data-message="empty"]')
+            msg.wait_for(timeout=90_000)
+            assert "No events yet" in msg.inner_text() and "clickstream demo" in msg.inner_text()
+            assert kpi(page, "total") == 0
+            assert page.locator(".cs-dashboard .jp-RenderedPlotly").count() == 8  # empty charts, not errors
+            assert "Traceback" not in page.content() and 'data-message="error"' not in page.content()
+        finally:
+            page.close(run_before_unload=True)
