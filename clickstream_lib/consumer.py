@@ -435,6 +435,7 @@ class Sink:
         self._states: dict[int, _PartitionState] = {}
         self._rebalances: list[tuple[str, set[TopicPartition]]] = []
         self._joined = False
+        self._fresh: set[int] = set()  # partitions (re)assigned during the current poll
         self._rebalance_lock = threading.Lock()
         self._stop = threading.Event()
         self._stop_deadline: float | None = None
@@ -585,6 +586,9 @@ class Sink:
             auto_offset_reset="earliest",
             max_poll_records=self.batch_max_rows,
             check_crcs=True,
+            # kafka-python 3.0 stopped returning records for partitions that were sought/paused during a rebalance
+            # when incremental fetch sessions (KIP-227) were on (seen in the two-member takeover test).
+            enable_incremental_fetch_sessions=False,
         )
         if self.instance_id:
             cfg["group_instance_id"] = self.instance_id
@@ -663,6 +667,7 @@ class Sink:
         joined = False
         while not self._stop.is_set():
             timeout_ms = self._poll_timeout_ms()
+            self._fresh.clear()
             records = consumer.poll(timeout_ms=timeout_ms, max_records=self.batch_max_rows)
             changed = self._apply_rebalances()
             now = time.monotonic()
@@ -673,6 +678,11 @@ class Sink:
                 state = self._states.get(tp.partition)
                 if state is None:
                     logger.warning("records for unassigned partition %s ignored", tp)
+                    continue
+                if tp.partition in self._fresh:
+                    # Fetched before this poll's rebalance, from the position kafka-python kept for a partition
+                    # that stayed assigned; the partition was just sought back to its committed offset. Taking them
+                    # would open a batch past records not yet stored.
                     continue
                 limit = None if max_events is None else max(0, max_events - taken)
                 taken += self._take(state, recs, now, limit)
@@ -951,6 +961,9 @@ class Sink:
                 self._joined = True
                 self._assign(sorted(tp for tp in tps if tp.topic == self.topic))
         if changes:
+            consumer = self._consumer
+            if consumer is not None and self._states:
+                consumer.resume(*[s.tp for s in self._states.values()])
             with self._lock:
                 self._assigned = tuple(sorted(self._states))
                 self._committed = {p: s.committed for p, s in self._states.items() if s.committed is not None}
@@ -968,6 +981,14 @@ class Sink:
             if replay is not None and offset is not None and replay[1] < offset:
                 replay = None  # stale: the range is below the committed offset
             self._states[tp.partition] = _PartitionState(tp, offset, replay)
+            self._fresh.add(tp.partition)
+            # kafka-python keeps the fetch position (and pause flag) of a partition that stays assigned across a
+            # rebalance; the records read past the committed offset were dropped with the old state, so fetch again
+            # from the committed offset (or the log start, as auto_offset_reset='earliest' would).
+            if offset is not None:
+                consumer.seek(tp, offset)
+            else:
+                consumer.seek_to_beginning(tp)
             if replay is not None:
                 logger.info("partition %d: rebuilding recorded batch %d-%d", tp.partition, *replay)
 
@@ -996,10 +1017,6 @@ class Sink:
         self._states.clear()
         try:
             self._assign(tps)
-            for tp in tps:
-                state = self._states[tp.partition]
-                if state.committed is not None:
-                    consumer.seek(tp, state.committed)
         except Exception as exc:  # no longer assigned: the rebalance callbacks rebuild the states
             logger.info("rewind after a refused commit: %s", exc)
 

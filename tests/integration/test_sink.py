@@ -1,0 +1,304 @@
+"""The sink against the real Kafka broker and the real ClickHouse engine: validity, dead letters, failures.
+
+Every test asserts what a user cares about: rows stored == valid messages produced, no duplicate event ids, each
+invalid message in dead_letters with its reason, committed offsets == what was stored.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from clickstream_lib import events, topics
+from clickstream_lib.consumer import BatchInfo, Sink
+from clickstream_lib.errors import StoreError
+from clickstream_lib.settings import Settings
+from clickstream_lib.stack import KafkaStack
+from clickstream_lib.store import Store
+from tests.integration.sink_worker import PYTHON, ROOT, count, make_values, produce, worker_env
+
+pytestmark = pytest.mark.integration
+
+
+def _counts(store: Store) -> tuple[int, int]:
+    rows, uniq = store.query_rows(f"SELECT count(), uniqExact(event_id) FROM {store.database}.events")[0]
+    return int(rows), int(uniq)
+
+
+def _committed(settings: Settings) -> dict[int, int]:
+    """The group's committed offsets, read by a client that does not join the group."""
+    c = KafkaConsumer(**topics.client_config(settings), group_id=settings.kafka_group_id, enable_auto_commit=False)
+    try:
+        out = {}
+        for p in sorted(c.partitions_for_topic(settings.kafka_topic) or ()):
+            off = c.committed(TopicPartition(settings.kafka_topic, p))
+            if off is not None:
+                out[p] = off
+        return out
+    finally:
+        c.close(autocommit=False)
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+# One message per rejection reason of events.REASONS (plus a null value), built so the decision does not depend on
+# when the test runs: the future check is relative to the Kafka record timestamp.
+def _poison(now_ms: int) -> list[tuple[bytes | None, str]]:
+    ok = {"user_id": "user_0001", "item_id": "item_0001", "interaction_type": "click",
+          "timestamp": events.format_timestamp(now_ms)}
+
+    def with_(**kw: Any) -> bytes:
+        return orjson.dumps({**ok, **kw})
+
+    cases = [
+        (b"{not json", events.NOT_JSON),
+        (None, events.NOT_JSON),
+        (b'{"user_id": "\xff\xfe"}', events.INVALID_UTF8),
+        (b"[1, 2, 3]", events.NOT_OBJECT),
+        (orjson.dumps({k: v for k, v in ok.items() if k != "item_id"}), events.MISSING_FIELD),
+        (with_(user_id=42), events.WRONG_TYPE),
+        (with_(interaction_type="hover"), events.UNKNOWN_INTERACTION_TYPE),
+        (with_(timestamp="yesterday at noon"), events.TIMESTAMP_UNPARSABLE),
+        (with_(timestamp="1999-12-31T23:59:59Z"), events.TIMESTAMP_OUT_OF_RANGE),
+        (with_(timestamp=events.format_timestamp(now_ms + 3 * 86_400_000)), events.TIMESTAMP_OUT_OF_RANGE),
+        (with_(page="x" * (events.MAX_MESSAGE_BYTES + 10)), events.TOO_LARGE),
+    ]
+    assert {reason for _, reason in cases} == set(events.REASONS)
+    return cases
+
+
+def test_valid_and_poison_messages_mixed(settings: Settings, store: Store) -> None:
+    now_ms = int(time.time() * 1000)
+    valid = make_values(3_000, seed=3, now_ms=now_ms)
+    poison = _poison(now_ms)
+    values: list[bytes | None] = list(valid)
+    rng = random.Random(5)
+    for raw, _ in poison:
+        values.insert(rng.randrange(len(values)), raw)
+    produce(settings, values)
+
+    stats = Sink(settings, store, batch_max_rows=500).run(until_idle=2)
+
+    assert _counts(store) == (len(valid), len(valid))
+    rows = [(reason, bytes.fromhex(hexraw), p, o) for reason, hexraw, p, o in store.query_rows(
+        f"SELECT reason, hex(raw), kafka_partition, kafka_offset FROM {store.database}.dead_letters"
+    )]
+    # The raw bytes are kept exactly, invalid UTF-8 included.
+    assert sorted((r[0], r[1]) for r in rows) == sorted((reason, raw or b"") for raw, reason in poison)
+    # Each dead letter points at its message: re-reading that offset gives the same bytes.
+    check = KafkaConsumer(**topics.client_config(settings))
+    try:
+        for reason, raw, partition, offset in rows:
+            tp = TopicPartition(settings.kafka_topic, partition)
+            check.assign([tp])
+            check.seek(tp, offset)
+            got = check.poll(timeout_ms=5_000, max_records=1)[tp][0]
+            assert (got.value or b"") == raw, reason
+    finally:
+        check.close()
+    reasons: dict[str, int] = {}
+    for _, reason in poison:
+        reasons[reason] = reasons.get(reason, 0) + 1
+    assert stats.dead_letters_by_reason == reasons
+    assert stats.rows_inserted == len(valid)
+    assert stats.dead_letters == len(poison)
+    assert stats.lag == {0: 0, 1: 0, 2: 0}
+    assert sum(_committed(settings).values()) == len(values)
+
+    # The dead-letter topic carries the same messages, with the reason and the source position in headers.
+    dlq = KafkaConsumer(settings.dead_letter_topic, **topics.client_config(settings), auto_offset_reset="earliest",
+                        group_id=f"check_{uuid.uuid4().hex[:6]}", enable_auto_commit=False)
+    try:
+        seen: list[dict[str, bytes]] = []
+        deadline = time.monotonic() + 30
+        while len(seen) < len(poison) and time.monotonic() < deadline:
+            for recs in dlq.poll(timeout_ms=1_000).values():
+                seen.extend(dict(r.headers) for r in recs)
+    finally:
+        dlq.close()
+    assert sorted(h["reason"].decode() for h in seen) == sorted(reason for _, reason in poison)
+    assert all(h["source_topic"].decode() == settings.kafka_topic for h in seen)
+
+
+def test_case_study_message_shape_from_a_plain_producer(settings: Settings, store: Store) -> None:
+    """The original case study: JSON {user_id, item_id, interaction_type, timestamp} without event ids."""
+    topics.ensure_topic(settings, settings.kafka_topic)
+    producer = KafkaProducer(**topics.client_config(settings), value_serializer=lambda v: json.dumps(v).encode())
+    rng = random.Random(11)
+    sent = []
+    for i in range(2_000):
+        msg = {"user_id": f"user_{rng.randrange(9999):04d}", "item_id": f"item_{rng.randrange(50):04d}",
+               "interaction_type": rng.choice(["click", "view", "purchase"]),
+               "timestamp": f"2026-11-29 10:{i // 60 % 60:02d}:{i % 60:02d}"}
+        producer.send(settings.kafka_topic, msg)
+        sent.append(msg)
+    producer.flush()
+    producer.close()
+
+    Sink(settings, store).run(until_idle=2)
+
+    assert _counts(store) == (len(sent), len(sent))  # derived event ids are distinct
+    got = store.query_rows(
+        f"SELECT user_id, item_id, interaction_type, formatDateTime(event_time, '%Y-%m-%d %H:%i:%S') "
+        f"FROM {store.database}.events"
+    )
+    assert sorted(got) == sorted((m["user_id"], m["item_id"], m["interaction_type"], m["timestamp"]) for m in sent)
+    # Derived ids are deterministic: the id of (topic, partition, offset) is what a replay would compute.
+    p, o, eid = store.query_rows(
+        f"SELECT kafka_partition, kafka_offset, toString(event_id) FROM {store.database}.events LIMIT 1"
+    )[0]
+    assert eid == events.derived_event_id(settings.kafka_topic, p, o)
+
+
+def test_refuses_to_start_when_dedup_window_is_zero(settings: Settings, store: Store) -> None:
+    store.client.command(f"ALTER TABLE {store.database}.events MODIFY SETTING non_replicated_deduplication_window = 0")
+    sink = Sink(settings, store)
+    with pytest.raises(StoreError, match="non_replicated_deduplication_window = 0"):
+        sink.run(until_idle=1)
+    assert sink.stats().last_error is not None
+    assert not sink.running
+
+
+def test_store_failing_for_10_s_mid_stream(settings: Settings, store: Store) -> None:
+    n = 24_000
+    topics.ensure_topic(settings, settings.kafka_topic)
+    sink = Sink(settings, store, batch_max_rows=2_000, batch_max_wait_s=0.5, retry_max_s=2.0).start()
+    producing = threading.Thread(target=produce, args=(settings, make_values(n, seed=4)), kwargs={"rate": 1_500})
+    producing.start()
+    admin_store = store.fork()  # DETACH from another client, as an operator or a failing disk would
+    try:
+        _wait(lambda: sink.stats().rows_inserted > 1_000, 60, "the first rows")
+        admin_store.client.command(f"DETACH TABLE {store.database}.events")
+        try:
+            _wait(lambda: sink.stats().retries >= 2, 30, "failed inserts")
+            during = sink.stats()
+            time.sleep(10)
+            assert sink.stats().rows_inserted == during.rows_inserted  # nothing acknowledged while detached
+            assert sink.stats().last_error is not None and "events" in sink.stats().last_error
+            # Nothing was committed ahead of the store.
+            assert sum(_committed(settings).values()) <= during.rows_inserted
+        finally:
+            admin_store.client.command(f"ATTACH TABLE {store.database}.events")
+        producing.join()
+        _wait(lambda: sink.stats().rows_inserted >= n and sink.stats().total_lag == 0, 120, "the backlog")
+    finally:
+        sink.stop()
+        admin_store.close()
+    assert _counts(store) == (n, n)
+    assert sum(_committed(settings).values()) == n
+    assert sink.stats().last_error is None
+
+
+def test_broker_restarted_mid_stream(kafka: KafkaStack, settings: Settings, store: Store) -> None:
+    n = 16_000
+    topics.ensure_topic(settings, settings.kafka_topic)
+    sink = Sink(settings, store, batch_max_rows=2_000, batch_max_wait_s=0.5).start()
+    values = make_values(n, seed=6)
+    try:
+        produce(settings, values[: n // 2])
+        _wait(lambda: sink.stats().rows_inserted > 1_000, 60, "the first rows")
+        kafka.down()
+        time.sleep(2)
+        kafka.up(timeout_s=120)
+        produce(settings, values[n // 2:])
+        _wait(lambda: sink.stats().rows_inserted >= n and sink.stats().total_lag == 0, 180, "all rows after restart")
+    finally:
+        sink.stop()
+    assert _counts(store) == (n, n)
+    assert sum(_committed(settings).values()) == n
+
+
+def test_two_members_split_partitions_and_survivor_takes_over(settings: Settings, store: Store) -> None:
+    """Two sinks in one group; one crashes right after storing a batch, before committing it."""
+    n = 30_000
+    settings = settings.replace(kafka_partitions=4)
+    topics.ensure_topic(settings, settings.kafka_topic)
+    crashed: list[BatchInfo] = []
+    split = threading.Event()
+    survivor = Sink(settings, store, batch_max_rows=1_000, batch_max_wait_s=0.3).start()
+    victim_ref: list[Sink] = []
+
+    def crash(info: BatchInfo) -> None:
+        # Crash only once both members hold partitions, so the survivor has something to take over.
+        if split.is_set() and victim_ref[0].stats().batches >= 3 and not crashed:
+            crashed.append(info)
+            raise RuntimeError("simulated crash between insert and commit")
+
+    victim = Sink(settings, store, batch_max_rows=1_000, batch_max_wait_s=0.3, on_batch_stored=crash)
+    victim_ref.append(victim)
+    producing = threading.Thread(target=produce, args=(settings, make_values(n, seed=8)), kwargs={"rate": 3_000})
+    producing.start()
+    try:
+        # The survivor first owns every partition and has read ahead; when the victim joins, it keeps two of them
+        # (kafka-python keeps their fetch positions) and must resume them from the committed offsets.
+        _wait(lambda: survivor.stats().assigned_partitions == (0, 1, 2, 3) and survivor.stats().rows_inserted, 60,
+              "the first member")
+        victim.start()
+        _wait(lambda: survivor.stats().assigned_partitions and victim.stats().assigned_partitions, 90,
+              "a split of the partitions")
+        assert set(survivor.stats().assigned_partitions).isdisjoint(victim.stats().assigned_partitions)
+        split.set()
+        assert victim.join(120), "the victim did not crash"
+        assert crashed and "simulated crash" in (victim.stats().last_error or "")
+        _wait(lambda: survivor.stats().assigned_partitions == (0, 1, 2, 3), 90, "the survivor taking over")
+        producing.join()
+        _wait(lambda: _counts(store)[0] >= n and survivor.stats().total_lag == 0, 120, "all rows")
+    finally:
+        survivor.stop()
+        victim.stop()
+    assert victim.stats().rows_inserted > 0 and survivor.stats().rows_inserted > 0
+    assert _counts(store) == (n, n)
+    assert sum(_committed(settings).values()) == n
+
+
+def test_cli_consume_sigterm_commits_what_it_stored(settings: Settings, tmp_path: Path) -> None:
+    n = 12_000
+    produce(settings, make_values(n, seed=9))
+    env = worker_env(settings, tmp_path / "cli")
+    cli = [PYTHON, "-m", "clickstream_lib.cli", "consume"]
+
+    # --max-events: exactly that many stored and committed.
+    done = subprocess.run([*cli, "--max-events", "1000"], cwd=ROOT, env=env, capture_output=True, timeout=180)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert "consumed: 1000 rows, 0 dead letters" in done.stdout.decode()
+    assert sum(_committed(settings).values()) == 1_000
+
+    # SIGTERM mid-stream: exit 0; what is stored is exactly what is committed.
+    proc = subprocess.Popen([*cli, "--stats", "--batch-max-rows", "500", "--batch-max-wait", "0.2"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait(lambda: sum(_committed(settings).values()) > 2_000, 120, "the CLI to commit")
+        proc.send_signal(signal.SIGTERM)
+        out, errs = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, errs.decode()[-2000:]
+    summary = json.loads(out.decode().strip().splitlines()[-1])
+    assert "stopping" in errs.decode()
+    committed = sum(_committed(settings).values())
+    c = count(env)
+    assert c["rows"] == c["uniq"] == committed == 1_000 + summary["rows_inserted"]
+
+    # --until-idle drains the rest.
+    done = subprocess.run([*cli, "--until-idle", "2"], cwd=ROOT, env=env, capture_output=True, timeout=180)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert count(env) == {"rows": n, "uniq": n, "dead": 0, "dead_uniq": 0}
