@@ -94,7 +94,7 @@ def main() -> int:
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
             return 1
-        stored = json.loads(proc.stdout.strip().splitlines()[-1])
+        stored = json.loads(proc.stdout.strip().splitlines()[-1])["count"]
         raw_nb = tmp / "raw.ipynb"
         nbformat.write(new_notebook(cells=[new_code_cell("print('rendered-baseline')")],
                                     metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",

@@ -60,20 +60,25 @@ sink = Sink(settings, store)
 sink.start()
 producer = Producer(settings, rate={rate}, seed={seed})
 producer.start(events={n})
-deadline = time.monotonic() + 120
-while time.monotonic() < deadline:
-    if int(sink.stats().get("rows_inserted") or 0) >= {n}:
-        break
+acked = producer.wait(300).acked
+deadline = time.monotonic() + 300  # generous: CI machines are shared
+while time.monotonic() < deadline and int(sink.stats().rows_inserted) < acked:
     time.sleep(0.2)
-producer.stop()
+producer.close()
 sink.stop()
-print(json.dumps(int(store.scalar(f"SELECT count() FROM {{store.table('events')}}"))))
+count = int(store.scalar(f"SELECT count() FROM {{store.table('events')}}"))
+print(json.dumps({{"count": count, "acked": acked, "rows_inserted": sink.stats().rows_inserted}}))
 """
 
 
 def load_events(settings: Settings, n: int, seed: int = 7, rate: float = 5000.0) -> int:
-    """Produce ``n`` events to Kafka and sink them into the store of ``settings`` (in a subprocess)."""
-    return int(run_python(settings, LOAD_EVENTS.format(n=n, seed=seed, rate=rate)))
+    """Produce ``n`` events to Kafka and sink them into the store of ``settings`` (in a subprocess).
+
+    Returns the number of stored events; fails with the producer's and sink's counts if they disagree.
+    """
+    got = run_python(settings, LOAD_EVENTS.format(n=n, seed=seed, rate=rate), timeout=700)
+    assert got["acked"] == n and got["count"] == n, f"loading {n} events: {got}"
+    return int(got["count"])
 
 
 QUERY_JSON = """
