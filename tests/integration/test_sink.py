@@ -26,7 +26,7 @@ from clickstream_lib.errors import StoreError
 from clickstream_lib.settings import Settings
 from clickstream_lib.stack import KafkaStack
 from clickstream_lib.store import Store
-from tests.integration.sink_worker import PYTHON, ROOT, count, make_values, produce, worker_env
+from tests.integration.sink_worker import ROOT, count, make_values, produce, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -272,7 +272,7 @@ def test_cli_consume_sigterm_commits_what_it_stored(settings: Settings, tmp_path
     n = 12_000
     produce(settings, make_values(n, seed=9))
     env = worker_env(settings, tmp_path / "cli")
-    cli = [PYTHON, "-m", "clickstream_lib.cli", "consume"]
+    cli = [str(ROOT / ".venv" / "bin" / "clickstream"), "consume"]
 
     # --max-events: exactly that many stored and committed.
     done = subprocess.run([*cli, "--max-events", "1000"], cwd=ROOT, env=env, capture_output=True, timeout=180)
