@@ -54,6 +54,7 @@ PRODUCER_CONFIG: dict[str, Any] = {
 MAX_IN_FLIGHT = 100_000
 _UNLIMITED_CHUNK = 2_000  # events per loop turn when no rate is set: amortises per-batch work, keeps stop() quick
 _TICK_S = 0.01  # the token bucket refills continuously; the loop wakes at most every 10 ms
+_BURST_S = 0.25  # seconds of events the bucket can hold: enough to catch up a scheduling stall
 
 
 class KeyPartitioner:
@@ -88,8 +89,9 @@ class KeyPartitioner:
 class TokenBucket:
     """How many events may go now at ``rate`` events/s: tokens refill continuously up to a burst.
 
-    Without ``batch_size`` the burst is 50 ms of events and a turn waits for 10 ms worth, so sends are batched but
-    the rate stays smooth. With ``batch_size`` (the case study's "a batch every time_interval") both are the batch.
+    Without ``batch_size`` a turn waits for 10 ms worth of events, so sends are batched but the rate stays smooth;
+    the bucket holds up to 250 ms worth, so a stall of the loop (a busy machine, a GC pause) is caught up instead of
+    lost. With ``batch_size`` (the case study's "a batch every time_interval") both are the batch.
     Pure logic on a caller-supplied clock, so tests can drive it with a fake one.
     """
 
@@ -106,14 +108,15 @@ class TokenBucket:
             self.tokens, self.last = 0.0, now
             chunk = self.batch_size or _UNLIMITED_CHUNK
             return (chunk if limit is None else min(chunk, limit)), 0.0
-        burst = float(self.batch_size or max(1.0, rate * 0.05))
+        burst = float(self.batch_size or max(1.0, rate * _BURST_S))
         self.tokens = min(burst, self.tokens + max(0.0, now - self.last) * rate)
         self.last = now
         need = min(float(self.batch_size) if self.batch_size else max(1.0, rate * _TICK_S), burst)
         if limit is not None:
             need = min(need, float(limit))
         if self.tokens < need:
-            return 0, (need - self.tokens) / rate
+            # At least 0.5 ms: a float-rounding shortfall must not turn into a busy loop of zero-length waits.
+            return 0, max(0.0005, (need - self.tokens) / rate)
         k = int(self.tokens)
         if limit is not None:
             k = min(k, limit)

@@ -71,6 +71,19 @@ def test_token_bucket_holds_the_rate(rate: float, work_s_per_event: float) -> No
     assert sent / 10.0 == pytest.approx(rate, rel=0.05)
 
 
+def test_token_bucket_catches_up_after_stalls() -> None:
+    clock, sent, next_stall = 0.0, 0, 0.5
+    bucket = TokenBucket(10_000.0, now=clock)
+    while clock < 10.0:
+        k, wait = bucket.take(clock)
+        sent += k
+        clock += wait if not k else 1e-4
+        if clock >= next_stall:  # the loop loses the CPU for 200 ms twice a second
+            clock += 0.2
+            next_stall += 0.5
+    assert sent / 10.0 == pytest.approx(10_000.0, rel=0.05)
+
+
 def test_token_bucket_batches_like_the_case_study() -> None:
     # --batch_size 1000 --time_interval 1: a batch of exactly 1000 each second.
     bucket = TokenBucket(1000.0, batch_size=1000, now=0.0)
