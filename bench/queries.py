@@ -157,7 +157,7 @@ def cases(now: datetime) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def measure(database: str, repeat: int) -> dict[str, Any]:
-    from clickstream_lib import queries
+    from clickstream_lib import queries, schema
     from clickstream_lib.settings import Settings
     from clickstream_lib.store import connect
 
@@ -183,8 +183,7 @@ def measure(database: str, repeat: int) -> dict[str, Any]:
             "SELECT table, count() FROM system.parts WHERE database = {db:String} AND active GROUP BY table",
             {"db": database},
         ))
-        rollup_rows = {t: int(store.scalar(f"SELECT count() FROM {database}.{t}"))
-                       for t in ("events_by_minute", "events_by_hour", "items_by_hour", "users_by_day")}
+        rollup_rows = {t.name: int(store.scalar(f"SELECT count() FROM {database}.{t.name}")) for t in schema.ROLLUPS}
     store.close()
     return {"events": count, "queries": rows, "live_panels": panels, "peak_rss_mb": rss.peak / 2**20,
             "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "parts": parts,

@@ -33,7 +33,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from .errors import QueryError, StoreError
 from .events import INTERACTION_TYPES
-from .schema import HLL_PRECISION
+from .schema import HLL_PRECISION, SEGMENT_HLL_PRECISION
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ SESSION_BUCKETS: tuple[str, ...] = (
 )
 _MAX_VALUE_LEN = 256
 _MAX_VALUES = 1000
-_UNIQ = f"uniqCombinedMerge({HLL_PRECISION})"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -66,14 +65,20 @@ class Rollup:
     seconds: int
     dims: frozenset[str]
     time_type: str = "DateTime"
+    hll_k: int = HLL_PRECISION  # uniqCombined precision of its users/items states
+
+    @property
+    def uniq(self) -> str:
+        return f"uniqCombinedMerge({self.hll_k})"
 
 
-MINUTE_ROLLUP = Rollup("events_by_minute", "minute", 60, frozenset({"interaction_type"}))
 _DIMS = frozenset({"interaction_type", "device", "country", "referrer"})
-HOUR_ROLLUP = Rollup("events_by_hour", "hour", 3600, _DIMS)
-DAY_ROLLUP = Rollup("events_by_day", "day", 86400, _DIMS)
-# Coarsest first: the first rollup that fits has the fewest rows (and HLL states) to merge.
-EVENT_ROLLUPS = (DAY_ROLLUP, MINUTE_ROLLUP, HOUR_ROLLUP)
+MINUTE_ROLLUP = Rollup("events_by_minute", "minute", 60, frozenset({"interaction_type"}))
+DAY_ROLLUP = Rollup("events_by_day", "day", 86400, frozenset({"interaction_type"}))
+SEGMENT_HOUR_ROLLUP = Rollup("segments_by_hour", "hour", 3600, _DIMS, hll_k=SEGMENT_HLL_PRECISION)
+SEGMENT_DAY_ROLLUP = Rollup("segments_by_day", "day", 86400, _DIMS, hll_k=SEGMENT_HLL_PRECISION)
+# Fewest rows (and HLL states to merge) first: the first rollup that fits is the cheapest exact one.
+EVENT_ROLLUPS = (DAY_ROLLUP, SEGMENT_DAY_ROLLUP, MINUTE_ROLLUP, SEGMENT_HOUR_ROLLUP)
 ITEM_ROLLUP = Rollup("items_by_hour", "hour", 3600, frozenset({"interaction_type", "item_id"}))
 USER_ROLLUP = Rollup("users_by_day", "day", 86400, frozenset({"interaction_type"}), time_type="Date")
 
@@ -373,8 +378,8 @@ def _kpis(q: Query) -> str:
     rollup = q.pick(*EVENT_ROLLUPS)
     if rollup:
         return (
-            f"SELECT sum(events) AS total_interactions, {_UNIQ}(users) AS unique_users, "
-            f"{_UNIQ}(items) AS unique_items, toFloat64(sum(revenue)) AS revenue "
+            f"SELECT sum(events) AS total_interactions, {rollup.uniq}(users) AS unique_users, "
+            f"{rollup.uniq}(items) AS unique_items, toFloat64(sum(revenue)) AS revenue "
             f"FROM {q.table(rollup.table)} {q.where(rollup=rollup)}"
         )
     return (

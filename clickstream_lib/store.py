@@ -51,7 +51,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         (schema.table_ddl(schema.EVENTS, dedup_window=DEDUP_WINDOW),
          schema.table_ddl(schema.DEAD_LETTERS, dedup_window=DEDUP_WINDOW)),
     ),
-    Migration(2, "rollups: events_by_minute, events_by_hour, items_by_hour, users_by_day", schema.rollup_statements()),
+    Migration(2, "rollups (schema.ROLLUPS) and the views that keep them", schema.rollup_statements()),
 )
 
 

@@ -210,12 +210,12 @@ def test_auto_reads_rollups_only_when_exact(loaded: Store, events: pd.DataFrame)
     assert queries.kpis(loaded, start=BASE + timedelta(hours=1)).attrs["source"] == "events_by_minute"
     hour = {"start": BASE + timedelta(hours=1)}
     assert queries.kpis(loaded, interaction_type="view", **hour).attrs["source"] == "events_by_minute"
-    assert queries.kpis(loaded, device="mobile", **hour).attrs["source"] == "events_by_hour"
-    assert queries.kpis(loaded, device="mobile").attrs["source"] == "events_by_day"
-    assert queries.breakdown(loaded, by="country", **hour).attrs["source"] == "events_by_hour"
+    assert queries.kpis(loaded, device="mobile", **hour).attrs["source"] == "segments_by_hour"
+    assert queries.kpis(loaded, device="mobile").attrs["source"] == "segments_by_day"
+    assert queries.breakdown(loaded, by="country", **hour).attrs["source"] == "segments_by_hour"
     assert queries.kpis(loaded, device="mobile", start=BASE + timedelta(minutes=1)).attrs["source"] == "raw"
     assert queries.timeseries(loaded, bucket="minute", device="mobile").attrs["source"] == "raw"
-    assert queries.timeseries(loaded, bucket="hour", device="mobile").attrs["source"] == "events_by_hour"
+    assert queries.timeseries(loaded, bucket="hour", device="mobile").attrs["source"] == "segments_by_hour"
     assert queries.timeseries(loaded, bucket="hour").attrs["source"] == "events_by_minute"
     assert queries.timeseries(loaded, bucket="day").attrs["source"] == "events_by_day"
     assert queries.kpis(loaded, item_id="item_001").attrs["source"] == "raw"  # no event rollup has an item column

@@ -30,7 +30,8 @@ def test_views_keep_rollups_equal_to_raw_across_inserts(store: Store) -> None:
         assert rolled.attrs["source"] != "raw"
         count = [c for c in raw.columns if c in ("total_interactions", "events", "interactions")]
         pd.testing.assert_frame_equal(raw[count].astype(int), rolled[count].astype(int))
-    assert int(store.scalar(f"SELECT sum(events) FROM {store.database}.events_by_minute")) == len(df)
+    for rollup in schema.ROLLUPS:
+        assert int(store.scalar(f"SELECT sum(events) FROM {store.database}.{rollup.name}")) == len(df)
 
 
 def test_rollups_are_backfilled_when_added_to_a_database_with_events(base_settings: Settings) -> None:
