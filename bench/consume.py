@@ -1,0 +1,217 @@
+"""Benchmark: the sink's drain rate against raw kafka-python and raw inserts, end-to-end latency, sustained rate.
+
+All figures come from one run, against a throwaway local Kafka broker and the embedded ClickHouse engine:
+
+- raw consume  = plain kafka-python (assigned partitions, no group, no validation) reading the backlog;
+- raw insert   = the same rows, already parsed, inserted with Store.insert in batches of the sink's default size;
+- sink drain   = Sink with default settings draining the same backlog (validate, insert with tokens, commit);
+  measured from its first record to the last commit. Ratio = drain / raw consume (target >= 0.6).
+- latency      = a live producer at 5k and 20k events/s (a separate process) with the sink running; p50/p99 of
+  Kafka timestamp -> insert acknowledged, and of event time -> insert (target p99 <= flush interval + 500 ms).
+- sustained    = a producer at full speed (a separate process) and the sink together: events/(first send -> last
+  commit), and whether rows == produced with no duplicate event id.
+
+Medians over --repeats rounds for the backlog figures.
+
+    .venv/bin/python bench/consume.py
+    .venv/bin/python bench/consume.py --events 200000 --repeats 3 --latency-s 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from kafka import KafkaConsumer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from clickstream_lib import events, topics  # noqa: E402
+from clickstream_lib.consumer import DEFAULT_BATCH_MAX_ROWS, DEFAULT_BATCH_MAX_WAIT_S, EVENT_COLUMNS, Sink  # noqa: E402
+from clickstream_lib.producer import Producer  # noqa: E402
+from clickstream_lib.settings import Settings  # noqa: E402
+from clickstream_lib.stack import KafkaStack  # noqa: E402
+from clickstream_lib.store import Store, connect  # noqa: E402
+from tests.conftest import base_env, free_port_pair  # noqa: E402
+
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+
+
+def raw_consume(settings: Settings, n: int) -> tuple[float, list[tuple[int, int, int, bytes]]]:
+    """Records/s of a plain consumer reading ``n`` records from the beginning; also returns the records."""
+    c = KafkaConsumer(**topics.client_config(settings), enable_auto_commit=False,
+                      max_poll_records=DEFAULT_BATCH_MAX_ROWS)
+    tps = [TopicPartition(settings.kafka_topic, p) for p in sorted(c.partitions_for_topic(settings.kafka_topic))]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    got: list[tuple[int, int, int, bytes]] = []
+    t0 = time.perf_counter()
+    while len(got) < n:
+        for recs in c.poll(timeout_ms=1000).values():
+            got.extend((r.partition, r.offset, r.timestamp, r.value) for r in recs)
+    dt = time.perf_counter() - t0
+    c.close()
+    return len(got) / dt, got
+
+
+def raw_insert(store: Store, records: list[tuple[int, int, int, bytes]], topic: str) -> float:
+    """Rows/s of Store.insert for the same rows, parsed beforehand, in batches of the sink's default size."""
+    rows = []
+    for p, o, ts, value in records:
+        ev = events.parse(value, ts)
+        assert isinstance(ev, dict)
+        ev["event_id"] = ev["event_id"] or events.derived_event_id(topic, p, o)
+        rows.append((ev, p, o, ts))
+    t0 = time.perf_counter()
+    for i in range(0, len(rows), DEFAULT_BATCH_MAX_ROWS):
+        chunk = rows[i:i + DEFAULT_BATCH_MAX_ROWS]
+        cols = [[r[0][f] for r in chunk] for f in events.FIELDS]
+        cols += [[topic] * len(chunk), [r[1] for r in chunk], [r[2] for r in chunk], [r[3] for r in chunk]]
+        store.insert("events", cols, EVENT_COLUMNS, dedup_token=f"bench:{uuid.uuid4().hex}")
+    return len(rows) / (time.perf_counter() - t0)
+
+
+def sink_drain(settings: Settings, store: Store, n: int) -> float:
+    """Records/s of the sink draining ``n`` records: first record taken -> last commit."""
+    sink = Sink(settings, store)
+    sink.start()
+    t_first = None
+    while True:
+        st = sink.stats()
+        if t_first is None and st.records_consumed > 0:
+            t_first = time.perf_counter()
+        if st.rows_inserted + st.dead_letters >= n:
+            t_done = time.perf_counter()
+            break
+        if not st.running and st.last_error:
+            raise RuntimeError(st.last_error)
+        time.sleep(0.005)
+    sink.stop()
+    assert t_first is not None
+    return n / (t_done - t_first)
+
+
+def produce_process(settings: Settings, rate: float | None, n: int) -> subprocess.Popen[bytes]:
+    code = (
+        "import sys; from clickstream_lib.settings import Settings; from clickstream_lib.producer import Producer;"
+        f"s = Settings.from_env(); st = Producer(s, rate={rate!r}).run(events={n}); print(st.acked, st.failed)"
+    )
+    env = base_env(KAFKA_BROKER_URL=settings.kafka_broker_url, KAFKA_TOPIC=settings.kafka_topic,
+                   KAFKA_PARTITIONS=str(settings.kafka_partitions), CLICKSTREAM_DATA_DIR=str(settings.data_dir) + "-p")
+    return subprocess.Popen([PYTHON, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE)
+
+
+def _wait_rows(sink: Sink, n: int, poll_s: float = 0.1, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while sink.stats().rows_inserted < n:
+        st = sink.stats()
+        if time.monotonic() > deadline or (not st.running and st.last_error):
+            raise RuntimeError(f"the sink stored {st.rows_inserted} of {n} rows: {st.last_error}")
+        time.sleep(poll_s)
+
+
+def fresh(base: Settings, tag: str) -> Settings:
+    t = f"{tag}_{uuid.uuid4().hex[:8]}"
+    return base.replace(kafka_topic=t, kafka_group_id=f"g_{t}", clickhouse_database=t)
+
+
+def live(base: Settings, rate: float, seconds: float) -> dict[str, float | None]:
+    """Latency with a producer process at ``rate`` events/s and the sink running with default settings."""
+    s = fresh(base, f"lat{int(rate)}")
+    topics.ensure_topic(s, s.kafka_topic)
+    store = connect(s)
+    sink = Sink(s, store).start()
+    while not sink.stats().assigned_partitions:
+        time.sleep(0.1)
+    proc = produce_process(s, rate, int(rate * seconds))
+    out, _ = proc.communicate()
+    acked = int(out.split()[0])
+    _wait_rows(sink, acked)
+    st = sink.stats()
+    sink.stop()
+    return {"kafka_p50": st.latency_kafka_p50_ms, "kafka_p99": st.latency_kafka_p99_ms,
+            "event_p50": st.latency_event_p50_ms, "event_p99": st.latency_event_p99_ms}
+
+
+def sustained(base: Settings, n: int) -> tuple[float, int, int, float]:
+    """A full-speed producer process and the sink together: (events/s end to end, rows, distinct ids, producer/s)."""
+    s = fresh(base, "sus")
+    topics.ensure_topic(s, s.kafka_topic)
+    store = connect(s)
+    sink = Sink(s, store).start()
+    while not sink.stats().assigned_partitions:
+        time.sleep(0.1)
+    t0 = time.perf_counter()
+    proc = produce_process(s, None, n)
+    out, _ = proc.communicate()
+    t_prod = time.perf_counter() - t0
+    acked = int(out.split()[0])
+    _wait_rows(sink, acked, poll_s=0.01)
+    dt = time.perf_counter() - t0
+    sink.stop()
+    rows, uniq = store.query_rows(f"SELECT count(), uniqExact(event_id) FROM {s.clickhouse_database}.events")[0]
+    return acked / dt, int(rows), int(uniq), acked / t_prod
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=200_000, help="backlog size (default 200000)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--latency-s", type=float, default=20.0, help="seconds of live traffic per latency rate")
+    ap.add_argument("--sustained-events", type=int, default=300_000)
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-consume-"))
+    port, cport = free_port_pair()
+    base = Settings.from_env(base_env(), kafka_broker_url=f"127.0.0.1:{port}", kafka_controller_port=cport,
+                             data_dir=tmp / "data", kafka_partitions=6)
+    stack = KafkaStack(base.replace(data_dir=tmp / "kafka-home"))
+    stack.up(timeout_s=120)
+    try:
+        backlog = fresh(base, "backlog")
+        print(f"producing a backlog of {args.events} events ...", file=sys.stderr, flush=True)
+        Producer(backlog, rate=None).run(events=args.events)
+        consume_r, insert_r, drain_r = [], [], []
+        for i in range(args.repeats):
+            rate, records = raw_consume(backlog, args.events)
+            consume_r.append(rate)
+            st = connect(backlog.replace(clickhouse_database=f"raw{i}_{uuid.uuid4().hex[:6]}"))
+            insert_r.append(raw_insert(st, records, backlog.kafka_topic))
+            run = backlog.replace(kafka_group_id=f"drain{i}_{uuid.uuid4().hex[:6]}",
+                                  clickhouse_database=f"drain{i}_{uuid.uuid4().hex[:6]}")
+            drain_r.append(sink_drain(run, connect(run), args.events))
+            print(f"round {i + 1}: raw consume {rate:,.0f}/s, raw insert {insert_r[-1]:,.0f}/s, "
+                  f"sink drain {drain_r[-1]:,.0f}/s", file=sys.stderr, flush=True)
+        c, ins, d = statistics.median(consume_r), statistics.median(insert_r), statistics.median(drain_r)
+        print(f"backlog {args.events} events, 6 partitions, batch {DEFAULT_BATCH_MAX_ROWS} rows / "
+              f"{DEFAULT_BATCH_MAX_WAIT_S} s (medians of {args.repeats})")
+        print(f"  raw kafka-python consume : {c:>10,.0f} records/s")
+        print(f"  raw insert (same rows)   : {ins:>10,.0f} rows/s")
+        print(f"  sink drain               : {d:>10,.0f} records/s   ratio to raw consume {d / c:.2f} (target >= 0.60)")
+        budget = DEFAULT_BATCH_MAX_WAIT_S * 1000 + 500
+        for rate in (5_000, 20_000):
+            lat = live(base, rate, args.latency_s)
+            print(f"  latency at {rate:>6,} ev/s   : kafka->insert p50 {lat['kafka_p50']:.0f} ms p99 "
+                  f"{lat['kafka_p99']:.0f} ms; event->insert p50 {lat['event_p50']:.0f} ms "
+                  f"p99 {lat['event_p99']:.0f} ms (target p99 <= {budget:.0f} ms)")
+        rate, rows, uniq, prod_rate = sustained(base, args.sustained_events)
+        ok = rows == uniq == args.sustained_events
+        print(f"  sustained producer+sink  : {rate:>10,.0f} events/s end to end ({args.sustained_events} events; "
+              f"producer alone {prod_rate:,.0f}/s); rows {rows}, distinct ids {uniq} -> "
+              f"{'nothing lost' if ok else 'MISMATCH'} (target >= 50,000/s)")
+    finally:
+        stack.down()
+    return 0
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    sys.exit(main())
