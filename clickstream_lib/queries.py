@@ -33,7 +33,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from .errors import QueryError, StoreError
 from .events import INTERACTION_TYPES
-from .schema import HLL_PRECISION, SEGMENT_HLL_PRECISION
+from .schema import HLL_PRECISION, SEGMENT_HLL_PRECISION, TYPE_COLUMNS
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class Rollup:
     dims: frozenset[str]
     time_type: str = "DateTime"
     hll_k: int = HLL_PRECISION  # uniqCombined precision of its users/items states
+    wide: bool = False  # a count column per interaction type (schema.TYPE_COLUMNS) instead of a type key
 
     @property
     def uniq(self) -> str:
@@ -79,8 +80,8 @@ SEGMENT_HOUR_ROLLUP = Rollup("segments_by_hour", "hour", 3600, _DIMS, hll_k=SEGM
 SEGMENT_DAY_ROLLUP = Rollup("segments_by_day", "day", 86400, _DIMS, hll_k=SEGMENT_HLL_PRECISION)
 # Fewest rows (and HLL states to merge) first: the first rollup that fits is the cheapest exact one.
 EVENT_ROLLUPS = (DAY_ROLLUP, SEGMENT_DAY_ROLLUP, MINUTE_ROLLUP, SEGMENT_HOUR_ROLLUP)
-ITEM_ROLLUP = Rollup("items_by_hour", "hour", 3600, frozenset({"interaction_type", "item_id"}))
-USER_ROLLUP = Rollup("users_by_day", "day", 86400, frozenset({"interaction_type"}), time_type="Date")
+ITEM_ROLLUP = Rollup("items_by_hour", "hour", 3600, frozenset({"interaction_type", "item_id"}), wide=True)
+USER_ROLLUP = Rollup("users_by_day", "day", 86400, frozenset({"interaction_type"}), time_type="Date", wide=True)
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,11 @@ class Query:
             raise QueryError("source", f"{self.name} cannot be answered from a rollup ({detail})")
         return None
 
+    def type_columns(self) -> list[str]:
+        """A wide rollup's count columns for the interaction types this query keeps (validated names)."""
+        kept = self.filters.get("interaction_type", tuple(TYPE_COLUMNS))
+        return [TYPE_COLUMNS[t] for t in TYPE_COLUMNS if t in kept]
+
     def table(self, name: str) -> str:
         return f"{self.database}.{name}"
 
@@ -178,6 +184,8 @@ class Query:
             conds.append(f"{rollup.time_col if rollup else time_col} {op} {bound}")
         if use_filters:
             for name, values in self.filters.items():
+                if rollup is not None and rollup.wide and name == "interaction_type":
+                    continue  # a wide rollup filters types by choosing columns (see type_columns)
                 key = f"f_{name}"
                 if len(values) == 1:
                     self.params[key] = values[0]
@@ -392,13 +400,17 @@ def _kpis(q: Query) -> str:
 def _breakdown(q: Query) -> str:
     by = q.options["by"]  # one of FILTERS (validated): a column name, safe to format
     rollup = q.pick(ITEM_ROLLUP, need=[by]) if by == "item_id" else q.pick(*EVENT_ROLLUPS, need=[by])
-    if rollup:
+    having = ""
+    if rollup and rollup.wide:
+        src, count, where = q.table(rollup.table), f"sum({' + '.join(q.type_columns())})", q.where(rollup=rollup)
+        having = "HAVING events > 0"
+    elif rollup:
         src, count, where = q.table(rollup.table), "sum(events)", q.where(rollup=rollup)
     else:
         src, count, where = q.table("events"), "count()", q.where()
     return (
         f"SELECT {by}, {count} AS events, events / sum(events) OVER () AS share "
-        f"FROM {src} {where} GROUP BY {by} ORDER BY events DESC, {by}"
+        f"FROM {src} {where} GROUP BY {by} {having} ORDER BY events DESC, {by}"
     )
 
 
@@ -422,13 +434,16 @@ def _timeseries(q: Query) -> str:
 def _top(column: str, rollup: Rollup) -> Builder:
     def build(q: Query) -> str:
         q.params["limit"] = q.options["limit"]
+        having = ""
         if q.pick(rollup):
-            src, count, where = q.table(rollup.table), "sum(events)", q.where(rollup=rollup)
+            src, where = q.table(rollup.table), q.where(rollup=rollup)
+            count = f"sum({' + '.join(q.type_columns())})"
+            having = "HAVING interactions > 0"  # rows of the kept types only, as the raw query counts
         else:
             src, count, where = q.table("events"), "count()", q.where()
         return (
             f"SELECT {column}, {count} AS interactions FROM {src} {where} "
-            f"GROUP BY {column} ORDER BY interactions DESC, {column} LIMIT {{limit:UInt32}}"
+            f"GROUP BY {column} {having} ORDER BY interactions DESC, {column} LIMIT {{limit:UInt32}}"
         )
 
     return build
@@ -547,20 +562,20 @@ def _retention_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
 
 def _item_performance(q: Query) -> str:
     q.params["limit"] = q.options["limit"]
+    having = ""
     if q.pick(ITEM_ROLLUP):
-        counts = ", ".join(
-            f"sumIf(events, interaction_type = '{t}') AS {t}s" for t in ("view", "click", "add_to_cart", "purchase")
-        )
-        sel = f"{counts}, toFloat64(sumIf(revenue, interaction_type = 'purchase')) AS revenue"
+        kept = q.type_columns()
+        sel = ", ".join(f"{'sum(' + c + ')' if c in kept else 'toUInt64(0)'} AS {c}" for c in TYPE_COLUMNS.values())
+        revenue = "toFloat64(sum(revenue))" if "purchases" in kept else "toFloat64(0)"
+        sel += f", {revenue} AS revenue"
         src, where = q.table(ITEM_ROLLUP.table), q.where(rollup=ITEM_ROLLUP)
+        having = f"HAVING {' + '.join(kept)} > 0"  # items with events of the kept types, as in the raw query
     else:
-        counts = ", ".join(
-            f"countIf(interaction_type = '{t}') AS {t}s" for t in ("view", "click", "add_to_cart", "purchase")
-        )
-        sel = f"{counts}, {_PURCHASE_REVENUE} AS revenue"
+        sel = ", ".join(f"countIf(interaction_type = '{t}') AS {c}" for t, c in TYPE_COLUMNS.items())
+        sel += f", {_PURCHASE_REVENUE} AS revenue"
         src, where = q.table("events"), q.where()
     return (
-        f"SELECT item_id, {sel} FROM {src} {where} GROUP BY item_id "
+        f"SELECT item_id, {sel} FROM {src} {where} GROUP BY item_id {having} "
         "ORDER BY revenue DESC, purchases DESC, item_id LIMIT {limit:UInt32}"
     )
 

@@ -15,8 +15,8 @@ Rollups (read by the live panels) are ``AggregatingMergeTree`` tables fed by mat
   any window gives the distinct count of the window, not a sum of per-bucket distincts).
 * ``segments_by_hour`` / ``segments_by_day`` — the same per hour / day x interaction type x device x country x
   referrer, with ``uniqCombined(12)`` states (~1.6%), for filtered panels.
-* ``items_by_hour`` — per hour x item x interaction type: events, revenue.
-* ``users_by_day`` — per day x user x interaction type: events (top users).
+* ``items_by_hour`` — per hour x item: views, clicks, add_to_carts, purchases, revenue.
+* ``users_by_day`` — per day x user: views, clicks, add_to_carts, purchases (top users).
 
 Only the database name (validated by Settings) and integers are formatted into DDL.
 """
@@ -167,31 +167,28 @@ SEGMENTS_BY_DAY, _SEG_DAY_MV = _event_rollup(
     "segments_by_day", "day", "toDateTime(toStartOfDay(event_time), 'UTC')", True, SEGMENT_HLL_PRECISION
 )
 
+# Wide rollups for the high-cardinality keys: one row per bucket x item (or user) with a count column per interaction
+# type, so an interaction_type filter picks columns instead of multiplying rows by four.
+TYPE_COLUMNS: dict[str, str] = {
+    "view": "views", "click": "clicks", "add_to_cart": "add_to_carts", "purchase": "purchases",
+}
+_TYPE_COUNTS = tuple((col, _COUNT) for col in TYPE_COLUMNS.values())
+_TYPE_COUNT_SQL = ", ".join(f"countIf(interaction_type = '{t}') AS {c}" for t, c in TYPE_COLUMNS.items())
+
 ITEMS_BY_HOUR = Table(
     name="items_by_hour",
-    columns=(
-        ("hour", "DateTime('UTC')"),
-        ("item_id", "String"),
-        ("interaction_type", "LowCardinality(String)"),
-        ("events", _COUNT),
-        ("revenue", _MONEY),
-    ),
+    columns=(("hour", "DateTime('UTC')"), ("item_id", "String"), *_TYPE_COUNTS, ("revenue", _MONEY)),
     engine="AggregatingMergeTree",
     partition_by="toYYYYMM(hour)",
-    order_by="(hour, item_id, interaction_type)",
+    order_by="(hour, item_id)",
 )
 
 USERS_BY_DAY = Table(
     name="users_by_day",
-    columns=(
-        ("day", "Date"),
-        ("user_id", "String"),
-        ("interaction_type", "LowCardinality(String)"),
-        ("events", _COUNT),
-    ),
+    columns=(("day", "Date"), ("user_id", "String"), *_TYPE_COUNTS),
     engine="AggregatingMergeTree",
     partition_by="toYYYYMM(day)",
-    order_by="(day, user_id, interaction_type)",
+    order_by="(day, user_id)",
 )
 
 VIEWS: tuple[View, ...] = (
@@ -203,15 +200,14 @@ VIEWS: tuple[View, ...] = (
         "items_by_hour_mv",
         "items_by_hour",
         "events",
-        "SELECT toStartOfHour(event_time) AS hour, item_id, interaction_type, count() AS events, "
-        f"{_REVENUE} AS revenue FROM {{src}} GROUP BY hour, item_id, interaction_type",
+        f"SELECT toStartOfHour(event_time) AS hour, item_id, {_TYPE_COUNT_SQL}, {_REVENUE} AS revenue "
+        "FROM {src} GROUP BY hour, item_id",
     ),
     View(
         "users_by_day_mv",
         "users_by_day",
         "events",
-        "SELECT toDate(event_time) AS day, user_id, interaction_type, count() AS events "
-        "FROM {src} GROUP BY day, user_id, interaction_type",
+        f"SELECT toDate(event_time) AS day, user_id, {_TYPE_COUNT_SQL} FROM {{src}} GROUP BY day, user_id",
     ),
 )
 
