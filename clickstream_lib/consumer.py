@@ -594,6 +594,9 @@ class Sink:
             # kafka-python 3.0 stopped returning records for partitions that were sought/paused during a rebalance
             # when incremental fetch sessions (KIP-227) were on (seen in the two-member takeover test).
             enable_incremental_fetch_sessions=False,
+            # A group leader that saw no partitions for a just-created topic assigns nothing until its next metadata
+            # refresh (default 5 min); refresh often enough that such a miss heals in seconds.
+            metadata_max_age_ms=15_000,
         )
         if self.instance_id:
             cfg["group_instance_id"] = self.instance_id
@@ -606,6 +609,7 @@ class Sink:
                 self._consumer.close(autocommit=False)
                 self._consumer = None
             raise topics.unreachable(self.settings, exc) from exc
+        self._await_partitions(self._consumer)
         self._consumer.subscribe([self.topic], listener=_Listener(self))
         logger.info(
             "sink %s -> %s.events: group %s, epoch %s, batches of <= %d rows / %.2f s",
@@ -662,6 +666,21 @@ class Sink:
                 "non_replicated_deduplication_window = 100000 on each", ", ".join(sorted(set(unsafe))),
             )
         return sorted(set(unsafe))
+
+    def _await_partitions(self, consumer: KafkaConsumer, timeout_s: float = 15.0) -> None:
+        """Wait until this consumer's metadata lists the topic's partitions (it was perhaps created a moment ago)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if consumer.partitions_for_topic(self.topic):
+                    return
+            except KafkaError as exc:
+                logger.debug("metadata for %s not available yet: %s", self.topic, exc)
+            if time.monotonic() > deadline:
+                logger.warning("no partition metadata for %s after %.0f s; joining the group anyway", self.topic,
+                               timeout_s)
+                return
+            time.sleep(0.2)
 
     def _topic_epoch(self) -> str:
         try:

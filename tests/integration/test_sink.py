@@ -140,14 +140,14 @@ def test_valid_and_poison_messages_mixed(settings: Settings, store: Store) -> No
 def test_case_study_message_shape_from_a_plain_producer(settings: Settings, store: Store) -> None:
     """The original case study: JSON {user_id, item_id, interaction_type, timestamp} without event ids."""
     topics.ensure_topic(settings, settings.kafka_topic)
-    producer = KafkaProducer(**topics.client_config(settings), value_serializer=lambda v: json.dumps(v).encode())
+    producer = KafkaProducer(**topics.client_config(settings))
     rng = random.Random(11)
     sent = []
     for i in range(2_000):
         msg = {"user_id": f"user_{rng.randrange(9999):04d}", "item_id": f"item_{rng.randrange(50):04d}",
                "interaction_type": rng.choice(["click", "view", "purchase"]),
                "timestamp": f"2026-11-29 10:{i // 60 % 60:02d}:{i % 60:02d}"}
-        producer.send(settings.kafka_topic, msg)
+        producer.send(settings.kafka_topic, json.dumps(msg).encode())  # as the case study's producer did
         sent.append(msg)
     producer.flush()
     producer.close()
@@ -243,7 +243,8 @@ def test_two_members_split_partitions_and_survivor_takes_over(settings: Settings
 
     victim = Sink(settings, store, batch_max_rows=1_000, batch_max_wait_s=0.3, on_batch_stored=crash)
     victim_ref.append(victim)
-    producing = threading.Thread(target=produce, args=(settings, make_values(n, seed=8)), kwargs={"rate": 3_000})
+    values = make_values(n, seed=8)
+    producing = threading.Thread(target=produce, args=(settings, values[: n // 2]), kwargs={"rate": 3_000})
     producing.start()
     try:
         # The survivor first owns every partition and has read ahead; when the victim joins, it keeps two of them
@@ -255,6 +256,10 @@ def test_two_members_split_partitions_and_survivor_takes_over(settings: Settings
               "a split of the partitions")
         assert set(survivor.stats().assigned_partitions).isdisjoint(victim.stats().assigned_partitions)
         split.set()
+        # The second half arrives while both members hold partitions, so the victim has batches to crash on.
+        producing.join()
+        producing = threading.Thread(target=produce, args=(settings, values[n // 2:]), kwargs={"rate": 3_000})
+        producing.start()
         assert victim.join(120), "the victim did not crash"
         assert crashed and "simulated crash" in (victim.stats().last_error or "")
         _wait(lambda: survivor.stats().assigned_partitions == (0, 1, 2, 3), 90, "the survivor taking over")
