@@ -45,7 +45,10 @@ class Table:
     order_by: str
     engine: str = "MergeTree"
     partition_by: str = ""
-    dedup: bool = False  # keep insert_deduplication_token effective (the sink's effectively-once delivery)
+    # Keep insert_deduplication_token effective (the sink's effectively-once delivery). Rollups need it too: a
+    # replayed events block is dropped from events but still pushed through the views, and only a window on the
+    # rollup drops it there (measured on chdb 26.9).
+    dedup: bool = False
     shard_key: str = "rand()"
 
     @property
@@ -137,6 +140,7 @@ def _event_rollup(name: str, time_col: str, time_expr: str, segments: bool, k: i
         engine="AggregatingMergeTree",
         partition_by=f"toYYYYMM({time_col})",
         order_by=f"({', '.join(keys)})",
+        dedup=True,
     )
     view = View(
         f"{name}_mv",
@@ -181,6 +185,7 @@ ITEMS_BY_HOUR = Table(
     engine="AggregatingMergeTree",
     partition_by="toYYYYMM(hour)",
     order_by="(hour, item_id)",
+    dedup=True,
 )
 
 USERS_BY_DAY = Table(
@@ -189,6 +194,7 @@ USERS_BY_DAY = Table(
     engine="AggregatingMergeTree",
     partition_by="toYYYYMM(day)",
     order_by="(day, user_id)",
+    dedup=True,
 )
 
 VIEWS: tuple[View, ...] = (

@@ -94,21 +94,25 @@ def from_generator(n: int = 4000, seed: int = 21) -> pd.DataFrame:
     return df[list(EVENT_COLUMNS)]
 
 
+def to_columns(part: pd.DataFrame) -> list[list[Any]]:
+    """An events frame as the columnar lists Store.insert takes, in EVENT_COLUMNS order."""
+    cols: list[list[Any]] = []
+    for c in EVENT_COLUMNS:
+        s = part[c]
+        if c in ("event_time", "kafka_timestamp", "ingest_time"):
+            cols.append(list(s.dt.to_pydatetime()))
+        elif c == "event_id":
+            cols.append([uuid.UUID(x) for x in s])
+        else:
+            cols.append(s.tolist())
+    return cols
+
+
 def insert_events(store: Store, df: pd.DataFrame, chunk: int = 100_000) -> int:
     """Columnar insert of an events frame (as :func:`make_events` builds it)."""
     written = 0
     for lo in range(0, len(df), chunk):
-        part = df.iloc[lo : lo + chunk]
-        cols = []
-        for c in EVENT_COLUMNS:
-            s = part[c]
-            if c in ("event_time", "kafka_timestamp", "ingest_time"):
-                cols.append(list(s.dt.to_pydatetime()))
-            elif c == "event_id":
-                cols.append([uuid.UUID(x) for x in s])
-            else:
-                cols.append(s.tolist())
-        written += store.insert("events", cols, EVENT_COLUMNS)
+        written += store.insert("events", to_columns(df.iloc[lo : lo + chunk]), EVENT_COLUMNS)
     return written
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 from clickstream_lib import queries, schema
 from clickstream_lib.settings import Settings
 from clickstream_lib.store import MIGRATIONS, Store, connect
-from tests.integration.test_queries import insert_events, make_events
+from tests.integration.test_queries import EVENT_COLUMNS, insert_events, make_events, to_columns
 
 
 def rollup_events(store: Store, db: str, table: schema.Table) -> int:
@@ -38,6 +38,18 @@ def test_views_keep_rollups_equal_to_raw_across_inserts(store: Store) -> None:
         pd.testing.assert_frame_equal(raw[count].astype(int), rolled[count].astype(int))
     for rollup in schema.ROLLUPS:
         assert rollup_events(store, store.database, rollup) == len(df)
+
+
+def test_a_replayed_block_is_counted_once_in_every_rollup(store: Store) -> None:
+    """The sink replays a batch with the same insert_deduplication_token after a crash: no table may count it twice."""
+    df = make_events(n_sessions=80, seed=13)
+    cols = to_columns(df)
+    for _ in range(2):
+        store.insert("events", cols, EVENT_COLUMNS, dedup_token="clicks:0:0-999")
+    assert int(store.scalar(f"SELECT count() FROM {store.database}.events")) == len(df)
+    for rollup in schema.ROLLUPS:
+        assert store.dedup_window(rollup.name) > 0
+        assert rollup_events(store, store.database, rollup) == len(df), rollup.name
 
 
 def test_rollups_are_backfilled_when_added_to_a_database_with_events(base_settings: Settings) -> None:
