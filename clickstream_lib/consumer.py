@@ -263,6 +263,7 @@ class _Batch:
         "event_ms",
         "events_stored",
         "first",
+        "first_kafka_ms",
         "kafka_ms",
         "last",
         "offsets",
@@ -278,6 +279,7 @@ class _Batch:
         self.epoch = epoch
         self.partition = partition
         self.started = started
+        self.first_kafka_ms = 0
         self.first = -1
         self.last = -1
         self.rows: list[dict[str, Any]] = []
@@ -302,6 +304,7 @@ class _Batch:
         """Validate one record and keep it as a row or a dead letter (deterministic: no wall clock involved)."""
         if self.first < 0:
             self.first = offset
+            self.first_kafka_ms = timestamp_ms
         self.last = offset
         reference = timestamp_ms if timestamp_ms >= 0 else _NO_TIMESTAMP_REFERENCE_MS
         kafka_ms = max(timestamp_ms, 0)
@@ -766,7 +769,7 @@ class Sink:
         wait = 0.2  # short, so stop() and until_idle are noticed promptly
         for s in self._states.values():
             if s.open is not None and s.replay is None:
-                wait = min(wait, s.open.started + self.batch_max_wait_s - now)
+                wait = min(wait, self._due_at(s.open, now, time.time()) - now)
         if any(s.sealed for s in self._states.values()):
             wait = min(wait, self._retry_at - now)
         return max(0, int(wait * 1000))
@@ -811,14 +814,29 @@ class Sink:
         state.open = None
         state.replay = None
 
+    def _due_at(self, b: _Batch, now: float, wall: float) -> float:
+        """When the open batch ``b`` must be inserted (monotonic seconds).
+
+        ``batch_max_wait_s`` after its first record arrived, or earlier: when that record's Kafka timestamp is
+        already ``batch_max_wait_s`` old (the time it spent reaching us counts against the latency budget). The
+        second rule waits at least a quarter of the interval, so a producer clock running behind cannot shrink
+        batches to nothing.
+        """
+        by_arrival = b.started + self.batch_max_wait_s
+        if b.first_kafka_ms <= 0:
+            return by_arrival
+        by_timestamp = now + (b.first_kafka_ms / 1000 + self.batch_max_wait_s - wall)
+        return min(by_arrival, max(b.started + self.batch_max_wait_s / 4, by_timestamp))
+
     def _seal_due(self, now: float, force: bool = False) -> None:
+        wall = time.time()
         for state in self._states.values():
             b = state.open
             if b is None:
                 continue
             if state.replay is not None:
                 continue  # a recorded range is rebuilt whole, however long it takes to fetch
-            if force or now - b.started >= self.batch_max_wait_s:
+            if force or now >= self._due_at(b, now, wall):
                 self._seal(state)
         # Backpressure: stop fetching a partition while two of its batches wait for the store.
         if self._consumer is not None and not self._paused_for_failure:
