@@ -198,4 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the package's module object: `python -m clickstream_lib.cli` would otherwise register the
+    # subcommands of cli_commands on a second copy of this module.
+    from clickstream_lib import cli as _cli
+
+    sys.exit(_cli.main())
