@@ -65,20 +65,9 @@ DEFAULT_RETRY_BASE_S = 0.25
 DEFAULT_RETRY_MAX_S = 5.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
 
+# The events table's columns: the event's own fields (event time stored as event_time) plus where Kafka had it.
 EVENT_COLUMNS: tuple[str, ...] = (
-    "event_id",
-    "user_id",
-    "session_id",
-    "item_id",
-    "interaction_type",
-    "event_time",
-    "page",
-    "referrer",
-    "device",
-    "country",
-    "price",
-    "currency",
-    "schema_version",
+    *("event_time" if name == "timestamp_ms" else name for name in events.FIELDS),
     "kafka_topic",
     "kafka_partition",
     "kafka_offset",

@@ -500,7 +500,35 @@ class Filters:
 # --- the dashboard ----------------------------------------------------------------------------------------------
 
 
-class Dashboard:
+class _AutoRefresh:
+    """Re-runs ``refresh()`` every ``refresh_s`` seconds with an asyncio task on the kernel's loop.
+
+    A task on the kernel loop is what ticks in Voila (a Play widget started while the notebook executes never does).
+    """
+
+    refresh_s: float
+    _task: asyncio.Task[None] | None = None
+
+    def refresh(self) -> None:
+        raise NotImplementedError
+
+    def _start_refreshing(self) -> None:
+        if self._task and not self._task.done():
+            return
+        self._task = asyncio.get_event_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            self.refresh()
+
+    def _stop_refreshing(self) -> None:
+        if self._task:
+            self._task.cancel()
+            self._task = None
+
+
+class Dashboard(_AutoRefresh):
     """The case study's panels and more, filtered, self-refreshing.
 
     Args:
@@ -691,20 +719,12 @@ class Dashboard:
 
     def start(self) -> None:
         """Refresh every ``refresh_s`` seconds with an asyncio task on the kernel's loop (idempotent)."""
-        if self.store is None or (self._task and not self._task.done()):
-            return
-        self._task = asyncio.get_event_loop().create_task(self._loop())
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_s)
-            self.refresh()
+        if self.store is not None:
+            self._start_refreshing()
 
     def stop(self) -> None:
         """Stop refreshing and, if this dashboard runs the pipeline, stop it (the sink flushes and commits)."""
-        if self._task:
-            self._task.cancel()
-            self._task = None
+        self._stop_refreshing()
         if self.pipeline:
             self.pipeline.stop()
 
@@ -718,7 +738,7 @@ class Dashboard:
 # --- the workbench ----------------------------------------------------------------------------------------------
 
 
-class Workbench:
+class Workbench(_AutoRefresh):
     """Widgets that drive the pipeline in this kernel: producer, rate, scenarios, sink; live health and charts."""
 
     def __init__(self, settings: Settings, rate: float = 500.0, refresh_s: float = 2.0, preview_rows: int = 10,
@@ -822,19 +842,12 @@ class Workbench:
             self.message.value = message_html(f"Refresh failed: {html.escape(str(exc))}", kind="error", hook="error")
 
     def start(self) -> None:
-        if self._task and not self._task.done():
-            return
-        self._task = asyncio.get_event_loop().create_task(self._loop())
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_s)
-            self.refresh()
+        """Refresh every ``refresh_s`` seconds (idempotent)."""
+        self._start_refreshing()
 
     def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            self._task = None
+        """Stop refreshing and close the pipeline."""
+        self._stop_refreshing()
         with contextlib.suppress(Exception):
             self.pipeline.close()
 
