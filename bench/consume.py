@@ -47,8 +47,9 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python")
 
 def raw_consume(settings: Settings, n: int) -> tuple[float, list[tuple[int, int, int, bytes]]]:
     """Records/s of a plain consumer reading ``n`` records from the beginning; also returns the records."""
-    c = KafkaConsumer(**topics.client_config(settings), enable_auto_commit=False,
-                      max_poll_records=DEFAULT_BATCH_MAX_ROWS)
+    c = KafkaConsumer(
+        **topics.client_config(settings), enable_auto_commit=False, max_poll_records=DEFAULT_BATCH_MAX_ROWS
+    )
     tps = [TopicPartition(settings.kafka_topic, p) for p in sorted(c.partitions_for_topic(settings.kafka_topic))]
     c.assign(tps)
     c.seek_to_beginning(*tps)
@@ -72,7 +73,7 @@ def raw_insert(store: Store, records: list[tuple[int, int, int, bytes]], topic: 
         rows.append((ev, p, o, ts))
     t0 = time.perf_counter()
     for i in range(0, len(rows), DEFAULT_BATCH_MAX_ROWS):
-        chunk = rows[i:i + DEFAULT_BATCH_MAX_ROWS]
+        chunk = rows[i : i + DEFAULT_BATCH_MAX_ROWS]
         cols = [[r[0][f] for r in chunk] for f in events.FIELDS]
         cols += [[topic] * len(chunk), [r[1] for r in chunk], [r[2] for r in chunk], [r[3] for r in chunk]]
         store.insert("events", cols, EVENT_COLUMNS, dedup_token=f"bench:{uuid.uuid4().hex}")
@@ -104,8 +105,12 @@ def produce_process(settings: Settings, rate: float | None, n: int) -> subproces
         "import sys; from clickstream_lib.settings import Settings; from clickstream_lib.producer import Producer;"
         f"s = Settings.from_env(); st = Producer(s, rate={rate!r}).run(events={n}); print(st.acked, st.failed)"
     )
-    env = base_env(KAFKA_BROKER_URL=settings.kafka_broker_url, KAFKA_TOPIC=settings.kafka_topic,
-                   KAFKA_PARTITIONS=str(settings.kafka_partitions), CLICKSTREAM_DATA_DIR=str(settings.data_dir) + "-p")
+    env = base_env(
+        KAFKA_BROKER_URL=settings.kafka_broker_url,
+        KAFKA_TOPIC=settings.kafka_topic,
+        KAFKA_PARTITIONS=str(settings.kafka_partitions),
+        CLICKSTREAM_DATA_DIR=str(settings.data_dir) + "-p",
+    )
     return subprocess.Popen([PYTHON, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE)
 
 
@@ -137,8 +142,12 @@ def live(base: Settings, rate: float, seconds: float) -> dict[str, float | None]
     _wait_rows(sink, acked)
     st = sink.stats()
     sink.stop()
-    return {"kafka_p50": st.latency_kafka_p50_ms, "kafka_p99": st.latency_kafka_p99_ms,
-            "event_p50": st.latency_event_p50_ms, "event_p99": st.latency_event_p99_ms}
+    return {
+        "kafka_p50": st.latency_kafka_p50_ms,
+        "kafka_p99": st.latency_kafka_p99_ms,
+        "event_p50": st.latency_event_p50_ms,
+        "event_p99": st.latency_event_p99_ms,
+    }
 
 
 def sustained(base: Settings, n: int) -> tuple[float, int, int, float]:
@@ -171,8 +180,13 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-consume-"))
     port, cport = free_port_pair()
-    base = Settings.from_env(base_env(), kafka_broker_url=f"127.0.0.1:{port}", kafka_controller_port=cport,
-                             data_dir=tmp / "data", kafka_partitions=6)
+    base = Settings.from_env(
+        base_env(),
+        kafka_broker_url=f"127.0.0.1:{port}",
+        kafka_controller_port=cport,
+        data_dir=tmp / "data",
+        kafka_partitions=6,
+    )
     stack = KafkaStack(base.replace(data_dir=tmp / "kafka-home"))
     stack.up(timeout_s=120)
     try:
@@ -185,28 +199,40 @@ def main() -> int:
             consume_r.append(rate)
             st = connect(backlog.replace(clickhouse_database=f"raw{i}_{uuid.uuid4().hex[:6]}"))
             insert_r.append(raw_insert(st, records, backlog.kafka_topic))
-            run = backlog.replace(kafka_group_id=f"drain{i}_{uuid.uuid4().hex[:6]}",
-                                  clickhouse_database=f"drain{i}_{uuid.uuid4().hex[:6]}")
+            run = backlog.replace(
+                kafka_group_id=f"drain{i}_{uuid.uuid4().hex[:6]}",
+                clickhouse_database=f"drain{i}_{uuid.uuid4().hex[:6]}",
+            )
             drain_r.append(sink_drain(run, connect(run), args.events))
-            print(f"round {i + 1}: raw consume {rate:,.0f}/s, raw insert {insert_r[-1]:,.0f}/s, "
-                  f"sink drain {drain_r[-1]:,.0f}/s", file=sys.stderr, flush=True)
+            print(
+                f"round {i + 1}: raw consume {rate:,.0f}/s, raw insert {insert_r[-1]:,.0f}/s, "
+                f"sink drain {drain_r[-1]:,.0f}/s",
+                file=sys.stderr,
+                flush=True,
+            )
         c, ins, d = statistics.median(consume_r), statistics.median(insert_r), statistics.median(drain_r)
-        print(f"backlog {args.events} events, 6 partitions, batch {DEFAULT_BATCH_MAX_ROWS} rows / "
-              f"{DEFAULT_BATCH_MAX_WAIT_S} s (medians of {args.repeats})")
+        print(
+            f"backlog {args.events} events, 6 partitions, batch {DEFAULT_BATCH_MAX_ROWS} rows / "
+            f"{DEFAULT_BATCH_MAX_WAIT_S} s (medians of {args.repeats})"
+        )
         print(f"  raw kafka-python consume : {c:>10,.0f} records/s")
         print(f"  raw insert (same rows)   : {ins:>10,.0f} rows/s")
         print(f"  sink drain               : {d:>10,.0f} records/s   ratio to raw consume {d / c:.2f} (target >= 0.60)")
         budget = DEFAULT_BATCH_MAX_WAIT_S * 1000 + 500
         for rate in (5_000, 20_000):
             lat = live(base, rate, args.latency_s)
-            print(f"  latency at {rate:>6,} ev/s   : kafka->insert p50 {lat['kafka_p50']:.0f} ms p99 "
-                  f"{lat['kafka_p99']:.0f} ms; event->insert p50 {lat['event_p50']:.0f} ms "
-                  f"p99 {lat['event_p99']:.0f} ms (target p99 <= {budget:.0f} ms)")
+            print(
+                f"  latency at {rate:>6,} ev/s   : kafka->insert p50 {lat['kafka_p50']:.0f} ms p99 "
+                f"{lat['kafka_p99']:.0f} ms; event->insert p50 {lat['event_p50']:.0f} ms "
+                f"p99 {lat['event_p99']:.0f} ms (target p99 <= {budget:.0f} ms)"
+            )
         rate, rows, uniq, prod_rate = sustained(base, args.sustained_events)
         ok = rows == uniq == args.sustained_events
-        print(f"  sustained producer+sink  : {rate:>10,.0f} events/s end to end ({args.sustained_events} events; "
-              f"producer alone {prod_rate:,.0f}/s); rows {rows}, distinct ids {uniq} -> "
-              f"{'nothing lost' if ok else 'MISMATCH'} (target >= 50,000/s)")
+        print(
+            f"  sustained producer+sink  : {rate:>10,.0f} events/s end to end ({args.sustained_events} events; "
+            f"producer alone {prod_rate:,.0f}/s); rows {rows}, distinct ids {uniq} -> "
+            f"{'nothing lost' if ok else 'MISMATCH'} (target >= 50,000/s)"
+        )
     finally:
         stack.down()
     return 0

@@ -84,24 +84,42 @@ def main() -> int:
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
     port, cport = free_port(), free_port()
-    settings = Settings.from_env(base_env(), kafka_broker_url=f"127.0.0.1:{port}", kafka_controller_port=cport,
-                                 data_dir=tmp / "data", kafka_topic="bench_render", kafka_partitions=3)
+    settings = Settings.from_env(
+        base_env(),
+        kafka_broker_url=f"127.0.0.1:{port}",
+        kafka_controller_port=cport,
+        data_dir=tmp / "data",
+        kafka_topic="bench_render",
+        kafka_partitions=3,
+    )
     stack = KafkaStack(settings.replace(data_dir=tmp / "kafka"))
     stack.up(timeout_s=120)
     try:
-        proc = subprocess.run([sys.executable, "-c", LOAD_EVENTS.format(n=args.events, seed=1, rate=20_000.0)],
-                              env=settings_env(settings, base_env()), capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", LOAD_EVENTS.format(n=args.events, seed=1, rate=20_000.0)],
+            env=settings_env(settings, base_env()),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
             return 1
         stored = json.loads(proc.stdout.strip().splitlines()[-1])["count"]
         raw_nb = tmp / "raw.ipynb"
-        nbformat.write(new_notebook(cells=[new_code_cell("print('rendered-baseline')")],
-                                    metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                             "language": "python"}}), raw_nb)
+        nbformat.write(
+            new_notebook(
+                cells=[new_code_cell("print('rendered-baseline')")],
+                metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+            ),
+            raw_nb,
+        )
         with sync_playwright() as pw:
             context = pw.chromium.launch_persistent_context(
-                str(tmp / "profile"), executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
+                str(tmp / "profile"),
+                executable_path=chromium,
+                headless=True,
+                args=CHROMIUM_ARGS,
                 viewport={"width": 1400, "height": 1800},
             )
             try:
@@ -140,8 +158,10 @@ def main() -> int:
     print(f"dashboard            first render median {dash_med:6.2f} s  {[round(x, 2) for x in dash_t]}")
     print(f"ratio dashboard/raw  {dash_med / raw_med:6.2f}x")
     print(f"memory (read-only)   voila server {server_mb:.0f} MB RSS, dashboard kernel {kernel_mb:.0f} MB RSS")
-    print(f"memory (live, {args.rate:.0f} ev/s, 20 s, total {live_total}): voila server {live_mem[0]:.0f} MB, "
-          f"kernel {sum(live_mem[1:]):.0f} MB RSS")
+    print(
+        f"memory (live, {args.rate:.0f} ev/s, 20 s, total {live_total}): voila server {live_mem[0]:.0f} MB, "
+        f"kernel {sum(live_mem[1:]):.0f} MB RSS"
+    )
     return 0
 
 

@@ -76,9 +76,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def raw_kafka(
-    settings: Settings, topic: str, keys: list[bytes], values: list[bytes], **overrides: object
-) -> float:
+def raw_kafka(settings: Settings, topic: str, keys: list[bytes], values: list[bytes], **overrides: object) -> float:
     """Raw kafka-python: send pre-serialised bytes with the Producer's settings, flush; returns acked events/s."""
     ensure_topic(settings, topic, settings.kafka_partitions)
     producer = KafkaProducer(**client_config(settings, **{**PRODUCER_CONFIG, **overrides}))

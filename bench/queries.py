@@ -64,15 +64,25 @@ def load(size: int, database: str, seed: int, days: int) -> None:
             m = len(df)
             part = np.arange(offset, offset + m)
             offset += m
-            out = pd.DataFrame({
-                "event_id": df["event_id"].astype(str), "user_id": df["user_id"].astype(str),
-                "session_id": df["session_id"].astype(str), "item_id": df["item_id"].astype(str),
-                "interaction_type": df["interaction_type"].astype(str), "t": df["timestamp_ms"],
-                "page": df["page"].astype(str), "referrer": df["referrer"].astype(str),
-                "device": df["device"].astype(str), "country": df["country"].astype(str), "price": df["price"],
-                "currency": df["currency"].astype(str), "schema_version": df["schema_version"],
-                "kafka_partition": (part % 6).astype("uint32"), "kafka_offset": (part // 6).astype("uint64"),
-            })
+            out = pd.DataFrame(
+                {
+                    "event_id": df["event_id"].astype(str),
+                    "user_id": df["user_id"].astype(str),
+                    "session_id": df["session_id"].astype(str),
+                    "item_id": df["item_id"].astype(str),
+                    "interaction_type": df["interaction_type"].astype(str),
+                    "t": df["timestamp_ms"],
+                    "page": df["page"].astype(str),
+                    "referrer": df["referrer"].astype(str),
+                    "device": df["device"].astype(str),
+                    "country": df["country"].astype(str),
+                    "price": df["price"],
+                    "currency": df["currency"].astype(str),
+                    "schema_version": df["schema_version"],
+                    "kafka_partition": (part % 6).astype("uint32"),
+                    "kafka_offset": (part // 6).astype("uint64"),
+                }
+            )
             out["kt"] = out["t"] + rng.integers(0, 50, m)
             out["it"] = out["kt"] + rng.integers(5, 2_000, m)
             out.to_parquet(path)
@@ -179,15 +189,23 @@ def measure(database: str, repeat: int) -> dict[str, Any]:
             raw_ms, _ = median_ms(lambda w=window: queries.live_panels(store, source="raw", **w), repeat)
             auto_ms, _ = median_ms(lambda w=window: queries.live_panels(store, **w), repeat)
             panels[label] = {"raw_ms": raw_ms, "rollup_ms": auto_ms, "speedup": raw_ms / auto_ms}
-        parts = dict(store.query_rows(
-            "SELECT table, count() FROM system.parts WHERE database = {db:String} AND active GROUP BY table",
-            {"db": database},
-        ))
+        parts = dict(
+            store.query_rows(
+                "SELECT table, count() FROM system.parts WHERE database = {db:String} AND active GROUP BY table",
+                {"db": database},
+            )
+        )
         rollup_rows = {t.name: int(store.scalar(f"SELECT count() FROM {database}.{t.name}")) for t in schema.ROLLUPS}
     store.close()
-    return {"events": count, "queries": rows, "live_panels": panels, "peak_rss_mb": rss.peak / 2**20,
-            "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "parts": parts,
-            "rollup_rows": rollup_rows}
+    return {
+        "events": count,
+        "queries": rows,
+        "live_panels": panels,
+        "peak_rss_mb": rss.peak / 2**20,
+        "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "parts": parts,
+        "rollup_rows": rollup_rows,
+    }
 
 
 def report(results: dict[int, dict[str, Any]]) -> None:
@@ -214,8 +232,10 @@ def report(results: dict[int, dict[str, Any]]) -> None:
             print(line)
         for label in lo["live_panels"]:
             a, b = lo["live_panels"][label], hi["live_panels"][label]
-            print(f"{'live panels ' + label:28} raw {b['raw_ms'] / a['raw_ms']:5.1f}x   "
-                  f"rollup {b['rollup_ms'] / a['rollup_ms']:5.1f}x")
+            print(
+                f"{'live panels ' + label:28} raw {b['raw_ms'] / a['raw_ms']:5.1f}x   "
+                f"rollup {b['rollup_ms'] / a['rollup_ms']:5.1f}x"
+            )
 
 
 def main() -> int:
@@ -241,8 +261,11 @@ def main() -> int:
             db = f"bench_{size}"
             print(f"loading {size:,} events into {db} (child process) ...", file=sys.stderr, flush=True)
             t = time.perf_counter()
-            subprocess.run([sys.executable, __file__, "--load", str(size), db, "--seed", str(args.seed),
-                            "--days", str(args.days)], env=env, check=True)
+            subprocess.run(
+                [sys.executable, __file__, "--load", str(size), db, "--seed", str(args.seed), "--days", str(args.days)],
+                env=env,
+                check=True,
+            )
             print(f"  load took {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
         # Measure each size in its own child, so one size's memory does not count against the next.
         out = Path(data_dir) / "results.json"
@@ -252,8 +275,13 @@ def main() -> int:
         )
         for size in args.sizes:
             print(f"measuring {size:,} ...", file=sys.stderr, flush=True)
-            proc = subprocess.run([sys.executable, "-c", code, str(ROOT), str(args.repeat), f"bench_{size}"],
-                                  env=env, check=True, capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", code, str(ROOT), str(args.repeat), f"bench_{size}"],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             results[size] = json.loads(proc.stdout.strip().splitlines()[-1])
         out.write_text(json.dumps(results, indent=1))
     finally:

@@ -59,8 +59,16 @@ def raw_start(home: Path, port: int, libs: Path) -> float:
     from clickstream_lib.topics import ping
 
     settings = Settings.from_env({}, kafka_broker_url=f"127.0.0.1:{port}", data_dir=home.parent, cache_dir=home)
-    cmd = ["java", "-Xmx512m", "-Xms128m", f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
-           "-cp", f"{libs}/*", "kafka.Kafka", str(home / "server.properties")]
+    cmd = [
+        "java",
+        "-Xmx512m",
+        "-Xms128m",
+        f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
+        "-cp",
+        f"{libs}/*",
+        "kafka.Kafka",
+        str(home / "server.properties"),
+    ]
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -114,8 +114,7 @@ def _add_store(sub: argparse._SubParsersAction) -> None:
             "migrations, and report its location, schema version and row counts."
         ),
         epilog=(
-            "examples:\n  clickstream store status\n"
-            "  CLICKHOUSE_URL=http://u:p@host:8123/db clickstream store migrate"
+            "examples:\n  clickstream store status\n  CLICKHOUSE_URL=http://u:p@host:8123/db clickstream store migrate"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

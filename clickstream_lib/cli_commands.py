@@ -267,10 +267,20 @@ def _add_consume(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--until-idle", type=float, metavar="SECONDS", help="exit once no message arrived for SECONDS")
     p.add_argument("--max-events", type=int, metavar="N", help="exit after N messages are stored and committed")
     p.add_argument("--stats", action="store_true", help="live figures every 2 s on stderr, a JSON summary at exit")
-    p.add_argument("--batch-max-rows", type=int, default=DEFAULT_BATCH_MAX_ROWS, metavar="N",
-                   help=f"rows per partition batch (default {DEFAULT_BATCH_MAX_ROWS})")
-    p.add_argument("--batch-max-wait", type=float, default=DEFAULT_BATCH_MAX_WAIT_S, metavar="SECONDS",
-                   help=f"longest wait before a batch is inserted (default {DEFAULT_BATCH_MAX_WAIT_S})")
+    p.add_argument(
+        "--batch-max-rows",
+        type=int,
+        default=DEFAULT_BATCH_MAX_ROWS,
+        metavar="N",
+        help=f"rows per partition batch (default {DEFAULT_BATCH_MAX_ROWS})",
+    )
+    p.add_argument(
+        "--batch-max-wait",
+        type=float,
+        default=DEFAULT_BATCH_MAX_WAIT_S,
+        metavar="SECONDS",
+        help=f"longest wait before a batch is inserted (default {DEFAULT_BATCH_MAX_WAIT_S})",
+    )
     p.add_argument("--instance-id", help="static group membership id: a restart takes its partitions back at once")
     p.set_defaults(handler=_cmd_consume)
 
@@ -311,8 +321,9 @@ def _cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--until-idle", f"{args.until_idle} must be more than 0 seconds")
     if args.batch_max_rows < 1 or args.batch_max_wait <= 0:
         raise ConfigError("--batch-max-rows/--batch-max-wait", "must be positive")
-    sink = Sink(settings, batch_max_rows=args.batch_max_rows, batch_max_wait_s=args.batch_max_wait,
-                instance_id=args.instance_id)
+    sink = Sink(
+        settings, batch_max_rows=args.batch_max_rows, batch_max_wait_s=args.batch_max_wait, instance_id=args.instance_id
+    )
     interrupted = {"n": 0}
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -328,6 +339,7 @@ def _cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     done = threading.Event()
     if args.stats:
+
         def report() -> None:
             while not done.wait(2.0):
                 if sink.running:
@@ -364,16 +376,26 @@ def _add_query(sub: argparse._SubParsersAction) -> None:
             "examples:\n  clickstream query --list\n  clickstream query kpis\n"
             "  clickstream query top_items --param limit=5 --param device=mobile --param start=2026-11-29T00:00Z\n"
             "  clickstream query funnel --param window_s=900 --format json\n"
-            "  clickstream query --sql \"SELECT count() FROM clickstream.events\" --format csv\n"
+            '  clickstream query --sql "SELECT count() FROM clickstream.events" --format csv\n'
             "  clickstream query --ddl cluster --cluster prod"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", nargs="?", help="the query name (see --list)")
-    p.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
-                   help="start, end, a filter or a query option (repeatable)")
-    p.add_argument("--source", choices=["auto", "raw", "rollup"], default="auto",
-                   help="read rollups when exact (auto, default), always raw events, or insist on rollups")
+    p.add_argument(
+        "--param",
+        "-p",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="start, end, a filter or a query option (repeatable)",
+    )
+    p.add_argument(
+        "--source",
+        choices=["auto", "raw", "rollup"],
+        default="auto",
+        help="read rollups when exact (auto, default), always raw events, or insist on rollups",
+    )
     p.add_argument("--sql", help="run this SQL read-only instead of a named query")
     p.add_argument("--format", "-f", choices=["table", "csv", "json"], default="table", help="output format")
     p.add_argument("--list", action="store_true", help="list the named queries and their options")
@@ -392,8 +414,11 @@ def _cmd_query(args: argparse.Namespace, settings: Settings) -> int:
             out(nq.describe())
         return 0
     if args.ddl:
-        stmts = (schema.cluster_ddl(settings.database, args.cluster) if args.ddl == "cluster"
-                 else schema.local_ddl(settings.database))
+        stmts = (
+            schema.cluster_ddl(settings.database, args.cluster)
+            if args.ddl == "cluster"
+            else schema.local_ddl(settings.database)
+        )
         for stmt in stmts:
             out(stmt + ";\n")
         return 0
@@ -447,8 +472,14 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         "--out reports/nov",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
-                   help="a report parameter (repeatable); values are typed like papermill's -p")
+    p.add_argument(
+        "--param",
+        "-p",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a report parameter (repeatable); values are typed like papermill's -p",
+    )
     p.add_argument("--out", default="reports", help="output directory (default: reports)")
     p.add_argument("--notebook", default="report", help="notebook name or .ipynb path (default: report)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per cell (default 600)")
@@ -531,8 +562,14 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         out(f"dashboard: {url}")
         err("open it in a browser; Ctrl-C stops the dashboard, the pipeline and the broker")
 
-    run_demo(settings, port=args.port, rate=args.rate, refresh_s=args.refresh, on_ready=ready,
-             stop_broker=not args.keep_broker)
+    run_demo(
+        settings,
+        port=args.port,
+        rate=args.rate,
+        refresh_s=args.refresh,
+        on_ready=ready,
+        stop_broker=not args.keep_broker,
+    )
     return 0
 
 

@@ -297,8 +297,10 @@ class _Batch:
         self.last = offset
         reference = timestamp_ms if timestamp_ms >= 0 else _NO_TIMESTAMP_REFERENCE_MS
         kafka_ms = max(timestamp_ms, 0)
-        result = events.parse(value, reference) if value is not None else events.Rejection(
-            events.NOT_JSON, "empty message (null value)"
+        result = (
+            events.parse(value, reference)
+            if value is not None
+            else events.Rejection(events.NOT_JSON, "empty message (null value)")
         )
         if isinstance(result, events.Rejection):
             self.dead.append((bytes(value or b""), result.reason, result.detail, offset, kafka_ms, key))
@@ -605,8 +607,12 @@ class Sink:
         self._consumer.subscribe([self.topic], listener=_Listener(self))
         logger.info(
             "sink %s -> %s.events: group %s, epoch %s, batches of <= %d rows / %.2f s",
-            self.topic, self._store.database, self.settings.kafka_group_id, self.epoch,
-            self.batch_max_rows, self.batch_max_wait_s,
+            self.topic,
+            self._store.database,
+            self.settings.kafka_group_id,
+            self.epoch,
+            self.batch_max_rows,
+            self.batch_max_wait_s,
         )
 
     def _check_dedup(self, store: Store) -> None:
@@ -655,7 +661,8 @@ class Sink:
             logger.warning(
                 "%s have non_replicated_deduplication_window = 0: a batch replayed after a crash is dropped from "
                 "events but counted again in these rollups — run ALTER TABLE <table> MODIFY SETTING "
-                "non_replicated_deduplication_window = 100000 on each", ", ".join(sorted(set(unsafe))),
+                "non_replicated_deduplication_window = 100000 on each",
+                ", ".join(sorted(set(unsafe))),
             )
         return sorted(set(unsafe))
 
@@ -669,8 +676,9 @@ class Sink:
             except KafkaError as exc:
                 logger.debug("metadata for %s not available yet: %s", self.topic, exc)
             if time.monotonic() > deadline:
-                logger.warning("no partition metadata for %s after %.0f s; joining the group anyway", self.topic,
-                               timeout_s)
+                logger.warning(
+                    "no partition metadata for %s after %.0f s; joining the group anyway", self.topic, timeout_s
+                )
                 return
             time.sleep(0.2)
 

@@ -97,7 +97,7 @@ _HOUR_MS = 3_600_000
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 # byte value -> its two hex digits as one uint16 in memory order, so a (n, k) byte array becomes (n, 2k) digits
 # with one table lookup and a view.
-_HEX2 = (np.stack([_HEX[np.arange(256) >> 4], _HEX[np.arange(256) & 0x0F]], axis=1).copy().view(np.uint16).ravel())
+_HEX2 = np.stack([_HEX[np.arange(256) >> 4], _HEX[np.arange(256) & 0x0F]], axis=1).copy().view(np.uint16).ravel()
 # Byte positions of the 32 hex digits inside a 36-character UUID string (the other 4 are dashes).
 _MS_SUFFIX = np.array([f".{i:03d}Z" for i in range(1000)], dtype=object)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

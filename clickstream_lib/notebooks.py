@@ -307,8 +307,14 @@ def run_report(
     with _environ(settings_env(settings)):
         try:
             papermill.execute_notebook(
-                str(src), str(executed_path), parameters=params, kernel_name="python3", progress_bar=False,
-                request_save_on_cell_execute=False, cwd=str(src.parent), execution_timeout=int(timeout_s),
+                str(src),
+                str(executed_path),
+                parameters=params,
+                kernel_name="python3",
+                progress_bar=False,
+                request_save_on_cell_execute=False,
+                cwd=str(src.parent),
+                execution_timeout=int(timeout_s),
             )
         except PapermillExecutionError as exc:
             failure = exc
@@ -388,7 +394,10 @@ class VoilaServer:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "voila", str(self.notebook),
+            sys.executable,
+            "-m",
+            "voila",
+            str(self.notebook),
             "--no-browser",
             f"--port={self.port}",
             "--Voila.ip=127.0.0.1",
@@ -421,11 +430,17 @@ class VoilaServer:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
-                self.command(), env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, cwd=str(self.notebook.parent), start_new_session=True,
+                self.command(),
+                env=self.environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=str(self.notebook.parent),
+                start_new_session=True,
             )
-        logger.info("voila (pid %d) serving %s at %s; log %s", self.proc.pid, self.notebook.name, self.url,
-                    self.log_file)
+        logger.info(
+            "voila (pid %d) serving %s at %s; log %s", self.proc.pid, self.notebook.name, self.url, self.log_file
+        )
         deadline = time.monotonic() + timeout_s
         while not _port_open(self.port):
             if self.proc.poll() is not None:
@@ -515,8 +530,12 @@ def run_demo(
     stack = KafkaStack(settings)
     started_broker = not stack.status().running
     stack.up()
-    server = VoilaServer(settings, "dashboard", port=port,
-                         params={"live_pipeline": True, "rate": float(rate), "refresh_s": float(refresh_s)})
+    server = VoilaServer(
+        settings,
+        "dashboard",
+        port=port,
+        params={"live_pipeline": True, "rate": float(rate), "refresh_s": float(refresh_s)},
+    )
     try:
         url = server.start()
         if on_ready:

@@ -205,9 +205,7 @@ def send_raw(
     topic = topic or settings.kafka_topic
     producer = connect(settings, topic)
     try:
-        futures = [
-            producer.send(topic, value, key=None if keys is None else keys[i]) for i, value in enumerate(values)
-        ]
+        futures = [producer.send(topic, value, key=None if keys is None else keys[i]) for i, value in enumerate(values)]
         producer.flush(timeout=timeout_s)
         for fut in futures:
             fut.get(timeout=0)

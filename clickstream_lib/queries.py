@@ -49,7 +49,13 @@ BUCKETS: dict[str, str] = {
 }
 BUCKET_SECONDS: dict[str, int] = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 SESSION_BUCKETS: tuple[str, ...] = (
-    "1 event (bounce)", "< 1 min", "1-5 min", "5-15 min", "15-30 min", "30-60 min", ">= 60 min",
+    "1 event (bounce)",
+    "< 1 min",
+    "1-5 min",
+    "5-15 min",
+    "15-30 min",
+    "30-60 min",
+    ">= 60 min",
 )
 _MAX_VALUE_LEN = 256
 _MAX_VALUES = 1000
@@ -613,8 +619,14 @@ def _ingestion_latency_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
     for label, qcol, mcol in (("event_to_ingest", "ev_q", "ev_max"), ("kafka_to_ingest", "kf_q", "kf_max")):
         qs = list(df[qcol].iloc[0]) if n else [np.nan] * 3
         rows.append(
-            {"latency": label, "events": n, "p50_ms": qs[0], "p90_ms": qs[1], "p99_ms": qs[2],
-             "max_ms": df[mcol].iloc[0] if n else np.nan}
+            {
+                "latency": label,
+                "events": n,
+                "p50_ms": qs[0],
+                "p90_ms": qs[1],
+                "p99_ms": qs[2],
+                "max_ms": df[mcol].iloc[0] if n else np.nan,
+            }
         )
     return pd.DataFrame(rows)
 
@@ -653,51 +665,80 @@ QUERIES: dict[str, NamedQuery] = {
     for q in (
         NamedQuery("kpis", "total interactions, unique users, unique items, revenue (one row)", _kpis),
         NamedQuery(
-            "breakdown", "events and share per value of one column", _breakdown,
+            "breakdown",
+            "events and share per value of one column",
+            _breakdown,
             (Param("by", str, "interaction_type", choices=FILTERS),),
         ),
         NamedQuery(
-            "timeseries", "events per time bucket and interaction type", _timeseries,
+            "timeseries",
+            "events per time bucket and interaction type",
+            _timeseries,
             (Param("bucket", str, "minute", choices=tuple(BUCKETS)),),
         ),
         NamedQuery("top_users", "most active users", _top("user_id", USER_ROLLUP), (_LIMIT,)),
         NamedQuery("top_items", "most interacted-with items", _top("item_id", ITEM_ROLLUP), (_LIMIT,)),
         NamedQuery(
-            "active_users", "distinct users active in the last N minutes (live)", _active_users,
-            (Param("minutes", int, 5, minimum=1, maximum=10_080), _NOW), windowed=False,
+            "active_users",
+            "distinct users active in the last N minutes (live)",
+            _active_users,
+            (Param("minutes", int, 5, minimum=1, maximum=10_080), _NOW),
+            windowed=False,
         ),
         NamedQuery(
-            "events_per_second", "events per second over the last N seconds (live)", _events_per_second,
-            (Param("seconds", int, 10, minimum=1, maximum=86_400), _NOW), windowed=False,
+            "events_per_second",
+            "events per second over the last N seconds (live)",
+            _events_per_second,
+            (Param("seconds", int, 10, minimum=1, maximum=86_400), _NOW),
+            windowed=False,
         ),
         NamedQuery(
-            "funnel", "ordered funnel view -> click -> add_to_cart -> purchase per user (windowFunnel)", _funnel,
+            "funnel",
+            "ordered funnel view -> click -> add_to_cart -> purchase per user (windowFunnel)",
+            _funnel,
             (Param("window_s", int, 1800, minimum=1, maximum=90 * 86_400),),
-            filters=tuple(f for f in FILTERS if f != "interaction_type"), post=_funnel_post,
+            filters=tuple(f for f in FILTERS if f != "interaction_type"),
+            post=_funnel_post,
         ),
         NamedQuery(
-            "sessions", "sessions (gap_s inactivity): count, bounce rate, events per session, durations", _sessions,
+            "sessions",
+            "sessions (gap_s inactivity): count, bounce rate, events per session, durations",
+            _sessions,
             (Param("gap_s", int, 1800, minimum=1, maximum=86_400),),
         ),
         NamedQuery(
-            "session_durations", "sessions per duration bucket", _session_durations,
-            (Param("gap_s", int, 1800, minimum=1, maximum=86_400),), post=_session_durations_post,
+            "session_durations",
+            "sessions per duration bucket",
+            _session_durations,
+            (Param("gap_s", int, 1800, minimum=1, maximum=86_400),),
+            post=_session_durations_post,
         ),
         NamedQuery(
-            "retention", "users of each first-day cohort active again on day N", _retention,
-            (Param("days", int, 7, minimum=0, maximum=366),), post=_retention_post,
+            "retention",
+            "users of each first-day cohort active again on day N",
+            _retention,
+            (Param("days", int, 7, minimum=0, maximum=366),),
+            post=_retention_post,
         ),
         NamedQuery(
-            "item_performance", "per item: views, clicks, add to carts, purchases, CTR, conversion, revenue",
-            _item_performance, (Param("limit", int, 20, minimum=1, maximum=100_000),), post=_item_performance_post,
+            "item_performance",
+            "per item: views, clicks, add to carts, purchases, CTR, conversion, revenue",
+            _item_performance,
+            (Param("limit", int, 20, minimum=1, maximum=100_000),),
+            post=_item_performance_post,
         ),
         NamedQuery(
-            "ingestion_partitions", "per Kafka partition: events, offset range, duplicates, last ingest",
-            _ingestion_partitions, filters=(),
+            "ingestion_partitions",
+            "per Kafka partition: events, offset range, duplicates, last ingest",
+            _ingestion_partitions,
+            filters=(),
         ),
         NamedQuery(
-            "ingestion_latency", "latency percentiles: event time -> ingest, Kafka timestamp -> ingest (ms)",
-            _ingestion_latency, filters=(), post=_ingestion_latency_post,
+            "ingestion_latency",
+            "latency percentiles: event time -> ingest, Kafka timestamp -> ingest (ms)",
+            _ingestion_latency,
+            filters=(),
+            post=_ingestion_latency_post,
         ),
         NamedQuery("dead_letters", "dead-lettered messages by reason", _dead_letters, filters=()),
         NamedQuery(
@@ -800,12 +841,19 @@ def freshness(store: Store) -> pd.DataFrame:
 
 
 LIVE_PANELS: tuple[str, ...] = (
-    "kpis", "breakdown", "timeseries", "top_users", "top_items", "active_users", "events_per_second",
+    "kpis",
+    "breakdown",
+    "timeseries",
+    "top_users",
+    "top_items",
+    "active_users",
+    "events_per_second",
 )
 
 
-def live_panels(store: Store, *, start: Any = None, end: Any = None, source: str = "auto",
-                **filters: Any) -> dict[str, pd.DataFrame]:
+def live_panels(
+    store: Store, *, start: Any = None, end: Any = None, source: str = "auto", **filters: Any
+) -> dict[str, pd.DataFrame]:
     """The dashboard's refresh set (:data:`LIVE_PANELS`) for one window and filter choice, keyed by query name.
 
     The live queries (active users, events per second) take the filters but not the window: theirs is "now".

@@ -174,7 +174,10 @@ SEGMENTS_BY_DAY, _SEG_DAY_MV = _event_rollup(
 # Wide rollups for the high-cardinality keys: one row per bucket x item (or user) with a count column per interaction
 # type, so an interaction_type filter picks columns instead of multiplying rows by four.
 TYPE_COLUMNS: dict[str, str] = {
-    "view": "views", "click": "clicks", "add_to_cart": "add_to_carts", "purchase": "purchases",
+    "view": "views",
+    "click": "clicks",
+    "add_to_cart": "add_to_carts",
+    "purchase": "purchases",
 }
 _TYPE_COUNTS = tuple((col, _COUNT) for col in TYPE_COLUMNS.values())
 _TYPE_COUNT_SQL = ", ".join(f"countIf(interaction_type = '{t}') AS {c}" for t, c in TYPE_COLUMNS.items())
@@ -218,7 +221,12 @@ VIEWS: tuple[View, ...] = (
 )
 
 ROLLUPS: tuple[Table, ...] = (
-    EVENTS_BY_MINUTE, EVENTS_BY_DAY, SEGMENTS_BY_HOUR, SEGMENTS_BY_DAY, ITEMS_BY_HOUR, USERS_BY_DAY,
+    EVENTS_BY_MINUTE,
+    EVENTS_BY_DAY,
+    SEGMENTS_BY_HOUR,
+    SEGMENTS_BY_DAY,
+    ITEMS_BY_HOUR,
+    USERS_BY_DAY,
 )
 TABLES: dict[str, Table] = {t.name: t for t in (EVENTS, DEAD_LETTERS, *ROLLUPS)}
 
@@ -253,8 +261,7 @@ def view_ddl(view: View, db: str = "{db}", suffix: str = "", on_cluster: str = "
     """``CREATE MATERIALIZED VIEW IF NOT EXISTS ... TO ...``; ``suffix`` addresses the ``_local`` tables."""
     select = view.select.replace("{src}", f"{db}.{view.source}{suffix}")
     return (
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{view.name}{on_cluster} "
-        f"TO {db}.{view.target}{suffix} AS {select}"
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{view.name}{on_cluster} TO {db}.{view.target}{suffix} AS {select}"
     )
 
 
@@ -265,10 +272,7 @@ def backfill_sql(view: View, db: str = "{db}") -> str:
     """
     select = view.select.replace("{src}", f"{db}.{view.source}")
     target = f"{db}.{view.target}"
-    return (
-        f"INSERT INTO {target} SELECT * FROM ({select}) "
-        f"WHERE (SELECT count() FROM {target}) = 0"
-    )
+    return f"INSERT INTO {target} SELECT * FROM ({select}) WHERE (SELECT count() FROM {target}) = 0"
 
 
 def rollup_statements(db: str = "{db}") -> tuple[str, ...]:
@@ -308,9 +312,7 @@ def cluster_ddl(database: str, cluster: str = "clickstream", dedup_window: int =
     for t in (EVENTS, DEAD_LETTERS, *ROLLUPS):
         engine = f"Replicated{t.engine}('/clickhouse/tables/{{shard}}/{db}/{t.name}', '{{replica}}')"
         body = _body(t, engine, "replicated_deduplication_window", dedup_window)
-        stmts.append(
-            f"CREATE TABLE IF NOT EXISTS {db}.{t.name}_local{on}\n(\n    {_columns_sql(t)}\n)\n{body}"
-        )
+        stmts.append(f"CREATE TABLE IF NOT EXISTS {db}.{t.name}_local{on}\n(\n    {_columns_sql(t)}\n)\n{body}")
         stmts.append(
             f"CREATE TABLE IF NOT EXISTS {db}.{t.name}{on} AS {db}.{t.name}_local\n"
             f"ENGINE = Distributed('{cl}', '{db}', '{t.name}_local', {t.shard_key})"

@@ -219,8 +219,9 @@ class Settings:
                 raise ConfigError(var, f"{value!r} is not a readable file; expected a PEM file")
         if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
             missing = "KAFKA_SSL_KEYFILE" if self.kafka_ssl_certfile else "KAFKA_SSL_CERTFILE"
-            raise ConfigError(missing, "is required too: a client certificate needs both KAFKA_SSL_CERTFILE and "
-                              "KAFKA_SSL_KEYFILE")
+            raise ConfigError(
+                missing, "is required too: a client certificate needs both KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE"
+            )
         if self.clickhouse_port and not 0 < self.clickhouse_port < 65536:
             raise ConfigError("CLICKHOUSE_PORT", f"{self.clickhouse_port} is out of range; expected 1..65535")
         if not _IDENT_RE.match(self.clickhouse_database):

@@ -48,8 +48,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "events and dead letters",
-        (schema.table_ddl(schema.EVENTS, dedup_window=DEDUP_WINDOW),
-         schema.table_ddl(schema.DEAD_LETTERS, dedup_window=DEDUP_WINDOW)),
+        (
+            schema.table_ddl(schema.EVENTS, dedup_window=DEDUP_WINDOW),
+            schema.table_ddl(schema.DEAD_LETTERS, dedup_window=DEDUP_WINDOW),
+        ),
     ),
     Migration(2, "rollups (schema.ROLLUPS) and the views that keep them", schema.rollup_statements()),
 )
@@ -160,7 +162,8 @@ def server_client_args(
         if not url.verify:
             logger.warning(
                 "TLS certificate verification is OFF for %s (CLICKHOUSE_VERIFY=false): anyone on the path can read "
-                "and change the traffic; use CLICKHOUSE_CA_FILE instead outside tests", url.redacted()
+                "and change the traffic; use CLICKHOUSE_CA_FILE instead outside tests",
+                url.redacted(),
             )
     return args
 
@@ -269,8 +272,11 @@ class Store:
         try:
             with self._lock:
                 summary = self.client.insert(
-                    self.table(table), list(columns), column_names=list(column_names),
-                    column_oriented=True, settings=settings,
+                    self.table(table),
+                    list(columns),
+                    column_names=list(column_names),
+                    column_oriented=True,
+                    settings=settings,
                 )
         except ClickHouseError as exc:
             raise StoreError(f"insert into {self.table(table)} failed: {exc}") from exc

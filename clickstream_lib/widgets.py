@@ -189,7 +189,8 @@ def run_query(store: Store, name: str, **kwargs: Any) -> pd.DataFrame:
 
     nq = queries.QUERIES[name]
     kept = {
-        k: v for k, v in kwargs.items()
+        k: v
+        for k, v in kwargs.items()
         if not (k in queries.FILTERS and k not in nq.filters) and not (k in ("start", "end") and not nq.windowed)
     }
     return queries.run(store, name, **kept)
@@ -200,8 +201,11 @@ def run_query(store: Store, name: str, **kwargs: Any) -> pd.DataFrame:
 
 def _layout(title: str, height: int = 300, **layout: Any) -> dict[str, Any]:
     return {
-        "title": {"text": title, "font": {"size": 14}}, "height": height,
-        "margin": {"l": 40, "r": 10, "t": 40, "b": 30}, "template": "plotly_white", **layout,
+        "title": {"text": title, "font": {"size": 14}},
+        "height": height,
+        "margin": {"l": 40, "r": 10, "t": 40, "b": 30},
+        "template": "plotly_white",
+        **layout,
     }
 
 
@@ -246,8 +250,9 @@ def _sized(widget: w.Output, name: str) -> w.Output:
     return widget
 
 
-def _set_bar(fig: go.Figure, df: pd.DataFrame, horizontal: bool = False, label: str | None = None,
-             value: str | None = None) -> None:
+def _set_bar(
+    fig: go.Figure, df: pd.DataFrame, horizontal: bool = False, label: str | None = None, value: str | None = None
+) -> None:
     labels, values = _label_value(df, label, value)
     if horizontal:
         labels, values = labels[::-1], values[::-1]
@@ -290,8 +295,14 @@ def _set_funnel(fig: go.Figure, df: pd.DataFrame) -> None:
     fig.data[0].update(x=values, y=labels)
 
 
-def bar_figure(df: pd.DataFrame, title: str, horizontal: bool = False, height: int = 320, label: str | None = None,
-               value: str | None = None) -> go.Figure:
+def bar_figure(
+    df: pd.DataFrame,
+    title: str,
+    horizontal: bool = False,
+    height: int = 320,
+    label: str | None = None,
+    value: str | None = None,
+) -> go.Figure:
     """A static bar chart of ``df`` (``label``/``value`` columns, default the first text and numeric ones)."""
     fig = go.Figure(layout=_layout(title, height))
     _set_bar(fig, df, horizontal=horizontal, label=label, value=value)
@@ -452,10 +463,12 @@ class Filters:
     def __init__(self, window_s: int = 0, interaction_types: Sequence[str] = ()) -> None:
         layout = w.Layout(width="200px")
         style = {"description_width": "80px"}
-        self.window = w.Dropdown(options=list(TIME_WINDOWS), value=window_s, description="Window", layout=layout,
-                                 style=style)
-        self.interaction_type = w.Dropdown(options=[ALL, *interaction_types], value=ALL, description="Interaction",
-                                           layout=layout, style=style)
+        self.window = w.Dropdown(
+            options=list(TIME_WINDOWS), value=window_s, description="Window", layout=layout, style=style
+        )
+        self.interaction_type = w.Dropdown(
+            options=[ALL, *interaction_types], value=ALL, description="Interaction", layout=layout, style=style
+        )
         self.device = w.Dropdown(options=[ALL], value=ALL, description="Device", layout=layout, style=style)
         self.country = w.Dropdown(options=[ALL], value=ALL, description="Country", layout=layout, style=style)
         for name, dd in self.dropdowns().items():
@@ -463,8 +476,12 @@ class Filters:
         self.box = w.HBox(list(self.dropdowns().values()))
 
     def dropdowns(self) -> dict[str, w.Dropdown]:
-        return {"window": self.window, "interaction_type": self.interaction_type, "device": self.device,
-                "country": self.country}
+        return {
+            "window": self.window,
+            "interaction_type": self.interaction_type,
+            "device": self.device,
+            "country": self.country,
+        }
 
     def on_change(self, callback: Callable[[], None]) -> None:
         for dd in self.dropdowns().values():
@@ -573,8 +590,9 @@ class Dashboard(_AutoRefresh):
             "timeseries": _figure("Events over time", traces=lines, yaxis_title="events"),
             "top_users": _bar_figure("Top users", height=340, horizontal=True),
             "top_items": _bar_figure("Top items", height=340, horizontal=True),
-            "funnel": _figure("Funnel (ordered within sessions)",
-                              traces=[go.Funnel(x=[], y=[], textinfo="value+percent initial")]),
+            "funnel": _figure(
+                "Funnel (ordered within sessions)", traces=[go.Funnel(x=[], y=[], textinfo="value+percent initial")]
+            ),
             "device": _bar_figure("By device", height=260),
             "country": _bar_figure("By country", height=260),
             "referrer": _bar_figure("By referrer", height=260),
@@ -598,8 +616,9 @@ class Dashboard(_AutoRefresh):
         if live_pipeline:
             self.pipeline = Pipeline(settings, self.store, rate=rate)
             self.pipeline.start()
-            self.pause = w.ToggleButton(value=False, description="Pause pipeline", icon="pause",
-                                        layout=w.Layout(width="160px"))
+            self.pause = w.ToggleButton(
+                value=False, description="Pause pipeline", icon="pause", layout=w.Layout(width="160px")
+            )
             self.pause.add_class("cs-btn-pause")
             self.pause.observe(self._on_pause, names="value")
             controls.append(self.pause)
@@ -656,8 +675,11 @@ class Dashboard(_AutoRefresh):
         self._update_status()
         if self.pipeline:
             self.pipeline_status.value = stats_html(
-                {key: v for key, v in self.pipeline.stats().items() if key in
-                 ("producer", "produced_per_s", "sink", "rows_inserted", "ingested_per_s", "dead_letters")},
+                {
+                    key: v
+                    for key, v in self.pipeline.stats().items()
+                    if key in ("producer", "produced_per_s", "sink", "rows_inserted", "ingested_per_s", "dead_letters")
+                },
                 "Live pipeline",
             )
         self.header.value = EMPTY_HTML if total == 0 else ""
@@ -741,8 +763,15 @@ class Dashboard(_AutoRefresh):
 class Workbench(_AutoRefresh):
     """Widgets that drive the pipeline in this kernel: producer, rate, scenarios, sink; live health and charts."""
 
-    def __init__(self, settings: Settings, rate: float = 500.0, refresh_s: float = 2.0, preview_rows: int = 10,
-                 store: Store | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        rate: float = 500.0,
+        refresh_s: float = 2.0,
+        preview_rows: int = 10,
+        store: Store | None = None,
+        seed: int | None = None,
+    ) -> None:
         from . import events, generator
 
         self.settings = settings
@@ -765,16 +794,25 @@ class Workbench(_AutoRefresh):
             "start-sink": button("Start consumer", "start-sink", "success", self.pipeline.start_sink),
             "stop-sink": button("Stop consumer", "stop-sink", "warning", self.pipeline.stop_sink),
         }
-        self.rate = w.FloatLogSlider(value=rate, base=10, min=0, max=5, step=0.05, description="events/s",
-                                     continuous_update=False, layout=w.Layout(width="420px"))
+        self.rate = w.FloatLogSlider(
+            value=rate,
+            base=10,
+            min=0,
+            max=5,
+            step=0.05,
+            description="events/s",
+            continuous_update=False,
+            layout=w.Layout(width="420px"),
+        )
         self.rate.add_class("cs-rate")
         self.rate.observe(lambda ch: self._act(lambda: self.pipeline.set_rate(float(ch["new"]))), names="value")
         self.scenarios: dict[str, w.ToggleButton] = {}
         for name in generator.SCENARIOS:
             t = w.ToggleButton(value=False, description=name.replace("_", " "), layout=w.Layout(width="120px"))
             t.add_class(f"cs-scenario-{name}")
-            t.observe(lambda ch, n=name: self._act(lambda: self.pipeline.set_scenario(n, bool(ch["new"]))),
-                      names="value")
+            t.observe(
+                lambda ch, n=name: self._act(lambda: self.pipeline.set_scenario(n, bool(ch["new"]))), names="value"
+            )
             self.scenarios[name] = t
         self.health = w.HTML(stats_html(self.pipeline.stats(), "Pipeline"))
         self.message = w.HTML("")
@@ -828,11 +866,13 @@ class Workbench(_AutoRefresh):
             stats = self.pipeline.stats()
             self.health.value = stats_html(stats, "Pipeline")
             start = datetime.now(UTC) - timedelta(minutes=5)
-            _set_timeseries(self.figures["events_per_second"],
-                            queries.run(self.store, "timeseries", bucket="second", start=start))
+            _set_timeseries(
+                self.figures["events_per_second"], queries.run(self.store, "timeseries", bucket="second", start=start)
+            )
             _set_bar(self.figures["breakdown"], queries.run(self.store, "breakdown", by="interaction_type"))
-            _set_bar(self.figures["dead_letters"], queries.run(self.store, "dead_letters"), label="reason",
-                     value="messages")
+            _set_bar(
+                self.figures["dead_letters"], queries.run(self.store, "dead_letters"), label="reason", value="messages"
+            )
             for chart in self.charts.values():
                 chart.render()
             self.preview.value = table_html(self.newest_events(), "preview")

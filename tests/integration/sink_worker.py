@@ -45,16 +45,25 @@ def make_values(n: int, seed: int = 0, now_ms: int | None = None) -> list[bytes]
     now_ms = now_ms or int(time.time() * 1000)
     out = []
     for _ in range(n):
-        out.append(events.encode({
-            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-            "user_id": f"user_{rng.randrange(9999):04d}",
-            "session_id": f"s_{rng.randrange(100_000)}",
-            "item_id": f"item_{rng.randrange(50):04d}",
-            "interaction_type": rng.choice(events.INTERACTION_TYPES),
-            "timestamp_ms": now_ms - rng.randrange(60_000),
-            "page": "/", "referrer": "search", "device": "mobile", "country": "DE",
-            "price": None, "currency": None, "schema_version": 1,
-        }))
+        out.append(
+            events.encode(
+                {
+                    "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    "user_id": f"user_{rng.randrange(9999):04d}",
+                    "session_id": f"s_{rng.randrange(100_000)}",
+                    "item_id": f"item_{rng.randrange(50):04d}",
+                    "interaction_type": rng.choice(events.INTERACTION_TYPES),
+                    "timestamp_ms": now_ms - rng.randrange(60_000),
+                    "page": "/",
+                    "referrer": "search",
+                    "device": "mobile",
+                    "country": "DE",
+                    "price": None,
+                    "currency": None,
+                    "schema_version": 1,
+                }
+            )
+        )
     return out
 
 
@@ -105,7 +114,10 @@ def spawn(env: dict[str, str], *args: str, log: Path | None = None) -> subproces
     try:
         return subprocess.Popen(
             [PYTHON, "-m", "tests.integration.sink_worker", "run", *args],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
         )
     finally:
         if log:
@@ -116,7 +128,11 @@ def count(env: dict[str, str]) -> dict[str, Any]:
     """Rows, distinct event ids and dead letters in the worker's store, read by a separate process."""
     out = subprocess.run(
         [PYTHON, "-m", "tests.integration.sink_worker", "count"],
-        cwd=ROOT, env=env, capture_output=True, timeout=120, check=True,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=True,
     )
     return dict(json.loads(out.stdout.decode().strip().splitlines()[-1]))
 

@@ -24,9 +24,24 @@ from clickstream_lib.store import Store
 BASE = datetime(2026, 11, 26, tzinfo=UTC)
 NOW = BASE + timedelta(days=3)
 EVENT_COLUMNS = (
-    "event_id", "user_id", "session_id", "item_id", "interaction_type", "event_time", "page", "referrer", "device",
-    "country", "price", "currency", "schema_version", "kafka_topic", "kafka_partition", "kafka_offset",
-    "kafka_timestamp", "ingest_time",
+    "event_id",
+    "user_id",
+    "session_id",
+    "item_id",
+    "interaction_type",
+    "event_time",
+    "page",
+    "referrer",
+    "device",
+    "country",
+    "price",
+    "currency",
+    "schema_version",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+    "kafka_timestamp",
+    "ingest_time",
 )
 DEVICES = ("desktop", "mobile", "tablet")
 COUNTRIES = ("DE", "US", "FR", "IN", "BR", "GB")
@@ -54,13 +69,21 @@ def make_events(n_sessions: int = 700, seed: int = 7, n_users: int = 250, n_item
             t += int(rng.exponential(70_000)) if rng.random() > 0.05 else int(rng.integers(1_800_001, 4_000_000))
             if t >= span_ms:
                 break
-            rows.append({
-                "user_id": f"user_{user:04d}", "session_id": f"s_{s}", "item_id": f"item_{item:03d}",
-                "interaction_type": itype, "t": t, "page": f"/item/item_{item:03d}", "referrer": str(referrer),
-                "device": str(device), "country": str(country),
-                "price": float(item_price[item]) if itype in ("add_to_cart", "purchase") else 0.0,
-                "currency": "EUR" if itype in ("add_to_cart", "purchase") else "",
-            })
+            rows.append(
+                {
+                    "user_id": f"user_{user:04d}",
+                    "session_id": f"s_{s}",
+                    "item_id": f"item_{item:03d}",
+                    "interaction_type": itype,
+                    "t": t,
+                    "page": f"/item/item_{item:03d}",
+                    "referrer": str(referrer),
+                    "device": str(device),
+                    "country": str(country),
+                    "price": float(item_price[item]) if itype in ("add_to_cart", "purchase") else 0.0,
+                    "currency": "EUR" if itype in ("add_to_cart", "purchase") else "",
+                }
+            )
     df = pd.DataFrame(rows)
     n = len(df)
     df["event_id"] = [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in range(n)]
@@ -81,8 +104,21 @@ def from_generator(n: int = 4000, seed: int = 21) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     m = len(g)
     df = g.drop(columns=["timestamp_ms", "scenario"]).astype(
-        {c: object for c in ("event_id", "user_id", "session_id", "item_id", "interaction_type", "page", "referrer",
-                             "device", "country", "currency")}
+        {
+            c: object
+            for c in (
+                "event_id",
+                "user_id",
+                "session_id",
+                "item_id",
+                "interaction_type",
+                "page",
+                "referrer",
+                "device",
+                "country",
+                "currency",
+            )
+        }
     )
     df["price"] = df["price"].round(2)
     df["event_time"] = pd.to_datetime(g["timestamp_ms"], unit="ms", utc=True)
@@ -340,23 +376,30 @@ def test_retention_equals_pandas(loaded: Store, events: pd.DataFrame) -> None:
     assert (r.loc[r["day_n"] == 0, "retention"] == 1).all()
     sizes = active[active["day_n"] == 0].groupby("cohort").size()
     day1 = r[r["day_n"] == 1]
-    for cohort, users, ret in zip(pd.to_datetime(day1["cohort"]).dt.tz_localize("UTC"), day1["users"],
-                                  day1["retention"], strict=True):
+    for cohort, users, ret in zip(
+        pd.to_datetime(day1["cohort"]).dt.tz_localize("UTC"), day1["users"], day1["retention"], strict=True
+    ):
         assert ret == pytest.approx(users / sizes[cohort])
 
 
 def test_item_performance_equals_pandas(loaded: Store, events: pd.DataFrame) -> None:
-    for source, filters in (("raw", {"device": "tablet"}), ("auto", {}), ("auto", {"interaction_type": "click"}),
-                            ("auto", {"interaction_type": ["view", "purchase"]})):
+    for source, filters in (
+        ("raw", {"device": "tablet"}),
+        ("auto", {}),
+        ("auto", {"interaction_type": "click"}),
+        ("auto", {"interaction_type": ["view", "purchase"]}),
+    ):
         got = queries.item_performance(loaded, limit=15, source=source, **filters)
         sel = select(events, **filters)
         g = sel.groupby("item_id")
-        want = pd.DataFrame({
-            "views": g["interaction_type"].apply(lambda s: int((s == "view").sum())),
-            "clicks": g["interaction_type"].apply(lambda s: int((s == "click").sum())),
-            "purchases": g["interaction_type"].apply(lambda s: int((s == "purchase").sum())),
-            "revenue": g.apply(revenue),
-        }).reset_index()
+        want = pd.DataFrame(
+            {
+                "views": g["interaction_type"].apply(lambda s: int((s == "view").sum())),
+                "clicks": g["interaction_type"].apply(lambda s: int((s == "click").sum())),
+                "purchases": g["interaction_type"].apply(lambda s: int((s == "purchase").sum())),
+                "revenue": g.apply(revenue),
+            }
+        ).reset_index()
         want = want.sort_values(["revenue", "purchases", "item_id"], ascending=[False, False, True]).head(15)
         assert list(got["item_id"]) == list(want["item_id"])
         assert list(got["views"].astype(int)) == list(want["views"])
@@ -371,10 +414,8 @@ def test_ingestion_health_and_freshness(loaded: Store, events: pd.DataFrame) -> 
     reasons = ["not_json"] * 3 + ["missing_field"] * 2 + ["too_large"]
     loaded.insert(
         "dead_letters",
-        [[b"{" for _ in reasons], reasons, ["d"] * 6, ["clicks"] * 6, [0] * 6, list(range(6)),
-         [NOW] * 6, [NOW] * 6],
-        ["raw", "reason", "detail", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp",
-         "ingest_time"],
+        [[b"{" for _ in reasons], reasons, ["d"] * 6, ["clicks"] * 6, [0] * 6, list(range(6)), [NOW] * 6, [NOW] * 6],
+        ["raw", "reason", "detail", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "ingest_time"],
     )
     h = queries.ingestion_health(loaded)
     parts = h.partitions.set_index("partition")
@@ -390,7 +431,9 @@ def test_ingestion_health_and_freshness(loaded: Store, events: pd.DataFrame) -> 
             assert float(lat.loc[label, col]) == exact_quantile(values, level)
         assert float(lat.loc[label, "max_ms"]) == values.max()
     assert dict(zip(h.dead_letters["reason"], h.dead_letters["messages"].astype(int), strict=True)) == {
-        "not_json": 3, "missing_field": 2, "too_large": 1,
+        "not_json": 3,
+        "missing_field": 2,
+        "too_large": 1,
     }
     f = queries.freshness(loaded)
     assert int(f["events"][0]) == len(events)
@@ -399,8 +442,16 @@ def test_ingestion_health_and_freshness(loaded: Store, events: pd.DataFrame) -> 
 
 
 INJECTIONS = [
-    "x' OR '1'='1", "'; DROP TABLE events; --", "mobile' UNION SELECT * FROM system.tables --",
-    "\\'", "`events`", "{f_device:String}", "mobile\x00", "a\"b", "); SELECT 1; --", "${db}",
+    "x' OR '1'='1",
+    "'; DROP TABLE events; --",
+    "mobile' UNION SELECT * FROM system.tables --",
+    "\\'",
+    "`events`",
+    "{f_device:String}",
+    "mobile\x00",
+    'a"b',
+    "); SELECT 1; --",
+    "${db}",
 ]
 
 

@@ -49,8 +49,9 @@ def test_named_query_formats(data_env: dict[str, str]) -> None:
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[0] == "item_id,interactions"
-    counts = mobile.groupby("item_id").size().reset_index(name="n").sort_values(["n", "item_id"],
-                                                                                 ascending=[False, True])
+    counts = (
+        mobile.groupby("item_id").size().reset_index(name="n").sort_values(["n", "item_id"], ascending=[False, True])
+    )
     assert lines[1:] == [f"{i},{n}" for i, n in zip(counts["item_id"][:3], counts["n"][:3], strict=True)]
 
     r = cli(data_env, "funnel", "-p", "window_s=900", "-p", "start=2026-11-26T00:00:00Z")
@@ -63,8 +64,11 @@ def test_read_only_sql(data_env: dict[str, str]) -> None:
     r = cli(data_env, "--sql", "SELECT count() AS n FROM clickstream.events", "--format", "csv")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["n", str(n)]
-    for sql in ("DROP TABLE clickstream.events", "INSERT INTO clickstream.events (user_id) VALUES ('x')",
-                "SELECT 1 SETTINGS readonly = 0"):
+    for sql in (
+        "DROP TABLE clickstream.events",
+        "INSERT INTO clickstream.events (user_id) VALUES ('x')",
+        "SELECT 1 SETTINGS readonly = 0",
+    ):
         r = cli(data_env, "--sql", sql)
         assert r.returncode == 1, (sql, r.stdout)
         assert "readonly" in r.stderr.lower()

@@ -61,8 +61,12 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
 # One message per rejection reason of events.REASONS (plus a null value), built so the decision does not depend on
 # when the test runs: the future check is relative to the Kafka record timestamp.
 def _poison(now_ms: int) -> list[tuple[bytes | None, str]]:
-    ok = {"user_id": "user_0001", "item_id": "item_0001", "interaction_type": "click",
-          "timestamp": events.format_timestamp(now_ms)}
+    ok = {
+        "user_id": "user_0001",
+        "item_id": "item_0001",
+        "interaction_type": "click",
+        "timestamp": events.format_timestamp(now_ms),
+    }
 
     def with_(**kw: Any) -> bytes:
         return orjson.dumps({**ok, **kw})
@@ -97,9 +101,12 @@ def test_valid_and_poison_messages_mixed(settings: Settings, store: Store) -> No
     stats = Sink(settings, store, batch_max_rows=500).run(until_idle=2)
 
     assert _counts(store) == (len(valid), len(valid))
-    rows = [(reason, bytes.fromhex(hexraw), p, o) for reason, hexraw, p, o in store.query_rows(
-        f"SELECT reason, hex(raw), kafka_partition, kafka_offset FROM {store.database}.dead_letters"
-    )]
+    rows = [
+        (reason, bytes.fromhex(hexraw), p, o)
+        for reason, hexraw, p, o in store.query_rows(
+            f"SELECT reason, hex(raw), kafka_partition, kafka_offset FROM {store.database}.dead_letters"
+        )
+    ]
     # The raw bytes are kept exactly, invalid UTF-8 included.
     assert sorted((r[0], r[1]) for r in rows) == sorted((reason, raw or b"") for raw, reason in poison)
     # Each dead letter points at its message: re-reading that offset gives the same bytes.
@@ -123,8 +130,13 @@ def test_valid_and_poison_messages_mixed(settings: Settings, store: Store) -> No
     assert sum(_committed(settings).values()) == len(values)
 
     # The dead-letter topic carries the same messages, with the reason and the source position in headers.
-    dlq = KafkaConsumer(settings.dead_letter_topic, **topics.client_config(settings), auto_offset_reset="earliest",
-                        group_id=f"check_{uuid.uuid4().hex[:6]}", enable_auto_commit=False)
+    dlq = KafkaConsumer(
+        settings.dead_letter_topic,
+        **topics.client_config(settings),
+        auto_offset_reset="earliest",
+        group_id=f"check_{uuid.uuid4().hex[:6]}",
+        enable_auto_commit=False,
+    )
     try:
         seen: list[dict[str, bytes]] = []
         deadline = time.monotonic() + 30
@@ -144,9 +156,12 @@ def test_case_study_message_shape_from_a_plain_producer(settings: Settings, stor
     rng = random.Random(11)
     sent = []
     for i in range(2_000):
-        msg = {"user_id": f"user_{rng.randrange(9999):04d}", "item_id": f"item_{rng.randrange(50):04d}",
-               "interaction_type": rng.choice(["click", "view", "purchase"]),
-               "timestamp": f"2026-11-29 10:{i // 60 % 60:02d}:{i % 60:02d}"}
+        msg = {
+            "user_id": f"user_{rng.randrange(9999):04d}",
+            "item_id": f"item_{rng.randrange(50):04d}",
+            "interaction_type": rng.choice(["click", "view", "purchase"]),
+            "timestamp": f"2026-11-29 10:{i // 60 % 60:02d}:{i % 60:02d}",
+        }
         producer.send(settings.kafka_topic, json.dumps(msg).encode())  # as the case study's producer did
         sent.append(msg)
     producer.flush()
@@ -217,7 +232,7 @@ def test_broker_restarted_mid_stream(kafka: KafkaStack, settings: Settings, stor
         kafka.down()
         time.sleep(2)
         kafka.up(timeout_s=120)
-        produce(settings, values[n // 2:])
+        produce(settings, values[n // 2 :])
         _wait(lambda: sink.stats().rows_inserted >= n and sink.stats().total_lag == 0, 180, "all rows after restart")
     finally:
         sink.stop()
@@ -249,16 +264,22 @@ def test_two_members_split_partitions_and_survivor_takes_over(settings: Settings
     try:
         # The survivor first owns every partition and has read ahead; when the victim joins, it keeps two of them
         # (kafka-python keeps their fetch positions) and must resume them from the committed offsets.
-        _wait(lambda: survivor.stats().assigned_partitions == (0, 1, 2, 3) and survivor.stats().rows_inserted, 60,
-              "the first member")
+        _wait(
+            lambda: survivor.stats().assigned_partitions == (0, 1, 2, 3) and survivor.stats().rows_inserted,
+            60,
+            "the first member",
+        )
         victim.start()
-        _wait(lambda: survivor.stats().assigned_partitions and victim.stats().assigned_partitions, 90,
-              "a split of the partitions")
+        _wait(
+            lambda: survivor.stats().assigned_partitions and victim.stats().assigned_partitions,
+            90,
+            "a split of the partitions",
+        )
         assert set(survivor.stats().assigned_partitions).isdisjoint(victim.stats().assigned_partitions)
         split.set()
         # The second half arrives while both members hold partitions, so the victim has batches to crash on.
         producing.join()
-        producing = threading.Thread(target=produce, args=(settings, values[n // 2:]), kwargs={"rate": 3_000})
+        producing = threading.Thread(target=produce, args=(settings, values[n // 2 :]), kwargs={"rate": 3_000})
         producing.start()
         assert victim.join(120), "the victim did not crash"
         assert crashed and "simulated crash" in (victim.stats().last_error or "")
@@ -286,8 +307,13 @@ def test_cli_consume_sigterm_commits_what_it_stored(settings: Settings, tmp_path
     assert sum(_committed(settings).values()) == 1_000
 
     # SIGTERM mid-stream: exit 0; what is stored is exactly what is committed.
-    proc = subprocess.Popen([*cli, "--stats", "--batch-max-rows", "500", "--batch-max-wait", "0.2"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*cli, "--stats", "--batch-max-rows", "500", "--batch-max-wait", "0.2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         _wait(lambda: sum(_committed(settings).values()) > 2_000, 120, "the CLI to commit")
         proc.send_signal(signal.SIGTERM)
@@ -312,9 +338,12 @@ def test_cli_consume_sigterm_commits_what_it_stored(settings: Settings, tmp_path
 def test_names_rollups_that_would_count_a_replay_twice(store: Store) -> None:
     """Measured on this engine: a replayed events block is dropped, but still pushed into materialized views."""
     targets = [
-        t for (t,) in store.query_rows(
+        t
+        for (t,) in store.query_rows(
             "SELECT name FROM system.tables WHERE database = {db:String} AND engine LIKE '%MergeTree' "
-            "AND name NOT IN ('events', 'dead_letters', 'schema_migrations')", {"db": store.database})
+            "AND name NOT IN ('events', 'dead_letters', 'schema_migrations')",
+            {"db": store.database},
+        )
     ]
     alter = "ALTER TABLE {} MODIFY SETTING non_replicated_deduplication_window = {}"
     for t in targets:
@@ -327,7 +356,10 @@ def test_names_rollups_that_would_count_a_replay_twice(store: Store) -> None:
 
 
 def _is_view_target(store: Store, table: str) -> bool:
-    return any(f"TO {store.database}.{table} " in ddl or f"TO {store.database}.{table}\n" in ddl
-               for (ddl,) in store.query_rows(
-                   "SELECT create_table_query FROM system.tables WHERE database = {db:String} "
-                   "AND engine = 'MaterializedView'", {"db": store.database}))
+    return any(
+        f"TO {store.database}.{table} " in ddl or f"TO {store.database}.{table}\n" in ddl
+        for (ddl,) in store.query_rows(
+            "SELECT create_table_query FROM system.tables WHERE database = {db:String} AND engine = 'MaterializedView'",
+            {"db": store.database},
+        )
+    )

@@ -71,7 +71,7 @@ def test_kill9_between_insert_and_commit(settings: Settings, tmp_path: Path) -> 
 
     before = log.read_text()
     final = _final_run(env, log)
-    after = log.read_text()[len(before):]
+    after = log.read_text()[len(before) :]
     # The restarted member rebuilt exactly the range that was stored but not committed, under the same token.
     assert f"rebuilt recorded batch {killed_after}" in after
     assert final["rows_inserted"] + final["dead_letters"] < n + len(POISON)

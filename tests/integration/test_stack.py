@@ -77,8 +77,11 @@ def test_10k_messages_with_group_and_manual_commits(settings: Settings) -> None:
 
 def test_broker_restart_keeps_messages_and_downloads_nothing(tmp_path: Path, base_settings: Settings) -> None:
     settings = base_settings.replace(
-        kafka_broker_url=f"127.0.0.1:{free_port()}", kafka_controller_port=free_port(), data_dir=tmp_path,
-        kafka_topic="restart_topic", kafka_group_id="restart_group",
+        kafka_broker_url=f"127.0.0.1:{free_port()}",
+        kafka_controller_port=free_port(),
+        data_dir=tmp_path,
+        kafka_topic="restart_topic",
+        kafka_group_id="restart_group",
     )
     stack = KafkaStack(settings)
     try:
@@ -121,8 +124,9 @@ def test_down_stops_exactly_the_recorded_process(tmp_path: Path, base_settings: 
 
 def test_a_remote_broker_url_starts_nothing(tmp_path: Path, base_settings: Settings) -> None:
     # Two loopback ports nobody listens on: "another cluster", reached only on this machine.
-    settings = base_settings.replace(kafka_broker_url=f"localhost:{free_port()},localhost:{free_port()}",
-                                     data_dir=tmp_path)
+    settings = base_settings.replace(
+        kafka_broker_url=f"localhost:{free_port()},localhost:{free_port()}", data_dir=tmp_path
+    )
     stack = KafkaStack(settings)
     assert not stack.is_local
     with pytest.raises(BrokerUnavailable, match="KAFKA_BROKER_URL"):
@@ -136,12 +140,22 @@ def test_cli_stack_status_sees_the_session_broker(kafka: KafkaStack) -> None:
         CLICKSTREAM_KAFKA_CONTROLLER_PORT=str(kafka.controller_port),
         CLICKSTREAM_DATA_DIR=str(kafka.home.parent),
     )
-    proc = subprocess.run([sys.executable, "-m", "clickstream_lib.cli", "stack", "status"],
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "clickstream_lib.cli", "stack", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"kafka running at {kafka.url}" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "clickstream_lib.cli", "stack", "up"],
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "clickstream_lib.cli", "stack", "up"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("already up"), proc.stdout + proc.stderr
 
 
@@ -170,15 +184,22 @@ def test_dedup_token_drops_a_replayed_batch(store: Store) -> None:
 def test_second_process_gets_a_clear_lock_error(store: Store, settings: Settings) -> None:
     # The pytest process holds the embedded store; another process must be told who holds it and what to do.
     env = base_env(CLICKSTREAM_DATA_DIR=str(settings.data_dir))
-    code = "from clickstream_lib.settings import Settings; from clickstream_lib.store import connect; " \
-           "connect(Settings.from_env())"
+    code = (
+        "from clickstream_lib.settings import Settings; from clickstream_lib.store import connect; "
+        "connect(Settings.from_env())"
+    )
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "StoreLocked" in proc.stderr
     assert f"{settings.data_dir / 'chdb'} is held by process {os.getpid()}" in proc.stderr
     assert "CLICKHOUSE_URL" in proc.stderr
     # Through the CLI it is one line and exit 1.
-    proc = subprocess.run([sys.executable, "-m", "clickstream_lib.cli", "store", "status"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "clickstream_lib.cli", "store", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "is held by process" in proc.stderr and "Traceback" not in proc.stderr

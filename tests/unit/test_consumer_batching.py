@@ -28,8 +28,15 @@ T0 = 1_795_000_000_000  # 2026-11-18, a Kafka record timestamp
 
 
 def _event(ts_ms: int, **kw: object) -> bytes:
-    return orjson.dumps({"user_id": "user_0001", "item_id": "item_0002", "interaction_type": "view",
-                         "timestamp": events.format_timestamp(ts_ms), **kw})
+    return orjson.dumps(
+        {
+            "user_id": "user_0001",
+            "item_id": "item_0002",
+            "interaction_type": "view",
+            "timestamp": events.format_timestamp(ts_ms),
+            **kw,
+        }
+    )
 
 
 def test_token_names_topic_epoch_partition_and_range() -> None:
@@ -40,8 +47,15 @@ def test_pending_range_round_trips_and_rejects_what_it_did_not_write() -> None:
     meta = encode_pending("a1b2c3", 100, 199)
     assert decode_pending(meta, "a1b2c3") == (100, 199)
     assert decode_pending(meta, "ffffff") is None  # the topic was re-created: its offsets restarted
-    for other in ("", None, "hello", "clickstream-sink/1 a1b2c3 199-100", "clickstream-sink/1 a1b2c3 x-1",
-                  "clickstream-sink/2 a1b2c3 1-2", "clickstream-sink/1 a1b2c3 12"):
+    for other in (
+        "",
+        None,
+        "hello",
+        "clickstream-sink/1 a1b2c3 199-100",
+        "clickstream-sink/1 a1b2c3 x-1",
+        "clickstream-sink/2 a1b2c3 1-2",
+        "clickstream-sink/1 a1b2c3 12",
+    ):
         assert decode_pending(other, "a1b2c3") is None, other
 
 

@@ -31,8 +31,7 @@ def test_lazy_names_and_errors_are_all_exported() -> None:
 def test_import_stays_light() -> None:
     # The CLI imports the package on every call: widgets, plotly and Voila must not load with it.
     code = (
-        "import sys, clickstream_lib; "
-        "print(' '.join(m for m in ('plotly', 'ipywidgets', 'voila') if m in sys.modules))"
+        "import sys, clickstream_lib; print(' '.join(m for m in ('plotly', 'ipywidgets', 'voila') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""

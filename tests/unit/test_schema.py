@@ -11,12 +11,24 @@ from clickstream_lib.store import DEDUP_WINDOW, MIGRATIONS
 
 # The columns the sink writes: migration 1 may be retuned (ORDER BY / PARTITION BY / TTL) but never renamed/retyped.
 EVENTS_COLUMNS = {
-    "event_id": "UUID", "user_id": "String", "session_id": "String", "item_id": "String",
-    "interaction_type": "LowCardinality(String)", "event_time": "DateTime64(3, 'UTC')", "page": "String",
-    "referrer": "LowCardinality(String)", "device": "LowCardinality(String)", "country": "LowCardinality(String)",
-    "price": "Decimal(12, 2)", "currency": "LowCardinality(String)", "schema_version": "UInt8",
-    "kafka_topic": "LowCardinality(String)", "kafka_partition": "UInt32", "kafka_offset": "UInt64",
-    "kafka_timestamp": "DateTime64(3, 'UTC')", "ingest_time": "DateTime64(3, 'UTC') DEFAULT now64(3)",
+    "event_id": "UUID",
+    "user_id": "String",
+    "session_id": "String",
+    "item_id": "String",
+    "interaction_type": "LowCardinality(String)",
+    "event_time": "DateTime64(3, 'UTC')",
+    "page": "String",
+    "referrer": "LowCardinality(String)",
+    "device": "LowCardinality(String)",
+    "country": "LowCardinality(String)",
+    "price": "Decimal(12, 2)",
+    "currency": "LowCardinality(String)",
+    "schema_version": "UInt8",
+    "kafka_topic": "LowCardinality(String)",
+    "kafka_partition": "UInt32",
+    "kafka_offset": "UInt64",
+    "kafka_timestamp": "DateTime64(3, 'UTC')",
+    "ingest_time": "DateTime64(3, 'UTC') DEFAULT now64(3)",
 }
 
 
@@ -63,8 +75,10 @@ def test_cluster_ddl_is_replicated_and_distributed_from_the_same_definitions() -
     for table in (schema.EVENTS, schema.DEAD_LETTERS, *schema.ROLLUPS):
         local = next(s for s in stmts if s.startswith(f"CREATE TABLE IF NOT EXISTS analytics.{table.name}_local "))
         assert columns_of(local) == dict(table.columns)
-        assert f"ENGINE = Replicated{table.engine}('/clickhouse/tables/{{shard}}/analytics/{table.name}', " \
-               "'{replica}')" in local
+        assert (
+            f"ENGINE = Replicated{table.engine}('/clickhouse/tables/{{shard}}/analytics/{table.name}', "
+            "'{replica}')" in local
+        )
         assert f"ORDER BY {table.order_by}" in local
         dist = next(s for s in stmts if s.startswith(f"CREATE TABLE IF NOT EXISTS analytics.{table.name} "))
         assert f"AS analytics.{table.name}_local" in dist

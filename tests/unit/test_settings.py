@@ -48,7 +48,12 @@ def test_case_study_variables_are_read() -> None:
 def test_clickhouse_url_forms() -> None:
     u = parse_store_url("https://bob:p%40ss@ch.example:9443/analytics")
     assert (u.scheme, u.host, u.port, u.username, u.password, u.database) == (
-        "https", "ch.example", 9443, "bob", "p@ss", "analytics"
+        "https",
+        "ch.example",
+        9443,
+        "bob",
+        "p@ss",
+        "analytics",
     )
     assert parse_store_url("chdb:///var/lib/cs").path == "/var/lib/cs"
     s = Settings.from_env({**HOME_ENV, "CLICKHOUSE_URL": "http://ch:8123/warehouse"})
@@ -84,8 +89,12 @@ def test_sasl_settings_reach_kafka_python() -> None:
         ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_PASSWORD": "p"}, "KAFKA_SASL_USERNAME"),
         ({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "u"}, "KAFKA_SASL_PASSWORD"),
         (
-            {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "GSSAPI",
-             "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"},
+            {
+                "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "KAFKA_SASL_MECHANISM": "GSSAPI",
+                "KAFKA_SASL_USERNAME": "u",
+                "KAFKA_SASL_PASSWORD": "p",
+            },
             "KAFKA_SASL_MECHANISM",
         ),
         ({"KAFKA_SSL_CAFILE": "/does/not/exist.pem"}, "KAFKA_SSL_CAFILE"),
@@ -136,7 +145,10 @@ def test_password_is_not_echoed_in_url_errors() -> None:
 def test_cli_prints_one_line_and_exits_2(env: dict[str, str], args: list[str], variable: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "clickstream_lib.cli", *args],
-        env=base_env(**env), capture_output=True, text=True, timeout=60,
+        env=base_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
