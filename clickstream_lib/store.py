@@ -336,9 +336,10 @@ def connect(settings: Settings, migrate: bool = True) -> Store:
         client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
     except ClickHouseError as exc:
         raise StoreError(f"cannot create database {database} at {url.redacted()}: {_scrub(str(exc), url)}") from None
-    if not url.embedded:
-        client.close()
-        client = open_client(url, database)
+    # Reopen with the database as the session default, so read-only SQL (`clickstream query --sql`) can name
+    # tables without the database prefix, on chdb as on a server.
+    client.close()
+    client = open_client(url, database)
     store = Store(settings, client, database)
     if migrate:
         store.migrate()

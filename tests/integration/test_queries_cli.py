@@ -74,6 +74,10 @@ def test_read_only_sql(data_env: dict[str, str]) -> None:
         assert "readonly" in r.stderr.lower()
     r = cli(data_env, "--sql", "SELECT count() FROM clickstream.events", "-f", "csv")
     assert r.stdout.split()[-1] == str(n)
+    # The store's database is the session default: tables can be named without the prefix.
+    r = cli(data_env, "--sql", "SELECT count() FROM events", "-f", "csv")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-1] == str(n)
 
 
 def test_usage_errors_exit_2(data_env: dict[str, str]) -> None:
