@@ -50,11 +50,12 @@ def _committed(settings: Settings) -> dict[int, int]:
         c.close(autocommit=False)
 
 
-def _wait(predicate: Any, timeout: float, what: str) -> None:
+def _wait(predicate: Any, timeout: float, what: str, sink: Sink | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            state = f"; sink: {sink.stats().as_dict()}" if sink is not None else ""
+            raise AssertionError(f"timed out waiting for {what}{state}")
         time.sleep(0.2)
 
 
@@ -199,10 +200,11 @@ def test_store_failing_for_10_s_mid_stream(settings: Settings, store: Store) -> 
     producing.start()
     admin_store = store.fork()  # DETACH from another client, as an operator or a failing disk would
     try:
-        _wait(lambda: sink.stats().rows_inserted > 1_000, 60, "the first rows")
+        # Generous: joining a group on a loaded 2-core machine can take a while; the state is shown on failure.
+        _wait(lambda: sink.stats().rows_inserted > 1_000, 180, "the first rows", sink)
         admin_store.client.command(f"DETACH TABLE {store.database}.events")
         try:
-            _wait(lambda: sink.stats().retries >= 2, 30, "failed inserts")
+            _wait(lambda: sink.stats().retries >= 2, 30, "failed inserts", sink)
             during = sink.stats()
             time.sleep(10)
             assert sink.stats().rows_inserted == during.rows_inserted  # nothing acknowledged while detached
@@ -212,7 +214,7 @@ def test_store_failing_for_10_s_mid_stream(settings: Settings, store: Store) -> 
         finally:
             admin_store.client.command(f"ATTACH TABLE {store.database}.events")
         producing.join()
-        _wait(lambda: sink.stats().rows_inserted >= n and sink.stats().total_lag == 0, 120, "the backlog")
+        _wait(lambda: sink.stats().rows_inserted >= n and sink.stats().total_lag == 0, 120, "the backlog", sink)
     finally:
         sink.stop()
         admin_store.close()
@@ -228,7 +230,8 @@ def test_broker_restarted_mid_stream(kafka: KafkaStack, settings: Settings, stor
     values = make_values(n, seed=6)
     try:
         produce(settings, values[: n // 2])
-        _wait(lambda: sink.stats().rows_inserted > 1_000, 60, "the first rows")
+        # Generous: joining a group on a loaded 2-core machine can take a while; the state is shown on failure.
+        _wait(lambda: sink.stats().rows_inserted > 1_000, 180, "the first rows", sink)
         kafka.down()
         time.sleep(2)
         kafka.up(timeout_s=120)
