@@ -155,3 +155,10 @@ def test_cli_prints_one_line_and_exits_2(env: dict[str, str], args: list[str], v
     assert len(lines) == 1, proc.stderr
     assert variable in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_readme_documents_every_variable() -> None:
+    from clickstream_lib.settings import ENV_VARS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert [v for v in ENV_VARS if f"`{v}`" not in readme] == []
