@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -171,6 +172,10 @@ def _load_commands() -> None:
     from . import cli_commands  # noqa: F401  (registers on import)
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -181,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.verbose < 2:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its connection chatter is not for users
+    # SIGTERM (a service manager, `kill`) ends a command the way Ctrl-C does, so `finally` blocks stop the child
+    # processes and threads it started. Commands with their own shutdown (consume) install their own handler.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         settings = Settings.from_env()
         handler: Handler = args.handler

@@ -437,6 +437,7 @@ class VoilaServer:
                 stdin=subprocess.DEVNULL,
                 cwd=str(self.notebook.parent),
                 start_new_session=True,
+                preexec_fn=_terminate_with_parent,
             )
         logger.info(
             "voila (pid %d) serving %s at %s; log %s", self.proc.pid, self.notebook.name, self.url, self.log_file
@@ -499,6 +500,20 @@ class VoilaServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _terminate_with_parent() -> None:
+    """In the Voila child before exec: get SIGTERM when the process that started it dies, even by SIGKILL.
+
+    Voila runs in its own session (so Ctrl-C in a terminal reaches only the CLI, which stops it in order); without
+    this, a killed ``clickstream demo`` would leave Voila and its kernel - which holds the chdb lock and runs the
+    pipeline - behind. Linux only; elsewhere the CLI's own signal handling is what stops it.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
 def _tail(path: Path, lines: int = 5) -> str:
