@@ -24,8 +24,14 @@ from tests.conftest import base_env
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -41,8 +47,13 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
 def run_python(settings: Settings, code: str, timeout: float = 180) -> Any:
     """Run ``code`` in a fresh interpreter with ``settings`` in its environment; it prints one JSON value last."""
     proc = subprocess.run(
-        [sys.executable, "-c", code], env=env_for(settings), capture_output=True, text=True, timeout=timeout,
-        cwd=ROOT, check=False,
+        [sys.executable, "-c", code],
+        env=env_for(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
     )
     assert proc.returncode == 0, f"subprocess failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -114,8 +125,10 @@ def own_settings(settings: Settings, tmp_path: Path) -> Settings:
 def chromium_path() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:
-        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (scripts/setup.sh with "
-                    "WITH_BROWSER=1 does it); never `playwright install`")
+        pytest.fail(
+            "Debian's chromium is not installed: apt-get install -y chromium (scripts/setup.sh with "
+            "WITH_BROWSER=1 does it); never `playwright install`"
+        )
     return path
 
 
@@ -127,7 +140,10 @@ def browser(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     user_dir = tmp_path_factory.mktemp("chromium-profile")
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(user_dir), executable_path=chromium_path, headless=True, args=CHROMIUM_ARGS,
+            str(user_dir),
+            executable_path=chromium_path,
+            headless=True,
+            args=CHROMIUM_ARGS,
             viewport={"width": 1400, "height": 1800},
         )
         try:
@@ -136,16 +152,31 @@ def browser(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             context.close()
 
 
-def wait_until(predicate: Any, timeout_s: float = 60.0, interval_s: float = 0.25, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns a truthy value; fail with ``what`` after ``timeout_s``."""
+def wait_until(
+    predicate: Any,
+    timeout_s: float = 60.0,
+    interval_s: float = 0.25,
+    what: str = "condition",
+    state: Any = None,
+) -> Any:
+    """Poll ``predicate`` until it returns a truthy value; fail with ``what`` (and ``state()``) after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            seen = f"; state: {state()}" if state is not None else ""
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}{seen}")
         time.sleep(interval_s)
+
+
+def page_status(page: Any) -> str:
+    """The dashboard's status lines (updated at, live pipeline figures), for failure messages."""
+    try:
+        return " | ".join(page.locator("body").inner_text(timeout=5_000).splitlines()[:8])
+    except Exception as exc:
+        return f"(page text unavailable: {exc})"
 
 
 def kpi(page: Any, key: str) -> int:

@@ -42,13 +42,15 @@ def _select(page, hook: str, label: str) -> None:
 
 def _chart_sum(page, name: str) -> float:
     """Sum of the first trace's y values in the chart as plotly drew it on the page."""
-    return float(page.evaluate(
-        """name => {
+    return float(
+        page.evaluate(
+            """name => {
             const el = Array.from(document.querySelectorAll(`.cs-chart-${name} .js-plotly-plot`)).find(e => e.data);
             return el ? el.data[0].y.reduce((a, b) => a + b, 0) : -1;
         }""",
-        name,
-    ))
+            name,
+        )
+    )
 
 
 def _options(page, hook: str) -> list[str]:

@@ -57,8 +57,14 @@ def test_served_parameters_override_defaults_from_the_environment(monkeypatch: p
 
 
 def test_settings_env_rebuilds_the_same_settings(tmp_path: Path) -> None:
-    s = Settings.from_env(base_env(), kafka_broker_url="127.0.0.1:19092", kafka_topic="t1", data_dir=tmp_path,
-                          clickhouse_database="db_x", kafka_partitions=4)
+    s = Settings.from_env(
+        base_env(),
+        kafka_broker_url="127.0.0.1:19092",
+        kafka_topic="t1",
+        data_dir=tmp_path,
+        clickhouse_database="db_x",
+        kafka_partitions=4,
+    )
     env = settings_env(s, base_env(KAFKA_TOPIC="stale"))
     assert Settings.from_env(env) == s
 
@@ -73,12 +79,29 @@ def test_report_arguments_turn_empty_strings_into_no_restriction() -> None:
 
 
 def test_strip_widget_state_drops_the_bundle_and_widget_views_but_keeps_other_outputs() -> None:
-    nb = new_notebook(cells=[
-        new_code_cell("fig", outputs=[new_output("display_data", data={
-            "application/vnd.jupyter.widget-view+json": {"model_id": "abc", "version_major": 2, "version_minor": 0},
-            "text/plain": "FigureWidget(...)"})]),
-        new_code_cell("df", outputs=[new_output("execute_result", data={"text/html": "<table/>"}, execution_count=1)]),
-    ])
+    nb = new_notebook(
+        cells=[
+            new_code_cell(
+                "fig",
+                outputs=[
+                    new_output(
+                        "display_data",
+                        data={
+                            "application/vnd.jupyter.widget-view+json": {
+                                "model_id": "abc",
+                                "version_major": 2,
+                                "version_minor": 0,
+                            },
+                            "text/plain": "FigureWidget(...)",
+                        },
+                    )
+                ],
+            ),
+            new_code_cell(
+                "df", outputs=[new_output("execute_result", data={"text/html": "<table/>"}, execution_count=1)]
+            ),
+        ]
+    )
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {"x": "5 MB of plotly.js"}}}
     strip_widget_state(nb)
     assert "widgets" not in nb.metadata
@@ -87,11 +110,17 @@ def test_strip_widget_state_drops_the_bundle_and_widget_views_but_keeps_other_ou
 
 
 def test_recorded_reads_json_outputs_and_html_export_hides_code() -> None:
-    nb = new_notebook(cells=[
-        new_code_cell("secret_code_marker = 1", outputs=[new_output("display_data", data={
-            "application/json": {"name": "kpis", "value": {"total": 42}}})]),
-        new_code_cell("x", outputs=[new_output("display_data", data={"text/html": "<b>visible 42</b>"})]),
-    ])
+    nb = new_notebook(
+        cells=[
+            new_code_cell(
+                "secret_code_marker = 1",
+                outputs=[
+                    new_output("display_data", data={"application/json": {"name": "kpis", "value": {"total": 42}}})
+                ],
+            ),
+            new_code_cell("x", outputs=[new_output("display_data", data={"text/html": "<b>visible 42</b>"})]),
+        ]
+    )
     assert recorded(nb) == {"kpis": {"total": 42}}
     html = export_html(nbformat.from_dict(nb))
     assert "visible 42" in html

@@ -87,15 +87,30 @@ def test_notebook_passes_nbval_lax_with_asserts(name: str, own_settings: Setting
     if name == "report":
         assert load_events(own_settings, 500) == 500
     copy = tmp_path / f"{name}.ipynb"
-    papermill.execute_notebook(str(notebook_path(name)), str(copy), parameters=params, prepare_only=True,
-                               progress_bar=False)
+    papermill.execute_notebook(
+        str(notebook_path(name)), str(copy), parameters=params, prepare_only=True, progress_bar=False
+    )
     nb = nbformat.read(copy, as_version=4)
     nb.cells.extend(new_code_cell(src) for src in checks)
     nbformat.write(nb, copy)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", "--nbval-cell-timeout=300",
-         str(copy)],
-        env=env_for(own_settings), cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbval-lax",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "--nbval-cell-timeout=300",
+            str(copy),
+        ],
+        env=env_for(own_settings),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-5000:]
     n_code = sum(c.cell_type == "code" for c in nb.cells)

@@ -22,9 +22,23 @@ def test_report_numbers_equal_the_named_queries(own_settings: Settings, tmp_path
     assert load_events(own_settings, 3000) == 3000
     out = tmp_path / "out"
     proc = subprocess.run(
-        [CLI, "report", "--param", "start=2020-01-01", "--param", "device=mobile", "--param", "top_n=5",
-         "--out", str(out)],
-        env=env_for(own_settings), capture_output=True, text=True, timeout=300, check=False,
+        [
+            CLI,
+            "report",
+            "--param",
+            "start=2020-01-01",
+            "--param",
+            "device=mobile",
+            "--param",
+            "top_n=5",
+            "--out",
+            str(out),
+        ],
+        env=env_for(own_settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"html: {out / 'report.html'}" in proc.stdout
@@ -33,12 +47,15 @@ def test_report_numbers_equal_the_named_queries(own_settings: Settings, tmp_path
     assert "widgets" not in nb.metadata  # no widget state kept
     got = recorded(nb)
     args = {"start": "2020-01-01", "device": "mobile"}
-    want = query_json(own_settings, {
-        "kpis": ("kpis", args),
-        "funnel": ("funnel", args),
-        "top_items": ("item_performance", {**args, "limit": 5}),
-        "retention": ("retention", args),
-    })
+    want = query_json(
+        own_settings,
+        {
+            "kpis": ("kpis", args),
+            "funnel": ("funnel", args),
+            "top_items": ("item_performance", {**args, "limit": 5}),
+            "retention": ("retention", args),
+        },
+    )
     assert got["kpis"] == want["kpis"]
     assert got["funnel"] == want["funnel"]
     assert got["top_items"] == want["top_items"]
@@ -58,7 +75,11 @@ def test_a_failing_report_exits_1_and_keeps_the_executed_notebook(own_settings: 
     out = tmp_path / "out"
     proc = subprocess.run(
         [CLI, "report", "--param", "start=yesterday", "--out", str(out)],
-        env=env_for(own_settings), capture_output=True, text=True, timeout=300, check=False,
+        env=env_for(own_settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 1
     assert "not an ISO date" in proc.stderr
