@@ -129,6 +129,31 @@ def backoff_s(attempt: int, base_s: float = DEFAULT_RETRY_BASE_S, cap_s: float =
     return float(min(cap_s, base_s * (2 ** max(0, attempt - 1))))
 
 
+# How long one poll() may wait while this member is (re)joining its group: a join round trip seldom outlives it.
+_JOIN_POLL_MS = 1_000
+
+
+def join_in_progress(consumer: KafkaConsumer) -> bool:
+    """True while the consumer's group join is under way; un-wedges a join kafka-python 3.0 would never complete.
+
+    kafka-python 3.0.12 completes a JoinGroup/SyncGroup round trip only from a ``poll()`` that still finds a rejoin
+    "needed". A rebalance started by a metadata change (e.g. new partitions) stops being needed as soon as the
+    leader has computed the assignment, so when the round trip finishes between two polls (a busy or loaded
+    process) its result is never applied: the member keeps no partitions, its heartbeats stay off, and the group
+    drops it after the session timeout while it waits forever. Asking for a rejoin makes the next poll join again.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    task = getattr(coordinator, "_join_task", None)
+    if coordinator is None or task is None:
+        return False
+    if task.is_done and not coordinator.need_rejoin():
+        logger.warning(
+            "group %s: a finished group join was left unapplied by kafka-python; joining again", coordinator.group_id
+        )
+        coordinator.request_rejoin()
+    return True
+
+
 def crc32c_accelerated() -> bool:
     """True when kafka-python verifies record CRCs with the C ``crc32c`` extension (not its pure-Python fallback)."""
     return getattr(_record_util, "crc32c_c", None) is not None
@@ -722,6 +747,8 @@ class Sink:
         joined = False
         while not self._stop.is_set():
             timeout_ms = self._poll_timeout_ms()
+            if join_in_progress(consumer):
+                timeout_ms = max(timeout_ms, _JOIN_POLL_MS)  # eager rebalance: nothing is assigned meanwhile
             self._fresh.clear()
             records = consumer.poll(timeout_ms=timeout_ms, max_records=self.batch_max_rows)
             changed = self._apply_rebalances()

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewPartitions
 
 from clickstream_lib import events, topics
 from clickstream_lib.consumer import BatchInfo, Sink
@@ -295,6 +296,56 @@ def test_two_members_split_partitions_and_survivor_takes_over(settings: Settings
     assert victim.stats().rows_inserted > 0 and survivor.stats().rows_inserted > 0
     assert _counts(store) == (n, n)
     assert sum(_committed(settings).values()) == n
+
+
+def test_a_group_join_slower_than_one_poll_still_completes(settings: Settings, store: Store) -> None:
+    """A rebalance started by new partitions, whose JoinGroup waits seconds for a slow member, still assigns them.
+
+    kafka-python 3.0.12 completes a join only from a poll() that still finds a rejoin "needed"; a rejoin started by a
+    metadata change stops being needed once the leader has computed the assignment, so a join that outlived one
+    poll() was never completed and the sink sat with no partitions, for good (seen as a CI flake under load).
+    """
+    settings = settings.replace(kafka_partitions=2)
+    topics.ensure_topic(settings, settings.kafka_topic)
+    # The sink leads the group and refreshes metadata often, so it sees the new partitions while the slow member is
+    # still in the group: its JoinGroup then waits until that member leaves (max_poll_interval_ms after its last poll).
+    sink = Sink(settings, store, batch_max_rows=500, batch_max_wait_s=0.3, consumer_config={"metadata_max_age_ms": 300})
+    update_lag = sink._update_lag
+
+    def busy_while_joining() -> None:
+        # Forces the moment: the sink is busy between two polls (as under load) exactly while the join completes.
+        consumer = sink._consumer
+        task = getattr(getattr(consumer, "_coordinator", None), "_join_task", None)
+        while task is not None and not task.is_done and not sink._stop.is_set():
+            time.sleep(0.05)
+        update_lag()
+
+    sink._update_lag = busy_while_joining  # type: ignore[method-assign]
+    sink.start()
+    slow = KafkaConsumer(
+        **topics.client_config(settings),
+        group_id=settings.kafka_group_id,
+        enable_auto_commit=False,
+        max_poll_interval_ms=4_000,
+        session_timeout_ms=10_000,
+    )
+    try:
+        _wait(lambda: sink.stats().assigned_partitions == (0, 1), 120, "the sink's partitions", sink)
+        slow.subscribe([settings.kafka_topic])
+        deadline = time.monotonic() + 60
+        while not slow.assignment():
+            assert time.monotonic() < deadline, "the slow member never got partitions"
+            slow.poll(timeout_ms=200)
+        with topics.admin(settings) as admin:  # the slow member stops polling from here on
+            admin.create_partitions({settings.kafka_topic: NewPartitions(total_count=4)})
+        _wait(lambda: sink.stats().assigned_partitions == (0, 1, 2, 3), 120, "all four partitions", sink)
+        n = 4_000
+        produce(settings, make_values(n, seed=12))
+        _wait(lambda: _counts(store)[0] >= n and sink.stats().total_lag == 0, 120, "every event", sink)
+    finally:
+        sink.stop()
+        slow.close(autocommit=False)
+    assert _counts(store) == (n, n)
 
 
 def test_cli_consume_sigterm_commits_what_it_stored(settings: Settings, tmp_path: Path) -> None:
