@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.notebooks]
 CLI = str(ROOT / ".venv" / "bin" / "clickstream")
 
 
-def test_report_numbers_equal_the_named_queries(own_settings: Settings, tmp_path: Path) -> None:
+def test_report_numbers_equal_the_named_queries(browser: Any, own_settings: Settings, tmp_path: Path) -> None:
     assert load_events(own_settings, 3000) == 3000
     out = tmp_path / "out"
     proc = subprocess.run(
@@ -69,6 +70,18 @@ def test_report_numbers_equal_the_named_queries(own_settings: Settings, tmp_path
     assert f'data-value="{got["kpis"]["total"]}"' in html
     assert "plotly" in html.lower()  # the charts are there
     assert "queries.run(" not in html and "report_arguments(" not in html  # no code cells
+    # The HTML report opens offline: plotly.js travels inside it, so every chart draws with the network cut off.
+    page = browser.new_page()
+    blocked: list[str] = []
+    page.route("http*://**", lambda route: (blocked.append(route.request.url), route.abort()))
+    try:
+        page.goto((out / "report.html").as_uri())
+        charts = page.locator(".js-plotly-plot")
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 7", timeout=60_000)
+        assert charts.count() == 7  # funnel, activity, top items, four breakdowns
+    finally:
+        page.close()
+    assert not [url for url in blocked if "plot" in url], blocked
 
 
 def test_a_failing_report_exits_1_and_keeps_the_executed_notebook(own_settings: Settings, tmp_path: Path) -> None:
