@@ -185,6 +185,26 @@ def connect(settings: Settings, topic: str | None = None, **config: Any) -> Kafk
         raise unreachable(settings, exc) from exc
 
 
+def flush(kafka: KafkaProducer, timeout_s: float) -> bool:
+    """Flush ``kafka``; True when every record handed to it is done (acknowledged or failed) within ``timeout_s``.
+
+    kafka-python 3.0.12 raises ``UnknownError: Future not done`` from ``flush()`` (and ``close()``) when the broker
+    made it split a batch that was too large (MESSAGE_TOO_LARGE): it waits on the old batch's future, which the
+    split leaves pending. The new batches are on their way, so flushing again waits for them.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            kafka.flush(timeout=max(0.1, deadline - time.monotonic()))
+            return True
+        except KafkaTimeoutError:
+            return False
+        except KafkaError:  # a split batch's old future: flush again waits on the new batches
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
 def send_raw(
     settings: Settings,
     values: Sequence[bytes | None],
@@ -204,11 +224,12 @@ def send_raw(
         raise ValueError("keys and values must have the same length")
     topic = topic or settings.kafka_topic
     producer = connect(settings, topic)
+    deadline = time.monotonic() + timeout_s
     try:
         futures = [producer.send(topic, value, key=None if keys is None else keys[i]) for i, value in enumerate(values)]
-        producer.flush(timeout=timeout_s)
+        flush(producer, timeout_s)
         for fut in futures:
-            fut.get(timeout=0)
+            fut.get(timeout=max(0.1, deadline - time.monotonic()))
         return len(futures)
     finally:
         producer.close(timeout=5)
@@ -439,20 +460,8 @@ class Producer:
             self._rate_now = 0.0
 
     def _flush(self, timeout_s: float) -> None:
-        """Flush, riding out kafka-python's "Future not done" when the broker made it split a batch."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                self._kafka.flush(timeout=max(0.1, deadline - time.monotonic()))
-                return
-            except KafkaTimeoutError as exc:
-                logger.warning("flush timed out after %.0f s: %s", timeout_s, exc)
-                return
-            except KafkaError as exc:  # a split batch's old future: flush again waits on the new batches
-                if time.monotonic() >= deadline:
-                    logger.warning("flush did not complete: %s", exc)
-                    return
-                time.sleep(0.05)
+        if not flush(self._kafka, timeout_s):
+            logger.warning("flush did not complete within %.0f s; the counters say what was delivered", timeout_s)
 
     def start(self, events: int | None = None, duration: float | None = None) -> None:
         """Run :meth:`run` in a daemon thread (for notebooks) and return at once.

@@ -184,6 +184,21 @@ def test_broker_rejection_is_counted_with_its_reason(settings: Settings) -> None
     assert "failed 50" in stats.summary() and "errors:" in stats.summary()
 
 
+def test_batches_the_broker_makes_us_split_are_delivered_once(settings: Settings) -> None:
+    """A topic with a small max.message.bytes makes the broker refuse our batches as too large; kafka-python splits
+    them and sends again. Its flush() then failed with "Future not done" (kafka-python 3.0.12) and send_raw raised;
+    every record must arrive, exactly once."""
+    with admin(settings) as client:
+        client.create_topics([NewTopic(settings.kafka_topic, 2, 1, topic_configs={"max.message.bytes": "16384"})])
+    values = [os.urandom(1_000) for _ in range(3_000)]  # incompressible: batches of 128 KiB stay large
+    assert send_raw(settings, values) == 3_000
+    assert _total(settings) == 3_000
+    with Producer(settings, rate=None, seed=3) as producer:
+        stats = producer.run(events=20_000)
+    assert stats.acked == stats.sent == 20_000 and stats.failed == 0, stats.summary()
+    assert _total(settings) == 23_000
+
+
 def test_bad_kafka_override_is_a_config_error(settings: Settings) -> None:
     with pytest.raises(ConfigError, match="retries"):
         Producer(settings, retries=0)  # idempotence needs retries
