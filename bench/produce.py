@@ -7,6 +7,7 @@ the Producer. Rate control is checked at a few target rates (achieved rate over 
 
     .venv/bin/python bench/produce.py                         # starts a throwaway local broker
     .venv/bin/python bench/produce.py --events 200000 --repeats 3 --rates 1000,5000,20000,50000
+    .venv/bin/python bench/produce.py --workers 4 --rates ''      # N producer processes vs one, no rate checks
     KAFKA_BROKER_URL=host:9092 .venv/bin/python bench/produce.py --broker-from-env
 """
 
@@ -29,6 +30,7 @@ from kafka import KafkaProducer
 from clickstream_lib import events
 from clickstream_lib.generator import Generator
 from clickstream_lib.producer import PRODUCER_CONFIG, Producer
+from clickstream_lib.producer_pool import produce_in_processes
 from clickstream_lib.settings import Settings
 from clickstream_lib.stack import KafkaStack
 from clickstream_lib.topics import client_config, end_offsets, ensure_topic
@@ -92,7 +94,7 @@ def raw_kafka(settings: Settings, topic: str, keys: list[bytes], values: list[by
     return acked / elapsed
 
 
-def one_round(settings: Settings, n: int, r: int, record: Callable[[str, float], None]) -> None:
+def one_round(settings: Settings, n: int, r: int, record: Callable[[str, float], None], workers: int = 0) -> None:
     """One measurement of everything, in the order data flows."""
     rng = random.Random(r)
     record("per-dict generator", n / timed(lambda: per_dict_generator(n, rng)))
@@ -121,6 +123,16 @@ def one_round(settings: Settings, n: int, r: int, record: Callable[[str, float],
     assert stats.acked == n and sum(end_offsets(settings, topic).values()) == n, stats.summary()
     record("Producer end to end (acked)", stats.acked / stats.elapsed_s)
 
+    if workers > 1:  # several processes, one shard of the users each (clickstream produce --workers)
+        topic = f"bench_workers_{tag}"
+        total, _ = produce_in_processes(
+            settings.replace(kafka_topic=topic), workers, rate=None, events=n, generator={"seed": r}
+        )
+        assert total.acked == n and sum(end_offsets(settings, topic).values()) == n, total.summary()
+        # As for one Producer: from the first worker's first send to the last worker's last acknowledgement;
+        # starting the processes (about a second: imports, a connection each) comes before and is not counted.
+        record(f"{workers} Producer processes (acked)", total.acked / total.elapsed_s)
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--broker-from-env", action="store_true", help="use KAFKA_BROKER_URL instead of a local broker")
     ap.add_argument("--sweep", action="store_true", help="also sweep kafka-python batch_size/linger_ms (raw sends)")
+    ap.add_argument("--workers", type=int, default=2, help="also measure N producer processes (0 = skip; default 2)")
     args = ap.parse_args(argv)
     n = args.events
 
@@ -158,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for r in range(args.repeats):
             print(f"round {r + 1}/{args.repeats}", file=sys.stderr)
-            one_round(settings, n, r, record)
+            one_round(settings, n, r, record, args.workers)
 
         sweep: dict[tuple[int, int], list[float]] = {}
         if args.sweep:
@@ -188,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "vectorised generator": ("per-dict generator", "x per-dict"),
         "generator + serialisation": ("per-dict generator", "x per-dict"),
         "Producer end to end (acked)": ("raw kafka-python (pre-serialised)", "of raw"),
+        f"{args.workers} Producer processes (acked)": ("raw kafka-python (pre-serialised)", "of raw"),
     }
     for name, value in med.items():
         ratio = ""
@@ -199,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<38}{value:>14,.0f}   {ratio}")
     prod = med["Producer end to end (acked)"]
     print(f"{'Producer vs case study (~6k/s)':<38}{'':>14}   {prod / CASE_STUDY_RATE:.1f}x")
+    if args.workers > 1:
+        multi = med[f"{args.workers} Producer processes (acked)"]
+        print(f"{f'{args.workers} processes vs case study (~6k/s)':<38}{'':>14}   {multi / CASE_STUDY_RATE:.1f}x")
     if sweep:
         print(f"\nkafka-python settings sweep (raw sends, lz4, acks=all){'':>4}events/s")
         for (batch_kib, linger), rates in sweep.items():

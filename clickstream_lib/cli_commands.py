@@ -136,6 +136,7 @@ def _add_produce(sub: argparse._SubParsersAction) -> None:
             "  clickstream produce --events 1000000 --rate 0 --seed 7\n"
             "  clickstream produce --batch_size 1000 --time_interval 1 --data_generation_speed 10000\n"
             "  clickstream produce --duration 30 --scenario bot_burst --scenario late_events:share=0.1\n"
+            "  clickstream produce --events 2000000 --rate 0 --workers 4 --seed 7   # one process per core\n"
             "exit codes: 0 all acknowledged, 1 some messages failed or Kafka unreachable, 130 interrupted"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -154,6 +155,12 @@ def _add_produce(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="events/s cap (case study)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="producer processes, one shard of the users each; the rate and --events are split (default 1)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     _add_generator_args(p)
@@ -219,7 +226,26 @@ def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 
     where = f"{settings.kafka_broker_url}/{settings.kafka_topic}"
     limit = f"{args.events} events" if args.events is not None else f"{args.duration} s" if args.duration else "Ctrl-C"
-    err(f"producing to {where} at {f'{rate:.0f} events/s' if rate else 'full speed'} until {limit}")
+    procs = f" in {args.workers} processes" if args.workers > 1 else ""
+    err(f"producing to {where}{procs} at {f'{rate:.0f} events/s' if rate else 'full speed'} until {limit}")
+    if args.workers != 1:
+        from .producer_pool import produce_in_processes
+
+        stats, interrupted = produce_in_processes(
+            settings,
+            args.workers,
+            rate=rate,
+            events=args.events,
+            duration=args.duration,
+            generator={"seed": args.seed, "n_users": args.users, "n_items": args.items},
+            scenarios=args.scenario,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        if bar is not None:
+            bar.close()
+        out(stats.summary() + (" (interrupted)" if interrupted else ""))
+        return 130 if interrupted else 1 if stats.failed or stats.in_flight else 0
     producer = Producer(settings, rate=rate, generator=gen, batch_size=batch_size)
     try:
         stats = producer.run(events=args.events, duration=args.duration, progress=progress)

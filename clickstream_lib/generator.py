@@ -396,6 +396,9 @@ class Generator:
         sessions_per_user_hour: live mode's simulated session start rate per user (orders events only).
         diurnal_amplitude: 0 = flat traffic; 0.6 = evening peak 4x the morning trough.
         peak_hour_utc: hour of the daily traffic peak.
+        shard: ``(index, count)``: generate only for the users whose number is ``index`` modulo ``count``, with
+            the same catalogue, prices and user attributes as the unsharded generator of the same seed. Several
+            producer processes use one shard each, so no user's sessions are split between processes.
     """
 
     def __init__(
@@ -415,6 +418,7 @@ class Generator:
         sessions_per_user_hour: float = 0.25,
         diurnal_amplitude: float = 0.6,
         peak_hour_utc: float = 20.0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if n_users < 1 or n_items < 1:
             raise ConfigError("n_users/n_items", f"need at least one user and one item, got {n_users}/{n_items}")
@@ -425,6 +429,10 @@ class Generator:
             raise ConfigError("generator", "views_per_session >= 1, gap_mean_s > 0 and session_timeout_s > 60 needed")
         if not 0 <= diurnal_amplitude < 1:
             raise ConfigError("diurnal_amplitude", f"{diurnal_amplitude} out of range; expected 0 <= a < 1")
+        shard_index, shard_count = shard
+        if not 1 <= shard_count <= n_users or not 0 <= shard_index < shard_count:
+            raise ConfigError("shard", f"{shard} is not (index, count) with 0 <= index < count <= n_users")
+        self.shard = (shard_index, shard_count)
         self.seed = seed
         self.n_users = n_users
         self.n_items = n_items
@@ -478,6 +486,13 @@ class Generator:
         # Prices: log-normal around 35 USD, a few items in the hundreds.
         self._item_price_usd = np.round(np.exp(rng.normal(np.log(35.0), 0.9, n_items)), 2) + 0.99
         self._referrer_p = np.array(_REFERRER_WEIGHTS) / sum(_REFERRER_WEIGHTS)
+        if shard_count > 1:
+            # Everything above is drawn alike in every shard; from here on each shard has its own stream.
+            keep = self._user_order % shard_count == shard_index  # by activity rank: is that user in this shard
+            self._user_order = self._user_order[keep]
+            self._user_cdf = np.cumsum(activity[keep] / activity[keep].sum())
+            self._session_rate_per_ms *= len(self._user_order) / n_users
+            self._rng = np.random.default_rng(None if seed is None else [seed, shard_index, shard_count])
 
         # Live state: simulated clock, buffered (generated but not yet emitted) events, per-user history.
         self._clock_ms: int | None = None
@@ -630,7 +645,8 @@ class Generator:
         Updates ``last_end`` (per user) so that a user's next session starts after the inactivity timeout.
         """
         rng = self._rng
-        users = self._user_order[np.searchsorted(self._user_cdf, rng.random(m), side="right").clip(0, self.n_users - 1)]
+        last = len(self._user_order) - 1
+        users = self._user_order[np.searchsorted(self._user_cdf, rng.random(m), side="right").clip(0, last)]
         starts = self._start_times(m, t0, t1)
         flash = np.zeros(m, dtype=bool)
         rates = np.tile(np.array(self.funnel_rates), (m, 1))
@@ -890,7 +906,8 @@ class Generator:
         reason = events.REASONS[self._malformed_next % len(events.REASONS)]
         self._malformed_next += 1
         rng = self._rng
-        user = str(self._tables.users[int(rng.integers(0, self.n_users))])
+        pick = int(rng.integers(0, len(self._user_order)))
+        user = str(self._tables.users[self._user_order[pick] if self.shard[1] > 1 else pick])
         item = str(self._tables.items[int(rng.integers(0, self.n_items))])
         good = {
             "user_id": user,

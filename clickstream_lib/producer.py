@@ -137,6 +137,7 @@ class ProducerStats:
     elapsed_s: float = 0.0
     running: bool = False
     target_rate: float | None = None
+    started_at: float = 0.0  # wall clock (epoch s) when the run began; 0 before (lines up several processes)
 
     @property
     def in_flight(self) -> int:
@@ -286,6 +287,7 @@ class Producer:
         self._failed = 0
         self._errors: Counter[str] = Counter()
         self._started = 0.0
+        self._started_at = 0.0
         self._ended: float | None = None
         self._running = False
         self._rate_mark = (time.monotonic(), 0)
@@ -304,6 +306,7 @@ class Producer:
                 elapsed_s=max(0.0, end - self._started) if self._started else 0.0,
                 running=self._running,
                 target_rate=self._rate,
+                started_at=self._started_at,
             )
 
     def _reap(self, pending: deque[Any], block: bool = False) -> None:
@@ -386,6 +389,7 @@ class Producer:
         with self._lock:
             self._reset()
             self._started = time.monotonic()
+            self._started_at = time.time()
             self._rate_mark = (self._started, 0)
             self._running = True
         pending: deque[Any] = deque()

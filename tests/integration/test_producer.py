@@ -243,9 +243,41 @@ def test_cli_produce_with_the_case_study_flags(settings: Settings, tmp_path: Pat
     assert 100 < len(ids) - len(set(ids)) < 450  # duplicate sends reached the topic
 
 
-def test_cli_ctrl_c_flushes_and_prints_the_summary(settings: Settings, tmp_path: Path) -> None:
+def test_cli_produce_in_worker_processes(settings: Settings, tmp_path: Path) -> None:
+    """--workers: N processes, one shard of the users each; every event once, each user's events from one process."""
+
+    def produce(topic: str) -> list[dict[str, object]]:
+        proc = subprocess.run(
+            [CLI, "produce", "--events", "9001", "--rate", "0", "--workers", "3", "--seed", "6", "--users", "900"],
+            env={**_env(settings, tmp_path), "KAFKA_TOPIC": topic},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("sent 9001, acked 9001, failed 0"), proc.stdout
+        assert "in 3 processes" in proc.stderr
+        messages = _consume_all(settings, topic)
+        assert len(messages) == _total(settings, topic) == 9_001
+        decoded = [orjson.loads(v) for _, _, v in messages]
+        assert all(key == m["user_id"].encode() for (_, key, _), m in zip(messages, decoded, strict=True))
+        return decoded
+
+    first = produce(settings.kafka_topic)
+    assert len({m["event_id"] for m in first}) == 9_001
+    # Worker i generated the users whose number is i modulo 3, and its share of the events.
+    numbers = {u: i for i, u in enumerate(Generator(seed=6, n_users=900).users)}
+    per_shard = Counter(numbers[str(m["user_id"])] % 3 for m in first)
+    assert per_shard == {0: 3_001, 1: 3_000, 2: 3_000}
+    # The same seed and workers give the same events again.
+    again = produce(f"{settings.kafka_topic}_again")
+    assert {m["event_id"] for m in again} == {m["event_id"] for m in first}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_cli_ctrl_c_flushes_and_prints_the_summary(settings: Settings, tmp_path: Path, workers: str) -> None:
     proc = subprocess.Popen(
-        [CLI, "produce", "--rate", "3000", "--seed", "2"],
+        [CLI, "produce", "--rate", "3000", "--seed", "2", "--workers", workers],
         env=_env(settings, tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

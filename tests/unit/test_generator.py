@@ -265,3 +265,43 @@ def test_iso_timestamps_match_format_timestamp() -> None:
     sparse = NOW + rng.integers(-400 * DAY, DAY, 1_000)  # a year: the sorted path
     for ts in (dense, sparse):
         assert iso_timestamps(ts) == [events.format_timestamp(int(t)) for t in ts]
+
+
+def test_shards_split_the_users_and_share_catalogue_and_prices() -> None:
+    """Producer processes use one shard each: disjoint users, the same items, prices and user attributes."""
+    whole = Generator(seed=4, n_users=600).backfill(NOW - DAY, NOW, 30_000).to_frame()
+    parts = [Generator(seed=4, n_users=600, shard=(i, 3)).backfill(NOW - DAY, NOW, 10_000).to_frame() for i in range(3)]
+    number = {u: i for i, u in enumerate(Generator(seed=4, n_users=600).users)}
+    users = [set(p["user_id"]) for p in parts]
+    for i, part_users in enumerate(users):
+        assert part_users and {number[u] % 3 for u in part_users} == {i}
+    assert set.union(*users) <= set(number) and len(set.union(*users)) > 500  # nearly every user is active
+
+    # One catalogue: an item costs the same in a currency whichever shard sells it, as in the unsharded generator.
+    def prices(frame: pd.DataFrame) -> dict[tuple[str, str], set[float]]:
+        bought = frame[frame["interaction_type"] == "purchase"]
+        return bought.groupby(["item_id", "currency"])["price"].agg(set).to_dict()
+
+    merged: dict[tuple[str, str], set[float]] = {}
+    for p in parts:
+        for key, value in prices(p).items():
+            merged.setdefault(key, set()).update(value)
+    reference = prices(whole)
+    assert all(len(v) == 1 for v in merged.values())
+    assert all(merged[k] == reference[k] for k in merged.keys() & reference.keys())
+    # A user's device and country do not depend on the shard.
+    attrs = whole.groupby("user_id")[["device", "country"]].first()
+    for p in parts:
+        got = p.groupby("user_id")[["device", "country"]].first()
+        common = got.index.intersection(attrs.index)
+        assert len(common) > 50 and got.loc[common].equals(attrs.loc[common])
+    # Deterministic per shard; shards are not copies of each other.
+    again = Generator(seed=4, n_users=600, shard=(1, 3)).backfill(NOW - DAY, NOW, 10_000).to_frame()
+    assert again["event_id"].tolist() == parts[1]["event_id"].tolist()
+    assert not set(parts[0]["event_id"]) & set(parts[1]["event_id"])
+
+
+@pytest.mark.parametrize("shard", [(3, 3), (-1, 2), (0, 0), (0, 601)])
+def test_a_bad_shard_is_a_config_error(shard: tuple[int, int]) -> None:
+    with pytest.raises(ConfigError, match="shard"):
+        Generator(seed=1, n_users=600, shard=shard)
