@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--broker-from-env", action="store_true", help="use KAFKA_BROKER_URL instead of a local broker")
     ap.add_argument("--sweep", action="store_true", help="also sweep kafka-python batch_size/linger_ms (raw sends)")
     ap.add_argument("--workers", type=int, default=2, help="also measure N producer processes (0 = skip; default 2)")
+    ap.add_argument("--rate-workers", type=int, default=1, help="producer processes for the rate checks (default 1)")
     args = ap.parse_args(argv)
     n = args.events
 
@@ -186,8 +187,17 @@ def main(argv: list[str] | None = None) -> int:
         rate_rows: list[tuple[float, float, float]] = []
         for target in [float(x) for x in args.rates.split(",") if x.strip()]:
             topic = f"bench_rate_{int(target)}_{uuid.uuid4().hex[:6]}"
-            with Producer(settings.replace(kafka_topic=topic), rate=target, seed=1) as producer:
-                stats = producer.run(duration=args.rate_seconds)
+            if args.rate_workers > 1:
+                stats, _ = produce_in_processes(
+                    settings.replace(kafka_topic=topic),
+                    args.rate_workers,
+                    rate=target,
+                    duration=args.rate_seconds,
+                    generator={"seed": 1},
+                )
+            else:
+                with Producer(settings.replace(kafka_topic=topic), rate=target, seed=1) as producer:
+                    stats = producer.run(duration=args.rate_seconds)
             rate_rows.append((target, stats.sent / args.rate_seconds, stats.acked / stats.elapsed_s))
     finally:
         if stack is not None:
@@ -222,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  batch_size {batch_kib:>4} KiB, linger_ms {linger:>3}{'':>16}{statistics.median(rates):>10,.0f}")
     if rate_rows:
         print(
-            f"\nrate control ({args.rate_seconds:.0f} s each): sent = handed to kafka-python during the run, "
+            f"\nrate control ({args.rate_seconds:.0f} s each, {max(1, args.rate_workers)} process(es)): "
+            "sent = handed to kafka-python during the run, "
             f"acked = acknowledged / (run + final flush)\n{'target':>10}{'sent/s':>12}{'error':>9}{'acked/s':>12}"
         )
         for target, sent, acked in rate_rows:
