@@ -33,7 +33,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from .errors import QueryError, StoreError
 from .events import INTERACTION_TYPES
-from .schema import HLL_PRECISION, SEGMENT_HLL_PRECISION, TYPE_COLUMNS
+from .schema import HLL_PRECISION, SEGMENT_HLL_PRECISION, TYPE_COLUMNS, USER_TOTAL_SQL
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -136,6 +136,10 @@ class Query:
     source: str
     used: str = "raw"
     params: dict[str, Any] = field(default_factory=dict)
+    # Query-level settings (validated names, integer values), appended to the SQL; see _by_user.
+    settings: dict[str, int] = field(default_factory=dict)
+    # The SQL without those settings: what run() falls back to if the engine refuses them.
+    plain_sql: str = ""
 
     def pick(self, *candidates: Rollup, need: Iterable[str] = (), max_grain_s: int | None = None) -> Rollup | None:
         """The first rollup that answers this query exactly, or None (read raw events).
@@ -319,7 +323,10 @@ def plan(
     if start_dt and end_dt and end_dt < start_dt:
         raise QueryError("end", f"{end_dt.isoformat()} is before start {start_dt.isoformat()}")
     q = Query(name, database, _ms(start_dt), _ms(end_dt), filters, options, source)
-    return nq, q, nq.build(q)
+    sql = q.plain_sql = nq.build(q)
+    if q.settings:
+        sql += " SETTINGS " + ", ".join(f"{k} = {int(v)}" for k, v in q.settings.items())
+    return nq, q, sql
 
 
 def run(
@@ -341,7 +348,16 @@ def run(
     """
     nq, q, sql = plan(name, store.database, start=start, end=end, source=source, **kwargs)
     try:
-        df = store.query_df(sql, q.params)
+        try:
+            df = store.query_df(sql, q.params)
+        except ClickHouseError as exc:
+            if not q.settings or "PROJECTION_NOT_USED" not in str(exc):
+                raise
+            # An engine that cannot use the projection here (e.g. an older server, which only considers projections
+            # for filtered queries): the same query without forcing it, reading the table itself.
+            logger.debug("query %s: projection not used (%s); reading without it", name, exc)
+            sql = q.plain_sql
+            df = store.query_df(sql, q.params)
         if df.columns.empty:
             df = _empty_frame(store, sql, q.params)
     except ClickHouseError as exc:
@@ -448,8 +464,14 @@ def _top(column: str, rollup: Rollup) -> Builder:
         having = ""
         if q.pick(rollup):
             src, where = q.table(rollup.table), q.where(rollup=rollup)
-            count = f"sum({' + '.join(q.type_columns())})"
-            having = "HAVING interactions > 0"  # rows of the kept types only, as the raw query counts
+            kept = q.type_columns()
+            if len(kept) == len(TYPE_COLUMNS):
+                # Every row has an event of some type. Spelled as in users_by_day's user_totals projection, which
+                # the optimizer then reads when there is no day filter.
+                count = f"sum({USER_TOTAL_SQL})"
+            else:
+                count = " + ".join(f"sum({c})" for c in kept)  # per-column sums: in the projection too
+                having = "HAVING interactions > 0"  # rows of the kept types only, as the raw query counts
         else:
             src, count, where = q.table("events"), "count()", q.where()
         return (
@@ -485,7 +507,20 @@ def _events_per_second(q: Query) -> str:
     )
 
 
+def _by_user(q: Query) -> None:
+    """Per-user passes over a window with no time bound read ``events`` through its ``by_user`` projection.
+
+    Ordered by (user_id, event_time), a user's events arrive together and in time order, so grouping by user and
+    ordering each user's events cost far less (measured at 10M events over 7 days: funnel and sessions ~2x faster).
+    It holds the same rows, so results are equal. The optimizer keeps the hour-first table when a time bound lets
+    it skip granules; with no bound both read every granule, and the tie goes to the table unless forced.
+    """
+    if q.start_ms is None and q.end_ms is None:
+        q.settings["force_optimize_projection"] = 1
+
+
 def _funnel(q: Query) -> str:
+    _by_user(q)
     q.params["window_ms"] = q.options["window_s"] * 1000
     steps = []
     for i, step in enumerate(FUNNEL_STEPS):
@@ -512,6 +547,7 @@ def _funnel_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
 
 
 def _session_rows(q: Query) -> str:
+    _by_user(q)
     q.params["gap_ms"] = q.options["gap_s"] * 1000
     # One row per session: split each user's sorted times where the gap to the previous event exceeds gap_ms.
     return (
@@ -550,6 +586,7 @@ def _session_durations_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
 
 
 def _retention(q: Query) -> str:
+    _by_user(q)
     q.params["days"] = q.options["days"]
     return (
         "SELECT cohort, day_n, count() AS users FROM ("

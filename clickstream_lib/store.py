@@ -49,11 +49,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         1,
         "events and dead letters",
         (
-            schema.table_ddl(schema.EVENTS, dedup_window=DEDUP_WINDOW),
-            schema.table_ddl(schema.DEAD_LETTERS, dedup_window=DEDUP_WINDOW),
+            schema.table_ddl(schema.EVENTS, dedup_window=DEDUP_WINDOW, projections=False),
+            schema.table_ddl(schema.DEAD_LETTERS, dedup_window=DEDUP_WINDOW, projections=False),
         ),
     ),
     Migration(2, "rollups (schema.ROLLUPS) and the views that keep them", schema.rollup_statements()),
+    Migration(
+        3,
+        "projections: events by user (per-user passes), users_by_day totals per user (top users)",
+        schema.projection_statements(),
+    ),
 )
 
 

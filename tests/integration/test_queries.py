@@ -311,6 +311,13 @@ def test_funnel_equals_pandas(loaded: Store, events: pd.DataFrame, window_s: int
         queries.funnel(loaded, interaction_type="view")
 
 
+def test_funnel_over_all_time_equals_pandas(loaded: Store, events: pd.DataFrame) -> None:
+    """No time bound: the funnel reads events through their by_user projection, with the same answer."""
+    for filters in ({}, {"referrer": "search"}):
+        f = queries.funnel(loaded, window_s=1800, **filters)
+        assert list(f["users"]) == funnel_truth(select(events, **filters), 1_800_000)
+
+
 def sessions_truth(df: pd.DataFrame, gap_ms: int) -> pd.DataFrame:
     t = ((df["event_time"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).rename("t")
     d = pd.DataFrame({"user_id": df["user_id"], "t": t}).sort_values(["user_id", "t"])

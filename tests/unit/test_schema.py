@@ -34,7 +34,12 @@ EVENTS_COLUMNS = {
 
 def columns_of(ddl: str) -> dict[str, str]:
     body = ddl[ddl.index("(\n") + 2 : ddl.index("\n)\n")]
-    return dict(line.strip().rstrip(",").split(" ", 1) for line in body.splitlines())
+    lines = [line.strip().rstrip(",") for line in body.splitlines()]
+    return dict(line.split(" ", 1) for line in lines if not line.startswith("PROJECTION "))
+
+
+def projections_of(ddl: str) -> list[str]:
+    return [line.strip().rstrip(",") for line in ddl.splitlines() if line.strip().startswith("PROJECTION ")]
 
 
 def test_events_columns_are_the_sink_contract() -> None:
@@ -52,7 +57,13 @@ def test_migrations_are_versioned_and_templated() -> None:
         for stmt in m.statements:
             # Store.migrate formats only {db}; any other brace would break it or be an injection point.
             assert set(re.findall(r"\{[^}]*\}", stmt)) <= {"{db}"}, stmt
-            assert "IF NOT EXISTS" in stmt or stmt.startswith("INSERT INTO {db}.")
+            # Every statement may re-run (a half-applied migration): IF NOT EXISTS, a guarded backfill, or an ALTER
+            # that sets the same setting / rebuilds the same projection again.
+            assert (
+                "IF NOT EXISTS" in stmt
+                or stmt.startswith("INSERT INTO {db}.")
+                or re.match(r"ALTER TABLE \{db\}\.\w+ (MODIFY SETTING|MATERIALIZE PROJECTION) ", stmt)
+            ), stmt
     rollups = MIGRATIONS[1].statements
     # Backfills run before the views exist, so a re-run never counts a row twice.
     kinds = [s.split()[0] + (" VIEW" if "MATERIALIZED VIEW" in s else "") for s in rollups]
@@ -105,3 +116,41 @@ def test_identifiers_are_validated() -> None:
     with pytest.raises(ValueError, match="out of range"):
         schema.ttl_statement("ok", 0)
     assert schema.ttl_statement("ok", 30).endswith("toDateTime(event_time) + INTERVAL 30 DAY")
+
+
+def test_projections_come_in_their_own_migration() -> None:
+    # Migrations 1 and 2 keep the text they were applied with; migration 3 adds the projections to existing stores.
+    for m in MIGRATIONS[:2]:
+        assert not any("PROJECTION" in stmt or "deduplicate_merge_projection_mode" in stmt for stmt in m.statements)
+    third = MIGRATIONS[2].statements
+    tables = [t for t in (schema.EVENTS, schema.DEAD_LETTERS, *schema.ROLLUPS) if t.projections]
+    assert {t.name for t in tables} == {"events", "users_by_day"}
+    for t in tables:
+        for p in t.projections:
+            add = f"ALTER TABLE {{db}}.{t.name} ADD PROJECTION IF NOT EXISTS {p.name} ({p.select})"
+            build = f"ALTER TABLE {{db}}.{t.name} MATERIALIZE PROJECTION {p.name}"
+            assert third.index(add) < third.index(build)
+        for k, v in t.settings:
+            setting = f"ALTER TABLE {{db}}.{t.name} MODIFY SETTING {k} = {v}"
+            # An AggregatingMergeTree accepts a projection only once the merge mode is set.
+            assert all(third.index(setting) < third.index(s) for s in third if f"{{db}}.{t.name} ADD PROJECTION" in s)
+
+
+def test_projections_are_rendered_in_both_dialects() -> None:
+    local = {s.split()[5].split(".")[1]: s for s in schema.local_ddl("analytics") if s.startswith("CREATE TABLE")}
+    cluster = schema.cluster_ddl("analytics", cluster="prod")
+    for t in (schema.EVENTS, schema.DEAD_LETTERS, *schema.ROLLUPS):
+        want = [f"PROJECTION {p.name} ({p.select})" for p in t.projections]
+        assert projections_of(local[t.name]) == want
+        replicated = next(s for s in cluster if s.startswith(f"CREATE TABLE IF NOT EXISTS analytics.{t.name}_local "))
+        assert projections_of(replicated) == want
+        for k, v in t.settings:
+            assert f"{k} = {v}" in local[t.name] and f"{k} = {v}" in replicated
+    # The events projection keeps every column the per-user queries read or filter on.
+    (by_user,) = schema.EVENTS.projections
+    for col in ("user_id", "event_time", "interaction_type", "device", "country", "referrer", "item_id"):
+        assert col in by_user.select
+    assert by_user.select.endswith("ORDER BY user_id, event_time")
+    # top_users' all-types sum is spelled as in the user_totals projection, so the optimizer can match it.
+    (totals,) = schema.USERS_BY_DAY.projections
+    assert f"sum({schema.USER_TOTAL_SQL})" in totals.select
