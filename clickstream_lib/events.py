@@ -17,6 +17,7 @@ one from topic/partition/offset).
 from __future__ import annotations
 
 import json
+import operator
 import re
 import time
 import uuid
@@ -225,6 +226,128 @@ def validate(obj: dict[str, Any], reference_ms: int | None = None) -> dict[str, 
         "currency": optional["currency"],
         "schema_version": version,
     }
+
+
+# --- the sink's fast path ---------------------------------------------------------------------------------------
+
+_ROW = operator.itemgetter(*FIELDS)
+
+
+def parse_row(
+    raw: bytes | bytearray | memoryview | str | None, reference_ms: int | None
+) -> tuple[Any, ...] | Rejection:
+    """:func:`parse` for the sink: the event as a tuple in :data:`FIELDS` order, or the :class:`Rejection`.
+
+    The tuple holds exactly the values of the dict :func:`parse` returns (``event_id`` may be None), so a batch can
+    keep rows as tuples and transpose them into insert columns in C. The common, plainly valid message is checked
+    here without building the dict; anything else — every invalid message, and every valid one that needs
+    normalising (e.g. an upper-case UUID) — goes through :func:`parse` itself, so reasons, details and rows are
+    those of :func:`parse` by construction.
+    """
+    if type(raw) is bytes and len(raw) <= MAX_MESSAGE_BYTES:
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            obj = None
+        if type(obj) is dict:
+            plain = _plain_row(obj, reference_ms)
+            if plain is not None:
+                return plain
+    result = parse(raw, reference_ms) if raw is not None else Rejection(NOT_JSON, "empty message (null value)")
+    if isinstance(result, Rejection):
+        return result
+    row: tuple[Any, ...] = _ROW(result)
+    return row
+
+
+def _plain_row(obj: dict[str, Any], reference_ms: int | None) -> tuple[Any, ...] | None:
+    """The values :func:`validate` returns for ``obj``, in :data:`FIELDS` order, if ``obj`` needs no normalising.
+
+    None means "not plainly valid: ask :func:`validate`". The checks are validate()'s acceptance conditions, unrolled.
+    orjson yields exact ``str``/``int``/``float``/``bool`` types, so ``type(x) is str`` here agrees with validate()'s
+    ``isinstance`` checks (and ``type(x) is int`` excludes ``bool``, as validate() does).
+    """
+    get = obj.get
+    user_id = get("user_id")
+    item_id = get("item_id")
+    itype = get("interaction_type")
+    ts = get("timestamp")
+    if (
+        type(user_id) is not str
+        or type(item_id) is not str
+        or type(itype) is not str
+        or type(ts) is not str
+        or not user_id
+        or not item_id
+        or len(user_id) > _MAX_ID_LEN
+        or len(item_id) > _MAX_ID_LEN
+        or itype not in _INTERACTIONS
+    ):
+        return None
+    ts_ms = parse_timestamp(ts)
+    if ts_ms is None:
+        return None
+    ref = reference_ms if reference_ms is not None else time.time_ns() // 1_000_000
+    if ts_ms < MIN_TIME_MS or ts_ms > ref + MAX_FUTURE_MS:
+        return None
+    event_id = get("event_id")
+    if event_id is not None and (type(event_id) is not str or not _CANONICAL_UUID.match(event_id)):
+        return None
+    session_id = get("session_id")
+    if session_id is None:
+        session_id = ""
+    elif type(session_id) is not str or len(session_id) > 2048:
+        return None
+    page = get("page")
+    if page is None:
+        page = ""
+    elif type(page) is not str or len(page) > 2048:
+        return None
+    referrer = get("referrer")
+    if referrer is None:
+        referrer = ""
+    elif type(referrer) is not str or len(referrer) > 2048:
+        return None
+    device = get("device")
+    if device is None:
+        device = ""
+    elif type(device) is not str or len(device) > 2048:
+        return None
+    country = get("country")
+    if country is None:
+        country = ""
+    elif type(country) is not str or len(country) > 2048:
+        return None
+    currency = get("currency")
+    if currency is None:
+        currency = ""
+    elif type(currency) is not str or len(currency) > 2048:
+        return None
+    price = get("price")
+    if price is None:
+        price = 0.0
+    elif (type(price) is float or type(price) is int) and 0 <= price < 1e10:
+        price = float(price)
+    else:
+        return None
+    version = get("schema_version", SCHEMA_VERSION)
+    if type(version) is not int or not 0 <= version <= 255:
+        return None
+    return (
+        event_id,
+        user_id,
+        session_id,
+        item_id,
+        itype,
+        ts_ms,
+        page,
+        referrer,
+        device,
+        country,
+        price,
+        currency,
+        version,
+    )
 
 
 def encode(event: dict[str, Any]) -> bytes:

@@ -203,3 +203,83 @@ def test_json_schema_file_agrees_with_parse() -> None:
             assert not validator.is_valid(orjson.loads(raw)), raw
             checked += 1
     assert checked >= 10
+
+
+# --- the sink's fast path: parse_row gives what parse gives -----------------------------------------------------
+
+
+def _same_as_parse(raw: bytes | str | None, reference_ms: int | None = REF) -> tuple[object, ...] | Rejection:
+    """parse_row(raw) checked against parse(raw): the same rejection (reason and detail) or the same values."""
+    row = events.parse_row(raw, reference_ms)
+    expected = parse(raw, reference_ms) if raw is not None else Rejection(events.NOT_JSON, "empty message (null value)")
+    if isinstance(expected, Rejection):
+        assert isinstance(row, Rejection) and row == expected, (raw, row, expected)
+        assert (row.reason, row.detail) == (expected.reason, expected.detail)
+    else:
+        assert not isinstance(row, Rejection), (raw, row)
+        assert row == tuple(expected[f] for f in events.FIELDS), raw
+        assert [type(v) for v in row] == [type(expected[f]) for f in events.FIELDS], raw  # 0.0 stays a float
+    return row
+
+
+@pytest.mark.parametrize(("raw", "reason"), INVALID, ids=[f"{i}-{r}" for i, (_, r) in enumerate(INVALID)])
+def test_parse_row_rejects_each_invalid_class_as_parse_does(raw: bytes | str, reason: str) -> None:
+    row = _same_as_parse(raw)
+    assert isinstance(row, Rejection) and row.reason == reason
+
+
+def test_parse_row_gives_the_rows_of_parse() -> None:
+    uuid_upper = str(FULL["event_id"]).upper()
+    cases: list[bytes | str | None] = [
+        CASE_STUDY,
+        orjson.dumps(FULL),
+        orjson.dumps({**FULL, "event_id": uuid_upper}),  # valid, but normalised: parse's own path
+        orjson.dumps({**FULL, "event_id": "{" + str(FULL["event_id"]) + "}"}),
+        orjson.dumps({**FULL, "price": 5}),  # an int price is stored as a float
+        orjson.dumps({**FULL, "price": 0}),
+        orjson.dumps({**FULL, "price": None, "currency": None, "page": None}),
+        orjson.dumps({**FULL, "schema_version": 0}),
+        orjson.dumps({k: v for k, v in FULL.items() if k != "schema_version"}),
+        orjson.dumps({**FULL, "timestamp": "2026-11-29T10:00:00+02:00"}),
+        orjson.dumps({**FULL, "timestamp": "2026-11-29 10:00:00.5"}),
+        orjson.dumps({**FULL, "timestamp": "2026-11-29"}),
+        orjson.dumps({**FULL, "extra": {"nested": [1, 2]}}),
+        orjson.dumps({**FULL, "user_id": "u" * 256, "page": "p" * 2048}),
+        orjson.dumps({**FULL, "user_id": "u" * 257}),
+        orjson.dumps({**FULL, "page": "p" * 2049}),
+        orjson.dumps({**FULL, "price": True}),
+        orjson.dumps({**FULL, "price": 1e10}),
+        orjson.dumps({**FULL, "schema_version": 256}),
+        orjson.dumps({**FULL, "schema_version": 1.0}),
+        orjson.dumps({**FULL, "event_id": 7}),
+        orjson.dumps({**FULL, "interaction_type": 3}),
+        orjson.dumps({**FULL, "interaction_type": ["view"]}),  # unhashable: must not reach the set lookup
+        orjson.dumps({**FULL, "timestamp": "2026-11-29T24:00:00.000Z"}),
+        orjson.dumps({**FULL, "timestamp": "2026-11-29T10:00:00.123+14:00"}),
+        bytearray(orjson.dumps(FULL)),
+        orjson.dumps(FULL).decode(),
+        None,
+    ]
+    for raw in cases:
+        _same_as_parse(raw)
+    _same_as_parse(orjson.dumps(FULL), reference_ms=None)  # the wall clock, as parse uses
+
+
+def test_parse_row_agrees_with_parse_on_garbage_and_mutations() -> None:
+    rng = random.Random(11)
+    valid = [orjson.dumps(FULL), CASE_STUDY, orjson.dumps({**FULL, "price": None, "event_id": None})]
+    outcomes: set[str] = set()
+    for _ in range(3000):
+        b = bytearray(rng.choice(valid))
+        for _ in range(rng.randrange(1, 3)):
+            i = rng.randrange(len(b))
+            op = rng.randrange(3)
+            if op == 0:
+                b[i] = rng.choice(b'0123456789"{}[],:-. Zaez\\\xff') if rng.random() < 0.7 else rng.getrandbits(8)
+            elif op == 1:
+                del b[i : i + rng.randrange(1, 6)]
+            else:
+                b[i:i] = bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 4)))
+        row = _same_as_parse(bytes(b))
+        outcomes.add(row.reason if isinstance(row, Rejection) else "valid")
+    assert "valid" in outcomes and len(outcomes) >= 6, outcomes  # both paths, many reasons
