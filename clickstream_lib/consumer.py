@@ -33,9 +33,10 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -52,6 +53,7 @@ from kafka.structs import OffsetAndMetadata
 
 from . import events, topics
 from .errors import StoreError
+from .events import Rejection
 from .settings import Settings
 from .store import Store, connect
 
@@ -64,6 +66,11 @@ DEFAULT_BATCH_MAX_WAIT_S = 1.0
 DEFAULT_RETRY_BASE_S = 0.25
 DEFAULT_RETRY_MAX_S = 5.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
+# Bytes fetched per partition per request (kafka-python's default is 1 MiB, ~2 500 events). kafka-python fetches a
+# partition again only once its previous response is consumed, so a backlog costs a round trip per response; 8 MiB
+# also lets a partition fill a 20 000-row batch from one response (bench/consume.py: half the inserts). Live traffic
+# is unaffected: the broker answers with what it has.
+FETCH_MAX_PARTITION_BYTES = 8 * 1024 * 1024
 
 # The events table's columns: the event's own fields (event time stored as event_time) plus where Kafka had it.
 EVENT_COLUMNS: tuple[str, ...] = (
@@ -83,6 +90,7 @@ DEAD_LETTER_COLUMNS: tuple[str, ...] = (
     "kafka_timestamp",
 )
 _PARSED_FIELDS = events.FIELDS  # event_id ... schema_version, in EVENT_COLUMNS order (timestamp_ms = event_time)
+_EVENT_TIME_INDEX = _PARSED_FIELDS.index("timestamp_ms")
 _META_PREFIX = "clickstream-sink/1"
 _LATENCY_WINDOW_S = 30.0
 _RATE_WINDOW_S = 10.0
@@ -91,6 +99,8 @@ _RATE_WINDOW_S = 10.0
 _NO_TIMESTAMP_REFERENCE_MS = 2**62
 # until_idle waits at most this long for a first assignment (a group waiting for a dead member's session).
 _JOIN_GRACE_S = 60.0
+# How long one poll() may wait while the insert thread works: its result is committed on the next loop turn.
+_INFLIGHT_POLL_S = 0.005
 
 # Group-membership errors: the commit can never succeed in this generation, so the batch is abandoned uncommitted
 # and the partition's next owner rebuilds it from the recorded range. Other Kafka errors are retried.
@@ -151,6 +161,29 @@ def join_in_progress(consumer: KafkaConsumer) -> bool:
             "group %s: a finished group join was left unapplied by kafka-python; joining again", coordinator.group_id
         )
         coordinator.request_rejoin()
+    return True
+
+
+def unpark_resumed_records(consumer: KafkaConsumer) -> bool:
+    """Let kafka-python 3.0.12 hand back the parsed records it parked for a partition that is resumed.
+
+    When a partition is paused while part of its fetched records are already parsed (a poll stopped at
+    ``max_records``), the fetcher parks them and restores them only into an *empty* in-line slot; but a drained slot
+    keeps its exhausted ``PartitionRecords`` instead of becoming empty, and a partition with parked records is never
+    fetched again. The resumed partition then stalls until it is reassigned (seen after the store-outage pause).
+    Emptying a drained slot lets the next poll restore the parked records. True when it did.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    parked = getattr(fetcher, "_paused_partition_records", None)
+    if not parked:
+        return False
+    current = getattr(fetcher, "_next_partition_records", None)
+    if current is None or current:
+        return False  # empty already, or still holding records: they are returned first
+    paused = consumer.paused()
+    if all(tp in paused for tp in parked):
+        return False
+    fetcher._next_partition_records = None  # type: ignore[union-attr]
     return True
 
 
@@ -266,6 +299,15 @@ class BatchInfo:
     token: str
 
 
+class _Record(NamedTuple):
+    """The fields of a Kafka record the sink uses (kafka-python's ConsumerRecord has them by these names)."""
+
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+
+
 class _Batch:
     """The records of one partition in one offset range, validated as they arrive."""
 
@@ -274,7 +316,6 @@ class _Batch:
         "dead_stored",
         "dlq_sent",
         "epoch",
-        "event_ms",
         "events_stored",
         "first",
         "first_kafka_ms",
@@ -296,10 +337,9 @@ class _Batch:
         self.first_kafka_ms = 0
         self.first = -1
         self.last = -1
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[tuple[Any, ...]] = []  # the valid events, as events.parse_row gives them (FIELDS order)
         self.offsets: list[int] = []
         self.kafka_ms: list[int] = []
-        self.event_ms: list[int] = []
         # (raw, reason, detail, offset, kafka_ms, key)
         self.dead: list[tuple[bytes, str, str, int, int, bytes | None]] = []
         self.precommitted = False
@@ -314,34 +354,48 @@ class _Batch:
     def token(self) -> str:
         return batch_token(self.topic, self.epoch, self.partition, self.first, self.last)
 
+    @property
+    def event_ms(self) -> list[int]:
+        """The valid rows' event times (epoch ms)."""
+        return [r[_EVENT_TIME_INDEX] for r in self.rows]
+
     def add(self, offset: int, timestamp_ms: int, key: bytes | None, value: bytes | None) -> None:
         """Validate one record and keep it as a row or a dead letter (deterministic: no wall clock involved)."""
-        if self.first < 0:
-            self.first = offset
-            self.first_kafka_ms = timestamp_ms
-        self.last = offset
-        reference = timestamp_ms if timestamp_ms >= 0 else _NO_TIMESTAMP_REFERENCE_MS
-        kafka_ms = max(timestamp_ms, 0)
-        result = (
-            events.parse(value, reference)
-            if value is not None
-            else events.Rejection(events.NOT_JSON, "empty message (null value)")
-        )
-        if isinstance(result, events.Rejection):
-            self.dead.append((bytes(value or b""), result.reason, result.detail, offset, kafka_ms, key))
+        self.add_records((_Record(offset, timestamp_ms, key, value),))
+
+    def add_records(self, records: Sequence[Any]) -> None:
+        """:meth:`add` for consecutive records (ConsumerRecords or :class:`_Record`), in one loop."""
+        if not records:
             return
-        if result["event_id"] is None:
-            result["event_id"] = events.derived_event_id(self.topic, self.partition, offset)
-        self.rows.append(result)
-        self.offsets.append(offset)
-        self.kafka_ms.append(kafka_ms)
-        self.event_ms.append(result["timestamp_ms"])
+        if self.first < 0:
+            self.first = records[0].offset
+            self.first_kafka_ms = records[0].timestamp
+        self.last = records[-1].offset
+        parse_row = events.parse_row
+        rows = self.rows
+        offsets = self.offsets
+        kafka_ms_col = self.kafka_ms
+        dead = self.dead
+        for r in records:
+            offset = r.offset
+            timestamp_ms = r.timestamp
+            value = r.value
+            kafka_ms = timestamp_ms if timestamp_ms > 0 else 0
+            row = parse_row(value, timestamp_ms if timestamp_ms >= 0 else _NO_TIMESTAMP_REFERENCE_MS)
+            if isinstance(row, Rejection):
+                dead.append((bytes(value or b""), row.reason, row.detail, offset, kafka_ms, r.key))
+                continue
+            if row[0] is None:
+                row = (events.derived_event_id(self.topic, self.partition, offset), *row[1:])
+            rows.append(row)
+            offsets.append(offset)
+            kafka_ms_col.append(kafka_ms)
 
     def event_columns(self) -> list[list[Any]]:
         """The valid rows as columns in :data:`EVENT_COLUMNS` order."""
         rows = self.rows
-        cols: list[list[Any]] = [[r[f] for r in rows] for f in _PARSED_FIELDS]
         n = len(rows)
+        cols: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)] if n else [[] for _ in _PARSED_FIELDS]
         cols += [[self.topic] * n, [self.partition] * n, list(self.offsets), list(self.kafka_ms)]
         return cols
 
@@ -463,6 +517,9 @@ class Sink:
         self._retry_at = 0.0
         self._attempt = 0
         self._paused_for_failure = False
+        # The round of batches being inserted by the insert thread, and that thread (see _start_round).
+        self._inflight: tuple[list[_Batch], Future[None]] | None = None
+        self._inserter: ThreadPoolExecutor | None = None
         # live figures, read by stats() from other threads
         self._lock = threading.Lock()
         self._window = _Window()
@@ -609,6 +666,7 @@ class Sink:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.batch_max_rows,
+            max_partition_fetch_bytes=FETCH_MAX_PARTITION_BYTES,
             check_crcs=True,
             # kafka-python 3.0 stopped returning records for partitions that were sought/paused during a rebalance
             # when incremental fetch sessions (KIP-227) were on (seen in the two-member takeover test).
@@ -628,6 +686,7 @@ class Sink:
                 self._consumer.close(autocommit=False)
                 self._consumer = None
             raise topics.unreachable(self.settings, exc) from exc
+        self._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"clickstream-sink-insert-{self.topic}")
         self._await_partitions(self._consumer)
         self._consumer.subscribe([self.topic], listener=_Listener(self))
         logger.info(
@@ -718,6 +777,12 @@ class Sink:
         return topic_id.replace("-", "")[:12] or "0"
 
     def _close(self) -> None:
+        # An insert still running (an error ended the loop, or its round was abandoned) finishes before the store
+        # can close; it stays uncommitted, so the next owner rebuilds its range and ClickHouse drops what was stored.
+        self._abandon_inflight()
+        if self._inserter is not None:
+            self._inserter.shutdown(wait=True)
+            self._inserter = None
         if self._consumer is not None:
             try:
                 self._consumer.close(autocommit=False)
@@ -750,6 +815,7 @@ class Sink:
             if join_in_progress(consumer):
                 timeout_ms = max(timeout_ms, _JOIN_POLL_MS)  # eager rebalance: nothing is assigned meanwhile
             self._fresh.clear()
+            unpark_resumed_records(consumer)
             records = consumer.poll(timeout_ms=timeout_ms, max_records=self.batch_max_rows)
             changed = self._apply_rebalances()
             now = time.monotonic()
@@ -770,8 +836,10 @@ class Sink:
                 taken += self._take(state, recs, now, limit)
                 last_activity = now
             self._seal_due(now, force=max_events is not None and taken >= max_events)
-            if any(s.sealed for s in self._states.values()) and now >= self._retry_at:
-                self._deliver_round()
+            if self._inflight is not None and (self._inflight[1].done() or self._store_behind()):
+                self._finish_round()  # waits for the insert when the store is behind
+            if self._inflight is None and any(s.sealed for s in self._states.values()) and now >= self._retry_at:
+                self._start_round()
             self._update_lag()
             if max_events is not None and taken >= max_events and not self._busy():
                 return
@@ -786,7 +854,7 @@ class Sink:
                 return
 
     def _busy(self) -> bool:
-        return any(s.open is not None or s.sealed for s in self._states.values())
+        return self._inflight is not None or any(s.open is not None or s.sealed for s in self._states.values())
 
     def _poll_timeout_ms(self) -> int:
         now = time.monotonic()
@@ -794,7 +862,9 @@ class Sink:
         for s in self._states.values():
             if s.open is not None and s.replay is None:
                 wait = min(wait, self._due_at(s.open, now, time.time()) - now)
-        if any(s.sealed for s in self._states.values()):
+        if self._inflight is not None:
+            wait = min(wait, _INFLIGHT_POLL_S)  # commit promptly once the insert thread is done
+        elif any(s.sealed for s in self._states.values()):
             wait = min(wait, self._retry_at - now)
         return max(0, int(wait * 1000))
 
@@ -802,27 +872,51 @@ class Sink:
         """Add polled records to the partition's batches; returns how many were taken.
 
         ``limit`` caps the records taken, except that a recorded range is always rebuilt whole: cutting it would
-        give its rows a different token and store them twice.
+        give its rows a different token and store them twice. Outside a recorded range the records go to the open
+        batch in runs that fill it to ``batch_max_rows`` exactly, which is where the one-by-one rule would cut too.
         """
         n = 0
-        for r in records:
-            if limit is not None and n >= limit and state.replay is None:
+        i = 0
+        total = len(records)
+        while i < total:
+            if state.replay is not None:
+                r = records[i]
+                i += 1
+                offset = r.offset
+                if offset < state.next_offset:
+                    continue  # already in a batch (a re-fetch after seek); taking it twice would double it
+                if offset > state.replay[1]:
+                    self._seal(state)  # the recorded range ended in a gap: what follows is a new batch
+                else:
+                    batch = state.open
+                    if batch is None:
+                        batch = state.open = _Batch(self.topic, self.epoch, state.tp.partition, now)
+                    batch.add_records((r,))
+                    state.next_offset = offset + 1
+                    n += 1
+                    if offset >= state.replay[1]:
+                        self._seal(state)
+                    continue
+                i -= 1  # the record after the gap starts a normal batch below
+                continue
+            if limit is not None and n >= limit:
                 break
-            offset = r.offset
-            if offset < state.next_offset:
-                continue  # already in a batch (a re-fetch after seek); taking it twice would double it
-            if state.replay is not None and offset > state.replay[1]:
-                self._seal(state)  # the recorded range ended in a gap: what follows is a new batch
+            while i < total and records[i].offset < state.next_offset:
+                i += 1  # already in a batch (a re-fetch after seek); taking it twice would double it
+            if i >= total:
+                break
             batch = state.open
             if batch is None:
                 batch = state.open = _Batch(self.topic, self.epoch, state.tp.partition, now)
-            batch.add(offset, r.timestamp, r.key, r.value)
-            state.next_offset = offset + 1
-            n += 1
-            if state.replay is not None:
-                if offset >= state.replay[1]:
-                    self._seal(state)
-            elif len(batch) >= self.batch_max_rows:
+            room = self.batch_max_rows - len(batch)
+            if limit is not None:
+                room = min(room, limit - n)
+            run = records[i : i + room]
+            batch.add_records(run)
+            i += len(run)
+            n += len(run)
+            state.next_offset = run[-1].offset + 1
+            if len(batch) >= self.batch_max_rows:
                 self._seal(state)
         with self._lock:
             self._consumed += n
@@ -862,19 +956,34 @@ class Sink:
                 continue  # a recorded range is rebuilt whole, however long it takes to fetch
             if force or now >= self._due_at(b, now, wall):
                 self._seal(state)
-        # Backpressure: stop fetching a partition while two of its batches wait for the store.
-        if self._consumer is not None and not self._paused_for_failure:
-            pause = [s.tp for s in self._states.values() if len(s.sealed) >= 2]
-            resume = [s.tp for s in self._states.values() if len(s.sealed) < 2]
-            if pause:
-                self._consumer.pause(*pause)
-            if resume and self._consumer.paused():
-                self._consumer.resume(*[tp for tp in resume if tp in self._consumer.paused()])
+
+    def _store_behind(self) -> bool:
+        """Backpressure: a partition has a batch waiting behind the one being inserted.
+
+        The loop then waits for the insert instead of reading on. (Pausing the partition instead stalls it:
+        kafka-python 3.0.12 can leave a paused partition's already-parsed records parked for good, see
+        :func:`unpark_resumed_records`.)
+        """
+        return any(len(s.sealed) >= 2 for s in self._states.values())
 
     # --- delivery -----------------------------------------------------------------------------------------------
 
     def _deliver_round(self) -> bool:
-        """Store and commit the oldest sealed batch of every partition; True on success."""
+        """Store and commit the oldest sealed batch of every partition, waiting for it; True on success."""
+        if self._inflight is None:
+            self._start_round()
+        if self._inflight is None:
+            return False  # the pre-commit failed
+        return self._finish_round()
+
+    def _start_round(self) -> None:
+        """Pre-commit the oldest sealed batch of every partition and hand the batches to the insert thread.
+
+        The insert runs while this thread polls and validates the next records: chdb and the HTTP driver release
+        the GIL in the engine / on the socket, which is most of an insert. Everything Kafka (pre- and post-commit,
+        dead-letter topic) stays on this thread, and :meth:`_finish_round` commits only after the insert returned.
+        """
+        assert self._inflight is None and self._inserter is not None
         consumer = self._consumer
         assert consumer is not None
         batches = [s.sealed[0] for s in self._states.values() if s.sealed]
@@ -890,8 +999,44 @@ class Sink:
                 self._commit(pre)
                 for b in batches:
                     b.precommitted = True
-            for b in batches:
-                self._store_batch(b)
+        except _DeliveryError as exc:
+            self._round_failed(exc)
+            return
+        self._inflight = (batches, self._inserter.submit(self._store_batches, batches))
+
+    def _store_batches(self, batches: list[_Batch]) -> None:
+        """The insert thread's work: only the store and the batches' stored flags, nothing of Kafka."""
+        for b in batches:
+            self._store_batch(b)
+
+    def _abandon_inflight(self) -> None:
+        """Forget the running round, uncommitted, without waiting for its insert.
+
+        Its ranges are recorded (pre-committed), so whoever owns the partitions next rebuilds them with the same
+        tokens and ClickHouse drops what this insert stored. The insert thread runs one round at a time, so a later
+        round of this sink is inserted only after this one ended, and :meth:`_close` waits for it.
+        """
+        if self._inflight is None:
+            return
+        batches, future = self._inflight
+        self._inflight = None
+        tokens = ", ".join(b.token for b in batches)
+
+        def ended(f: Future[None]) -> None:
+            exc = f.exception()
+            logger.info("abandoned insert round %s ended%s; left uncommitted", tokens, f" with {exc}" if exc else "")
+
+        future.add_done_callback(ended)
+
+    def _finish_round(self) -> bool:
+        """After the insert thread returned: dead-letter topic, hook, post-commit, figures; True on success."""
+        assert self._inflight is not None
+        batches, future = self._inflight
+        self._inflight = None
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            future.result()
             self._send_dead_letters(batches)
             if self._on_batch_stored is not None:
                 for b in batches:
@@ -904,11 +1049,7 @@ class Sink:
                 post[state.tp] = OffsetAndMetadata(b.last + 1, meta, -1)
             self._commit(post)
         except _DeliveryError as exc:
-            if exc.fenced:
-                logger.warning("%s — abandoning uncommitted batches; the partitions' next owner rebuilds them", exc)
-                self._rewind()
-                return False
-            self._failed(str(exc))
+            self._round_failed(exc)
             return False
         ack = time.time() * 1000
         now = time.monotonic()
@@ -934,6 +1075,13 @@ class Sink:
                     ack - np.asarray(b.kafka_ms, dtype=np.float64),
                 )
         return True
+
+    def _round_failed(self, exc: _DeliveryError) -> None:
+        if exc.fenced:
+            logger.warning("%s — abandoning uncommitted batches; the partitions' next owner rebuilds them", exc)
+            self._rewind()
+        else:
+            self._failed(str(exc))
 
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         consumer = self._consumer
@@ -1006,7 +1154,7 @@ class Sink:
         self._attempt = 0
         self._retry_at = 0.0
         if self._paused_for_failure and self._consumer is not None:
-            self._consumer.resume(*[s.tp for s in self._states.values() if len(s.sealed) < 2])
+            self._consumer.resume(*[s.tp for s in self._states.values()])
             self._paused_for_failure = False
             with self._lock:
                 self._last_error = None
@@ -1017,6 +1165,8 @@ class Sink:
         if consumer is None:
             return
         self._seal_for_stop()
+        if self._inflight is not None:
+            self._finish_round()
         deadline = self._stop_deadline or (time.monotonic() + DEFAULT_STOP_TIMEOUT_S)
         while any(s.sealed for s in self._states.values()):
             if time.monotonic() >= deadline:
@@ -1048,6 +1198,10 @@ class Sink:
     def _apply_rebalances(self) -> bool:
         with self._rebalance_lock:
             changes, self._rebalances = self._rebalances, []
+        if changes:
+            # The running round belongs to the old assignment: nothing is committed for it. What it stores is dropped
+            # by ClickHouse when the partition's (next) owner rebuilds the recorded range.
+            self._abandon_inflight()
         for kind, tps in changes:
             if kind == "revoked":
                 for tp in tps:

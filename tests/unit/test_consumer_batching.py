@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import orjson
 import pytest
+from kafka import TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from clickstream_lib import consumer, events, store
 from clickstream_lib.consumer import (
@@ -15,6 +20,8 @@ from clickstream_lib.consumer import (
     Sink,
     SinkStats,
     _Batch,
+    _PartitionState,
+    _Record,
     _Window,
     backoff_s,
     batch_token,
@@ -142,3 +149,211 @@ def test_sink_rejects_nonsense_limits() -> None:
     with pytest.raises(ValueError, match="batch_max_wait_s"):
         Sink(settings, batch_max_wait_s=0)
     assert consumer.DEFAULT_BATCH_MAX_ROWS >= 10_000 or consumer.DEFAULT_BATCH_MAX_WAIT_S <= 1.0
+
+
+# --- runs of records, and the insert thread ---------------------------------------------------------------------
+
+
+def _records(first: int, n: int, gap_at: int | None = None) -> list[_Record]:
+    out = []
+    offset = first
+    for i in range(n):
+        if gap_at is not None and offset == gap_at:
+            offset += 5  # e.g. compacted away, or transaction markers
+        value = _event(T0 - 1_000 - i) if i % 7 else b"{broken"
+        out.append(_Record(offset, T0, b"k", value))
+        offset += 1
+    return out
+
+
+def _sink(batch_max_rows: int) -> Sink:
+    sink = Sink(Settings(), batch_max_rows=batch_max_rows)
+    sink.epoch = "e1"
+    return sink
+
+
+def _ranges(state: _PartitionState) -> list[tuple[int, int, int]]:
+    batches = [*state.sealed, *([state.open] if state.open is not None else [])]
+    return [(b.first, b.last, len(b)) for b in batches]
+
+
+def test_runs_of_records_cut_batches_where_one_by_one_would() -> None:
+    records = _records(100, 23, gap_at=110)
+    one, runs = _sink(5), _sink(5)
+    s1 = _PartitionState(TopicPartition(one.topic, 2), 100, None)
+    s2 = _PartitionState(TopicPartition(runs.topic, 2), 100, None)
+    for r in records:  # the per-record rule: seal whenever a batch reaches batch_max_rows
+        assert one._take(s1, [r], 0.0) == 1
+    assert runs._take(s2, records[:3], 0.0) == 3
+    assert runs._take(s2, records[:9], 0.0) == 6  # a re-fetch after a seek: the first 3 are not taken twice
+    assert runs._take(s2, records[9:], 0.0) == 14
+    assert _ranges(s1) == _ranges(s2) == [(100, 104, 5), (105, 109, 5), (115, 119, 5), (120, 124, 5), (125, 127, 3)]
+    for a, b in zip([*s1.sealed, s1.open], [*s2.sealed, s2.open], strict=True):
+        assert a is not None and b is not None
+        assert (a.token, a.event_columns(), a.dead_columns()) == (b.token, b.event_columns(), b.dead_columns())
+
+
+def test_a_limit_caps_runs_but_a_recorded_range_is_rebuilt_whole() -> None:
+    sink = _sink(100)
+    state = _PartitionState(TopicPartition(sink.topic, 2), 100, None)
+    assert sink._take(state, _records(100, 20), 0.0, limit=7) == 7
+    assert _ranges(state) == [(100, 106, 7)] and state.next_offset == 107
+    # A recorded range 100-111 that ends in a gap (112-116 are missing): rebuilt whole despite the limit, sealed
+    # at the gap, and what follows starts a new batch.
+    sink = _sink(100)
+    state = _PartitionState(TopicPartition(sink.topic, 2), 100, (100, 114))
+    assert sink._take(state, _records(100, 20, gap_at=112), 0.0, limit=3) == 12
+    assert _ranges(state) == [(100, 111, 12)] and state.replay is None
+    assert sink._take(state, _records(100, 20, gap_at=112)[12:], 0.0, limit=5) == 5
+    assert _ranges(state) == [(100, 111, 12), (117, 121, 5)]
+
+
+class _FakeConsumer:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], timeout_ms: int) -> None:
+        for tp, om in sorted(offsets.items()):
+            self.log.append(f"commit p{tp.partition} {om.offset} {om.metadata!r}")
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.log.append("pause")
+
+    def resume(self, *tps: TopicPartition) -> None:
+        pass
+
+    def paused(self) -> set[TopicPartition]:
+        return set()
+
+
+class _FakeStore:
+    """Records which thread inserted what; an insert waits until the test releases it."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.release = threading.Event()
+        self.fail = False
+
+    def insert(self, table: str, columns: list[list[object]], names: tuple[str, ...], dedup_token: str) -> int:
+        self.release.wait(10)
+        if self.fail:
+            raise RuntimeError("engine down")
+        self.log.append(f"insert {table} {dedup_token} {len(columns[0])} rows on {threading.current_thread().name}")
+        return len(columns[0])
+
+
+def _delivering_sink(log: list[str]) -> tuple[Sink, _FakeStore, _PartitionState]:
+    sink = _sink(5)
+    fake_store = _FakeStore(log)
+    sink._store = fake_store  # type: ignore[assignment]
+    sink._consumer = _FakeConsumer(log)  # type: ignore[assignment]
+    sink._producer = object()  # type: ignore[assignment]  # no dead letters in these batches: never used
+    sink._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inserter")
+    state = _PartitionState(TopicPartition(sink.topic, 2), 100, None)
+    sink._states[2] = state
+    valid = [_Record(100 + i, T0, None, _event(T0 - 1_000)) for i in range(12)]
+    sink._take(state, valid, 0.0)  # two sealed batches of 5 (100-104, 105-109) and 110-111 open
+    return sink, fake_store, state
+
+
+def test_the_insert_runs_on_its_own_thread_between_the_pre_and_post_commit() -> None:
+    log: list[str] = []
+    sink, fake_store, state = _delivering_sink(log)
+    sink._start_round()
+    assert log == [f"commit p2 100 '{encode_pending('e1', 100, 104)}'"]  # the range is recorded first
+    assert sink._inflight is not None and sink._busy()
+    time.sleep(0.05)
+    assert len(log) == 1  # nothing is committed while the insert runs
+    fake_store.release.set()
+    assert sink._inflight[1].result(5) is None
+    assert sink._finish_round()
+    token = f"{sink.topic}@e1:2:100-104"
+    assert log[1] == f"insert events {token} 5 rows on inserter_0"
+    assert log[2] == f"commit p2 105 '{encode_pending('e1', 105, 109)}'"  # post-commit names the next batch
+    assert state.committed == 105 and len(state.sealed) == 1 and state.sealed[0].precommitted
+    assert sink.stats().rows_inserted == 5
+    sink._inserter.shutdown()
+
+
+def test_a_failed_insert_commits_nothing_and_the_same_batch_is_retried() -> None:
+    log: list[str] = []
+    sink, fake_store, state = _delivering_sink(log)
+    fake_store.fail = True
+    fake_store.release.set()
+    assert not sink._deliver_round()
+    assert [line for line in log if line.startswith("commit")] == [f"commit p2 100 '{encode_pending('e1', 100, 104)}'"]
+    assert sink.stats().last_error is not None and "engine down" in sink.stats().last_error
+    fake_store.fail = False
+    batch = state.sealed[0]
+    assert sink._deliver_round()
+    assert state.sealed[0] is not batch and state.committed == 105
+    assert log[-2].startswith(f"insert events {sink.topic}@e1:2:100-104 5 rows")  # same range, same token
+    sink._inserter.shutdown()
+
+
+def test_a_rebalance_during_an_insert_leaves_the_round_uncommitted() -> None:
+    log: list[str] = []
+    sink, fake_store, _state = _delivering_sink(log)
+    sink._start_round()
+    assert sink._inflight is not None
+    future = sink._inflight[1]
+    sink._queue_rebalance("revoked", {TopicPartition(sink.topic, 2)})
+    assert sink._apply_rebalances()  # applied at once, while the insert still runs
+    assert sink._inflight is None and not sink._states and not future.done()
+    fake_store.release.set()
+    future.result(5)
+    assert sink._inserter is not None
+    sink._inserter.shutdown(wait=True)
+    assert [line for line in log if line.startswith("commit")] == [f"commit p2 100 '{encode_pending('e1', 100, 104)}'"]
+    assert sink.stats().rows_inserted == 0  # the next owner rebuilds 100-104; ClickHouse drops the repeat
+
+
+class _Drained:
+    """A kafka-python PartitionRecords that was read to the end: falsy, yet not None."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+class _FakeFetcher:
+    def __init__(self, parked: dict[TopicPartition, object], current: object) -> None:
+        self._paused_partition_records = parked
+        self._next_partition_records = current
+
+
+class _PausingConsumer:
+    def __init__(self, fetcher: _FakeFetcher, paused: set[TopicPartition]) -> None:
+        self._fetcher = fetcher
+        self._paused = paused
+
+    def paused(self) -> set[TopicPartition]:
+        return self._paused
+
+
+def test_parked_records_of_a_resumed_partition_are_handed_back() -> None:
+    tp = TopicPartition("clicks", 0)
+    drained = _Drained()
+    # Resumed, parked, and the in-line slot drained: emptied, so the next poll restores the parked records.
+    fetcher = _FakeFetcher({tp: object()}, drained)
+    assert consumer.unpark_resumed_records(_PausingConsumer(fetcher, set()))  # type: ignore[arg-type]
+    assert fetcher._next_partition_records is None
+    # Still paused, nothing parked, or the slot still has records to return: left alone.
+    for fetcher, paused in (
+        (_FakeFetcher({tp: object()}, drained), {tp}),
+        (_FakeFetcher({}, drained), set()),
+        (_FakeFetcher({tp: object()}, "records"), set()),
+    ):
+        before = fetcher._next_partition_records
+        assert not consumer.unpark_resumed_records(_PausingConsumer(fetcher, paused))  # type: ignore[arg-type]
+        assert fetcher._next_partition_records is before
+
+
+def test_backpressure_waits_for_the_insert_instead_of_pausing() -> None:
+    log: list[str] = []
+    sink, fake_store, state = _delivering_sink(log)
+    assert len(state.sealed) == 2 and sink._store_behind()
+    sink._start_round()
+    fake_store.release.set()
+    assert sink._finish_round()
+    assert not sink._store_behind() and "pause" not in log
+    sink._inserter.shutdown()
