@@ -206,6 +206,8 @@ def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--events", f"{args.events} must be >= 0")
     if args.duration is not None and args.duration < 0:
         raise ConfigError("--duration", f"{args.duration} must be >= 0")
+    if args.workers < 1:
+        raise ConfigError("--workers", f"{args.workers} must be at least 1")
     rate, batch_size = _produce_rate(args)
     gen = _make_generator(args)
     assert isinstance(gen, Generator)

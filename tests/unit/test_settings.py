@@ -140,6 +140,7 @@ def test_password_is_not_echoed_in_url_errors() -> None:
         ({"KAFKA_BROKER_URL": "nonsense"}, ["stack", "status"], "KAFKA_BROKER_URL"),
         ({"CLICKHOUSE_URL": "ftp://x"}, ["config"], "CLICKHOUSE_URL"),
         ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, ["stack", "up"], "KAFKA_SECURITY_PROTOCOL"),
+        ({}, ["produce", "--events", "10", "--workers", "0"], "--workers"),
     ],
 )
 def test_cli_prints_one_line_and_exits_2(env: dict[str, str], args: list[str], variable: str) -> None:
