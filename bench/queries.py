@@ -10,6 +10,11 @@ the rollups as they would from the sink). The child exits (chdb: one process per
 child per size runs every query ``--repeat`` times after one warm-up and reports the median, raw events vs the
 rollup ``source="auto"`` picks, and the dashboard's refresh set (``queries.live_panels``). Ratios are against the
 raw baseline measured in the same run. Peak RSS is sampled in the measuring process only.
+
+"Raw" means the ``events`` table as the optimizer reads it, projections included: the per-user passes (funnel,
+sessions, retention) have no rollup and read the ``by_user`` projection when their window has no time bound.
+Timings on a shared machine swing by 2x between runs; compare the ratios within one run, and check a change with
+alternating runs in one process (raw vs the new form, same data) before believing a single figure.
 """
 
 from __future__ import annotations
