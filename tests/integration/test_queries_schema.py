@@ -66,20 +66,27 @@ def test_a_replayed_block_is_counted_once_in_every_rollup(store: Store) -> None:
         assert rollup_events(store, store.database, rollup) == len(df), rollup.name
 
 
+def _store_at_version(base_settings: Settings, database: str, version: int) -> Store:
+    """A fresh database holding the schema as migrations 1..``version`` left it (an older store to upgrade)."""
+    store = connect(base_settings.replace(clickhouse_database=database), migrate=False)
+    db = store.database
+    store.client.command(f"DROP DATABASE IF EXISTS {db}")
+    store.client.command(f"CREATE DATABASE {db}")
+    store.client.command(
+        f"CREATE TABLE {db}.schema_migrations (version UInt32, name String, applied_at DateTime64(3, 'UTC') "
+        "DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version"
+    )
+    for m in MIGRATIONS[:version]:
+        for stmt in m.statements:
+            store.client.command(stmt.format(db=db))
+        store.client.insert(f"{db}.schema_migrations", [[m.version, m.name]], column_names=["version", "name"])
+    return store
+
+
 def test_rollups_are_backfilled_when_added_to_a_database_with_events(base_settings: Settings) -> None:
-    settings = base_settings.replace(clickhouse_database="test_backfill_q")
-    store = connect(settings, migrate=False)
+    store = _store_at_version(base_settings, "test_backfill_q", 1)  # as it was before the rollups existed
     try:
         db = store.database
-        store.client.command(f"DROP DATABASE IF EXISTS {db}")
-        store.client.command(f"CREATE DATABASE {db}")
-        store.client.command(
-            f"CREATE TABLE {db}.schema_migrations (version UInt32, name String, applied_at DateTime64(3, 'UTC') "
-            "DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version"
-        )
-        for stmt in MIGRATIONS[0].statements:  # a store as it was before the rollups existed
-            store.client.command(stmt.format(db=db))
-        store.client.insert(f"{db}.schema_migrations", [[1, MIGRATIONS[0].name]], column_names=["version", "name"])
         df = make_events(n_sessions=200, seed=5)
         insert_events(store, df)
         assert store.migrate() == [m.version for m in MIGRATIONS[1:]]
@@ -155,20 +162,9 @@ def test_projections_serve_the_long_passes_with_the_same_results(store: Store) -
 
 def test_a_store_upgraded_to_the_projections_answers_as_before(base_settings: Settings) -> None:
     """Migration 3 on a store that already holds events: projections are built for the old parts, answers unchanged."""
-    settings = base_settings.replace(clickhouse_database="test_projection_upgrade_q")
-    store = connect(settings, migrate=False)
+    store = _store_at_version(base_settings, "test_projection_upgrade_q", 2)  # as it was before the projections
     try:
         db = store.database
-        store.client.command(f"DROP DATABASE IF EXISTS {db}")
-        store.client.command(f"CREATE DATABASE {db}")
-        store.client.command(
-            f"CREATE TABLE {db}.schema_migrations (version UInt32, name String, applied_at DateTime64(3, 'UTC') "
-            "DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version"
-        )
-        for m in MIGRATIONS[:2]:  # a store as it was before the projections
-            for stmt in m.statements:
-                store.client.command(stmt.format(db=db))
-            store.client.insert(f"{db}.schema_migrations", [[m.version, m.name]], column_names=["version", "name"])
         df = make_events(n_sessions=200, seed=23)
         insert_events(store, df)
         before = {n: queries.run(store, n) for n in ("funnel", "sessions", "retention", "top_users")}
