@@ -211,6 +211,7 @@ def test_a_limit_caps_runs_but_a_recorded_range_is_rebuilt_whole() -> None:
 class _FakeConsumer:
     def __init__(self, log: list[str]) -> None:
         self.log = log
+        self.highwaters: dict[int, int] = {}
 
     def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], timeout_ms: int) -> None:
         for tp, om in sorted(offsets.items()):
@@ -224,6 +225,9 @@ class _FakeConsumer:
 
     def paused(self) -> set[TopicPartition]:
         return set()
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.highwaters.get(tp.partition)
 
 
 class _FakeStore:
@@ -356,4 +360,18 @@ def test_backpressure_waits_for_the_insert_instead_of_pausing() -> None:
     fake_store.release.set()
     assert sink._finish_round()
     assert not sink._store_behind() and "pause" not in log
+    sink._inserter.shutdown()
+
+
+def test_reading_on_during_an_insert_only_while_a_batch_waits_in_kafka() -> None:
+    log: list[str] = []
+    sink, fake_store, state = _delivering_sink(log)
+    assert state.next_offset == 112
+    assert not sink._kafka_behind()  # nothing known in Kafka: caught up
+    sink._consumer.highwaters = {2: 112 + 4}  # type: ignore[union-attr]
+    assert not sink._kafka_behind()
+    sink._consumer.highwaters = {2: 112 + 5}  # type: ignore[union-attr]  # a full batch (batch_max_rows=5) waits
+    assert sink._kafka_behind()
+    fake_store.release.set()
+    assert sink._inserter is not None
     sink._inserter.shutdown()
