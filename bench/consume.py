@@ -2,10 +2,12 @@
 
 All figures come from one run, against a throwaway local Kafka broker and the embedded ClickHouse engine:
 
-- raw consume  = plain kafka-python (assigned partitions, no group, no validation) reading the backlog;
+- raw consume  = plain kafka-python (assigned partitions, no group, no validation) reading the backlog, with
+  kafka-python's default fetch size and, for comparison, with the sink's (FETCH_MAX_PARTITION_BYTES);
 - raw insert   = the same rows, already parsed, inserted with Store.insert in batches of the sink's default size;
 - sink drain   = Sink with default settings draining the same backlog (validate, insert with tokens, commit);
-  measured from its first record to the last commit. Ratio = drain / raw consume (target >= 0.6).
+  measured from its first record to the last commit. Ratio = drain / raw consume with the default fetch size
+  (target >= 0.6); the ratio to a raw consumer fetching as much as the sink does is printed too.
 - latency      = a live producer at 5k and 20k events/s (a separate process) with the sink running; p50/p99 of
   Kafka timestamp -> insert acknowledged, and of event time -> insert (target p99 <= flush interval + 500 ms).
 - sustained    = a producer at full speed (a separate process) and the sink together: events/(first send -> last
@@ -35,7 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from clickstream_lib import events, topics  # noqa: E402
-from clickstream_lib.consumer import DEFAULT_BATCH_MAX_ROWS, DEFAULT_BATCH_MAX_WAIT_S, EVENT_COLUMNS, Sink  # noqa: E402
+from clickstream_lib.consumer import (  # noqa: E402
+    DEFAULT_BATCH_MAX_ROWS,
+    DEFAULT_BATCH_MAX_WAIT_S,
+    EVENT_COLUMNS,
+    FETCH_MAX_PARTITION_BYTES,
+    Sink,
+)
 from clickstream_lib.producer import Producer  # noqa: E402
 from clickstream_lib.settings import Settings  # noqa: E402
 from clickstream_lib.stack import KafkaStack  # noqa: E402
@@ -45,10 +53,10 @@ from tests.conftest import base_env, free_port_pair  # noqa: E402
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 
 
-def raw_consume(settings: Settings, n: int) -> tuple[float, list[tuple[int, int, int, bytes]]]:
+def raw_consume(settings: Settings, n: int, **fetch: int) -> tuple[float, list[tuple[int, int, int, bytes]]]:
     """Records/s of a plain consumer reading ``n`` records from the beginning; also returns the records."""
     c = KafkaConsumer(
-        **topics.client_config(settings), enable_auto_commit=False, max_poll_records=DEFAULT_BATCH_MAX_ROWS
+        **topics.client_config(settings), enable_auto_commit=False, max_poll_records=DEFAULT_BATCH_MAX_ROWS, **fetch
     )
     tps = [TopicPartition(settings.kafka_topic, p) for p in sorted(c.partitions_for_topic(settings.kafka_topic))]
     c.assign(tps)
@@ -193,10 +201,13 @@ def main() -> int:
         backlog = fresh(base, "backlog")
         print(f"producing a backlog of {args.events} events ...", file=sys.stderr, flush=True)
         Producer(backlog, rate=None).run(events=args.events)
-        consume_r, insert_r, drain_r = [], [], []
+        consume_r, consume_big_r, insert_r, drain_r = [], [], [], []
         for i in range(args.repeats):
             rate, records = raw_consume(backlog, args.events)
             consume_r.append(rate)
+            consume_big_r.append(
+                raw_consume(backlog, args.events, max_partition_fetch_bytes=FETCH_MAX_PARTITION_BYTES)[0]
+            )
             st = connect(backlog.replace(clickhouse_database=f"raw{i}_{uuid.uuid4().hex[:6]}"))
             insert_r.append(raw_insert(st, records, backlog.kafka_topic))
             run = backlog.replace(
@@ -205,19 +216,28 @@ def main() -> int:
             )
             drain_r.append(sink_drain(run, connect(run), args.events))
             print(
-                f"round {i + 1}: raw consume {rate:,.0f}/s, raw insert {insert_r[-1]:,.0f}/s, "
+                f"round {i + 1}: raw consume {rate:,.0f}/s (sink's fetch size {consume_big_r[-1]:,.0f}/s), "
+                f"raw insert {insert_r[-1]:,.0f}/s, "
                 f"sink drain {drain_r[-1]:,.0f}/s",
                 file=sys.stderr,
                 flush=True,
             )
         c, ins, d = statistics.median(consume_r), statistics.median(insert_r), statistics.median(drain_r)
+        cb = statistics.median(consume_big_r)
         print(
             f"backlog {args.events} events, 6 partitions, batch {DEFAULT_BATCH_MAX_ROWS} rows / "
             f"{DEFAULT_BATCH_MAX_WAIT_S} s (medians of {args.repeats})"
         )
         print(f"  raw kafka-python consume : {c:>10,.0f} records/s")
+        print(
+            f"  ... with the sink's fetch: {cb:>10,.0f} records/s   "
+            f"({FETCH_MAX_PARTITION_BYTES >> 20} MiB per partition)"
+        )
         print(f"  raw insert (same rows)   : {ins:>10,.0f} rows/s")
-        print(f"  sink drain               : {d:>10,.0f} records/s   ratio to raw consume {d / c:.2f} (target >= 0.60)")
+        print(
+            f"  sink drain               : {d:>10,.0f} records/s   ratio to raw consume {d / c:.2f} (target >= 0.60); "
+            f"to raw consume with the sink's fetch size {d / cb:.2f}"
+        )
         budget = DEFAULT_BATCH_MAX_WAIT_S * 1000 + 500
         for rate in (5_000, 20_000):
             lat = live(base, rate, args.latency_s)
