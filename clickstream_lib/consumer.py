@@ -54,6 +54,7 @@ from kafka.structs import OffsetAndMetadata
 from . import events, topics
 from .errors import StoreError
 from .events import Rejection
+from .producer import flush as producer_flush
 from .settings import Settings
 from .store import Store, connect
 
@@ -66,6 +67,7 @@ DEFAULT_BATCH_MAX_WAIT_S = 1.0
 DEFAULT_RETRY_BASE_S = 0.25
 DEFAULT_RETRY_MAX_S = 5.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
+DLQ_FLUSH_TIMEOUT_S = 10.0  # waiting for the dead-letter topic's acknowledgements, per round
 # Bytes fetched per partition per request (kafka-python's default is 1 MiB, ~2 500 events). kafka-python fetches a
 # partition again only once its previous response is consumed, so a backlog costs a round trip per response; 8 MiB
 # also lets a partition fill a 20 000-row batch from one response (bench/consume.py: half the inserts). Live traffic
@@ -1143,9 +1145,11 @@ class Sink:
                         ("source_timestamp_ms", str(kafka_ms).encode()),
                     ]
                     futures.append(producer.send(topic, value=raw, key=key, headers=headers))
-            producer.flush(timeout=10)
+            # kafka-python's own flush() fails with "Future not done" after a broker-forced batch split.
+            deadline = time.monotonic() + DLQ_FLUSH_TIMEOUT_S
+            producer_flush(producer, DLQ_FLUSH_TIMEOUT_S)
             for f in futures:
-                f.get(timeout=0)
+                f.get(timeout=max(0.1, deadline - time.monotonic()))
         except KafkaError as exc:
             # A retry re-sends the batch's dead letters: the topic is at-least-once; the table is exactly-once.
             raise _DeliveryError(f"sending dead letters to {topic} failed ({type(exc).__name__}: {exc})") from exc

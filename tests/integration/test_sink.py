@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewPartitions
+from kafka.admin import NewPartitions, NewTopic
 
 from clickstream_lib import events, topics
 from clickstream_lib.consumer import BatchInfo, Sink
@@ -149,6 +149,26 @@ def test_valid_and_poison_messages_mixed(settings: Settings, store: Store) -> No
         dlq.close()
     assert sorted(h["reason"].decode() for h in seen) == sorted(reason for _, reason in poison)
     assert all(h["source_topic"].decode() == settings.kafka_topic for h in seen)
+
+
+def test_dead_letters_reach_a_topic_that_makes_us_split_batches(settings: Settings, store: Store) -> None:
+    """A dead-letter topic with a small max.message.bytes refuses the sink's batches as too large; kafka-python splits
+    them, and its flush() then failed with "Future not done" (kafka-python 3.0.12): the sink retried the round for
+    good. Every dead letter must reach the table and the topic."""
+    with topics.admin(settings) as client:
+        client.create_topics([NewTopic(settings.dead_letter_topic, 1, 1, topic_configs={"max.message.bytes": "8192"})])
+    rng = random.Random(9)
+    poison = [b"{" + bytes(rng.randrange(97, 123) for _ in range(1_000)) for _ in range(600)]  # not JSON, 1 KB each
+    produce(settings, poison)
+    sink = Sink(settings, store).start()
+    try:
+        _wait(lambda: sink.stats().dead_letters >= 600, 120, "every dead letter", sink)
+    finally:
+        stats = sink.stop()
+    assert stats.dead_letters == 600 and stats.dead_letters_by_reason == {events.NOT_JSON: 600}
+    assert int(store.scalar(f"SELECT count() FROM {store.database}.dead_letters")) == 600
+    assert sum(topics.end_offsets(settings, settings.dead_letter_topic).values()) >= 600  # at-least-once topic
+    assert sum(_committed(settings).values()) == 600
 
 
 def test_case_study_message_shape_from_a_plain_producer(settings: Settings, store: Store) -> None:
