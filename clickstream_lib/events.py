@@ -293,36 +293,15 @@ def _plain_row(obj: dict[str, Any], reference_ms: int | None) -> tuple[Any, ...]
     event_id = get("event_id")
     if event_id is not None and (type(event_id) is not str or not _CANONICAL_UUID.match(event_id)):
         return None
-    session_id = get("session_id")
-    if session_id is None:
-        session_id = ""
-    elif type(session_id) is not str or len(session_id) > 2048:
-        return None
-    page = get("page")
-    if page is None:
-        page = ""
-    elif type(page) is not str or len(page) > 2048:
-        return None
-    referrer = get("referrer")
-    if referrer is None:
-        referrer = ""
-    elif type(referrer) is not str or len(referrer) > 2048:
-        return None
-    device = get("device")
-    if device is None:
-        device = ""
-    elif type(device) is not str or len(device) > 2048:
-        return None
-    country = get("country")
-    if country is None:
-        country = ""
-    elif type(country) is not str or len(country) > 2048:
-        return None
-    currency = get("currency")
-    if currency is None:
-        currency = ""
-    elif type(currency) is not str or len(currency) > 2048:
-        return None
+    optional = []
+    for name in _OPTIONAL_STR:  # session_id, page, referrer, device, country, currency
+        value = get(name)
+        if value is None:
+            value = ""
+        elif type(value) is not str or len(value) > 2048:
+            return None
+        optional.append(value)
+    session_id, page, referrer, device, country, currency = optional
     price = get("price")
     if price is None:
         price = 0.0
