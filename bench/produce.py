@@ -8,6 +8,7 @@ the Producer. Rate control is checked at a few target rates (achieved rate over 
     .venv/bin/python bench/produce.py                         # starts a throwaway local broker
     .venv/bin/python bench/produce.py --events 200000 --repeats 3 --rates 1000,5000,20000,50000
     .venv/bin/python bench/produce.py --workers 4 --rates ''      # N producer processes vs one, no rate checks
+    .venv/bin/python bench/produce.py --generator-only --repeats 5   # generator, serialisation, parse; no broker
     KAFKA_BROKER_URL=host:9092 .venv/bin/python bench/produce.py --broker-from-env
 """
 
@@ -37,6 +38,7 @@ from clickstream_lib.topics import client_config, end_offsets, ensure_topic
 
 CASE_STUDY_RATE = 6_000.0  # events/s the original per-record-sleep producer topped out at
 CHUNK = 10_000  # events per generator call in the generator-only measurements
+TICK_EVENTS = 100  # events per call in the paced generator measurement (10 ms at 10k events/s)
 SWEEP = ((16, 0), (64, 5), (128, 20), (512, 50))  # kafka-python's default first
 
 
@@ -94,8 +96,8 @@ def raw_kafka(settings: Settings, topic: str, keys: list[bytes], values: list[by
     return acked / elapsed
 
 
-def one_round(settings: Settings, n: int, r: int, record: Callable[[str, float], None], workers: int = 0) -> None:
-    """One measurement of everything, in the order data flows."""
+def generator_round(n: int, r: int, record: Callable[[str, float], None]) -> list[tuple[list[bytes], list[bytes]]]:
+    """The measurements that need no broker: generator (with its per-dict baseline), serialisation, validation."""
     rng = random.Random(r)
     record("per-dict generator", n / timed(lambda: per_dict_generator(n, rng)))
 
@@ -103,17 +105,29 @@ def one_round(settings: Settings, n: int, r: int, record: Callable[[str, float],
     gen.batch(1_000)  # warm the buffers
     record("vectorised generator", n / timed(lambda: [gen.batch(CHUNK) for _ in range(n // CHUNK)]))
 
+    # The producer's shape: a 10 ms chunk per call, here 100 events at a simulated 10k events/s.
+    gen = Generator(seed=r)
+    t0 = int(time.time() * 1000)
+    ticks = range(n // TICK_EVENTS)
+    record("generator, 10 ms chunks", n / timed(lambda: [gen.batch(TICK_EVENTS, now_ms=t0 + 10 * i) for i in ticks]))
+
     gen = Generator(seed=r)
     messages: list[tuple[list[bytes], list[bytes]]] = []
     record(
         "generator + serialisation",
         n / timed(lambda: messages.extend(gen.batch(CHUNK).keys_values() for _ in range(n // CHUNK))),
     )
-    keys = [k for ks, _ in messages for k in ks]
     values = [v for _, vs in messages for v in vs]
     m = min(len(values), 200_000)
     record("validation (events.parse)", m / timed(lambda: [events.parse(v) for v in values[:m]]))
+    return messages
 
+
+def one_round(settings: Settings, n: int, r: int, record: Callable[[str, float], None], workers: int = 0) -> None:
+    """One measurement of everything, in the order data flows."""
+    messages = generator_round(n, r, record)
+    keys = [k for ks, _ in messages for k in ks]
+    values = [v for _, vs in messages for v in vs]
     tag = uuid.uuid4().hex[:8]
     record("raw kafka-python (pre-serialised)", raw_kafka(settings, f"bench_raw_{tag}", keys, values))
 
@@ -134,6 +148,18 @@ def one_round(settings: Settings, n: int, r: int, record: Callable[[str, float],
         record(f"{workers} Producer processes (acked)", total.acked / total.elapsed_s)
 
 
+def generator_only(n: int, repeats: int) -> int:
+    results: dict[str, list[float]] = {}
+    for r in range(repeats):
+        print(f"round {r + 1}/{repeats}", file=sys.stderr)
+        generator_round(n, r, lambda name, value: results.setdefault(name, []).append(value))
+    print(f"\ngenerator benchmark: {n} events x {repeats} rounds (medians)")
+    print(f"{'measurement':<38}{'events/s':>14}")
+    for name, values in results.items():
+        print(f"{name:<38}{statistics.median(values):>14,.0f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=200_000, help="events per measurement (default 200000)")
@@ -145,8 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", action="store_true", help="also sweep kafka-python batch_size/linger_ms (raw sends)")
     ap.add_argument("--workers", type=int, default=2, help="also measure N producer processes (0 = skip; default 2)")
     ap.add_argument("--rate-workers", type=int, default=1, help="producer processes for the rate checks (default 1)")
+    ap.add_argument("--generator-only", action="store_true", help="only what needs no broker (generator, parse)")
     args = ap.parse_args(argv)
     n = args.events
+    if args.generator_only:
+        return generator_only(n, args.repeats)
 
     stack: KafkaStack | None = None
     tmp = tempfile.TemporaryDirectory(prefix="bench-produce-")
