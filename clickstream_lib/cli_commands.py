@@ -35,7 +35,12 @@ def _scenario_arg(text: str) -> tuple[str, dict[str, object]]:
 
 def _add_generator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="the same seed gives the same events (default: random)")
-    p.add_argument("--users", type=int, default=10_000, help="number of users (default 10000)")
+    p.add_argument(
+        "--users",
+        type=int,
+        default=10_000,
+        help="number of users (default 10000); live sessions 30 minutes apart need about 540 per event/s",
+    )
     p.add_argument("--items", type=int, default=1_000, help="catalogue size (default 1000)")
     p.add_argument(
         "--scenario",
@@ -63,7 +68,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         help="write synthetic events to a JSON-lines file (no Kafka)",
         description=(
             "Write the events `clickstream produce` would send, one JSON message per line, without Kafka. Live "
-            "mode stamps them now; --start/--end give a backfill with simulated event times over that range."
+            "mode stamps them now (written at once, so sessions barely start); --start/--end give a backfill with "
+            "simulated event times and whole sessions over that range."
         ),
         epilog=(
             "examples:\n  clickstream generate --events 100000 --out events.jsonl --seed 42\n"

@@ -8,10 +8,24 @@ The model, in the order a reader meets it in a dashboard:
 * **Funnel**: a session views a few items (Zipf-like popularity: a long tail), then may go on, in order, to
   ``click`` -> ``add_to_cart`` -> ``purchase`` of the last viewed item, with configurable step rates. The defaults
   (40% / 25% / 30%) make about 3% of sessions convert, near published e-commerce figures.
-* **Time**: session starts follow a diurnal curve (peak in the evening, UTC). :meth:`Generator.backfill` stamps
-  events with that simulated clock over a date range; :meth:`Generator.batch` is the live mode: events keep the
-  simulated order but are stamped *now* (strictly increasing per user, so funnels stay ordered in time).
+* **Time**: :meth:`Generator.backfill` stamps events with a simulated clock over a date range, session starts
+  following a diurnal curve (peak in the evening, UTC). :meth:`Generator.batch` is the live mode (below): events
+  are stamped with the wall clock when they are sent.
 * **Mixes**: referrer per session, device and country per user, a price per item (in the user's currency).
+
+Live mode: the caller sets the rate (``batch(n)`` at the moments it chooses, a producer's token bucket), the
+generator keeps a schedule of running sessions in wall-clock time. Each call sends the events that are due
+(earliest first, each session's think times as in backfill: 1 s to 20 min, 40 s on average); when fewer are due
+than asked for, new sessions start, one per missing event, their first event now and the rest scheduled. So at a
+steady rate ``R`` sessions start at ``R / L`` per second (``L`` = :attr:`Generator.mean_session_length`: their
+first and later events together make ``R``) and by Little's law ``R / L * D`` run at once (``D`` =
+:attr:`Generator.mean_session_duration_s`, about 100 s): at 200 events/s about 5,700 interleaved sessions.
+``event_time`` is the moment of the call (never ahead of it), strictly increasing per user. The user pool bounds
+this: a user has one session at a time, and the next one starts after the 30-minute timeout so that the
+inactivity rule recovers the sessions; that takes ``R / L * (D + 30 min)`` users (:meth:`Generator.users_for_rate`,
+about ``540 * R``). With fewer, new sessions go to the users idle longest, less than 30 minutes after their last
+one (the rule then joins them; ``session_id`` still tells them apart), and when every user is in a session, events
+go out ahead of their schedule (think times compressed so the rate holds). :meth:`Generator.live_stats` counts both.
 
 Scenarios can be switched on and off between batches (:meth:`Generator.set_scenario`), and every event they
 touch is labelled in :meth:`EventBatch.to_frame`'s ``scenario`` column so tests can check the pipeline's reaction:
@@ -102,8 +116,8 @@ _HEX2 = np.stack([_HEX[np.arange(256) >> 4], _HEX[np.arange(256) & 0x0F]], axis=
 _MS_SUFFIX = np.array([f".{i:03d}Z" for i in range(1000)], dtype=object)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.:@+-]{1,256}$")
-# What the live buffer carries per event; device, country and currency follow from the user and are added when a
-# batch is emitted (fewer columns to move through the buffer's sorts).
+# The columns of generated events; device, country and currency follow from the user and are added when a batch
+# is assembled (fewer columns to move through sorts and the live schedule).
 _COLUMNS = ("user", "session", "item", "itype", "ts", "page", "referrer", "price", "scenario")
 
 
@@ -354,6 +368,170 @@ class _Tables:
         return self._fragments
 
 
+@dataclass
+class _Shapes:
+    """Sessions without a user or a start: per session ``length``/``first``/``duration``, per event the rest."""
+
+    length: np.ndarray
+    first: np.ndarray  # index of each session's first event
+    duration: np.ndarray  # ms from a session's first event to its last
+    sess: np.ndarray  # session number of each event
+    offset: np.ndarray  # ms from the session's first event
+    cols: dict[str, np.ndarray]  # session, item, itype, page, referrer, scenario, last (is the session's last event)
+    discount: float  # flash-sale discount of the sessions marked flash_sale
+
+
+class _IdleQueue:
+    """Idle users in the order they became idle (longest idle first), with lazy removal.
+
+    An entry is stale once its user started another session (``generation`` moved on); stale entries are skipped
+    when popping and dropped when the arrays fill up, so the queue stays within a few times the number of users.
+    """
+
+    def __init__(self, users: np.ndarray, busy: np.ndarray, generation: np.ndarray) -> None:
+        cap = max(64, 3 * len(users))
+        self.users = np.empty(cap, dtype=np.int32)
+        self.gens = np.zeros(cap, dtype=np.int64)
+        self.since = np.full(cap, -_NEVER, dtype=np.int64)  # when each entry's user became idle: non-decreasing
+        self.users[: len(users)] = users
+        self.head, self.tail = 0, len(users)
+        self._busy, self._generation = busy, generation
+
+    def _valid(self, lo: int, hi: int) -> np.ndarray:
+        u = self.users[lo:hi]
+        return np.asarray(~self._busy[u] & (self._generation[u] == self.gens[lo:hi]))
+
+    def push(self, users: np.ndarray, gens: np.ndarray, since: int) -> None:
+        k = len(users)
+        if self.tail + k > len(self.users):
+            keep = self.head + np.flatnonzero(self._valid(self.head, self.tail))
+            n = len(keep)
+            if n + k > len(self.users):
+                grown = max(2 * len(self.users), n + k)
+                self.users = np.resize(self.users, grown).astype(np.int32, copy=False)
+                self.gens = np.resize(self.gens, grown).astype(np.int64, copy=False)
+                self.since = np.resize(self.since, grown).astype(np.int64, copy=False)
+            self.users[:n], self.gens[:n], self.since[:n] = self.users[keep], self.gens[keep], self.since[keep]
+            self.head, self.tail = 0, n
+        self.users[self.tail : self.tail + k] = users
+        self.gens[self.tail : self.tail + k] = gens
+        self.since[self.tail : self.tail + k] = since
+        self.tail += k
+
+    def idle_before(self, t: int) -> int:
+        """At most this many users have been idle since before ``t`` (stale entries are counted too)."""
+        return int(np.searchsorted(self.since[self.head : self.tail], t))
+
+    def pop(self, k: int) -> np.ndarray:
+        """Up to ``k`` users, longest idle first."""
+        out: list[np.ndarray] = []
+        got = 0
+        while got < k and self.head < self.tail:
+            hi = min(self.tail, self.head + max(256, 2 * (k - got)))
+            idx = np.flatnonzero(self._valid(self.head, hi))[: k - got]
+            out.append(self.users[self.head + idx])
+            got += len(idx)
+            self.head = self.head + int(idx[-1]) + 1 if got == k else hi
+        return np.concatenate(out) if out else np.empty(0, dtype=np.int32)
+
+
+#: A scheduled event (its due time is kept apart, in a contiguous array that searchsorted can use as it is): one
+#: record per event, so that merging and taking move one array, not one per column.
+_REC = np.dtype(
+    [
+        *[("price", np.float64), ("user", np.int32), ("item", np.int32), ("itype", np.int32), ("page", np.int32)],
+        *[("referrer", np.int32), ("scenario", np.int32), ("session", "S17"), ("last", np.bool_)],
+    ]
+)
+#: The same bytes without fields: numpy takes and scatters these ~10x faster than structured records.
+_RAW = np.dtype(("V", _REC.itemsize))
+
+
+def _merge_sorted(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Two (times, records) sorted by time as one (``b``'s after ``a``'s equal ones), in linear time."""
+    (ta, ra), (tb, rb) = a, b
+    if len(tb) == 0:
+        return a
+    if len(ta) == 0:
+        return b
+    at = np.searchsorted(ta, tb, side="right") + np.arange(len(tb))
+    keep = np.ones(len(ta) + len(tb), dtype=bool)
+    keep[at] = False
+    ts, rec = np.empty(len(keep), dtype=np.int64), np.empty(len(keep), dtype=_RAW)
+    ts[at], ts[keep] = tb, ta
+    rec[at], rec[keep] = rb, ra
+    return ts, rec
+
+
+class _Schedule:
+    """Scheduled events (times, :data:`_RAW` records) in a few runs sorted by due time, each larger than the next
+    one: new events form a run that swallows the last run while that is no larger (or small), so that an event is
+    moved O(log n) times, each time into a run at least twice as large (adding a few events to one sorted array
+    would rewrite all of it)."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def __len__(self) -> int:
+        return sum(len(ts) for ts, _ in self.runs)
+
+    def add(self, ts: np.ndarray, raw: np.ndarray) -> None:
+        order = np.argsort(ts, kind="stable")
+        run = ts[order], raw[order]
+        while self.runs and len(self.runs[-1][0]) <= max(len(run[0]), 256):
+            run = _merge_sorted(self.runs.pop(), run)
+        self.runs.append(run)
+
+    def count_until(self, t: int) -> int:
+        """Events due at or before ``t``."""
+        return sum(int(np.searchsorted(ts, t, side="right")) for ts, _ in self.runs)
+
+    def kth_time(self, k: int) -> int:
+        """Due time of the ``k``-th earliest event (1-based; ``k <= len(self)``)."""
+        ts = np.concatenate([ts[:k] for ts, _ in self.runs])
+        return int(np.partition(ts, k - 1)[k - 1])
+
+    def pop(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` earliest events (times, records), in due order."""
+        if len(self.runs) == 1:
+            ts, raw = self.runs[0]
+            self.runs = [(ts[k:], raw[k:])] if len(ts) > k else []
+            return ts[:k], raw[:k]
+        heads = [ts[:k] for ts, _ in self.runs]
+        order = np.argsort(np.concatenate(heads), kind="stable")[:k]
+        run_of = np.repeat(np.arange(len(heads)), [len(h) for h in heads])[order]
+        taken = np.bincount(run_of, minlength=len(heads)).tolist()
+        out_ts = np.concatenate(heads)[order]
+        out_raw = np.concatenate([raw[:k] for _, raw in self.runs])[order]
+        self.runs = [(ts[j:], raw[j:]) for (ts, raw), j in zip(self.runs, taken, strict=True) if len(ts) > j]
+        return out_ts, out_raw
+
+
+@dataclass
+class _Live:
+    """State of the live schedule (see "Live mode" in the module docstring)."""
+
+    busy: np.ndarray  # per user: in a session (its last event not emitted yet)
+    n_idle: int  # users not in a session
+    idle_since: np.ndarray  # per user: wall-clock ms when its last session ended
+    generation: np.ndarray  # per user: sessions started (marks stale idle-queue entries)
+    idle: _IdleQueue
+    schedule: _Schedule  # events of running sessions not sent yet, by due time
+    clock: int = 0  # the schedule's clock: the wall clock, or ahead of it while think times are compressed
+    first_now: int | None = None
+    last_now: int = 0
+    call_ms: float | None = None  # typical time between two calls (moving average)
+    bank: _Shapes | None = None  # pre-drawn sessions (no user or start yet), used in order
+    bank_rec: np.ndarray | None = None  # their events as records
+    bank_scen: Any = None
+    bank_next: int = 0
+    emitted: int = 0
+    sessions: int = 0
+    early_sessions: int = 0  # started less than the session timeout after the user's previous one
+    ahead: int = 0  # events emitted before their scheduled time (compressed think times)
+    warned: set[str] = field(default_factory=set)
+
+
 def _user_fragment(name: str) -> str:
     return f'"user_id":"{name}"'
 
@@ -363,6 +541,10 @@ _TEMPLATE = (
     '{"event_id":"%s",%s,"session_id":"%s",%s,"timestamp":"%s","referrer":"%s","device":"%s","country":"%s",%s,'
     f'"schema_version":{events.SCHEMA_VERSION}}}'
 )
+
+
+_NEVER = np.iinfo(np.int64).max // 4
+_START_AHEAD = 7  # live mode: on a shortfall of k events, start 7k more sessions for the next calls
 
 
 def _empty_cols() -> dict[str, np.ndarray]:
@@ -391,10 +573,10 @@ class Generator:
         cart_rate: share of clicking sessions that add it to the cart.
         purchase_rate: share of carting sessions that buy.
         views_per_session: mean number of item views in a session (geometric, at least 1).
-        gap_mean_s: mean time between two events of a session (exponential, 1 s to 20 min).
-        session_timeout_s: inactivity that ends a session (30 min).
-        sessions_per_user_hour: live mode's simulated session start rate per user (orders events only).
-        diurnal_amplitude: 0 = flat traffic; 0.6 = evening peak 4x the morning trough.
+        gap_mean_s: mean time between two events of a session (exponential, 1 s to 20 min), in both modes.
+        session_timeout_s: inactivity that ends a session (30 min): a user's sessions are further apart.
+        diurnal_amplitude: 0 = flat traffic; 0.6 = evening peak 4x the morning trough (backfill; live traffic
+            follows the caller's rate).
         peak_hour_utc: hour of the daily traffic peak.
         shard: ``(index, count)``: generate only for the users whose number is ``index`` modulo ``count``, with
             the same catalogue, prices and user attributes as the unsharded generator of the same seed. Several
@@ -415,7 +597,6 @@ class Generator:
         views_per_session: float = 3.0,
         gap_mean_s: float = 40.0,
         session_timeout_s: float = 1800.0,
-        sessions_per_user_hour: float = 0.25,
         diurnal_amplitude: float = 0.6,
         peak_hour_utc: float = 20.0,
         shard: tuple[int, int] = (0, 1),
@@ -444,7 +625,6 @@ class Generator:
         self._gap_max_ms = min(20 * 60_000, self.session_timeout_ms * 2 // 3)
         self.diurnal_amplitude = diurnal_amplitude
         self.peak_hour_utc = peak_hour_utc
-        self._session_rate_per_ms = n_users * sessions_per_user_hour / _HOUR_MS
         self._rng = np.random.default_rng(seed)
         rng = self._rng
         self._lock = threading.Lock()  # batch() may run in a producer thread while a notebook reads state
@@ -486,19 +666,28 @@ class Generator:
         # Prices: log-normal around 35 USD, a few items in the hundreds.
         self._item_price_usd = np.round(np.exp(rng.normal(np.log(35.0), 0.9, n_items)), 2) + 0.99
         self._referrer_p = np.array(_REFERRER_WEIGHTS) / sum(_REFERRER_WEIGHTS)
+        self._price_tables: dict[float, np.ndarray] = {}
         if shard_count > 1:
             # Everything above is drawn alike in every shard; from here on each shard has its own stream.
             keep = self._user_order % shard_count == shard_index  # by activity rank: is that user in this shard
             self._user_order = self._user_order[keep]
             self._user_cdf = np.cumsum(activity[keep] / activity[keep].sum())
-            self._session_rate_per_ms *= len(self._user_order) / n_users
             self._rng = np.random.default_rng(None if seed is None else [seed, shard_index, shard_count])
 
-        # Live state: simulated clock, buffered (generated but not yet emitted) events, per-user history.
-        self._clock_ms: int | None = None
-        self._buf = _empty_cols()
-        self._last_end = np.full(n_users, np.iinfo(np.int64).min // 4, dtype=np.int64)
-        self._last_live_ts = np.zeros(n_users, dtype=np.int64)
+        # Live state: the schedule of running sessions and each user's history. Its own random stream, so that how
+        # many sessions a batch starts (which follows the wall clock) does not shift the event ids and scenario draws.
+        self._live_rng = np.random.default_rng(None if seed is None else [seed, shard_index, shard_count, 1])
+        busy = np.zeros(n_users, dtype=bool)
+        generation = np.zeros(n_users, dtype=np.int64)
+        self._live = _Live(
+            busy=busy,
+            n_idle=len(self._user_order),
+            idle_since=np.full(n_users, -_NEVER, dtype=np.int64),
+            generation=generation,
+            idle=_IdleQueue(self._user_order, busy, generation),
+            schedule=_Schedule(),
+        )
+        self._last_live_ts = np.full(n_users, -_NEVER, dtype=np.int64)
         self._scenarios: dict[str, dict[str, Any]] = {}
         self._bot_session: dict[str, str] = {}
         self._malformed_next = 0
@@ -522,6 +711,38 @@ class Generator:
         """Expected events per (non-scenario) session."""
         c, a, p = self.funnel_rates
         return self.views_per_session + c + c * a + c * a * p
+
+    @property
+    def mean_session_duration_s(self) -> float:
+        """Expected time from a session's first event to its last (its think times: gaps clipped to 1 s..max)."""
+        mu, lo, hi = self._gap_mean_ms, 1000.0, float(self._gap_max_ms)
+        gap = lo + mu * (math.exp(-lo / mu) - math.exp(-hi / mu))  # E[clip(Exp(mu), lo, hi)]
+        return (self.mean_session_length - 1) * gap / 1000
+
+    def live_sessions_for_rate(self, rate: float) -> float:
+        """Sessions running at once in live mode at ``rate`` events/s (Little's law: start rate x duration)."""
+        return rate / self.mean_session_length * self.mean_session_duration_s
+
+    def users_for_rate(self, rate: float) -> int:
+        """Users live mode needs at ``rate`` events/s (this shard's share) for sessions with realistic think times
+        that the inactivity rule keeps apart: each one is busy for a session, then idle for the timeout."""
+        busy_s = self.mean_session_duration_s + self.session_timeout_ms / 1000
+        return math.ceil(rate / self.mean_session_length * busy_s)
+
+    def live_stats(self) -> dict[str, int]:
+        """Live mode so far: ``active_sessions`` now, ``scheduled`` events, ``sessions`` started, ``early_sessions``
+        (started before the user's timeout ran out: too few users), ``ahead`` events (sent before their time:
+        every user busy), ``clock_lead_ms`` (how far the schedule's clock runs ahead of the last call's)."""
+        lv = self._live
+        with self._lock:
+            return {
+                "active_sessions": len(self._user_order) - lv.n_idle,
+                "scheduled": len(lv.schedule),
+                "sessions": lv.sessions,
+                "early_sessions": lv.early_sessions,
+                "ahead": lv.ahead,
+                "clock_lead_ms": max(0, lv.clock - lv.last_now),
+            }
 
     @property
     def conversion_rate(self) -> float:
@@ -570,8 +791,11 @@ class Generator:
     def batch(self, n: int, now_ms: int | None = None) -> EventBatch:
         """The next ``n`` live messages, stamped ``now_ms`` (default: the wall clock).
 
-        Events keep their simulated order; timestamps are ``now_ms`` made strictly increasing per user (a user's
-        events in one batch sit a millisecond apart, ending at ``now_ms``), so an ordered funnel stays ordered.
+        The events due on the live schedule, topped up with new sessions (see "Live mode" in the module
+        docstring); call it at the pace events should go out. Timestamps are ``now_ms``, strictly increasing per
+        user without passing ``now_ms`` (a user with several events in one call gets them a millisecond apart,
+        ending at ``now_ms``), so an ordered funnel stays ordered. The same seed and the same ``n``/``now_ms``
+        sequence give the same events; the event ids and scenario draws depend only on the ``n`` sequence.
         """
         if n < 0:
             raise ValueError("n must be >= 0")
@@ -637,17 +861,8 @@ class Generator:
         b = np.minimum(np.searchsorted(cdf, rng.random(m) * cdf[-1], side="right"), len(lo) - 1)
         return lo[b] + (rng.random(m) * (hi[b] - lo[b])).astype(np.int64)
 
-    def _sessions(
-        self, m: int, t0: int, t1: int, last_end: np.ndarray, scen: Mapping[str, Mapping[str, Any]]
-    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        """Generate ``m`` whole sessions starting in ``[t0, t1)``; returns (columns, session index, position).
-
-        Updates ``last_end`` (per user) so that a user's next session starts after the inactivity timeout.
-        """
-        rng = self._rng
-        last = len(self._user_order) - 1
-        users = self._user_order[np.searchsorted(self._user_cdf, rng.random(m), side="right").clip(0, last)]
-        starts = self._start_times(m, t0, t1)
+    def _session_shapes(self, rng: np.random.Generator, m: int, scen: Mapping[str, Mapping[str, Any]]) -> _Shapes:
+        """``m`` sessions without a user or a start time: funnel, items, pages, referrer, gaps (offsets), ids."""
         flash = np.zeros(m, dtype=bool)
         rates = np.tile(np.array(self.funnel_rates), (m, 1))
         if "flash_sale" in scen:
@@ -667,25 +882,7 @@ class Generator:
         gaps[first] = 0
         csum = np.cumsum(gaps)
         offset = csum - csum[first][sess]
-        duration = offset[first + length - 1]
 
-        # A user's sessions must not overlap and must sit >= timeout apart. Sorted by (user, start), the earliest
-        # feasible start is s'_k = c_k + max(last_end + G, cummax_j<=k(s_j - c_j)), c_k = sum_{j<k}(d_j + G).
-        timeout = self.session_timeout_ms
-        order = np.lexsort((starts, users))
-        u_s, s_s, d_s = users[order], starts[order], duration[order]
-        group_start = np.ones(m, dtype=bool)
-        group_start[1:] = u_s[1:] != u_s[:-1]
-        step = d_s + timeout + 1
-        incl = np.cumsum(step)
-        gfirst = np.maximum.accumulate(np.where(group_start, np.arange(m), 0))
-        c = incl - step - (incl[gfirst] - step[gfirst])
-        floor = np.maximum(_groupwise_cummax(s_s - c, group_start), last_end[u_s] + timeout + 1)
-        shifted = np.empty(m, dtype=np.int64)
-        shifted[order] = c + floor
-        np.maximum.at(last_end, users, shifted + duration)
-
-        ts = shifted[sess] + offset
         itype = np.where(pos < views[sess], _VIEW, pos - views[sess] + 1).astype(np.int32)
         item = self._rank_to_item[
             np.searchsorted(self._item_cdf, rng.random(total), side="right").clip(0, self.n_items - 1)
@@ -704,47 +901,258 @@ class Generator:
             page[on_sale] = self._page_sale0 + item[on_sale]
         referrer = rng.choice(len(self._referrer_p), size=m, p=self._referrer_p).astype(np.int32)
         referrer[flash] = REFERRERS.index("flash_sale")
+        last = np.zeros(total, dtype=bool)
+        last[first + length - 1] = True
+        return _Shapes(
+            length=length,
+            first=first,
+            duration=offset[first + length - 1],
+            sess=sess,
+            offset=offset,
+            cols={
+                "session": _session_ids(rng, m)[sess],
+                "item": item.astype(np.int32),
+                "itype": itype,
+                "page": page.astype(np.int32),
+                "referrer": referrer[sess],
+                "scenario": np.where(flash_e, _FLASH, _NO_SCENARIO).astype(np.int32),
+                "last": last,
+            },
+            discount=float(scen["flash_sale"]["discount"]) if flash.any() else 0.0,
+        )
+
+    def _prices(self, item: np.ndarray, user: np.ndarray, scenario: np.ndarray, discount: float) -> np.ndarray:
+        """Each item's price in the currency of the user's country (flash-sale items discounted)."""
+        at = self._user_country[user] * self.n_items + item
+        price = self._price_table(0.0)[at]
+        if discount:
+            flash = scenario == _FLASH
+            price[flash] = self._price_table(discount)[at[flash]]
+        return price
+
+    def _price_table(self, discount: float) -> np.ndarray:
+        """Price of every (country, item), flattened, rounded to the currency's decimals; built once per discount."""
+        table = self._price_tables.get(discount)
+        if table is None:
+            price = self._country_fx[:, None] * self._item_price_usd[None, :]
+            if discount:
+                price *= 1.0 - discount
+            scale = 10.0 ** self._country_decimals[:, None]
+            table = self._price_tables[discount] = (np.round(price * scale) / scale).ravel()
+        return table
+
+    def _sessions(
+        self, m: int, t0: int, t1: int, last_end: np.ndarray, scen: Mapping[str, Mapping[str, Any]]
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Generate ``m`` whole sessions starting in ``[t0, t1)``; returns (columns, session index per event).
+
+        Updates ``last_end`` (per user) so that a user's next session starts after the inactivity timeout.
+        """
+        rng = self._rng
+        last = len(self._user_order) - 1
+        users = self._user_order[np.searchsorted(self._user_cdf, rng.random(m), side="right").clip(0, last)]
+        starts = self._start_times(m, t0, t1)
+        shapes = self._session_shapes(rng, m, scen)
+        duration, sess = shapes.duration, shapes.sess
+
+        # A user's sessions must not overlap and must sit >= timeout apart. Sorted by (user, start), the earliest
+        # feasible start is s'_k = c_k + max(last_end + G, cummax_j<=k(s_j - c_j)), c_k = sum_{j<k}(d_j + G).
+        timeout = self.session_timeout_ms
+        order = np.lexsort((starts, users))
+        u_s, s_s, d_s = users[order], starts[order], duration[order]
+        group_start = np.ones(m, dtype=bool)
+        group_start[1:] = u_s[1:] != u_s[:-1]
+        step = d_s + timeout + 1
+        incl = np.cumsum(step)
+        gfirst = np.maximum.accumulate(np.where(group_start, np.arange(m), 0))
+        c = incl - step - (incl[gfirst] - step[gfirst])
+        floor = np.maximum(_groupwise_cummax(s_s - c, group_start), last_end[u_s] + timeout + 1)
+        shifted = np.empty(m, dtype=np.int64)
+        shifted[order] = c + floor
+        np.maximum.at(last_end, users, shifted + duration)
+
         u_e = users[sess]
-        country = self._user_country[u_e]
-        fx = self._country_fx[country]
-        price = self._item_price_usd[item] * fx
-        if flash.any():
-            price[flash_e] *= 1.0 - float(scen["flash_sale"]["discount"])
-        dec = self._country_decimals[country]
-        price = np.round(price * 10.0**dec) / 10.0**dec
-        session_ids = _session_ids(rng, m)
-        cols = {
-            "user": u_e.astype(np.int32),
-            "session": session_ids[sess],
-            "item": item.astype(np.int32),
-            "itype": itype,
-            "ts": ts.astype(np.int64),
-            "page": page.astype(np.int32),
-            "referrer": referrer[sess],
-            "price": price,
-            "scenario": np.where(flash_e, _FLASH, _NO_SCENARIO).astype(np.int32),
-        }
-        return cols, sess, pos
+        cols = shapes.cols
+        cols.pop("last")
+        cols["user"] = u_e.astype(np.int32)
+        cols["ts"] = (shifted[sess] + shapes.offset).astype(np.int64)
+        cols["price"] = self._prices(cols["item"], u_e, cols["scenario"], shapes.discount)
+        return {k: cols[k] for k in _COLUMNS}, sess
+
+    # --- live mode: a schedule of concurrent sessions in wall-clock time -------------------------------------------
 
     def _live_events(self, n: int, now: int, scen: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndarray]:
-        """The next ``n`` events of the simulated stream (time order), refilling the buffer with new sessions."""
-        if self._clock_ms is None:
-            self._clock_ms = now
-        while int(np.searchsorted(self._buf["ts"], self._clock_ms)) < n:
-            need = n - int(np.searchsorted(self._buf["ts"], self._clock_ms))
-            m = max(256, math.ceil(need / self.mean_session_length * 1.2))
-            window = max(1, math.ceil(m / self._session_rate_per_ms))
-            t0 = self._clock_ms
-            cols, _, _ = self._sessions(m, t0, t0 + window, self._last_end, scen)
-            # Stable sorts: equal times keep generation order, so a session's events never swap. Sorting the new
-            # chunk first leaves two sorted runs, which the (timsort) merge below takes in linear time.
-            cols = _take(cols, np.argsort(cols["ts"], kind="stable"))
-            merged = _concat([self._buf, cols])
-            self._buf = _take(merged, np.argsort(merged["ts"], kind="stable"))
-            self._clock_ms = t0 + window
-        out = _take(self._buf, slice(0, n))
-        self._buf = _take(self._buf, slice(n, None))
-        return out
+        """The next ``n`` events of the live schedule, in schedule order (see "Live mode" in the module docstring).
+
+        1. Events of running sessions that are due (scheduled at or before the schedule's clock), earliest first.
+        2. Short of ``n``: new sessions, one per missing event; each one's first event goes now, the rest are
+           scheduled at the session's think times. Sessions for the next few calls start too, their first events
+           scheduled over the next few call intervals. Users idle for longer than the session timeout come first.
+        3. Still short (every user in a session, or fewer idle than missing events): the clock runs ahead to the
+           next scheduled events, which go out ahead of their time (compressed think times).
+        """
+        lv = self._live
+        if lv.first_now is None:
+            lv.first_now = now
+        # The schedule's clock moves with the wall clock, keeping the lead it took while think times were
+        # compressed (events stay scheduled relative to each other).
+        clock = now
+        if lv.last_now:
+            dt = max(0, now - lv.last_now)
+            clock = max(now, lv.clock + dt)
+            if dt:
+                lv.call_ms = dt if lv.call_ms is None else 0.8 * lv.call_ms + 0.2 * dt
+        lv.last_now = now
+        start = clock
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        need = n
+        while need > 0:
+            due = lv.schedule.count_until(clock)
+            if due:
+                k = min(due, need)
+                parts.append(self._pop_scheduled(k, now, start))
+                need -= k
+                if need == 0:
+                    break
+            # Sessions for a few calls ahead start now too (their first events scheduled over the next calls):
+            # starting a handful of sessions at every call would cost more than all the rest of a small call.
+            # When most users are in a session, wait until enough are idle (the clock runs ahead meanwhile, below)
+            # rather than start a few sessions per call.
+            ahead_n = _START_AHEAD * need if lv.call_ms is not None else 0
+            wait = lv.n_idle < need <= len(lv.schedule)
+            users = self._pick_users(need + ahead_n, now) if not wait else np.empty(0, dtype=np.int32)
+            if len(users):
+                now_n = min(need, len(users))
+                spread = max(1, int((_START_AHEAD + 1) * (lv.call_ms or 0)))
+                parts.append(self._start_sessions(users, now_n, clock, spread, now, scen))
+                need -= now_n
+                if need == 0:
+                    break
+            ahead = min(need, len(lv.schedule))
+            if ahead == 0:  # cannot happen: a user who is not idle has events scheduled
+                raise AssertionError("live schedule is empty while every user is in a session")
+            clock = max(clock, lv.schedule.kth_time(ahead))
+            self._warn_once("compressed", now)
+        lv.clock = clock
+        if not parts:
+            return _empty_cols()
+        lv.emitted += n
+        ts, raw = parts[0] if len(parts) == 1 else (np.concatenate([p[i] for p in parts]) for i in (0, 1))
+        rec = raw.view(_REC)
+        return {**{k: rec[k] for k in _COLUMNS if k != "ts"}, "ts": ts}
+
+    def _pop_scheduled(self, k: int, now: int, clock: int) -> tuple[np.ndarray, np.ndarray]:
+        """Take the ``k`` earliest scheduled events (those after ``clock`` go ahead of their time); the users whose
+        session they end become idle."""
+        lv = self._live
+        ts, raw = lv.schedule.pop(k)
+        lv.ahead += int(np.count_nonzero(ts > clock))
+        self._release(raw, now)
+        return ts, raw
+
+    def _release(self, raw: np.ndarray, now: int) -> None:
+        lv = self._live
+        rec = raw.view(_REC)
+        done = rec["user"][rec["last"]]
+        if len(done):
+            lv.n_idle += len(done)
+            lv.busy[done] = False
+            lv.idle_since[done] = now
+            lv.idle.push(done, lv.generation[done], now)
+
+    def _pick_users(self, k: int, now: int) -> np.ndarray:
+        """Up to ``k`` distinct idle users for new sessions: by activity among those idle for longer than the
+        session timeout, then (too few of them) the ones idle longest."""
+        lv = self._live
+        cutoff = now - self.session_timeout_ms
+        cooled = lv.idle.idle_before(cutoff)
+        chosen = np.empty(0, dtype=np.int32)
+        if cooled:  # none: the longest idle come first anyway, no draws wasted on busy users
+            draws = self._live_rng.random(min(2 * k, 2 * cooled) + 16)
+            last = len(self._user_order) - 1
+            cand = self._user_order[np.searchsorted(self._user_cdf, draws, side="right").clip(0, last)]
+            cand = cand[~lv.busy[cand] & (lv.idle_since[cand] < cutoff)]
+            if len(cand) > 1:
+                _, idx = np.unique(cand, return_index=True)
+                cand = cand[np.sort(idx)]
+            chosen = cand[:k]
+            lv.busy[chosen] = True
+        if len(chosen) < k:
+            longest = lv.idle.pop(k - len(chosen))
+            early = int(np.count_nonzero(lv.idle_since[longest] >= cutoff))
+            if early:
+                lv.early_sessions += early
+                self._warn_once("early", now)
+            chosen = np.concatenate([chosen, longest])
+        return chosen
+
+    def _start_sessions(
+        self, users: np.ndarray, now_n: int, clock: int, spread: int, now: int, scen: Mapping[str, Mapping[str, Any]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Start one session per user: the first ``now_n`` at ``clock`` (their first events are returned), the
+        others evenly over the next ``spread`` ms; every other event is scheduled."""
+        lv = self._live
+        m = len(users)
+        if lv.bank is None or lv.bank_scen is not scen or lv.bank_next + m > len(lv.bank.length):
+            lv.bank = self._session_shapes(self._live_rng, max(1024, m), scen)
+            lv.bank_rec = np.empty(len(lv.bank.offset), dtype=_REC)
+            for k, v in lv.bank.cols.items():
+                lv.bank_rec[k] = v
+            lv.bank_scen, lv.bank_next = scen, 0
+        bank, b = lv.bank, lv.bank_next
+        assert lv.bank_rec is not None
+        lv.bank_next = b + m
+        e0 = int(bank.first[b])
+        e1 = int(bank.first[b + m - 1] + bank.length[b + m - 1])
+        user = np.repeat(users.astype(np.int32), bank.length[b : b + m])
+        rec = lv.bank_rec[e0:e1].copy()
+        rec["user"] = user
+        rec["price"] = self._prices(rec["item"], user, rec["scenario"], bank.discount)
+        starts = np.full(m, clock, dtype=np.int64)
+        if m > now_n:
+            starts[now_n:] += 1 + np.arange(m - now_n) * spread // (m - now_n)
+        ts = np.repeat(starts, bank.length[b : b + m]) + bank.offset[e0:e1]
+        lv.busy[users] = True
+        lv.generation[users] += 1
+        lv.sessions += m
+        lv.n_idle -= m
+        first = bank.first[b : b + now_n] - e0
+        later = np.ones(e1 - e0, dtype=bool)
+        later[first] = False
+        raw = rec.view(_RAW)
+        if later.any():
+            lv.schedule.add(ts[later], raw[later])
+        firsts = ts[first], raw[first]
+        self._release(firsts[1], now)  # one-event sessions (bounces) end at once
+        return firsts
+
+    def _warn_once(self, what: str, now: int) -> None:
+        lv = self._live
+        if what in lv.warned:
+            return
+        lv.warned.add(what)
+        span_s = (now - (lv.first_now or now)) / 1000
+        rate = lv.emitted / span_s if span_s >= 1 else None
+        users = len(self._user_order)
+        need = f"about {self.users_for_rate(rate):,} users" if rate else "more users"
+        at = f" at {rate:,.0f} events/s" if rate else ""
+        if what == "early":
+            logger.warning(
+                "live mode%s: %d users start their next session less than %d min after their last one, so the "
+                "inactivity rule joins those sessions; %s keep them apart (Generator n_users, --users)",
+                at,
+                users,
+                self.session_timeout_ms // 60_000,
+                need,
+            )
+        else:
+            logger.warning(
+                "live mode%s: all %d users are in a session, so think times are compressed to keep the rate; %s "
+                "keep them realistic (Generator n_users, --users)",
+                at,
+                users,
+                need,
+            )
 
     def _backfill_events(
         self, n: int, start: int, end: int, scen: Mapping[str, Mapping[str, Any]]
@@ -758,7 +1166,7 @@ class Generator:
         for _ in range(50):  # each round normally suffices; more only when most sessions fall past the end
             need = n - have
             m = max(16, math.ceil(need / self.mean_session_length * 1.3))
-            cols, sess, _ = self._sessions(m, start, end, last_end, scen)
+            cols, sess = self._sessions(m, start, end, last_end, scen)
             inside = cols["ts"] < end  # a session pushed past the end is cut; its prefix keeps the funnel order
             cols, sess = _take(cols, inside), sess[inside]
             # Take whole sessions in a random order until ``need`` events, cutting the last one short.
@@ -847,7 +1255,10 @@ class Generator:
             p = scen["late_events"]
             late = (rng.random(nv) < float(p["share"])) & (cols["scenario"] == _NO_SCENARIO)
             lo, hi = np.log(float(p["min_delay_s"]) * 1000), np.log(float(p["max_delay_s"]) * 1000)
-            delay = np.exp(rng.uniform(lo, hi, int(late.sum()))).astype(np.int64)
+            if live_now is None:
+                delay = np.exp(rng.uniform(lo, hi, int(late.sum()))).astype(np.int64)
+            else:  # a draw per message: how many are flash-sale events follows the clock, the later draws must not
+                delay = np.exp(rng.uniform(lo, hi, nv)[late]).astype(np.int64)
             cols["ts"][late] -= delay
             cols["scenario"][late] = _LATE
         event_id = _uuid4_strings(rng, nv)
@@ -878,7 +1289,11 @@ class Generator:
         return batch
 
     def _live_timestamps(self, cols: Mapping[str, np.ndarray], now: int) -> np.ndarray:
-        """``now``, made strictly increasing per human user across batches (bots keep ``now``: ties are theirs)."""
+        """``now``, made strictly increasing per human user across batches without going past ``now``.
+
+        A user normally has one event in a batch (a session's events are at least a second apart): it gets ``now``.
+        Several (compressed think times, or coarse batches) end at ``now`` a millisecond apart. Bots keep ``now``.
+        """
         users = cols["user"]
         ts = np.full(len(users), now, dtype=np.int64)
         human = np.flatnonzero(users < self.n_users)
@@ -892,9 +1307,10 @@ class Generator:
         starts[1:] = u_sorted[1:] != u_sorted[:-1]
         gfirst = np.maximum.accumulate(np.where(starts, np.arange(len(u_sorted)), 0))
         rank = np.arange(len(u_sorted)) - gfirst
-        size = np.bincount(u_sorted, minlength=self.n_users)[u_sorted]
-        end = np.maximum(now, self._last_live_ts[u_sorted] + size)
-        stamped = end - (size - 1 - rank)
+        bounds = np.append(np.flatnonzero(starts), len(u_sorted))
+        size = np.repeat(np.diff(bounds), np.diff(bounds))  # a bincount over all users would cost O(n_users)
+        first = np.maximum(self._last_live_ts[u_sorted] + 1, now - (size - 1))
+        stamped = np.minimum(first + rank, now)
         out = np.empty(len(u), dtype=np.int64)
         out[order] = stamped
         ts[human] = out

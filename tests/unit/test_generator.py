@@ -146,11 +146,72 @@ def test_mixes_and_prices(week: pd.DataFrame) -> None:
     assert (purchases.price > 0).all()
 
 
-def test_live_timestamps_are_now_and_increase_per_user() -> None:
+def _rule_sessions(frame: pd.DataFrame, gap_ms: int = 1_800_000) -> pd.DataFrame:
+    """Sessions as the sessions query cuts them: a user's run of events with no gap over 30 minutes."""
+    df = frame.sort_values(["user_id", "timestamp_ms"], kind="stable")
+    ts, user = df.timestamp_ms.to_numpy(), df.user_id.to_numpy()
+    new = np.ones(len(df), dtype=bool)
+    new[1:] = (user[1:] != user[:-1]) | (np.diff(ts) > gap_ms)
+    times = pd.Series(ts).groupby(np.cumsum(new))
+    return pd.DataFrame({"events": times.size(), "duration_ms": times.max() - times.min()})
+
+
+def _live(gen: Generator, rate: int, seconds: int, step_ms: int = 1_000) -> pd.DataFrame:
+    """``rate`` events/s for ``seconds``, one call every ``step_ms`` (as a producer's token bucket would pace it)."""
+    k = rate * step_ms // 1000
+    frames = []
+    for i in range(seconds * 1000 // step_ms):
+        now = NOW + i * step_ms
+        frame = gen.batch(k, now_ms=now).to_frame()
+        assert len(frame) == k  # the rate asked for
+        # Stamped when sent: ``now``, or a millisecond or so before for a user with two events in one call.
+        assert frame.timestamp_ms.max() == now and frame.timestamp_ms.min() > now - 100
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_live_sessions_interleave_with_backfill_think_times(week: pd.DataFrame) -> None:
+    rate = 40
+    gen = Generator(seed=6, n_users=25_000)
+    assert gen.users_for_rate(rate) < 25_000  # enough users for every session to be 30 minutes from the next
+    live = _live(gen, rate, 45 * 60)
+    stats = gen.live_stats()
+    assert stats["early_sessions"] == 0 and stats["ahead"] == 0  # nothing had to give
+
+    # Concurrency follows from the rate and the session length (Little's law): ~1,100 sessions at 40 events/s.
+    expected = gen.live_sessions_for_rate(rate)
+    assert 900 < expected < 1_300
+    assert stats["active_sessions"] == pytest.approx(expected, rel=0.25)
+    # ... and shows in the data: in the last ten minutes, most seconds carry events of many different sessions,
+    # whose spans overlap.
+    spans = live.groupby("session_id").timestamp_ms.agg(["min", "max"])
+    t = NOW + 40 * 60_000
+    assert ((spans["min"] <= t) & (spans["max"] >= t)).sum() > 300
+
+    # The 30-minute rule gives back exactly the generated sessions, with the backfill's think times.
+    ours = _rule_sessions(live)
+    assert len(ours) == live.session_id.nunique()
+    theirs = _rule_sessions(week)
+    assert ours.duration_ms.median() == pytest.approx(theirs.duration_ms.median(), rel=0.25)  # about a minute
+    assert 30_000 < ours.duration_ms.median() < 120_000
+    assert ours.duration_ms.mean() == pytest.approx(gen.mean_session_duration_s * 1000, rel=0.2)
+    assert (ours.events == 1).mean() == pytest.approx((theirs.events == 1).mean(), abs=0.05)  # bounce rate
+    assert ours.events.mean() == pytest.approx(theirs.events.mean(), rel=0.1)
+
+    # Per user, event times only go forward, and funnels stay in order.
+    assert live.groupby("user_id").timestamp_ms.apply(lambda s: s.is_monotonic_increasing and s.is_unique).all()
+    step = live.interaction_type.map(FUNNEL)
+    prev = step.groupby(live.session_id).shift()
+    assert (step[prev.notna()] >= prev[prev.notna()]).all()
+
+
+def test_live_mode_with_too_few_users_keeps_the_rate() -> None:
+    """More traffic than the users can make with real think times: sessions come closer, then compress."""
     gen = Generator(seed=4, n_users=200)
     frames = [gen.batch(2_000, now_ms=NOW + i * 1000).to_frame() for i in range(3)]
     for i, frame in enumerate(frames):
-        assert frame.timestamp_ms.max() <= NOW + i * 1000 + 2_000  # "now", give or take a user's burst
+        assert len(frame) == 2_000
+        assert frame.timestamp_ms.max() == NOW + i * 1000  # never ahead of the call
         assert frame.timestamp_ms.min() > NOW - 60_000
     df = pd.concat(frames, ignore_index=True)
     # Emission order is time order per user, strictly: funnels stay ordered in event time.
@@ -158,6 +219,23 @@ def test_live_timestamps_are_now_and_increase_per_user() -> None:
     step = df.interaction_type.map(FUNNEL)
     prev = step.groupby(df.session_id).shift()
     assert (step[prev.notna()] >= prev[prev.notna()]).all()
+    stats = gen.live_stats()
+    assert stats["active_sessions"] <= 200 and stats["early_sessions"] > 0 and stats["ahead"] > 0
+
+
+def test_live_event_ids_do_not_depend_on_the_clock() -> None:
+    """How many sessions a call starts follows the wall clock; the event ids and scenario draws must not."""
+
+    def run(step_ms: int) -> tuple[list[str], dict[str, int]]:
+        gen = Generator(seed=12, n_users=500)
+        for name in ("duplicates", "flash_sale", "late_events", "malformed"):
+            gen.set_scenario(name)
+        batches = [gen.batch(k, now_ms=NOW + i * step_ms) for i, k in enumerate([300, 50, 700, 1, 400])]
+        ids = [e for b in batches for e in b.to_frame().event_id]
+        return ids, {k: sum(b.scenario_counts().get(k, 0) for b in batches) for k in ("duplicates", "malformed")}
+
+    fast, slow = run(5), run(60_000)
+    assert fast == slow
 
 
 def test_scenarios_are_labelled_and_switch_off() -> None:
