@@ -33,7 +33,8 @@ touch is labelled in :meth:`EventBatch.to_frame`'s ``scenario`` column so tests 
 =============  ==================================================================================================
 flash_sale     a share of new sessions go straight to one item (referrer ``flash_sale``, page ``/sale/<item>``,
                boosted funnel, discounted price)
-bot_burst      one user (default ``bot_0001``, device ``bot``) sends a share of all messages, views and clicks
+bot_burst      one user (default ``bot_0001``, device ``bot``) sends a share of all messages, views and clicks;
+               with shards, one shard sends it (:func:`bot_shard`, :func:`shard_weights`)
 late_events    a share of events carry an event time minutes to hours in the past
 duplicates     a share of messages are re-sends of an earlier message of the batch (same ``event_id``)
 malformed      a share of messages are invalid, cycling through every reason in :data:`events.REASONS`
@@ -53,7 +54,8 @@ import math
 import re
 import threading
 import time
-from collections.abc import Mapping
+import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -547,6 +549,27 @@ _NEVER = np.iinfo(np.int64).max // 4
 _START_AHEAD = 7  # live mode: on a shortfall of k events, start 7k more sessions for the next calls
 
 
+def bot_shard(user: str, count: int) -> int:
+    """The shard (of ``count``) that sends the ``bot_burst`` messages of bot ``user``: only one, so the bot is one
+    session from one process, whatever the number of producer processes."""
+    return zlib.crc32(user.encode()) % count
+
+
+def shard_weights(count: int, scenarios: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> list[float]:
+    """Each shard's part of a rate or an event count split over ``count`` shards (they add up to ``count``).
+
+    Even, except with ``bot_burst``: the bot's shard also carries the bot's share of *all* messages, so the bot's
+    total and every shard's human traffic stay what one process would send.
+    """
+    weights = [1.0] * count
+    bots = [{**SCENARIO_DEFAULTS["bot_burst"], **params} for name, params in scenarios if name == "bot_burst"]
+    if bots:  # switched on twice: the last one holds, as with set_scenario
+        share = float(bots[-1]["share"])
+        weights = [1.0 - share] * count
+        weights[bot_shard(str(bots[-1]["user"]), count)] += share * count
+    return weights
+
+
 def _empty_cols() -> dict[str, np.ndarray]:
     dtypes: dict[str, Any] = {"session": "S17", "ts": np.int64, "price": np.float64}
     return {name: np.empty(0, dtype=dtypes.get(name, np.int32)) for name in _COLUMNS}
@@ -691,6 +714,7 @@ class Generator:
         self._scenarios: dict[str, dict[str, Any]] = {}
         self._bot_session: dict[str, str] = {}
         self._malformed_next = 0
+        self._bot_carry = 0.0
         self.emitted = 0
 
     # --- public API ---------------------------------------------------------------------------------------------
@@ -780,12 +804,20 @@ class Generator:
         if name == "bot_burst":
             with self._lock:  # grows the user tables; wait for a batch() running in a producer thread
                 merged["user_index"] = self._bot_index(str(merged["user"]))
+            # With shards, one shard sends the bot: a share of *all* messages, so a larger share of its own.
+            index, count = self.shard
+            s = float(merged["share"])
+            owner = bot_shard(str(merged["user"]), count)
+            merged["shard_share"] = s if count == 1 else s * count / (s * count + 1 - s) if index == owner else 0.0
         if name == "late_events" and not 0 < float(merged["min_delay_s"]) <= float(merged["max_delay_s"]):
             raise ConfigError("late_events.min_delay_s", "need 0 < min_delay_s <= max_delay_s")
         new[name] = merged
-        total = sum(float(v["share"]) for k, v in new.items() if k != "flash_sale")
+        total = sum(float(v.get("shard_share", v["share"])) for k, v in new.items() if k != "flash_sale")
         if total > 0.9:
-            raise ConfigError(f"{name}.share", f"scenario shares add up to {total:.2f}; keep them at most 0.9")
+            more = ""
+            if "bot_burst" in new and self.shard[1] > 1:
+                more = f" (the bot's shard of {self.shard[1]} sends its share of all messages; fewer workers help)"
+            raise ConfigError(f"{name}.share", f"scenario shares add up to {total:.2f}; keep them at most 0.9{more}")
         self._scenarios = new  # one assignment: a concurrent batch() sees the old or the new set, never half
 
     def batch(self, n: int, now_ms: int | None = None) -> EventBatch:
@@ -1198,11 +1230,18 @@ class Generator:
     def _scenario_counts(self, n: int, scen: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
         rng = self._rng
         counts = {}
-        for name in ("bot_burst", "duplicates", "malformed"):
+        for name in ("duplicates", "malformed"):
             share = float(scen[name]["share"]) if name in scen else 0.0
             counts[name] = int(rng.binomial(n, share)) if share > 0 and n > 0 else 0
+        # The bot sends its share exactly (a running remainder carries over between batches), so that its total
+        # is the same however the messages are cut into batches or split between shards.
+        want = self._bot_carry + n * float(scen["bot_burst"]["shard_share"]) if "bot_burst" in scen else 0.0
+        bots = min(int(want + 1e-9), n - counts["malformed"])
+        self._bot_carry = want - bots if bots < n - counts["malformed"] else 0.0
+        counts["bot_burst"] = bots
         if counts["duplicates"] and n - counts["malformed"] - counts["duplicates"] <= 0:
             counts["duplicates"] = 0  # nothing to re-send
+        counts["duplicates"] = min(counts["duplicates"], n - counts["malformed"] - bots)
         counts["base"] = n - counts["bot_burst"] - counts["duplicates"] - counts["malformed"]
         return counts
 

@@ -4,7 +4,9 @@ One kafka-python producer tops out at one core (about 20-25k events/s on a 2-cor
 ``bench/produce.py``). :func:`produce_in_processes` starts ``workers`` processes; worker ``i`` generates only the
 users whose number is ``i`` modulo ``workers`` (:class:`~clickstream_lib.generator.Generator` ``shard``), so every
 user's sessions, funnel order and Kafka key ordering stay within one process, and the catalogue, prices and user
-attributes are those of the unsharded generator with the same seed. The rate and the event count are split evenly.
+attributes are those of the unsharded generator with the same seed. The rate and the event count are split evenly,
+except that one worker sends a ``bot_burst`` bot and carries its share of all messages on top
+(:func:`~clickstream_lib.generator.shard_weights`): the scenario's totals do not depend on the number of workers.
 
     >>> stats = produce_in_processes(settings, 4, rate=None, events=1_000_000, generator={"seed": 7})
     >>> stats.summary()
@@ -23,6 +25,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from .errors import BrokerUnavailable, ClickstreamError, ConfigError
+from .generator import shard_weights
 from .producer import ProducerStats
 from .settings import Settings
 
@@ -30,11 +33,19 @@ from .settings import Settings
 FINAL_WAIT_S = 120.0
 
 
-def split(total: int | None, workers: int) -> list[int | None]:
-    """``total`` spread over ``workers`` as evenly as whole numbers allow (None stays None for every worker)."""
+def split(total: int | None, workers: int, weights: Sequence[float] | None = None) -> list[int | None]:
+    """``total`` spread over ``workers`` in proportion to ``weights`` (default even) as whole numbers allow: the
+    remainder goes to the largest fractions, the first workers on ties (None stays None for every worker)."""
     if total is None:
         return [None] * workers
-    return [total // workers + (1 if i < total % workers else 0) for i in range(workers)]
+    if weights is None or len(set(weights)) <= 1:
+        return [total // workers + (1 if i < total % workers else 0) for i in range(workers)]
+    exact = [total * w / sum(weights) for w in weights]
+    parts = [int(x) for x in exact]
+    by_fraction = sorted(range(workers), key=lambda i: (round(parts[i] - exact[i], 9), i))
+    for i in by_fraction[: total - sum(parts)]:
+        parts[i] += 1
+    return list(parts)
 
 
 def combine(parts: Sequence[ProducerStats]) -> ProducerStats:
@@ -114,8 +125,9 @@ def produce_in_processes(
 
     Args:
         workers: processes (each one core at full speed); 1 still runs in a child process.
-        rate: events/s in total, split evenly (None: each as fast as it can).
-        events / duration: the limit, as for :meth:`Producer.run`; ``events`` is split evenly.
+        rate: events/s in total, split as ``events`` (None: each as fast as it can).
+        events / duration: the limit, as for :meth:`Producer.run`; ``events`` is split evenly, or with
+            ``bot_burst`` by :func:`~clickstream_lib.generator.shard_weights`.
         generator: keyword arguments of :class:`Generator` (seed, n_users, n_items, ...), the same for every worker.
         scenarios: ``(name, params)`` switched on in every worker.
         progress: called with the combined counters about twice a second and once at the end.
@@ -130,12 +142,13 @@ def produce_in_processes(
         raise ConfigError("--workers", f"{workers} must be at least 1")
     ctx = mp.get_context("spawn")  # no fork of a process that may hold kafka-python threads or a chdb engine
     out = ctx.Queue()
-    shares = split(events, workers)
-    share_rate = None if rate is None else rate / workers
+    weights = shard_weights(workers, scenarios)
+    shares = split(events, workers, weights)
+    rates = [None if rate is None else rate * w / sum(weights) for w in weights]
     procs = [
         ctx.Process(
             target=_worker,
-            args=(i, workers, settings, share_rate, shares[i], duration, dict(generator or {}), list(scenarios)),
+            args=(i, workers, settings, rates[i], shares[i], duration, dict(generator or {}), list(scenarios)),
             kwargs={"batch_size": batch_size, "out": out},
             name=f"clickstream-producer-{i}",
             daemon=True,

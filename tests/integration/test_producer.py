@@ -274,6 +274,30 @@ def test_cli_produce_in_worker_processes(settings: Settings, tmp_path: Path) -> 
     assert {m["event_id"] for m in again} == {m["event_id"] for m in first}
 
 
+def test_cli_bot_burst_in_worker_processes_is_one_bot(settings: Settings, tmp_path: Path) -> None:
+    """bot_burst with --workers: one worker sends the bot, so the totals are those of one process."""
+    numbers = {u: i for i, u in enumerate(Generator(seed=6, n_users=900).users)}
+    for workers in (1, 3):
+        topic = f"{settings.kafka_topic}_w{workers}"
+        proc = subprocess.run(
+            [
+                *(CLI, "produce", "--events", "6000", "--rate", "0", "--workers", str(workers), "--seed", "6"),
+                *("--users", "900", "--scenario", "bot_burst:share=0.25"),
+            ],
+            env={**_env(settings, tmp_path), "KAFKA_TOPIC": topic},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        decoded = [orjson.loads(v) for _, _, v in _consume_all(settings, topic)]
+        assert len(decoded) == _total(settings, topic) == 6_000
+        bot = [m for m in decoded if m["user_id"] == "bot_0001"]
+        assert len(bot) == 1_500 and len({m["session_id"] for m in bot}) == 1  # one bot, a quarter of all
+        humans = Counter(numbers[str(m["user_id"])] % workers for m in decoded if m["user_id"] != "bot_0001")
+        assert humans == {i: 4_500 // workers for i in range(workers)}  # every worker's users as busy as before
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_cli_ctrl_c_flushes_and_prints_the_summary(settings: Settings, tmp_path: Path, workers: str) -> None:
     proc = subprocess.Popen(

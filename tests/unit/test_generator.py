@@ -13,7 +13,8 @@ import pytest
 
 from clickstream_lib import events
 from clickstream_lib.errors import ConfigError
-from clickstream_lib.generator import SCENARIOS, Generator, iso_timestamps
+from clickstream_lib.generator import SCENARIOS, Generator, bot_shard, iso_timestamps, shard_weights
+from clickstream_lib.producer_pool import split
 
 NOW = 1_795_946_400_000  # 2026-11-29T10:00:00Z
 DAY = 86_400_000
@@ -377,6 +378,36 @@ def test_shards_split_the_users_and_share_catalogue_and_prices() -> None:
     again = Generator(seed=4, n_users=600, shard=(1, 3)).backfill(NOW - DAY, NOW, 10_000).to_frame()
     assert again["event_id"].tolist() == parts[1]["event_id"].tolist()
     assert not set(parts[0]["event_id"]) & set(parts[1]["event_id"])
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 5])
+def test_bot_burst_totals_do_not_depend_on_the_number_of_shards(workers: int) -> None:
+    """One shard sends the bot, carrying its share of all messages: one bot session, the same totals as with one
+    process, and the same human traffic in every shard."""
+    scenarios = [("bot_burst", {"share": 0.2})]
+    parts = split(30_000, workers, shard_weights(workers, scenarios))
+    bots, humans, bot_sessions, senders = 0, [], set(), set()
+    for i, n in enumerate(parts):
+        assert n is not None
+        gen = Generator(seed=3, n_users=900, shard=(i, workers))
+        gen.set_scenario("bot_burst", share=0.2)
+        frame = pd.concat([gen.batch(min(700, n - j), now_ms=NOW + j).to_frame() for j in range(0, n, 700)])
+        bot = frame[frame.scenario == "bot_burst"]
+        bots += len(bot)
+        humans.append(len(frame) - len(bot))
+        bot_sessions |= set(bot.session_id)
+        senders |= {i} if len(bot) else set()
+    assert bots == 6_000  # 20% of 30,000, as one process sends
+    assert humans == [24_000 // workers] * workers
+    assert len(bot_sessions) == 1 and senders == {bot_shard("bot_0001", workers)}
+
+
+def test_bot_burst_share_too_large_for_the_shards_is_a_config_error() -> None:
+    owner = bot_shard("bot_0001", 20)
+    gen = Generator(seed=1, n_users=600, shard=(owner, 20))
+    with pytest.raises(ConfigError, match="fewer workers"):
+        gen.set_scenario("bot_burst", share=0.4)  # 0.4 of all from one of 20 shards: 93% of that shard's messages
+    Generator(seed=1, n_users=600, shard=((owner + 1) % 20, 20)).set_scenario("bot_burst", share=0.4)  # sends none
 
 
 @pytest.mark.parametrize("shard", [(3, 3), (-1, 2), (0, 0), (0, 601)])

@@ -20,6 +20,22 @@ def test_split_is_even_and_complete(total: int | None, workers: int, want: list[
     assert split(total, workers) == want
 
 
+@pytest.mark.parametrize(
+    ("total", "weights", "want"),
+    [
+        (10, [1.0, 1.0], [5, 5]),
+        (9_000, [0.8, 0.8, 1.4], [2_400, 2_400, 4_200]),
+        (10, [0.5, 0.5, 2.0], [2, 2, 6]),
+        (7, [0.5, 0.5, 2.0], [1, 1, 5]),
+        (None, [0.5, 1.5], [None, None]),
+    ],
+)
+def test_split_follows_the_weights_and_is_complete(total: int | None, weights: list[float], want: list[int]) -> None:
+    got = split(total, len(weights), weights)
+    assert got == want
+    assert total is None or sum(x for x in got if x is not None) == total
+
+
 def test_combine_sums_counters_and_merges_errors() -> None:
     a = ProducerStats(
         sent=10, acked=8, failed=1, errors={"X": 1}, rate_now=5, elapsed_s=2, running=False, target_rate=50
