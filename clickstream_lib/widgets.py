@@ -331,6 +331,11 @@ def _field(stats: Any, name: str) -> Any:
     return stats.get(name) if isinstance(stats, Mapping) else getattr(stats, name, None)
 
 
+#: Users of the pipeline's generator: as many as its starting rate needs for sessions that the 30-minute rule
+#: recovers (``Generator.users_for_rate``: about 540 per event/s), within these bounds (300k: ~75 MB, 0.3 s).
+PIPELINE_USERS = (10_000, 300_000)
+
+
 class Pipeline:
     """Producer and sink threads in this process, for the workbench and the embedded demo dashboard.
 
@@ -343,6 +348,7 @@ class Pipeline:
         self.store = store
         self.rate = float(rate)
         self.seed = seed
+        self.n_users: int | None = None
         self.scenarios: dict[str, bool] = {}
         self._done: dict[str, float] = {"sent": 0, "acked": 0, "rows_inserted": 0, "dead_letters": 0}
         self._dead_by_reason: dict[str, int] = {}
@@ -352,9 +358,14 @@ class Pipeline:
         self._sink_used = False
 
     def _new_producer(self) -> Any:
+        from .generator import Generator
         from .producer import Producer
 
-        producer = Producer(self.settings, rate=self.rate, seed=self.seed)
+        if self.n_users is None:  # sized once, for the starting rate: the user ids stay the same across restarts
+            need = Generator(n_users=1).users_for_rate(self.rate)
+            self.n_users = min(max(need, PIPELINE_USERS[0]), PIPELINE_USERS[1])
+        generator = Generator(seed=self.seed, n_users=self.n_users)
+        producer = Producer(self.settings, rate=self.rate, generator=generator)
         for name, on in self.scenarios.items():
             producer.set_scenario(name, on)
         return producer
