@@ -51,12 +51,12 @@ from kafka.errors import (
 from kafka.record import util as _record_util
 from kafka.structs import OffsetAndMetadata
 
-from . import events, topics
+from . import events, schema, topics
 from .errors import StoreError
 from .events import Rejection
 from .producer import flush as producer_flush
 from .settings import Settings
-from .store import Store, connect
+from .store import Store, connect, decimal_text
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,25 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "kafka_offset",
     "kafka_timestamp",
 )
+
+
+def _sent_as(column_type: str) -> str:
+    """The type the sink sends a column of ``events`` as: String where clickhouse-connect would convert in Python.
+
+    clickhouse-connect builds a LowCardinality dictionary, parses each UUID string and makes a ``decimal.Decimal``
+    of each price in Python, holding the GIL the consumer thread needs (bench/consume.py: ~3 us per row); a String
+    column is written in one C call and the engine converts it to the same values (tests/integration/test_sink.py).
+    """
+    if column_type.startswith(("LowCardinality(String", "UUID", "Decimal(")):
+        return "String"
+    return column_type
+
+
+_EVENT_TYPES = dict(schema.EVENTS.columns)
+# The events columns as sent (see _sent_as); naming them also spares clickhouse-connect a DESCRIBE per insert.
+EVENT_INSERT_TYPES: tuple[str, ...] = tuple(_sent_as(_EVENT_TYPES[c]) for c in EVENT_COLUMNS)
+_PRICE_INDEX = EVENT_COLUMNS.index("price")
+_PRICE_PRECISION, _PRICE_SCALE = (int(v) for v in re.findall(r"\d+", _EVENT_TYPES["price"]))
 DEAD_LETTER_COLUMNS: tuple[str, ...] = (
     "raw",
     "reason",
@@ -91,6 +110,8 @@ DEAD_LETTER_COLUMNS: tuple[str, ...] = (
     "kafka_offset",
     "kafka_timestamp",
 )
+_DEAD_LETTER_TYPES = dict(schema.DEAD_LETTERS.columns)
+DEAD_LETTER_INSERT_TYPES: tuple[str, ...] = tuple(_DEAD_LETTER_TYPES[c] for c in DEAD_LETTER_COLUMNS)  # as they are
 _PARSED_FIELDS = events.FIELDS  # event_id ... schema_version, in EVENT_COLUMNS order (timestamp_ms = event_time)
 _EVENT_TIME_INDEX = _PARSED_FIELDS.index("timestamp_ms")
 _META_PREFIX = "clickstream-sink/1"
@@ -394,10 +415,11 @@ class _Batch:
             kafka_ms_col.append(kafka_ms)
 
     def event_columns(self) -> list[list[Any]]:
-        """The valid rows as columns in :data:`EVENT_COLUMNS` order."""
+        """The valid rows as columns in :data:`EVENT_COLUMNS` order, sent as :data:`EVENT_INSERT_TYPES`."""
         rows = self.rows
         n = len(rows)
         cols: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)] if n else [[] for _ in _PARSED_FIELDS]
+        cols[_PRICE_INDEX] = decimal_text(cols[_PRICE_INDEX], _PRICE_PRECISION, _PRICE_SCALE)
         cols += [[self.topic] * n, [self.partition] * n, list(self.offsets), list(self.kafka_ms)]
         return cols
 
@@ -1117,10 +1139,18 @@ class Sink:
         assert store is not None
         try:
             if b.rows and not b.events_stored:
-                store.insert("events", b.event_columns(), EVENT_COLUMNS, dedup_token=b.token)
+                store.insert(
+                    "events", b.event_columns(), EVENT_COLUMNS, dedup_token=b.token, column_types=EVENT_INSERT_TYPES
+                )
             b.events_stored = True
             if b.dead and not b.dead_stored:
-                store.insert("dead_letters", b.dead_columns(), DEAD_LETTER_COLUMNS, dedup_token=b.token)
+                store.insert(
+                    "dead_letters",
+                    b.dead_columns(),
+                    DEAD_LETTER_COLUMNS,
+                    dedup_token=b.token,
+                    column_types=DEAD_LETTER_INSERT_TYPES,
+                )
             b.dead_stored = True
         except Exception as exc:  # chdb and the HTTP driver raise several types; every failure is retried
             raise _DeliveryError(f"ClickHouse insert of batch {b.token} failed: {type(exc).__name__}: {exc}") from exc

@@ -238,7 +238,14 @@ class _FakeStore:
         self.release = threading.Event()
         self.fail = False
 
-    def insert(self, table: str, columns: list[list[object]], names: tuple[str, ...], dedup_token: str) -> int:
+    def insert(
+        self,
+        table: str,
+        columns: list[list[object]],
+        names: tuple[str, ...],
+        dedup_token: str,
+        column_types: tuple[str, ...] | None = None,
+    ) -> int:
         self.release.wait(10)
         if self.fail:
             raise RuntimeError("engine down")
