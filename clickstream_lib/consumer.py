@@ -278,11 +278,16 @@ class _Window:
     def __init__(self) -> None:
         self._rates: deque[tuple[float, int]] = deque()
         self._lat: deque[tuple[float, np.ndarray, np.ndarray]] = deque()
+        # The percentiles of _lat as it is, until it changes: stats() may be polled far more often than batches are
+        # acknowledged (bench/consume.py polls every 5 ms), and sorting 30 s of latencies each time costs the
+        # consumer CPU and GIL time.
+        self._percentiles: tuple[float | None, float | None, float | None, float | None] | None = None
 
     def add(self, now: float, rows: int, event_lat: np.ndarray, kafka_lat: np.ndarray) -> None:
         self._rates.append((now, rows))
         if event_lat.size:
             self._lat.append((now, event_lat, kafka_lat))
+            self._percentiles = None
         self._trim(now)
 
     def _trim(self, now: float) -> None:
@@ -290,6 +295,7 @@ class _Window:
             self._rates.popleft()
         while self._lat and now - self._lat[0][0] > _LATENCY_WINDOW_S:
             self._lat.popleft()
+            self._percentiles = None
 
     def rate(self, now: float, started: float) -> float:
         self._trim(now)
@@ -298,13 +304,16 @@ class _Window:
         return rows / span
 
     def percentiles(self) -> tuple[float | None, float | None, float | None, float | None]:
+        if self._percentiles is not None:
+            return self._percentiles
         if not self._lat:
             return None, None, None, None
         ev = np.concatenate([e for _, e, _ in self._lat])
         ka = np.concatenate([k for _, _, k in self._lat])
         e50, e99 = np.percentile(ev, [50, 99])
         k50, k99 = np.percentile(ka, [50, 99])
-        return float(e50), float(e99), float(k50), float(k99)
+        self._percentiles = (float(e50), float(e99), float(k50), float(k99))
+        return self._percentiles
 
 
 # --- batches ---------------------------------------------------------------------------------------------------

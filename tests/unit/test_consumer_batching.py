@@ -126,6 +126,11 @@ def test_window_rate_and_percentiles() -> None:
     assert k50 == k99 == 7.0
     assert w.rate(101.0, started=91.0) == pytest.approx(200.0)  # 2000 rows over the 10 s window
     assert w.rate(200.0, started=91.0) == 0.0  # old batches age out
+    assert w.percentiles() == (None, None, None, None)  # and so do their latencies
+    w.add(201.0, 10, np.full(10, 3.0), np.full(10, 4.0))
+    assert w.percentiles() == (3.0, 3.0, 4.0, 4.0)
+    w.add(202.0, 10, np.full(10, 5.0), np.full(10, 6.0))
+    assert w.percentiles()[0] == pytest.approx(4.0)  # a new batch counts at once
 
 
 def test_stats_read_as_dataclass_or_mapping() -> None:
