@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import threading
 import time
@@ -387,3 +388,24 @@ def test_reading_on_during_an_insert_only_while_a_batch_waits_in_kafka() -> None
     fake_store.release.set()
     assert sink._inserter is not None
     sink._inserter.shutdown()
+
+
+def test_gc_threshold_is_raised_while_sinks_run_and_restored_after_the_last() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        with consumer._relaxed_gc():
+            assert gc.get_threshold() == (consumer.GC_YOUNG_THRESHOLD, 10, 10)
+            with consumer._relaxed_gc():  # a second sink in the process
+                pass
+            assert gc.get_threshold() == (consumer.GC_YOUNG_THRESHOLD, 10, 10)  # the first one still runs
+        assert gc.get_threshold() == (700, 10, 10)
+        with consumer._relaxed_gc():
+            gc.set_threshold(1_000, 5, 5)  # changed by someone else meanwhile: theirs stays
+        assert gc.get_threshold() == (1_000, 5, 5)
+        gc.set_threshold(100_000, 10, 10)
+        with consumer._relaxed_gc():  # already higher: left alone
+            assert gc.get_threshold() == (100_000, 10, 10)
+        assert gc.get_threshold() == (100_000, 10, 10)
+    finally:
+        gc.set_threshold(*before)
