@@ -4,7 +4,8 @@ All figures come from one run, against a throwaway local Kafka broker and the em
 
 - raw consume  = plain kafka-python (assigned partitions, no group, no validation) reading the backlog, with
   kafka-python's default fetch size and, for comparison, with the sink's (FETCH_MAX_PARTITION_BYTES);
-- raw insert   = the same rows, already parsed, inserted with Store.insert in batches of the sink's default size;
+- raw insert   = the same rows, already parsed, inserted with Store.insert in batches of the sink's default size,
+  with the column types the sink sends (EVENT_INSERT_TYPES);
 - sink drain   = Sink with default settings draining the same backlog (validate, insert with tokens, commit);
   measured from its first record to the last commit. Ratio = drain / raw consume with the default fetch size
   (target >= 0.6); the ratio to a raw consumer fetching as much as the sink does is printed too.
@@ -22,6 +23,7 @@ Medians over --repeats rounds for the backlog figures.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import subprocess
 import sys
@@ -36,21 +38,23 @@ from kafka import KafkaConsumer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clickstream_lib import events, topics  # noqa: E402
+from clickstream_lib import events, schema, topics  # noqa: E402
 from clickstream_lib.consumer import (  # noqa: E402
     DEFAULT_BATCH_MAX_ROWS,
     DEFAULT_BATCH_MAX_WAIT_S,
     EVENT_COLUMNS,
+    EVENT_INSERT_TYPES,
     FETCH_MAX_PARTITION_BYTES,
     Sink,
 )
 from clickstream_lib.producer import Producer  # noqa: E402
 from clickstream_lib.settings import Settings  # noqa: E402
 from clickstream_lib.stack import KafkaStack  # noqa: E402
-from clickstream_lib.store import Store, connect  # noqa: E402
+from clickstream_lib.store import Store, connect, decimal_text  # noqa: E402
 from tests.conftest import base_env, free_port_pair  # noqa: E402
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
+PRICE_DECIMAL = tuple(int(v) for v in re.findall(r"\d+", dict(schema.EVENTS.columns)["price"]))  # (12, 2)
 
 
 def raw_consume(settings: Settings, n: int, **fetch: int) -> tuple[float, list[tuple[int, int, int, bytes]]]:
@@ -84,7 +88,11 @@ def raw_insert(store: Store, records: list[tuple[int, int, int, bytes]], topic: 
         chunk = rows[i : i + DEFAULT_BATCH_MAX_ROWS]
         cols = [[r[0][f] for r in chunk] for f in events.FIELDS]
         cols += [[topic] * len(chunk), [r[1] for r in chunk], [r[2] for r in chunk], [r[3] for r in chunk]]
-        store.insert("events", cols, EVENT_COLUMNS, dedup_token=f"bench:{uuid.uuid4().hex}")
+        price = EVENT_COLUMNS.index("price")
+        cols[price] = decimal_text(cols[price], *PRICE_DECIMAL)  # sent as the sink sends it (EVENT_INSERT_TYPES)
+        store.insert(
+            "events", cols, EVENT_COLUMNS, dedup_token=f"bench:{uuid.uuid4().hex}", column_types=EVENT_INSERT_TYPES
+        )
     return len(rows) / (time.perf_counter() - t0)
 
 

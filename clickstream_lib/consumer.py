@@ -26,6 +26,8 @@ batches, commits, and leaves the group.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import re
@@ -33,7 +35,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -51,12 +53,12 @@ from kafka.errors import (
 from kafka.record import util as _record_util
 from kafka.structs import OffsetAndMetadata
 
-from . import events, topics
+from . import events, schema, topics
 from .errors import StoreError
 from .events import Rejection
 from .producer import flush as producer_flush
 from .settings import Settings
-from .store import Store, connect
+from .store import Store, connect, decimal_text
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +84,25 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "kafka_offset",
     "kafka_timestamp",
 )
+
+
+def _sent_as(column_type: str) -> str:
+    """The type the sink sends a column of ``events`` as: String where clickhouse-connect would convert in Python.
+
+    clickhouse-connect builds a LowCardinality dictionary, parses each UUID string and makes a ``decimal.Decimal``
+    of each price in Python, holding the GIL the consumer thread needs (~4 us per row of 20 000); a String
+    column is written in one C call and the engine converts it to the same values (tests/integration/test_sink.py).
+    """
+    if column_type.startswith(("LowCardinality(String", "UUID", "Decimal(")):
+        return "String"
+    return column_type
+
+
+_EVENT_TYPES = dict(schema.EVENTS.columns)
+# The events columns as sent (see _sent_as); naming them also spares clickhouse-connect a DESCRIBE per insert.
+EVENT_INSERT_TYPES: tuple[str, ...] = tuple(_sent_as(_EVENT_TYPES[c]) for c in EVENT_COLUMNS)
+_PRICE_INDEX = EVENT_COLUMNS.index("price")
+_PRICE_PRECISION, _PRICE_SCALE = (int(v) for v in re.findall(r"\d+", _EVENT_TYPES["price"]))
 DEAD_LETTER_COLUMNS: tuple[str, ...] = (
     "raw",
     "reason",
@@ -91,6 +112,8 @@ DEAD_LETTER_COLUMNS: tuple[str, ...] = (
     "kafka_offset",
     "kafka_timestamp",
 )
+_DEAD_LETTER_TYPES = dict(schema.DEAD_LETTERS.columns)
+DEAD_LETTER_INSERT_TYPES: tuple[str, ...] = tuple(_DEAD_LETTER_TYPES[c] for c in DEAD_LETTER_COLUMNS)  # as they are
 _PARSED_FIELDS = events.FIELDS  # event_id ... schema_version, in EVENT_COLUMNS order (timestamp_ms = event_time)
 _EVENT_TIME_INDEX = _PARSED_FIELDS.index("timestamp_ms")
 _META_PREFIX = "clickstream-sink/1"
@@ -194,6 +217,41 @@ def crc32c_accelerated() -> bool:
     return getattr(_record_util, "crc32c_c", None) is not None
 
 
+# Per record, kafka-python allocates a ConsumerRecord and its headers list and the sink keeps a row tuple: with
+# Python's default GC thresholds (700, 10, 10) a drain of 100 000 records ran ~640 young and ~5 full collections,
+# each walking the ~40 000 objects of the records being validated or the whole heap — ~3 us of the consumer thread's
+# ~11 us per record (bench/consume.py with per-thread CPU). While a sink runs, the youngest generation's threshold
+# is raised to this (the consumer thread's CPU fell to ~8 us per record); reference counting still frees everything
+# without cycles at once, and cyclic garbage waits for at most this many new objects. Restored when the last sink of
+# the process stops, unless someone changed the thresholds meanwhile.
+GC_YOUNG_THRESHOLD = 50_000
+_gc_lock = threading.Lock()
+_gc_users = 0
+_gc_saved: tuple[int, ...] | None = None
+
+
+@contextlib.contextmanager
+def _relaxed_gc() -> Iterator[None]:
+    """Raise the GC's youngest threshold to :data:`GC_YOUNG_THRESHOLD` while at least one sink of the process runs."""
+    global _gc_users, _gc_saved
+    with _gc_lock:
+        _gc_users += 1
+        if _gc_users == 1:
+            saved = gc.get_threshold()
+            if saved[0] < GC_YOUNG_THRESHOLD:
+                _gc_saved = saved
+                gc.set_threshold(GC_YOUNG_THRESHOLD, *saved[1:])
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_users -= 1
+            if _gc_users == 0 and _gc_saved is not None:
+                if gc.get_threshold() == (GC_YOUNG_THRESHOLD, *_gc_saved[1:]):
+                    gc.set_threshold(*_gc_saved)
+                _gc_saved = None
+
+
 # --- stats -----------------------------------------------------------------------------------------------------
 
 
@@ -257,11 +315,16 @@ class _Window:
     def __init__(self) -> None:
         self._rates: deque[tuple[float, int]] = deque()
         self._lat: deque[tuple[float, np.ndarray, np.ndarray]] = deque()
+        # The percentiles of _lat as it is, until it changes: stats() may be polled far more often than batches are
+        # acknowledged (bench/consume.py polls every 5 ms), and sorting 30 s of latencies each time costs the
+        # consumer CPU and GIL time.
+        self._percentiles: tuple[float | None, float | None, float | None, float | None] | None = None
 
     def add(self, now: float, rows: int, event_lat: np.ndarray, kafka_lat: np.ndarray) -> None:
         self._rates.append((now, rows))
         if event_lat.size:
             self._lat.append((now, event_lat, kafka_lat))
+            self._percentiles = None
         self._trim(now)
 
     def _trim(self, now: float) -> None:
@@ -269,6 +332,7 @@ class _Window:
             self._rates.popleft()
         while self._lat and now - self._lat[0][0] > _LATENCY_WINDOW_S:
             self._lat.popleft()
+            self._percentiles = None
 
     def rate(self, now: float, started: float) -> float:
         self._trim(now)
@@ -277,13 +341,16 @@ class _Window:
         return rows / span
 
     def percentiles(self) -> tuple[float | None, float | None, float | None, float | None]:
+        if self._percentiles is not None:
+            return self._percentiles
         if not self._lat:
             return None, None, None, None
         ev = np.concatenate([e for _, e, _ in self._lat])
         ka = np.concatenate([k for _, _, k in self._lat])
         e50, e99 = np.percentile(ev, [50, 99])
         k50, k99 = np.percentile(ka, [50, 99])
-        return float(e50), float(e99), float(k50), float(k99)
+        self._percentiles = (float(e50), float(e99), float(k50), float(k99))
+        return self._percentiles
 
 
 # --- batches ---------------------------------------------------------------------------------------------------
@@ -394,10 +461,11 @@ class _Batch:
             kafka_ms_col.append(kafka_ms)
 
     def event_columns(self) -> list[list[Any]]:
-        """The valid rows as columns in :data:`EVENT_COLUMNS` order."""
+        """The valid rows as columns in :data:`EVENT_COLUMNS` order, sent as :data:`EVENT_INSERT_TYPES`."""
         rows = self.rows
         n = len(rows)
         cols: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)] if n else [[] for _ in _PARSED_FIELDS]
+        cols[_PRICE_INDEX] = decimal_text(cols[_PRICE_INDEX], _PRICE_PRECISION, _PRICE_SCALE)
         cols += [[self.topic] * n, [self.partition] * n, list(self.offsets), list(self.kafka_ms)]
         return cols
 
@@ -561,8 +629,9 @@ class Sink:
         try:
             self._open()
             try:
-                self._loop(until_idle, max_events)
-                self._drain()
+                with _relaxed_gc():
+                    self._loop(until_idle, max_events)
+                    self._drain()
             finally:
                 self._close()
         except BaseException as exc:
@@ -1117,10 +1186,18 @@ class Sink:
         assert store is not None
         try:
             if b.rows and not b.events_stored:
-                store.insert("events", b.event_columns(), EVENT_COLUMNS, dedup_token=b.token)
+                store.insert(
+                    "events", b.event_columns(), EVENT_COLUMNS, dedup_token=b.token, column_types=EVENT_INSERT_TYPES
+                )
             b.events_stored = True
             if b.dead and not b.dead_stored:
-                store.insert("dead_letters", b.dead_columns(), DEAD_LETTER_COLUMNS, dedup_token=b.token)
+                store.insert(
+                    "dead_letters",
+                    b.dead_columns(),
+                    DEAD_LETTER_COLUMNS,
+                    dedup_token=b.token,
+                    column_types=DEAD_LETTER_INSERT_TYPES,
+                )
             b.dead_stored = True
         except Exception as exc:  # chdb and the HTTP driver raise several types; every failure is retried
             raise _DeliveryError(f"ClickHouse insert of batch {b.token} failed: {type(exc).__name__}: {exc}") from exc

@@ -22,7 +22,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewPartitions, NewTopic
 
 from clickstream_lib import events, topics
-from clickstream_lib.consumer import BatchInfo, Sink
+from clickstream_lib.consumer import EVENT_COLUMNS, BatchInfo, Sink, _Batch
 from clickstream_lib.errors import StoreError
 from clickstream_lib.settings import Settings
 from clickstream_lib.stack import KafkaStack
@@ -202,6 +202,51 @@ def test_case_study_message_shape_from_a_plain_producer(settings: Settings, stor
         f"SELECT kafka_partition, kafka_offset, toString(event_id) FROM {store.database}.events LIMIT 1"
     )[0]
     assert eid == events.derived_event_id(settings.kafka_topic, p, o)
+
+
+def test_rows_are_stored_as_clickhouse_connect_stores_them_from_python_values(settings: Settings, store: Store) -> None:
+    """The sink sends LowCardinality, UUID and Decimal columns as String (fast in clickhouse-connect) and lets the
+    engine convert them: every stored value must be the one clickhouse-connect's own conversion of the parsed event
+    would have stored (prices that float arithmetic would turn into x.xx99..., ids, low-cardinality strings)."""
+    rng = random.Random(5)
+    prices = [19.99, 2.01, 4.35, 8.2, 0.285, 1.005, 0.1 + 0.2, 1e-7, 9_999_999_999.999, 123_456.785, 0.0, 7, None]
+    prices += [round(rng.uniform(0, 5_000), rng.randint(0, 5)) for _ in range(3_000)] + [rng.uniform(0, 1e9)] * 3
+    now_ms = int(time.time() * 1000)
+    values = []
+    for i, price in enumerate(prices):
+        msg: dict[str, Any] = {
+            "user_id": f"user_{i % 97}",
+            "item_id": f"item_{i % 13}",
+            "interaction_type": events.INTERACTION_TYPES[i % 4],
+            "timestamp": events.format_timestamp(now_ms - i * 1_001),
+            "referrer": ["", "search", "ad", "Ünïcode ✓"][i % 4],
+            "device": ["mobile", "desktop", None][i % 3],
+            "country": ["DE", "", "FR", "JP", "US"][i % 5],
+            "currency": "EUR" if price else None,
+            "price": price,
+        }
+        if i % 3 == 0:
+            msg["event_id"] = str(uuid.UUID(int=rng.getrandbits(128)))
+        elif i % 3 == 1:
+            msg["event_id"] = str(uuid.uuid4()).upper()  # normalised by events.parse
+        values.append(orjson.dumps(msg))
+    batch = _Batch(settings.kafka_topic, "e", 2, 0.0)
+    for offset, value in enumerate(values):
+        batch.add(offset, now_ms, None, value)
+    assert len(batch.rows) == len(values)
+
+    Sink(settings, store)._store_batch(batch)
+
+    # The reference: the same parsed rows, converted by clickhouse-connect from Python values (its DESCRIBE types).
+    store.client.command(f"CREATE TABLE {store.database}.events_ref AS {store.database}.events")
+    columns = [list(c) for c in zip(*batch.rows, strict=True)]
+    columns += [[batch.topic] * len(values), [2] * len(values), batch.offsets, batch.kafka_ms]
+    store.client.insert(f"{store.database}.events_ref", columns, column_names=list(EVENT_COLUMNS), column_oriented=True)
+    select = "SELECT * EXCEPT ingest_time FROM {} ORDER BY kafka_offset"
+    stored = store.query_rows(select.format(store.table("events")))
+    expected = store.query_rows(select.format(store.table("events_ref")))
+    assert len(stored) == len(values)
+    assert stored == expected
 
 
 def test_refuses_to_start_when_dedup_window_is_zero(settings: Settings, store: Store) -> None:

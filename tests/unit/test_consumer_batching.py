@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import threading
 import time
@@ -126,6 +127,11 @@ def test_window_rate_and_percentiles() -> None:
     assert k50 == k99 == 7.0
     assert w.rate(101.0, started=91.0) == pytest.approx(200.0)  # 2000 rows over the 10 s window
     assert w.rate(200.0, started=91.0) == 0.0  # old batches age out
+    assert w.percentiles() == (None, None, None, None)  # and so do their latencies
+    w.add(201.0, 10, np.full(10, 3.0), np.full(10, 4.0))
+    assert w.percentiles() == (3.0, 3.0, 4.0, 4.0)
+    w.add(202.0, 10, np.full(10, 5.0), np.full(10, 6.0))
+    assert w.percentiles()[0] == pytest.approx(4.0)  # a new batch counts at once
 
 
 def test_stats_read_as_dataclass_or_mapping() -> None:
@@ -238,7 +244,14 @@ class _FakeStore:
         self.release = threading.Event()
         self.fail = False
 
-    def insert(self, table: str, columns: list[list[object]], names: tuple[str, ...], dedup_token: str) -> int:
+    def insert(
+        self,
+        table: str,
+        columns: list[list[object]],
+        names: tuple[str, ...],
+        dedup_token: str,
+        column_types: tuple[str, ...] | None = None,
+    ) -> int:
         self.release.wait(10)
         if self.fail:
             raise RuntimeError("engine down")
@@ -375,3 +388,24 @@ def test_reading_on_during_an_insert_only_while_a_batch_waits_in_kafka() -> None
     fake_store.release.set()
     assert sink._inserter is not None
     sink._inserter.shutdown()
+
+
+def test_gc_threshold_is_raised_while_sinks_run_and_restored_after_the_last() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        with consumer._relaxed_gc():
+            assert gc.get_threshold() == (consumer.GC_YOUNG_THRESHOLD, 10, 10)
+            with consumer._relaxed_gc():  # a second sink in the process
+                pass
+            assert gc.get_threshold() == (consumer.GC_YOUNG_THRESHOLD, 10, 10)  # the first one still runs
+        assert gc.get_threshold() == (700, 10, 10)
+        with consumer._relaxed_gc():
+            gc.set_threshold(1_000, 5, 5)  # changed by someone else meanwhile: theirs stays
+        assert gc.get_threshold() == (1_000, 5, 5)
+        gc.set_threshold(100_000, 10, 10)
+        with consumer._relaxed_gc():  # already higher: left alone
+            assert gc.get_threshold() == (100_000, 10, 10)
+        assert gc.get_threshold() == (100_000, 10, 10)
+    finally:
+        gc.set_threshold(*before)
