@@ -146,7 +146,7 @@ def open_client(
             if pid is not None and pid != os.getpid():
                 raise _locked_error(directory, pid)
             directory.mkdir(parents=True, exist_ok=True)
-            options = {"max_server_memory_usage": memory_limit_mb * 2**20} if memory_limit_mb else None
+            options = _engine_options(memory_limit_mb)
             try:
                 client = clickhouse_connect.get_client(
                     dsn=f"chdb://{directory}", database=database, settings=settings, chdb_options=options
@@ -164,6 +164,20 @@ def open_client(
         return clickhouse_connect.get_client(**server_client_args(url, database, settings))
     except Exception as exc:
         raise server_error(url, exc) from None
+
+
+def _engine_options(memory_limit_mb: int) -> dict[str, int] | None:
+    """chdb start-up options for a memory limit (None: the engine's defaults).
+
+    The engine checks its limit against the process's resident memory too, which its memory worker reads from the
+    cgroup when there is one. The cgroup holds more than this engine — the Python process around it, and in a
+    container the Jupyter server and other kernels — so the worker would charge their memory to the engine (here,
+    on cgroup v1, it read 6 MB for a 1 GB process). ``memory_worker_use_cgroup = 0`` makes it read jemalloc's
+    resident bytes: this engine's own memory, which is what the limit is about.
+    """
+    if not memory_limit_mb:
+        return None
+    return {"max_server_memory_usage": memory_limit_mb * 2**20, "memory_worker_use_cgroup": 0}
 
 
 def _check_memory_limit(client: Client, memory_limit_mb: int) -> None:

@@ -54,9 +54,16 @@ def query(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_engine_runs_with_the_configured_limit(store: Store, settings: Settings) -> None:
-    limit = store.scalar("SELECT value FROM system.server_settings WHERE name = 'max_server_memory_usage'")
+    values = dict(
+        store.query_rows(
+            "SELECT name, value FROM system.server_settings "
+            "WHERE name IN ('max_server_memory_usage', 'memory_worker_use_cgroup')"
+        )
+    )
     assert settings.memory_limit_mb == 1024
-    assert int(limit) == settings.memory_limit_mb * 2**20
+    assert int(values["max_server_memory_usage"]) == settings.memory_limit_mb * 2**20
+    # The engine measures its own resident memory, not the whole cgroup's (the Python process, other kernels).
+    assert values["memory_worker_use_cgroup"] == "0"
 
 
 def test_a_query_over_the_limit_names_the_setting_to_raise(big_env: dict[str, str]) -> None:
