@@ -64,6 +64,14 @@ def test_the_engine_runs_with_the_configured_limit(store: Store, settings: Setti
     assert int(values["max_server_memory_usage"]) == settings.memory_limit_mb * 2**20
     # The engine measures its own resident memory, not the whole cgroup's (the Python process, other kernels).
     assert values["memory_worker_use_cgroup"] == "0"
+    # Queries keep their threads: the engine's default asks for 1 GiB free per thread, i.e. one thread under 1 GB.
+    per_thread = store.scalar("SELECT getSetting('max_threads_min_free_memory_per_thread')")
+    assert int(per_thread) == settings.memory_limit_mb * 2**20 // 4
+    fork = store.fork()  # every client of the store gets the connection setting
+    try:
+        assert int(fork.scalar("SELECT getSetting('max_threads_min_free_memory_per_thread')")) == int(per_thread)
+    finally:
+        fork.close()
 
 
 def test_a_query_over_the_limit_names_the_setting_to_raise(big_env: dict[str, str]) -> None:
