@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/queries.py                      # 1M and 10M events, 7 runs per query
     .venv/bin/python bench/queries.py --sizes 1000000 5000000 --repeat 5 --json out.json
+    .venv/bin/python bench/queries.py --data-dir /tmp/bq --reuse --memory-limit-mb 0    # again on the same data,
+    .venv/bin/python bench/queries.py --data-dir /tmp/bq --reuse --memory-limit-mb 1024 # with another engine limit
 
 For each size a child process generates events with the project's generator (``Generator.backfill`` over the last
 7 days, so the live panels have data "now"; 1M events per call, ``size / 100`` users) and loads them into a fresh
@@ -9,7 +11,9 @@ database of an embedded store (through a Parquet file and ``INSERT ... SELECT``,
 the rollups as they would from the sink). The child exits (chdb: one process per data directory); then another
 child per size runs every query ``--repeat`` times after one warm-up and reports the median, raw events vs the
 rollup ``source="auto"`` picks, and the dashboard's refresh set (``queries.live_panels``). Ratios are against the
-raw baseline measured in the same run. Peak RSS is sampled in the measuring process only.
+raw baseline measured in the same run. Peak RSS is sampled in the measuring process only; the measuring child runs
+with the product's default embedded-engine memory limit (``CLICKSTREAM_MEMORY_LIMIT_MB``) unless
+``--memory-limit-mb`` says otherwise (0 = the engine's own default, 90% of RAM).
 
 "Raw" means the ``events`` table as the optimizer reads it, projections included: the per-user passes (funnel,
 sessions, retention) have no rollup and read the ``by_user`` projection when their window has no time bound.
@@ -41,8 +45,12 @@ DAY_MS = 86_400_000
 CHUNK = 1_000_000
 
 
-def load(size: int, database: str, seed: int, days: int) -> None:
-    """Child process: generate ``size`` events over the last ``days`` days and insert them (views fill rollups)."""
+def load(size: int, database: str, seed: int, days: int, reuse: bool = False) -> None:
+    """Child process: generate ``size`` events over the last ``days`` days and insert them (views fill rollups).
+
+    With ``reuse``, a database that already holds ``size`` events (from an earlier run with the same ``--data-dir``)
+    is kept as it is.
+    """
     import numpy as np
     import pandas as pd
 
@@ -51,6 +59,10 @@ def load(size: int, database: str, seed: int, days: int) -> None:
     from clickstream_lib.store import connect
 
     store = connect(Settings.from_env(clickhouse_database=database))
+    if reuse and store.scalar(f"SELECT count() FROM {store.database}.events") == size:
+        print(f"  reusing {size:,} events in {database}", file=sys.stderr, flush=True)
+        store.close()
+        return
     # Users grow with the data (100 events per user over the span), as a busier site has more visitors.
     gen = Generator(seed=seed, n_users=max(1_000, size // 100))
     end = int(time.time() * 1000)
@@ -177,6 +189,7 @@ def measure(database: str, repeat: int) -> dict[str, Any]:
     from clickstream_lib.store import connect
 
     store = connect(Settings.from_env(clickhouse_database=database))
+    limit = int(store.scalar("SELECT value FROM system.server_settings WHERE name = 'max_server_memory_usage'"))
     rows: dict[str, dict[str, Any]] = {}
     now = datetime.now(UTC)
     hour_ago = (now - timedelta(hours=1)).replace(second=0, microsecond=0)
@@ -207,6 +220,7 @@ def measure(database: str, repeat: int) -> dict[str, Any]:
         "queries": rows,
         "live_panels": panels,
         "peak_rss_mb": rss.peak / 2**20,
+        "engine_memory_limit_mb": limit / 2**20,
         "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "parts": parts,
         "rollup_rows": rollup_rows,
@@ -217,7 +231,10 @@ def report(results: dict[int, dict[str, Any]]) -> None:
     sizes = sorted(results)
     for size in sizes:
         r = results[size]
-        print(f"\n== {r['events']:,} events (peak RSS of the query process {r['peak_rss_mb']:.0f} MB) ==")
+        print(
+            f"\n== {r['events']:,} events (peak RSS of the query process {r['peak_rss_mb']:.0f} MB; "
+            f"engine memory limit {r['engine_memory_limit_mb']:.0f} MB) =="
+        )
         print("rollup rows: " + ", ".join(f"{t} {n:,}" for t, n in r["rollup_rows"].items()))
         print(f"{'query':28} {'raw ms':>9} {'rollup ms':>10} {'speedup':>8}  rollup")
         for label, row in r["queries"].items():
@@ -251,11 +268,19 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--data-dir", help="keep the store here (default: a temporary directory)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--reuse", action="store_true", help="keep data a previous run loaded into --data-dir")
+    parser.add_argument(
+        "--memory-limit-mb",
+        type=int,
+        help="CLICKSTREAM_MEMORY_LIMIT_MB of the measuring process (default: the product's default; 0 = none)",
+    )
     parser.add_argument("--load", nargs=2, metavar=("SIZE", "DATABASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
-        load(int(args.load[0]), args.load[1], args.seed, args.days)
+        load(int(args.load[0]), args.load[1], args.seed, args.days, args.reuse)
         return 0
+    if args.reuse and not args.data_dir:
+        parser.error("--reuse needs --data-dir")
     tmp = None if args.data_dir else tempfile.TemporaryDirectory(prefix="bench-queries-")
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else tmp.name  # type: ignore[union-attr]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLICKHOUSE_", "CLICKSTREAM_"))}
@@ -267,13 +292,17 @@ def main() -> int:
             print(f"loading {size:,} events into {db} (child process) ...", file=sys.stderr, flush=True)
             t = time.perf_counter()
             subprocess.run(
-                [sys.executable, __file__, "--load", str(size), db, "--seed", str(args.seed), "--days", str(args.days)],
+                [sys.executable, __file__, "--load", str(size), db, "--seed", str(args.seed), "--days", str(args.days)]
+                + (["--reuse"] if args.reuse else []),
                 env=env,
                 check=True,
             )
             print(f"  load took {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
         # Measure each size in its own child, so one size's memory does not count against the next.
         out = Path(data_dir) / "results.json"
+        measure_env = dict(env)
+        if args.memory_limit_mb is not None:
+            measure_env["CLICKSTREAM_MEMORY_LIMIT_MB"] = str(args.memory_limit_mb)
         code = (
             "import json, sys; sys.path.insert(0, sys.argv[1]); from bench.queries import measure; "
             "print(json.dumps(measure(sys.argv[3], int(sys.argv[2]))))"
@@ -282,7 +311,7 @@ def main() -> int:
             print(f"measuring {size:,} ...", file=sys.stderr, flush=True)
             proc = subprocess.run(
                 [sys.executable, "-c", code, str(ROOT), str(args.repeat), f"bench_{size}"],
-                env=env,
+                env=measure_env,
                 check=True,
                 capture_output=True,
                 text=True,

@@ -31,10 +31,10 @@ import numpy as np
 import pandas as pd
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from .errors import QueryError, StoreError
+from .errors import QueryError
 from .events import INTERACTION_TYPES
 from .schema import HLL_PRECISION, SEGMENT_HLL_PRECISION, TYPE_COLUMNS, USER_TOTAL_SQL
-from .store import Store
+from .store import Store, store_error
 
 logger = logging.getLogger(__name__)
 
@@ -344,7 +344,7 @@ def run(
 
     Raises:
         QueryError: unknown query, filter or option, or a bad value.
-        StoreError: ClickHouse failed.
+        StoreError: ClickHouse failed, or refused the query for memory (the message names the limit to raise).
     """
     nq, q, sql = plan(name, store.database, start=start, end=end, source=source, **kwargs)
     try:
@@ -361,7 +361,7 @@ def run(
         if df.columns.empty:
             df = _empty_frame(store, sql, q.params)
     except ClickHouseError as exc:
-        raise StoreError(f"query {name} failed on {store.database}: {exc}") from exc
+        raise store_error(exc, f"query {name} on {store.database}", store.settings) from exc
     if nq.post is not None:
         df = nq.post(df, q)
     df.attrs.update(query=name, source=q.used)
@@ -384,7 +384,7 @@ def read_only(store: Store, sql: str, parameters: dict[str, Any] | None = None) 
         if df.columns.empty:
             df = _empty_frame(store, sql, parameters or {})
     except ClickHouseError as exc:
-        raise StoreError(f"read-only query failed: {exc}") from exc
+        raise store_error(exc, "read-only query", store.settings) from exc
     return df
 
 

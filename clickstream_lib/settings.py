@@ -140,7 +140,13 @@ ENV_VARS: dict[str, str] = {
     "CLICKSTREAM_CACHE_DIR": "cache_dir",
     "CLICKSTREAM_KAFKA_CONTROLLER_PORT": "kafka_controller_port",
     "CLICKSTREAM_KAFKA_HEAP_MB": "kafka_heap_mb",
+    "CLICKSTREAM_MEMORY_LIMIT_MB": "memory_limit_mb",
 }
+
+# CLICKSTREAM_MEMORY_LIMIT_MB: 0 leaves the engine's own limit (90% of RAM); otherwise at least what the engine
+# holds at rest with the schema loaded (~30 MB) plus room for a query.
+MEMORY_LIMIT_MIN_MB = 128
+MEMORY_LIMIT_MAX_MB = 1_048_576
 
 
 @dataclass(frozen=True)
@@ -177,6 +183,9 @@ class Settings:
     cache_dir: Path = field(default_factory=lambda: _default_cache_dir(os.environ))
     kafka_controller_port: int = 0  # default: broker port + 1
     kafka_heap_mb: int = 512
+    # The embedded engine's memory limit (ClickHouse max_server_memory_usage); 0 = the engine's default, 90% of RAM.
+    # Server mode ignores it: a server's limits are its own configuration (the user profile's max_memory_usage).
+    memory_limit_mb: int = 1024
 
     def __post_init__(self) -> None:
         # Validate eagerly so a bad value fails at start, naming the variable.
@@ -239,6 +248,12 @@ class Settings:
             raise ConfigError("CLICKSTREAM_KAFKA_CONTROLLER_PORT", f"{self.kafka_controller_port} is out of range")
         if not 128 <= self.kafka_heap_mb <= 512:
             raise ConfigError("CLICKSTREAM_KAFKA_HEAP_MB", f"{self.kafka_heap_mb} is out of range; expected 128..512")
+        if self.memory_limit_mb != 0 and not MEMORY_LIMIT_MIN_MB <= self.memory_limit_mb <= MEMORY_LIMIT_MAX_MB:
+            raise ConfigError(
+                "CLICKSTREAM_MEMORY_LIMIT_MB",
+                f"{self.memory_limit_mb} is out of range; expected megabytes "
+                f"{MEMORY_LIMIT_MIN_MB}..{MEMORY_LIMIT_MAX_MB}, or 0 for the engine's default (90% of RAM)",
+            )
 
     # --- construction -------------------------------------------------------------------------------------------
 

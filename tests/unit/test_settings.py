@@ -111,6 +111,10 @@ def test_sasl_settings_reach_kafka_python() -> None:
         ({"CLICKSTREAM_KAFKA_HEAP_MB": "4096"}, "CLICKSTREAM_KAFKA_HEAP_MB"),
         ({"CLICKSTREAM_KAFKA_CONTROLLER_PORT": "0x10"}, "CLICKSTREAM_KAFKA_CONTROLLER_PORT"),
         ({"CLICKSTREAM_DATADIR": "/tmp/x"}, "CLICKSTREAM_DATADIR"),
+        ({"CLICKSTREAM_MEMORY_LIMIT_MB": "1GB"}, "CLICKSTREAM_MEMORY_LIMIT_MB"),
+        ({"CLICKSTREAM_MEMORY_LIMIT_MB": "64"}, "CLICKSTREAM_MEMORY_LIMIT_MB"),
+        ({"CLICKSTREAM_MEMORY_LIMIT_MB": "-1"}, "CLICKSTREAM_MEMORY_LIMIT_MB"),
+        ({"CLICKSTREAM_MEMORY_LIMIT_MB": "2000000"}, "CLICKSTREAM_MEMORY_LIMIT_MB"),
     ],
 )
 def test_every_bad_value_names_its_variable(env: dict[str, str], variable: str) -> None:
@@ -119,6 +123,14 @@ def test_every_bad_value_names_its_variable(env: dict[str, str], variable: str) 
     assert info.value.variable == variable
     assert str(info.value).startswith(f"{variable}: ")
     assert "\n" not in str(info.value)
+
+
+def test_memory_limit_default_range_and_off() -> None:
+    assert Settings.from_env(HOME_ENV).memory_limit_mb == 1024
+    assert Settings.from_env({**HOME_ENV, "CLICKSTREAM_MEMORY_LIMIT_MB": "128"}).memory_limit_mb == 128
+    assert Settings.from_env({**HOME_ENV, "CLICKSTREAM_MEMORY_LIMIT_MB": "0"}).memory_limit_mb == 0  # engine default
+    with pytest.raises(ConfigError, match=r"CLICKSTREAM_MEMORY_LIMIT_MB: 64 is out of range; expected megabytes 128"):
+        Settings.from_env({**HOME_ENV, "CLICKSTREAM_MEMORY_LIMIT_MB": "64"})
 
 
 def test_unknown_override_is_an_error() -> None:
