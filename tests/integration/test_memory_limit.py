@@ -19,8 +19,8 @@ from tests.conftest import base_env
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(ROOT / ".venv" / "bin" / "clickstream")
-# ingestion_partitions then counts 6M distinct offsets of one partition exactly: a hash set of ~200 MB that, unlike
-# a GROUP BY over many keys (which the engine spills to disk near the limit), must fit in memory.
+# ingestion_latency then takes exact quantiles of 6M latencies of one pass: arrays that, unlike a GROUP BY over many
+# keys (which the engine spills to disk near the limit), must fit in memory.
 N_EVENTS = 6_000_000
 SMALL_LIMIT_MB = 128
 
@@ -77,7 +77,7 @@ def test_the_engine_runs_with_the_configured_limit(store: Store, settings: Setti
 def test_a_query_over_the_limit_names_the_setting_to_raise(big_env: dict[str, str]) -> None:
     small = {**big_env, "CLICKSTREAM_MEMORY_LIMIT_MB": str(SMALL_LIMIT_MB)}
     for args in (
-        ("ingestion_partitions", "--format", "json"),
+        ("ingestion_latency", "--format", "json"),
         ("--sql", "SELECT length(groupArray(toString(event_id))) AS n FROM events"),
     ):
         r = query(small, *args)
@@ -90,7 +90,18 @@ def test_a_query_over_the_limit_names_the_setting_to_raise(big_env: dict[str, st
         assert "Traceback" not in r.stderr
 
     # The same query within the default limit: answered, every event counted.
-    r = query(big_env, "ingestion_partitions", "--format", "json")
+    r = query(big_env, "ingestion_latency", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert {row["events"] for row in json.loads(r.stdout)} == {N_EVENTS}
+
+
+def test_duplicate_offsets_are_counted_in_little_memory(big_env: dict[str, str]) -> None:
+    """ingestion_partitions counts 6M distinct offsets of one partition exactly under a 192 MB engine limit (a
+    bitmap); the hash set of uniqExact, which it used before, does not fit."""
+    env = {**big_env, "CLICKSTREAM_MEMORY_LIMIT_MB": "192"}
+    r = query(env, "ingestion_partitions", "--format", "json")
     assert r.returncode == 0, r.stderr
     (row,) = json.loads(r.stdout)
     assert (row["events"], row["min_offset"], row["max_offset"], row["duplicates"]) == (N_EVENTS, 0, N_EVENTS - 1, 0)
+    hashed = "SELECT count() - uniqExact(kafka_offset) AS duplicates FROM events GROUP BY kafka_partition"
+    assert query(env, "--sql", hashed).returncode == 1
