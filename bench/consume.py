@@ -12,7 +12,9 @@ All figures come from one run, against a throwaway local Kafka broker and the em
 - latency      = a live producer at 5k and 20k events/s (a separate process) with the sink running; p50/p99 of
   Kafka timestamp -> insert acknowledged, and of event time -> insert (target p99 <= flush interval + 500 ms).
 - sustained    = a producer at full speed (a separate process) and the sink together: events/(first send -> last
-  commit), and whether rows == produced with no duplicate event id.
+  commit), and whether rows == produced with no duplicate event id; with the CPU seconds per event of the producer
+  process, the sink's process (this one: consumer, insert thread, engine) and the broker, i.e. the cores a rate
+  needs on this machine.
 
 Medians over --repeats rounds for the backlog figures.
 
@@ -23,7 +25,9 @@ Medians over --repeats rounds for the backlog figures.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -166,14 +170,32 @@ def live(base: Settings, rate: float, seconds: float) -> dict[str, float | None]
     }
 
 
-def sustained(base: Settings, n: int) -> tuple[float, int, int, float]:
-    """A full-speed producer process and the sink together: (events/s end to end, rows, distinct ids, producer/s)."""
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _self_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def sustained(base: Settings, n: int, broker_pid: int | None) -> dict[str, float]:
+    """A full-speed producer process and the sink together: events/s end to end, rows, distinct ids, the producer's
+    own rate in that run, and the CPU seconds per event of the producer, the sink's process and the broker."""
     s = fresh(base, "sus")
     topics.ensure_topic(s, s.kafka_topic)
     store = connect(s)
     sink = Sink(s, store).start()
     while not sink.stats().assigned_partitions:
         time.sleep(0.1)
+    cpu0 = (_children_cpu_s(), _self_cpu_s(), _proc_cpu_s(broker_pid) if broker_pid else float("nan"))
     t0 = time.perf_counter()
     proc = produce_process(s, None, n)
     out, _ = proc.communicate()
@@ -181,9 +203,19 @@ def sustained(base: Settings, n: int) -> tuple[float, int, int, float]:
     acked = int(out.split()[0])
     _wait_rows(sink, acked, poll_s=0.01)
     dt = time.perf_counter() - t0
+    cpu1 = (_children_cpu_s(), _self_cpu_s(), _proc_cpu_s(broker_pid) if broker_pid else float("nan"))
     sink.stop()
     rows, uniq = store.query_rows(f"SELECT count(), uniqExact(event_id) FROM {s.clickhouse_database}.events")[0]
-    return acked / dt, int(rows), int(uniq), acked / t_prod
+    producer_cpu, sink_cpu, broker_cpu = (b - a for a, b in zip(cpu0, cpu1, strict=True))
+    return {
+        "rate": acked / dt,
+        "rows": int(rows),
+        "distinct": int(uniq),
+        "producer_rate": acked / t_prod,
+        "producer_us": producer_cpu / acked * 1e6,
+        "sink_us": sink_cpu / acked * 1e6,
+        "broker_us": broker_cpu / acked * 1e6,
+    }
 
 
 def main() -> int:
@@ -254,12 +286,18 @@ def main() -> int:
                 f"{lat['kafka_p99']:.0f} ms; event->insert p50 {lat['event_p50']:.0f} ms "
                 f"p99 {lat['event_p99']:.0f} ms (target p99 <= {budget:.0f} ms)"
             )
-        rate, rows, uniq, prod_rate = sustained(base, args.sustained_events)
-        ok = rows == uniq == args.sustained_events
+        sus = sustained(base, args.sustained_events, stack.status().pid)
+        ok = sus["rows"] == sus["distinct"] == args.sustained_events
         print(
-            f"  sustained producer+sink  : {rate:>10,.0f} events/s end to end ({args.sustained_events} events; "
-            f"producer alone {prod_rate:,.0f}/s); rows {rows}, distinct ids {uniq} -> "
-            f"{'nothing lost' if ok else 'MISMATCH'} (target >= 50,000/s)"
+            f"  sustained producer+sink  : {sus['rate']:>10,.0f} events/s end to end ({args.sustained_events} events; "
+            f"the producer's own rate in that run {sus['producer_rate']:,.0f}/s); rows {sus['rows']}, distinct ids "
+            f"{sus['distinct']} -> {'nothing lost' if ok else 'MISMATCH'} (target >= 50,000/s)"
+        )
+        per_event = sus["producer_us"] + sus["sink_us"] + sus["broker_us"]
+        print(
+            f"  CPU per event            : producer {sus['producer_us']:.1f} us, sink process {sus['sink_us']:.1f} us, "
+            f"broker {sus['broker_us']:.1f} us = {per_event:.1f} us -> 50,000 events/s needs "
+            f"{per_event * 50_000 / 1e6:.2f} cores ({os.cpu_count()} here)"
         )
     finally:
         stack.down()
