@@ -88,7 +88,7 @@ def drain(sink_class: Any, settings: Settings, n: int) -> tuple[float, dict[str,
     sink.stop()
     rows, uniq = store.query_rows(f"SELECT count(), uniqExact(event_id) FROM {store.database}.events")[0]
     assert rows == uniq == n, (rows, uniq, n)
-    store.client.command(f"DROP DATABASE {store.database}")
+    store.client.command(f"DROP DATABASE {store.database} SYNC")
     return n / (t_done - t_first), {k: (v - c0.get(k, 0)) / n / 1000 for k, v in c1.items()}
 
 

@@ -95,6 +95,6 @@ def store(settings: Settings) -> Iterator[Store]:
         yield st
     finally:
         try:
-            st.client.command(f"DROP DATABASE IF EXISTS {st.database}")
+            st.client.command(f"DROP DATABASE IF EXISTS {st.database} SYNC")
         finally:
             st.close()

@@ -70,7 +70,7 @@ def _store_at_version(base_settings: Settings, database: str, version: int) -> S
     """A fresh database holding the schema as migrations 1..``version`` left it (an older store to upgrade)."""
     store = connect(base_settings.replace(clickhouse_database=database), migrate=False)
     db = store.database
-    store.client.command(f"DROP DATABASE IF EXISTS {db}")
+    store.client.command(f"DROP DATABASE IF EXISTS {db} SYNC")
     store.client.command(f"CREATE DATABASE {db}")
     store.client.command(
         f"CREATE TABLE {db}.schema_migrations (version UInt32, name String, applied_at DateTime64(3, 'UTC') "
@@ -99,7 +99,7 @@ def test_rollups_are_backfilled_when_added_to_a_database_with_events(base_settin
         insert_events(store, df.iloc[:10])  # and the views keep them from now on
         assert int(store.scalar(f"SELECT sum(events) FROM {db}.events_by_minute")) == len(df) + 10
     finally:
-        store.client.command("DROP DATABASE IF EXISTS test_backfill_q")
+        store.client.command("DROP DATABASE IF EXISTS test_backfill_q SYNC")
         store.close()
 
 
@@ -114,7 +114,7 @@ def test_local_ddl_builds_the_same_schema_as_the_migrations(store: Store) -> Non
             b = str(store.client.command(f"SHOW CREATE TABLE {other}.{t.name}"))
             assert normalized(a.replace(store.database, "DB")) == normalized(b.replace(other, "DB"))
     finally:
-        store.client.command(f"DROP DATABASE IF EXISTS {other}")
+        store.client.command(f"DROP DATABASE IF EXISTS {other} SYNC")
 
 
 def test_cluster_ddl_parses_on_the_engine(store: Store) -> None:
@@ -181,5 +181,5 @@ def test_a_store_upgraded_to_the_projections_answers_as_before(base_settings: Se
         for n, frame in before.items():
             pd.testing.assert_frame_equal(queries.run(store, n), frame, check_dtype=False)
     finally:
-        store.client.command("DROP DATABASE IF EXISTS test_projection_upgrade_q")
+        store.client.command("DROP DATABASE IF EXISTS test_projection_upgrade_q SYNC")
         store.close()
