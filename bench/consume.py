@@ -218,15 +218,9 @@ def sustained(base: Settings, n: int, broker_pid: int | None) -> dict[str, float
     }
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=200_000, help="backlog size (default 200000)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--latency-s", type=float, default=20.0, help="seconds of live traffic per latency rate")
-    ap.add_argument("--sustained-events", type=int, default=300_000)
-    args = ap.parse_args()
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench-consume-"))
+def start_stack(prefix: str) -> tuple[Settings, KafkaStack]:
+    """A throwaway broker on free loopback ports and settings (6 partitions, an embedded store) in a new temp dir."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     port, cport = free_port_pair()
     base = Settings.from_env(
         base_env(),
@@ -237,6 +231,18 @@ def main() -> int:
     )
     stack = KafkaStack(base.replace(data_dir=tmp / "kafka-home"))
     stack.up(timeout_s=120)
+    return base, stack
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=200_000, help="backlog size (default 200000)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--latency-s", type=float, default=20.0, help="seconds of live traffic per latency rate")
+    ap.add_argument("--sustained-events", type=int, default=300_000)
+    args = ap.parse_args()
+
+    base, stack = start_stack("bench-consume-")
     try:
         backlog = fresh(base, "backlog")
         print(f"producing a backlog of {args.events} events ...", file=sys.stderr, flush=True)

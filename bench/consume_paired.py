@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import tempfile
 import threading
 import time
 import uuid
@@ -31,13 +30,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.consume import fresh, raw_consume  # noqa: E402
+from bench.consume import fresh, raw_consume, start_stack  # noqa: E402
 from clickstream_lib.consumer import Sink  # noqa: E402
 from clickstream_lib.producer import Producer  # noqa: E402
 from clickstream_lib.settings import Settings  # noqa: E402
-from clickstream_lib.stack import KafkaStack  # noqa: E402
 from clickstream_lib.store import connect  # noqa: E402
-from tests.conftest import base_env, free_port_pair  # noqa: E402
 
 OLD_PACKAGE = "clickstream_lib_old"
 
@@ -99,18 +96,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-paired-"))
-    sinks = {"old": old_sink_class(args.old, tmp), "new": Sink}
-    port, cport = free_port_pair()
-    base = Settings.from_env(
-        base_env(),
-        kafka_broker_url=f"127.0.0.1:{port}",
-        kafka_controller_port=cport,
-        data_dir=tmp / "data",
-        kafka_partitions=6,
-    )
-    stack = KafkaStack(base.replace(data_dir=tmp / "kafka-home"))
-    stack.up(timeout_s=120)
+    base, stack = start_stack("bench-paired-")
+    sinks = {"old": old_sink_class(args.old, Path(base.data_dir).parent), "new": Sink}
     rates: dict[str, list[float]] = {"old": [], "new": []}
     cpus: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
     raw: list[float] = []
