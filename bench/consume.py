@@ -186,9 +186,16 @@ def _children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def sustained(base: Settings, n: int, broker_pid: int | None) -> dict[str, float]:
-    """A full-speed producer process and the sink together: events/s end to end, rows, distinct ids, the producer's
-    own rate in that run, and the CPU seconds per event of the producer, the sink's process and the broker."""
+def sustained(base: Settings, n: int, broker_pid: int | None, warmup_s: float = 2.0) -> dict[str, float]:
+    """A full-speed producer process and the sink together: events/s end to end and in steady state, rows, distinct
+    ids, the producer's own rate in that run, and the CPU seconds per event of the producer, the sink's process and
+    the broker.
+
+    End to end is events / (first send -> last commit): it carries the last batch's wait (up to the flush interval)
+    once, so a short run understates the rate the pair sustains. Steady state is the sink's commit rate while the
+    producer was sending, after ``warmup_s``; with the lag left when the producer ended (events sent but not yet
+    committed), which stays about one flush interval's worth when the sink keeps up and grows when it does not.
+    """
     s = fresh(base, "sus")
     topics.ensure_topic(s, s.kafka_topic)
     store = connect(s)
@@ -198,17 +205,29 @@ def sustained(base: Settings, n: int, broker_pid: int | None) -> dict[str, float
     cpu0 = (_children_cpu_s(), _self_cpu_s(), _proc_cpu_s(broker_pid) if broker_pid else float("nan"))
     t0 = time.perf_counter()
     proc = produce_process(s, None, n)
-    out, _ = proc.communicate()
+    samples: list[tuple[float, int]] = []
+    while proc.poll() is None:
+        samples.append((time.perf_counter(), sink.stats().rows_inserted))
+        time.sleep(0.05)
     t_prod = time.perf_counter() - t0
-    acked = int(out.split()[0])
+    rows_at_end = sink.stats().rows_inserted
+    assert proc.stdout is not None
+    acked = int(proc.stdout.read().split()[0])
     _wait_rows(sink, acked, poll_s=0.01)
     dt = time.perf_counter() - t0
     cpu1 = (_children_cpu_s(), _self_cpu_s(), _proc_cpu_s(broker_pid) if broker_pid else float("nan"))
     sink.stop()
     rows, uniq = store.query_rows(f"SELECT count(), uniqExact(event_id) FROM {s.clickhouse_database}.events")[0]
     producer_cpu, sink_cpu, broker_cpu = (b - a for a, b in zip(cpu0, cpu1, strict=True))
+    window = [(t, r) for t, r in samples if t - t0 >= warmup_s]
+    steady = float("nan")
+    if len(window) >= 2 and window[-1][0] > window[0][0]:
+        steady = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
     return {
         "rate": acked / dt,
+        "steady": steady,
+        "steady_s": window[-1][0] - window[0][0] if len(window) >= 2 else 0.0,
+        "lag_at_end": acked - rows_at_end,
         "rows": int(rows),
         "distinct": int(uniq),
         "producer_rate": acked / t_prod,
@@ -234,70 +253,82 @@ def start_stack(prefix: str) -> tuple[Settings, KafkaStack]:
     return base, stack
 
 
+def backlog_and_latency(base: Settings, args: argparse.Namespace) -> None:
+    """The backlog figures (raw consume, raw insert, sink drain; medians) and the live latency at 5k and 20k ev/s."""
+    backlog = fresh(base, "backlog")
+    print(f"producing a backlog of {args.events} events ...", file=sys.stderr, flush=True)
+    Producer(backlog, rate=None).run(events=args.events)
+    consume_r, consume_big_r, insert_r, drain_r = [], [], [], []
+    for i in range(args.repeats):
+        rate, records = raw_consume(backlog, args.events)
+        consume_r.append(rate)
+        consume_big_r.append(raw_consume(backlog, args.events, max_partition_fetch_bytes=FETCH_MAX_PARTITION_BYTES)[0])
+        st = connect(backlog.replace(clickhouse_database=f"raw{i}_{uuid.uuid4().hex[:6]}"))
+        insert_r.append(raw_insert(st, records, backlog.kafka_topic))
+        run = backlog.replace(
+            kafka_group_id=f"drain{i}_{uuid.uuid4().hex[:6]}",
+            clickhouse_database=f"drain{i}_{uuid.uuid4().hex[:6]}",
+        )
+        drain_r.append(sink_drain(run, connect(run), args.events))
+        print(
+            f"round {i + 1}: raw consume {rate:,.0f}/s (sink's fetch size {consume_big_r[-1]:,.0f}/s), "
+            f"raw insert {insert_r[-1]:,.0f}/s, "
+            f"sink drain {drain_r[-1]:,.0f}/s",
+            file=sys.stderr,
+            flush=True,
+        )
+    c, ins, d = statistics.median(consume_r), statistics.median(insert_r), statistics.median(drain_r)
+    cb = statistics.median(consume_big_r)
+    print(
+        f"backlog {args.events} events, 6 partitions, batch {DEFAULT_BATCH_MAX_ROWS} rows / "
+        f"{DEFAULT_BATCH_MAX_WAIT_S} s (medians of {args.repeats})"
+    )
+    print(f"  raw kafka-python consume : {c:>10,.0f} records/s")
+    print(
+        f"  ... with the sink's fetch: {cb:>10,.0f} records/s   ({FETCH_MAX_PARTITION_BYTES >> 20} MiB per partition)"
+    )
+    print(f"  raw insert (same rows)   : {ins:>10,.0f} rows/s")
+    print(
+        f"  sink drain               : {d:>10,.0f} records/s   ratio to raw consume {d / c:.2f} (target >= 0.60); "
+        f"to raw consume with the sink's fetch size {d / cb:.2f}"
+    )
+    budget = DEFAULT_BATCH_MAX_WAIT_S * 1000 + 500
+    for rate in (5_000, 20_000):
+        lat = live(base, rate, args.latency_s)
+        print(
+            f"  latency at {rate:>6,} ev/s   : kafka->insert p50 {lat['kafka_p50']:.0f} ms p99 "
+            f"{lat['kafka_p99']:.0f} ms; event->insert p50 {lat['event_p50']:.0f} ms "
+            f"p99 {lat['event_p99']:.0f} ms (target p99 <= {budget:.0f} ms)"
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=200_000, help="backlog size (default 200000)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--latency-s", type=float, default=20.0, help="seconds of live traffic per latency rate")
-    ap.add_argument("--sustained-events", type=int, default=300_000)
+    ap.add_argument(
+        "--sustained-events",
+        type=int,
+        default=1_000_000,
+        help="events of the sustained run (default 1000000: ~20 s, so the steady window dwarfs the start and end)",
+    )
+    ap.add_argument("--sustained-only", action="store_true", help="skip the backlog and latency parts")
     args = ap.parse_args()
 
     base, stack = start_stack("bench-consume-")
     try:
-        backlog = fresh(base, "backlog")
-        print(f"producing a backlog of {args.events} events ...", file=sys.stderr, flush=True)
-        Producer(backlog, rate=None).run(events=args.events)
-        consume_r, consume_big_r, insert_r, drain_r = [], [], [], []
-        for i in range(args.repeats):
-            rate, records = raw_consume(backlog, args.events)
-            consume_r.append(rate)
-            consume_big_r.append(
-                raw_consume(backlog, args.events, max_partition_fetch_bytes=FETCH_MAX_PARTITION_BYTES)[0]
-            )
-            st = connect(backlog.replace(clickhouse_database=f"raw{i}_{uuid.uuid4().hex[:6]}"))
-            insert_r.append(raw_insert(st, records, backlog.kafka_topic))
-            run = backlog.replace(
-                kafka_group_id=f"drain{i}_{uuid.uuid4().hex[:6]}",
-                clickhouse_database=f"drain{i}_{uuid.uuid4().hex[:6]}",
-            )
-            drain_r.append(sink_drain(run, connect(run), args.events))
-            print(
-                f"round {i + 1}: raw consume {rate:,.0f}/s (sink's fetch size {consume_big_r[-1]:,.0f}/s), "
-                f"raw insert {insert_r[-1]:,.0f}/s, "
-                f"sink drain {drain_r[-1]:,.0f}/s",
-                file=sys.stderr,
-                flush=True,
-            )
-        c, ins, d = statistics.median(consume_r), statistics.median(insert_r), statistics.median(drain_r)
-        cb = statistics.median(consume_big_r)
-        print(
-            f"backlog {args.events} events, 6 partitions, batch {DEFAULT_BATCH_MAX_ROWS} rows / "
-            f"{DEFAULT_BATCH_MAX_WAIT_S} s (medians of {args.repeats})"
-        )
-        print(f"  raw kafka-python consume : {c:>10,.0f} records/s")
-        print(
-            f"  ... with the sink's fetch: {cb:>10,.0f} records/s   "
-            f"({FETCH_MAX_PARTITION_BYTES >> 20} MiB per partition)"
-        )
-        print(f"  raw insert (same rows)   : {ins:>10,.0f} rows/s")
-        print(
-            f"  sink drain               : {d:>10,.0f} records/s   ratio to raw consume {d / c:.2f} (target >= 0.60); "
-            f"to raw consume with the sink's fetch size {d / cb:.2f}"
-        )
-        budget = DEFAULT_BATCH_MAX_WAIT_S * 1000 + 500
-        for rate in (5_000, 20_000):
-            lat = live(base, rate, args.latency_s)
-            print(
-                f"  latency at {rate:>6,} ev/s   : kafka->insert p50 {lat['kafka_p50']:.0f} ms p99 "
-                f"{lat['kafka_p99']:.0f} ms; event->insert p50 {lat['event_p50']:.0f} ms "
-                f"p99 {lat['event_p99']:.0f} ms (target p99 <= {budget:.0f} ms)"
-            )
+        if not args.sustained_only:
+            backlog_and_latency(base, args)
         sus = sustained(base, args.sustained_events, stack.status().pid)
         ok = sus["rows"] == sus["distinct"] == args.sustained_events
         print(
-            f"  sustained producer+sink  : {sus['rate']:>10,.0f} events/s end to end ({args.sustained_events} events; "
-            f"the producer's own rate in that run {sus['producer_rate']:,.0f}/s); rows {sus['rows']}, distinct ids "
-            f"{sus['distinct']} -> {'nothing lost' if ok else 'MISMATCH'} (target >= 50,000/s)"
+            f"  sustained producer+sink  : {sus['steady']:>10,.0f} events/s steady (sink commits over "
+            f"{sus['steady_s']:.0f} s while the producer sent, after 2 s; lag when it ended {sus['lag_at_end']:,} "
+            f"events = {sus['lag_at_end'] / sus['producer_rate']:.1f} s of sending); {sus['rate']:,.0f} events/s end "
+            f"to end, first send -> last commit ({args.sustained_events} events; the producer's own rate "
+            f"{sus['producer_rate']:,.0f}/s); rows {sus['rows']}, distinct ids {sus['distinct']} -> "
+            f"{'nothing lost' if ok else 'MISMATCH'} (target >= 50,000/s)"
         )
         per_event = sus["producer_us"] + sus["sink_us"] + sus["broker_us"]
         print(
