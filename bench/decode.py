@@ -2,8 +2,9 @@
 
 The batches are what the sink fetches from this project's producer: generator events, user keys, lz4, 128 KiB
 batches (producer.PRODUCER_CONFIG). Each round decodes all of them with one decoder and then the other (order
-alternating), in this process with no other work, and reports CPU time (``time.thread_time``) per record; medians
-over the rounds. No broker needed.
+alternating), in this process with no other work and the garbage collector tuned as while a sink runs
+(``consumer.GC_YOUNG_THRESHOLD``), and reports CPU time (``time.thread_time``) per record; medians over the rounds.
+No broker needed.
 
     .venv/bin/python bench/decode.py
     .venv/bin/python bench/decode.py --events 200000 --rounds 9
@@ -12,6 +13,7 @@ over the rounds. No broker needed.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import struct
 import sys
@@ -24,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from kafka.consumer.fetcher import Fetcher  # noqa: E402
 from kafka.record import MemoryRecords, MemoryRecordsBuilder  # noqa: E402
 
+from clickstream_lib.consumer import GC_YOUNG_THRESHOLD  # noqa: E402
 from clickstream_lib.generator import Generator  # noqa: E402
 from clickstream_lib.producer import PRODUCER_CONFIG  # noqa: E402
 from clickstream_lib.record_decoder import FastPartitionRecords, decode_all  # noqa: E402
@@ -62,6 +65,7 @@ def main() -> int:
     got = {name: decode_all(cls, 0, MemoryRecords(data))[0] for name, cls in decoders.items()}
     assert got["fast"] == got["kafka-python"] and len(got["fast"]) == args.events
     del got
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     us: dict[str, list[float]] = {name: [] for name in decoders}
     for i in range(args.rounds):
         for name in list(decoders) if i % 2 == 0 else list(decoders)[::-1]:
