@@ -7,9 +7,11 @@ bytes must raise CorruptRecordError from both.
 
 from __future__ import annotations
 
+import logging
 import random
 import struct
 from collections import namedtuple
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -238,3 +240,27 @@ def test_the_installed_kafka_python_is_supported() -> None:
     assert record_decoder.unsupported() is None
     ours, _ = decode_all(FastPartitionRecords, 0, MemoryRecords(bytes(batch(varied(3)))))
     assert len(ours) == 3
+
+
+def test_install_sets_the_class_on_that_fetcher_only_or_warns_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def consumer() -> Any:
+        return SimpleNamespace(_fetcher=SimpleNamespace(PartitionRecords=KafkaPartitionRecords))
+
+    one, two = consumer(), consumer()
+    assert record_decoder.install(one) is True
+    assert one._fetcher.PartitionRecords is FastPartitionRecords
+    assert two._fetcher.PartitionRecords is KafkaPartitionRecords
+
+    monkeypatch.setattr(record_decoder, "_warned", False)
+    monkeypatch.setattr(record_decoder, "unsupported", lambda: "kafka-python 9 moved things")
+    with caplog.at_level(logging.WARNING, logger="clickstream_lib.record_decoder"):
+        assert record_decoder.install(two) is False
+        assert record_decoder.install(consumer()) is False
+    assert two._fetcher.PartitionRecords is KafkaPartitionRecords  # kafka-python's decoder stays
+    assert [r.getMessage() for r in caplog.records] == [
+        "kafka-python's record decoder stays in use (slower): kafka-python 9 moved things"
+    ]
+    monkeypatch.setattr(record_decoder, "unsupported", lambda: None)
+    assert record_decoder.install(SimpleNamespace(_fetcher=SimpleNamespace())) is False  # not a fetcher it knows
