@@ -53,7 +53,7 @@ from kafka.errors import (
 from kafka.record import util as _record_util
 from kafka.structs import OffsetAndMetadata
 
-from . import events, schema, topics
+from . import events, record_decoder, schema, topics
 from .errors import StoreError
 from .events import Rejection
 from .producer import flush as producer_flush
@@ -751,6 +751,7 @@ class Sink:
         cfg.update(self._consumer_config)
         try:
             self._consumer = KafkaConsumer(**cfg)
+            record_decoder.install(self._consumer)  # ~2x faster than kafka-python's own record decoder
             self._producer = KafkaProducer(**topics.client_config(self.settings, linger_ms=5))
         except KafkaError as exc:
             if self._consumer is not None:
