@@ -3,7 +3,9 @@
 Every figure is a median over ``--repeats`` rounds; the rounds interleave the measurements so that background load
 hits them alike. Baselines are measured in the same run: a per-event-dict generator (the case study's shape) for
 the vectorised generator, and raw kafka-python sending pre-serialised bytes with the same producer settings for
-the Producer. Rate control is checked at a few target rates (achieved rate over a fixed duration).
+the Producer. The Producer runs both ways, the bulk path (the default) and send() per message (``bulk=False``),
+alternating which goes first, and the process CPU per event of each is reported. Rate control is checked at a few
+target rates (achieved rate over a fixed duration).
 
     .venv/bin/python bench/produce.py                         # starts a throwaway local broker
     .venv/bin/python bench/produce.py --events 200000 --repeats 3 --rates 1000,5000,20000,50000
@@ -40,6 +42,8 @@ CASE_STUDY_RATE = 6_000.0  # events/s the original per-record-sleep producer top
 CHUNK = 10_000  # events per generator call in the generator-only measurements
 TICK_EVENTS = 100  # events per call in the paced generator measurement (10 ms at 10k events/s)
 SWEEP = ((16, 0), (64, 5), (128, 20), (512, 50))  # kafka-python's default first
+PRODUCER_BULK = "Producer end to end (acked)"
+PRODUCER_SEND = "Producer, send() per message (acked)"
 
 
 def per_dict_generator(n: int, rng: random.Random) -> list[dict[str, object]]:
@@ -123,7 +127,14 @@ def generator_round(n: int, r: int, record: Callable[[str, float], None]) -> lis
     return messages
 
 
-def one_round(settings: Settings, n: int, r: int, record: Callable[[str, float], None], workers: int = 0) -> None:
+def one_round(
+    settings: Settings,
+    n: int,
+    r: int,
+    record: Callable[[str, float], None],
+    workers: int = 0,
+    record_cpu: Callable[[str, float], None] = lambda name, us: None,
+) -> None:
     """One measurement of everything, in the order data flows."""
     messages = generator_round(n, r, record)
     keys = [k for ks, _ in messages for k in ks]
@@ -131,11 +142,19 @@ def one_round(settings: Settings, n: int, r: int, record: Callable[[str, float],
     tag = uuid.uuid4().hex[:8]
     record("raw kafka-python (pre-serialised)", raw_kafka(settings, f"bench_raw_{tag}", keys, values))
 
-    topic = f"bench_producer_{tag}"
-    with Producer(settings.replace(kafka_topic=topic), rate=None, seed=r) as producer:
-        stats = producer.run(events=n)
-    assert stats.acked == n and sum(end_offsets(settings, topic).values()) == n, stats.summary()
-    record("Producer end to end (acked)", stats.acked / stats.elapsed_s)
+    # The bulk path and send() per message, in alternating order from round to round. CPU = this process's user +
+    # system time over the run: generator, sends and kafka-python's sender thread (what a producer process costs).
+    for bulk in (True, False) if r % 2 == 0 else (False, True):
+        topic = f"bench_producer_{'bulk' if bulk else 'send'}_{tag}"
+        with Producer(settings.replace(kafka_topic=topic), rate=None, seed=r, bulk=bulk) as producer:
+            assert producer.bulk_send is bulk
+            cpu0 = time.process_time()
+            stats = producer.run(events=n)
+            cpu = time.process_time() - cpu0
+        assert stats.acked == n and sum(end_offsets(settings, topic).values()) == n, stats.summary()
+        name = PRODUCER_BULK if bulk else PRODUCER_SEND
+        record(name, stats.acked / stats.elapsed_s)
+        record_cpu(name, cpu / n * 1e6)
 
     if workers > 1:  # several processes, one shard of the users each (clickstream produce --workers)
         topic = f"bench_workers_{tag}"
@@ -194,14 +213,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"starting a local broker at {settings.kafka_broker_url} ...", file=sys.stderr)
         stack.up(timeout_s=180)
     results: dict[str, list[float]] = {}
+    cpu_us: dict[str, list[float]] = {}
 
     def record(name: str, value: float) -> None:
         results.setdefault(name, []).append(value)
 
+    def record_cpu(name: str, us: float) -> None:
+        cpu_us.setdefault(name, []).append(us)
+
     try:
         for r in range(args.repeats):
             print(f"round {r + 1}/{args.repeats}", file=sys.stderr)
-            one_round(settings, n, r, record, args.workers)
+            one_round(settings, n, r, record, args.workers, record_cpu)
 
         sweep: dict[tuple[int, int], list[float]] = {}
         if args.sweep:
@@ -239,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {
         "vectorised generator": ("per-dict generator", "x per-dict"),
         "generator + serialisation": ("per-dict generator", "x per-dict"),
-        "Producer end to end (acked)": ("raw kafka-python (pre-serialised)", "of raw"),
+        PRODUCER_BULK: ("raw kafka-python (pre-serialised)", "of raw"),
+        PRODUCER_SEND: ("raw kafka-python (pre-serialised)", "of raw"),
         f"{args.workers} Producer processes (acked)": ("raw kafka-python (pre-serialised)", "of raw"),
     }
     for name, value in med.items():
@@ -250,8 +274,16 @@ def main(argv: list[str] | None = None) -> int:
         if name == "validation (events.parse)":
             ratio = f"{1e6 / value:.2f} s per million"
         print(f"{name:<38}{value:>14,.0f}   {ratio}")
-    prod = med["Producer end to end (acked)"]
+    prod = med[PRODUCER_BULK]
     print(f"{'Producer vs case study (~6k/s)':<38}{'':>14}   {prod / CASE_STUDY_RATE:.1f}x")
+    bulk_us, send_us = (statistics.median(cpu_us[name]) for name in (PRODUCER_BULK, PRODUCER_SEND))
+    print(
+        f"\nproducer CPU per event (process: generator + sends + sender thread; medians of {args.repeats}, "
+        f"alternating order)\n  bulk path {bulk_us:6.1f} us   send() per message {send_us:6.1f} us   "
+        f"-> {bulk_us / send_us:.2f} of send()\n"
+        f"  per round: bulk {', '.join(f'{v:.1f}' for v in cpu_us[PRODUCER_BULK])}; "
+        f"send() {', '.join(f'{v:.1f}' for v in cpu_us[PRODUCER_SEND])}"
+    )
     if args.workers > 1:
         multi = med[f"{args.workers} Producer processes (acked)"]
         print(f"{f'{args.workers} processes vs case study (~6k/s)':<38}{'':>14}   {multi / CASE_STUDY_RATE:.1f}x")
