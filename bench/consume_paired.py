@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -129,6 +130,7 @@ def main() -> int:
             )
     finally:
         stack.down()
+        shutil.rmtree(base.data_dir.parent, ignore_errors=True)  # the broker's log and the stores: ~200 MB a run
     return 0
 
 
