@@ -11,15 +11,17 @@ All figures come from one run, against a throwaway local Kafka broker and the em
   (target >= 0.6); the ratio to a raw consumer fetching as much as the sink does is printed too.
 - latency      = a live producer at 5k and 20k events/s (a separate process) with the sink running; p50/p99 of
   Kafka timestamp -> insert acknowledged, and of event time -> insert (target p99 <= flush interval + 500 ms).
-- sustained    = a producer at full speed (a separate process) and the sink together: events/(first send -> last
-  commit), and whether rows == produced with no duplicate event id; with the CPU seconds per event of the producer
-  process, the sink's process (this one: consumer, insert thread, engine) and the broker, i.e. the cores a rate
-  needs on this machine.
+- sustained    = a producer process and the sink together, twice: at full speed (events/s from the first send to
+  the last commit), and held at --sustained-rate (50 000 events/s) for --sustained-s seconds, where the sink keeps up
+  when it commits at that rate while the producer sends and has committed everything about a flush interval after
+  the producer ended. Both check rows == produced with no duplicate event id, and give the CPU seconds per event of
+  the producer process, the sink's process (this one: consumer, insert thread, engine) and the broker.
 
 Medians over --repeats rounds for the backlog figures.
 
     .venv/bin/python bench/consume.py
     .venv/bin/python bench/consume.py --events 200000 --repeats 3 --latency-s 20
+    .venv/bin/python bench/consume.py --sustained-only
 """
 
 from __future__ import annotations
@@ -187,15 +189,15 @@ def _children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def sustained(base: Settings, n: int, broker_pid: int | None, warmup_s: float = 2.0) -> dict[str, float]:
-    """A full-speed producer process and the sink together: events/s end to end and in steady state, rows, distinct
-    ids, the producer's own rate in that run, and the CPU seconds per event of the producer, the sink's process and
-    the broker.
+def sustained(
+    base: Settings, n: int, broker_pid: int | None, rate: float | None = None, warmup_s: float = 2.0
+) -> dict[str, float]:
+    """A producer process (``rate`` events/s, None = full speed) and the sink together, ``n`` events.
 
-    End to end is events / (first send -> last commit): it carries the last batch's wait (up to the flush interval)
-    once, so a short run understates the rate the pair sustains. Steady state is the sink's commit rate while the
-    producer was sending, after ``warmup_s``; with the lag left when the producer ended (events sent but not yet
-    committed), which stays about one flush interval's worth when the sink keeps up and grows when it does not.
+    Returns events/s end to end (first send -> last commit), the sink's commit rate while the producer was sending
+    (after ``warmup_s``), the events not yet committed when the producer ended and how long the sink then took to
+    commit them (about one flush interval when it keeps up), rows and distinct ids stored, the producer's own rate,
+    and the CPU seconds per event of the producer, the sink's process and the broker.
     """
     s = fresh(base, "sus")
     topics.ensure_topic(s, s.kafka_topic)
@@ -205,7 +207,7 @@ def sustained(base: Settings, n: int, broker_pid: int | None, warmup_s: float = 
         time.sleep(0.1)
     cpu0 = (_children_cpu_s(), _self_cpu_s(), _proc_cpu_s(broker_pid) if broker_pid else float("nan"))
     t0 = time.perf_counter()
-    proc = produce_process(s, None, n)
+    proc = produce_process(s, rate, n)
     samples: list[tuple[float, int]] = []
     while proc.poll() is None:
         samples.append((time.perf_counter(), sink.stats().rows_inserted))
@@ -227,15 +229,25 @@ def sustained(base: Settings, n: int, broker_pid: int | None, warmup_s: float = 
     return {
         "rate": acked / dt,
         "steady": steady,
-        "steady_s": window[-1][0] - window[0][0] if len(window) >= 2 else 0.0,
         "lag_at_end": acked - rows_at_end,
+        "tail_s": dt - t_prod,
         "rows": int(rows),
         "distinct": int(uniq),
+        "acked": acked,
         "producer_rate": acked / t_prod,
         "producer_us": producer_cpu / acked * 1e6,
         "sink_us": sink_cpu / acked * 1e6,
         "broker_us": broker_cpu / acked * 1e6,
     }
+
+
+def _cpu_line(sus: dict[str, float], rate: float) -> str:
+    per_event = sus["producer_us"] + sus["sink_us"] + sus["broker_us"]
+    return (
+        f"    CPU per event: producer {sus['producer_us']:.1f} us, sink process {sus['sink_us']:.1f} us, broker "
+        f"{sus['broker_us']:.1f} us = {per_event:.1f} us -> {rate:,.0f} events/s needs "
+        f"{per_event * rate / 1e6:.2f} cores ({os.cpu_count()} here)"
+    )
 
 
 def start_stack(prefix: str) -> tuple[Settings, KafkaStack]:
@@ -312,8 +324,10 @@ def main() -> int:
         "--sustained-events",
         type=int,
         default=1_000_000,
-        help="events of the sustained run (default 1000000: ~20 s, so the steady window dwarfs the start and end)",
+        help="events of the full-speed producer + sink run (default 1000000)",
     )
+    ap.add_argument("--sustained-rate", type=float, default=50_000, help="the held rate (events/s, default 50000)")
+    ap.add_argument("--sustained-s", type=float, default=20, help="seconds of the held rate (default 20)")
     ap.add_argument("--sustained-only", action="store_true", help="skip the backlog and latency parts")
     args = ap.parse_args()
 
@@ -321,22 +335,29 @@ def main() -> int:
     try:
         if not args.sustained_only:
             backlog_and_latency(base, args)
-        sus = sustained(base, args.sustained_events, stack.status().pid)
-        ok = sus["rows"] == sus["distinct"] == args.sustained_events
+        broker_pid = stack.status().pid
+        full = sustained(base, args.sustained_events, broker_pid)
+        ok = full["rows"] == full["distinct"] == full["acked"] == args.sustained_events
+        lost = "nothing lost" if ok else "MISMATCH"
         print(
-            f"  sustained producer+sink  : {sus['steady']:>10,.0f} events/s steady (sink commits over "
-            f"{sus['steady_s']:.0f} s while the producer sent, after 2 s; lag when it ended {sus['lag_at_end']:,} "
-            f"events = {sus['lag_at_end'] / sus['producer_rate']:.1f} s of sending); {sus['rate']:,.0f} events/s end "
-            f"to end, first send -> last commit ({args.sustained_events} events; the producer's own rate "
-            f"{sus['producer_rate']:,.0f}/s); rows {sus['rows']}, distinct ids {sus['distinct']} -> "
-            f"{'nothing lost' if ok else 'MISMATCH'} (target >= 50,000/s)"
+            f"  producer at full speed + sink: {full['rate']:>8,.0f} events/s end to end, first send -> last commit "
+            f"({args.sustained_events:,} events; the producer alone {full['producer_rate']:,.0f}/s); rows "
+            f"{full['rows']:,}, distinct ids {full['distinct']:,} -> {lost}"
         )
-        per_event = sus["producer_us"] + sus["sink_us"] + sus["broker_us"]
+        print(_cpu_line(full, 50_000))
+        target = args.sustained_rate
+        n = int(target * args.sustained_s)
+        held = sustained(base, n, broker_pid, rate=target)
+        lost = "nothing lost" if held["rows"] == held["distinct"] == held["acked"] == n else "MISMATCH"
+        keeps_up = held["steady"] >= 0.97 * target and held["tail_s"] <= DEFAULT_BATCH_MAX_WAIT_S + 2
         print(
-            f"  CPU per event            : producer {sus['producer_us']:.1f} us, sink process {sus['sink_us']:.1f} us, "
-            f"broker {sus['broker_us']:.1f} us = {per_event:.1f} us -> 50,000 events/s needs "
-            f"{per_event * 50_000 / 1e6:.2f} cores ({os.cpu_count()} here)"
+            f"  producer at {target:,.0f}/s + sink : the sink committed {held['steady']:,.0f} events/s while the "
+            f"producer sent ({args.sustained_s:.0f} s, after the first 2); {held['lag_at_end']:,} events "
+            f"uncommitted when it ended, committed {held['tail_s']:.1f} s later -> "
+            f"{'keeps up' if keeps_up else 'FALLS BEHIND'}; rows {held['rows']:,}, distinct ids "
+            f"{held['distinct']:,} -> {lost} (target: 50,000/s sustained)"
         )
+        print(_cpu_line(held, target))
     finally:
         stack.down()
         shutil.rmtree(base.data_dir.parent, ignore_errors=True)  # the broker's log and the stores: ~200 MB a run
