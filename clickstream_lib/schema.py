@@ -271,15 +271,6 @@ ROLLUPS: tuple[Table, ...] = (
 )
 TABLES: dict[str, Table] = {t.name: t for t in (EVENTS, DEAD_LETTERS, *ROLLUPS)}
 
-# The tables every sink insert writes: events and, through the views, each rollup. A live sink inserts one batch per
-# Kafka partition about every second, so these tables receive several small parts a second, and the background merges
-# of them cost the sink's process as much CPU as a third of the inserts. A merge selector base of 20 instead of 5
-# merges more parts at a time, rewriting each row fewer times (about log_20 instead of log_5 of the parts merged):
-# measured with the sustained benchmark, merge threads 4.6-5.1 -> 2.0-2.9 us of CPU per event. The price is more
-# parts at a time (tens per monthly partition rather than ~10), each a few more index lookups for a query.
-INGEST_TABLES: tuple[Table, ...] = (EVENTS, *ROLLUPS)
-INGEST_MERGE_SETTINGS: tuple[tuple[str, str], ...] = (("merge_selector_base", "20"),)
-
 
 def _check_ident(name: str, what: str) -> str:
     if not _IDENT_RE.match(name):
@@ -304,10 +295,8 @@ def _body(table: Table, engine: str, dedup_setting: str, dedup_window: int, proj
         parts.append(f"PARTITION BY {table.partition_by}")
     parts.append(f"ORDER BY {table.order_by}")
     settings = [f"{dedup_setting} = {int(dedup_window)}"] if table.dedup else []
-    if projections:  # the table as it is now, not as migration 1 or 2 created it
+    if projections:
         settings += [f"{k} = {v}" for k, v in table.settings]
-        if table in INGEST_TABLES:
-            settings += [f"{k} = {v}" for k, v in INGEST_MERGE_SETTINGS]
     if settings:
         parts.append(f"SETTINGS {', '.join(settings)}")
     return "\n".join(parts)
@@ -364,12 +353,6 @@ def projection_statements(db: str = "{db}") -> tuple[str, ...]:
             out.append(f"ALTER TABLE {db}.{t.name} ADD PROJECTION IF NOT EXISTS {p.name} ({p.select})")
             out.append(f"ALTER TABLE {db}.{t.name} MATERIALIZE PROJECTION {p.name}")
     return tuple(out)
-
-
-def merge_settings_statements(db: str = "{db}") -> tuple[str, ...]:
-    """Migration 4: :data:`INGEST_MERGE_SETTINGS` on the tables the sink writes (``MODIFY SETTING`` can re-run)."""
-    settings = ", ".join(f"{k} = {v}" for k, v in INGEST_MERGE_SETTINGS)
-    return tuple(f"ALTER TABLE {db}.{t.name} MODIFY SETTING {settings}" for t in INGEST_TABLES)
 
 
 def local_ddl(database: str, dedup_window: int = 100_000) -> list[str]:

@@ -70,7 +70,6 @@ MIGRATIONS: tuple[Migration, ...] = (
         "projections: events by user (per-user passes), users_by_day totals per user (top users)",
         schema.projection_statements(),
     ),
-    Migration(4, "fewer rewrites by merges of the tables the sink writes", schema.merge_settings_statements()),
 )
 
 

@@ -161,26 +161,22 @@ def test_projections_serve_the_long_passes_with_the_same_results(store: Store) -
 
 
 def test_a_store_upgraded_to_the_projections_answers_as_before(base_settings: Settings) -> None:
-    """Migrations 3 and 4 on a store that already holds events: projections are built for the old parts, the merge
-    settings set, answers unchanged."""
+    """Migration 3 on a store that already holds events: projections are built for the old parts, answers unchanged."""
     store = _store_at_version(base_settings, "test_projection_upgrade_q", 2)  # as it was before the projections
     try:
         db = store.database
         df = make_events(n_sessions=200, seed=23)
         insert_events(store, df)
         before = {n: queries.run(store, n) for n in ("funnel", "sessions", "retention", "top_users")}
-        assert store.migrate() == [3, 4]
+        assert store.migrate() == [3]
         assert store.migrate() == []
         for n, frame in before.items():
             pd.testing.assert_frame_equal(queries.run(store, n), frame, check_dtype=False)
         create = str(store.client.command(f"SHOW CREATE TABLE {db}.events"))
         assert "PROJECTION by_user" in create
         assert "PROJECTION user_totals" in str(store.client.command(f"SHOW CREATE TABLE {db}.users_by_day"))
-        for t in schema.INGEST_TABLES:
-            assert "merge_selector_base = 20" in str(store.client.command(f"SHOW CREATE TABLE {db}.{t.name}")), t.name
-        assert "merge_selector_base" not in str(store.client.command(f"SHOW CREATE TABLE {db}.dead_letters"))
-        # Re-running the migrations' statements (a half-applied migration) changes nothing.
-        for stmt in MIGRATIONS[2].statements + MIGRATIONS[3].statements:
+        # Re-running the migration's statements (a half-applied migration) changes nothing.
+        for stmt in MIGRATIONS[2].statements:
             store.client.command(stmt.format(db=db))
         for n, frame in before.items():
             pd.testing.assert_frame_equal(queries.run(store, n), frame, check_dtype=False)
