@@ -204,6 +204,7 @@ def sustained(
     s = fresh(base, "sus")
     topics.ensure_topic(s, s.kafka_topic)
     store = connect(s)
+    _quiesce(store)
     sink = Sink(s, store).start()
     while not sink.stats().assigned_partitions:
         time.sleep(0.1)
@@ -224,6 +225,7 @@ def sustained(
     cpu1 = (_children_cpu_s(), _self_cpu_s(), _proc_cpu_s(broker_pid) if broker_pid else float("nan"))
     sink.stop()
     rows, uniq = store.query_rows(f"SELECT count(), uniqExact(event_id) FROM {s.clickhouse_database}.events")[0]
+    store.client.command(f"DROP DATABASE {s.clickhouse_database} SYNC")  # its merges would run into the next part
     producer_cpu, sink_cpu, broker_cpu = (b - a for a, b in zip(cpu0, cpu1, strict=True))
     window = [(t, r) for t, r in samples if t - t0 >= warmup_s]
     steady = float("nan")
@@ -244,6 +246,13 @@ def sustained(
         "sink_us": sink_cpu / acked * 1e6,
         "broker_us": broker_cpu / acked * 1e6,
     }
+
+
+def _quiesce(store: Store, timeout_s: float = 120.0) -> None:
+    """Wait until the engine runs no merge: the earlier parts' merges would take CPU from the run measured next."""
+    deadline = time.monotonic() + timeout_s
+    while store.query_rows("SELECT count() FROM system.merges")[0][0] and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def _cpu_line(sus: dict[str, float], rate: float) -> str:
