@@ -45,6 +45,7 @@ from kafka.partitioner.sticky import StickyPartitioner
 from kafka.producer.producer_batch import ProducerBatch
 from kafka.producer.record_accumulator import RecordAccumulator
 from kafka.record.memory_records import MemoryRecordsBuilder
+from kafka.record.util import encode_varint
 
 from .errors import ConfigError
 from .generator import Generator
@@ -284,13 +285,9 @@ def send_raw(
 
 
 def _zigzag_varint(value: int) -> bytes:
-    """Kafka's variable-length signed integer (protobuf zig-zag), as kafka.record.util.encode_varint writes it."""
-    value = (value << 1) ^ (value >> 63)
+    """Kafka's variable-length signed integer (protobuf zig-zag) as bytes, written by kafka-python's own encoder."""
     out = bytearray()
-    while value > 0x7F:
-        out.append(0x80 | (value & 0x7F))
-        value >>= 7
-    out.append(value)
+    encode_varint(value, out.append)
     return bytes(out)
 
 
