@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import logging
 import math
 import os
@@ -118,6 +119,10 @@ DEAD_LETTER_INSERT_TYPES: tuple[str, ...] = tuple(_DEAD_LETTER_TYPES[c] for c in
 _PARSED_FIELDS = events.FIELDS  # event_id ... schema_version, in EVENT_COLUMNS order (timestamp_ms = event_time)
 _EVENT_TIME_INDEX = _PARSED_FIELDS.index("timestamp_ms")
 _META_PREFIX = "clickstream-sink/1"
+_GROUP_META_PREFIX = "clickstream-sink/2"
+# At most this many partitions' batches go into one insert (their ranges, ~25 bytes each, are the commit metadata of
+# every member; Kafka's offset.metadata.max.bytes is 4096 by default).
+GROUP_MAX_BATCHES = 64
 _LATENCY_WINDOW_S = 30.0
 _RATE_WINDOW_S = 10.0
 _PERCENTILES_MAX_AGE_S = 1.0  # stats() recomputes the latency percentiles at most once a second
@@ -129,6 +134,8 @@ _NO_TIMESTAMP_REFERENCE_MS = 2**62
 _JOIN_GRACE_S = 60.0
 # How long one poll() may wait while the insert thread works: its result is committed on the next loop turn.
 _INFLIGHT_POLL_S = 0.005
+# Reading back the recorded ranges of a group insert (after a crash or a rebalance) gives up after this long.
+_READ_BACK_TIMEOUT_S = 60.0
 
 # Group-membership errors: the commit can never succeed in this generation, so the batch is abandoned uncommitted
 # and the partition's next owner rebuilds it from the recorded range. Other Kafka errors are retried.
@@ -148,6 +155,14 @@ def encode_pending(epoch: str, first: int, last: int) -> str:
     return f"{_META_PREFIX} {epoch} {first}-{last}"
 
 
+def _parse_range(text: str) -> tuple[int, int] | None:
+    first_s, sep, last_s = text.partition("-")
+    if not sep or not first_s.isdigit() or not last_s.isdigit():
+        return None
+    first, last = int(first_s), int(last_s)
+    return (first, last) if first <= last else None
+
+
 def decode_pending(metadata: str | None, epoch: str) -> tuple[int, int] | None:
     """The ``(first, last)`` range recorded by :func:`encode_pending`, or None (absent, foreign, other epoch)."""
     if not metadata:
@@ -155,11 +170,55 @@ def decode_pending(metadata: str | None, epoch: str) -> tuple[int, int] | None:
     parts = metadata.split(" ")
     if len(parts) != 3 or parts[0] != _META_PREFIX or parts[1] != epoch:
         return None
-    first_s, sep, last_s = parts[2].partition("-")
-    if not sep or not first_s.isdigit() or not last_s.isdigit():
+    return _parse_range(parts[2])
+
+
+class Member(NamedTuple):
+    """One partition's batch ``[first, last]`` within a group insert."""
+
+    partition: int
+    first: int
+    last: int
+
+
+def encode_group(epoch: str, members: Sequence[Member]) -> str:
+    """Commit metadata recording that the batches ``members`` went (or go) to the store in one insert.
+
+    Every member partition carries the whole list, so the owner of any one of them can rebuild the insert.
+    """
+    ranges = ",".join(f"{m.partition}:{m.first}-{m.last}" for m in sorted(members))
+    return f"{_GROUP_META_PREFIX} {epoch} {ranges}"
+
+
+def decode_group(metadata: str | None, epoch: str) -> tuple[Member, ...] | None:
+    """The members recorded by :func:`encode_group`, sorted by partition, or None (absent, other, malformed)."""
+    if not metadata:
         return None
-    first, last = int(first_s), int(last_s)
-    return (first, last) if first <= last else None
+    parts = metadata.split(" ")
+    if len(parts) != 3 or parts[0] != _GROUP_META_PREFIX or parts[1] != epoch:
+        return None
+    members: list[Member] = []
+    for item in parts[2].split(","):
+        p_s, sep, range_s = item.partition(":")
+        rng = _parse_range(range_s)
+        if not sep or not p_s.isdigit() or rng is None:
+            return None
+        members.append(Member(int(p_s), *rng))
+    partitions = [m.partition for m in members]
+    if len(members) < 2 or len(set(partitions)) != len(partitions):
+        return None
+    return tuple(sorted(members))
+
+
+def group_token(topic: str, epoch: str, members: Sequence[Member]) -> str:
+    """The ``insert_deduplication_token`` of one insert holding the batches ``members`` of ``topic``.
+
+    A digest of the sorted ranges: the same batches always give the same token, and any other set (one batch
+    more or less, one offset different) another one. Distinct from every :func:`batch_token`.
+    """
+    ranges = ",".join(f"{m.partition}:{m.first}-{m.last}" for m in sorted(members))
+    digest = hashlib.sha256(ranges.encode()).hexdigest()[:32]
+    return f"{topic}@{epoch}:group:{len(members)}:{digest}"
 
 
 def backoff_s(attempt: int, base_s: float = DEFAULT_RETRY_BASE_S, cap_s: float = DEFAULT_RETRY_MAX_S) -> float:
@@ -380,7 +439,7 @@ class BatchInfo:
     last_offset: int
     rows: int
     dead_letters: int
-    token: str
+    token: str  # the insert_deduplication_token it was stored under (one token for the batches of a group insert)
 
 
 class _Record(NamedTuple):
@@ -408,6 +467,7 @@ class _Batch:
         "offsets",
         "partition",
         "precommitted",
+        "replayed",
         "rows",
         "started",
         "topic",
@@ -427,6 +487,7 @@ class _Batch:
         # (raw, reason, detail, offset, kafka_ms, key)
         self.dead: list[tuple[bytes, str, str, int, int, bytes | None]] = []
         self.precommitted = False
+        self.replayed = False  # rebuilt from a recorded range: it may be in the store under its own token
         self.events_stored = False
         self.dead_stored = False
         self.dlq_sent = False
@@ -497,8 +558,44 @@ class _Batch:
             [x[4] for x in d],
         ]
 
-    def info(self) -> BatchInfo:
-        return BatchInfo(self.partition, self.first, self.last, len(self.rows), len(self.dead), self.token)
+    @property
+    def member(self) -> Member:
+        return Member(self.partition, self.first, self.last)
+
+    def info(self, token: str | None = None) -> BatchInfo:
+        return BatchInfo(self.partition, self.first, self.last, len(self.rows), len(self.dead), token or self.token)
+
+
+def _concat_columns(parts: list[list[list[Any]]]) -> list[list[Any]]:
+    cols = parts[0]
+    for more in parts[1:]:
+        for col, extra in zip(cols, more, strict=True):
+            col.extend(extra)
+    return cols
+
+
+def _insert_batches(store: Store, batches: list[_Batch], token: str) -> None:
+    """Insert ``batches`` under ``token``: their valid rows in one insert into ``events``, their dead letters in one
+    into ``dead_letters``; marks them stored (a retry skips what was acknowledged). Raises :class:`_DeliveryError`."""
+    try:
+        if not all(b.events_stored for b in batches):
+            with_rows = [b for b in batches if b.rows]
+            if with_rows:
+                cols = _concat_columns([b.event_columns() for b in with_rows])
+                store.insert("events", cols, EVENT_COLUMNS, dedup_token=token, column_types=EVENT_INSERT_TYPES)
+            for b in batches:
+                b.events_stored = True
+        if not all(b.dead_stored for b in batches):
+            with_dead = [b for b in batches if b.dead]
+            if with_dead:
+                cols = _concat_columns([b.dead_columns() for b in with_dead])
+                store.insert(
+                    "dead_letters", cols, DEAD_LETTER_COLUMNS, dedup_token=token, column_types=DEAD_LETTER_INSERT_TYPES
+                )
+            for b in batches:
+                b.dead_stored = True
+    except Exception as exc:  # chdb and the HTTP driver raise several types; every failure is retried
+        raise _DeliveryError(f"ClickHouse insert {token} failed: {type(exc).__name__}: {exc}") from exc
 
 
 class _PartitionState:
@@ -555,6 +652,7 @@ class Sink:
             its partitions back at once instead of waiting for the session timeout.
         consumer_config: extra kafka-python consumer options (e.g. ``session_timeout_ms``).
         on_batch_stored: called after a batch is in ClickHouse and before its offsets are committed (fault tests).
+        group_max_batches: how many partitions' batches may share one insert (1: an insert per batch).
 
     Example:
         >>> sink = Sink(Settings.from_env())
@@ -573,11 +671,14 @@ class Sink:
         instance_id: str | None = None,
         consumer_config: Mapping[str, Any] | None = None,
         on_batch_stored: Callable[[BatchInfo], None] | None = None,
+        group_max_batches: int = GROUP_MAX_BATCHES,
     ) -> None:
         if batch_max_rows < 1:
             raise ValueError(f"batch_max_rows must be >= 1, got {batch_max_rows}")
         if batch_max_wait_s <= 0:
             raise ValueError(f"batch_max_wait_s must be > 0, got {batch_max_wait_s}")
+        if not 1 <= group_max_batches <= GROUP_MAX_BATCHES:
+            raise ValueError(f"group_max_batches must be 1..{GROUP_MAX_BATCHES}, got {group_max_batches}")
         self.settings = settings
         self.topic = settings.kafka_topic
         self.batch_max_rows = batch_max_rows
@@ -586,6 +687,7 @@ class Sink:
         self.instance_id = instance_id
         self._consumer_config = dict(consumer_config or {})
         self._on_batch_stored = on_batch_stored
+        self.group_max_batches = group_max_batches
         self._store = store
         self._owns_store = store is None
         self._consumer: KafkaConsumer | None = None
@@ -604,6 +706,11 @@ class Sink:
         self._paused_for_failure = False
         # The round of batches being inserted by the insert thread, and that thread (see _start_round).
         self._inflight: tuple[list[_Batch], Future[None]] | None = None
+        # The batches of the round being delivered: once tried, a round is retried with exactly these batches (a
+        # group insert's token names them all; another set under a new token would store the stored ones again).
+        self._round: list[_Batch] | None = None
+        self._round_precommitted = False
+        self._fetch_config: dict[str, Any] = {}
         self._inserter: ThreadPoolExecutor | None = None
         # live figures, read by stats() from other threads
         self._lock = threading.Lock()
@@ -764,6 +871,12 @@ class Sink:
         if self.instance_id:
             cfg["group_instance_id"] = self.instance_id
         cfg.update(self._consumer_config)
+        # A group-less reader of recorded ranges of any partition (recovering a group insert, see _resolve_group).
+        self._fetch_config = {
+            **{k: v for k, v in cfg.items() if k not in ("group_id", "group_instance_id", "client_id")},
+            "group_id": None,
+            "client_id": f"{cfg['client_id']}-rebuild",
+        }
         try:
             self._consumer = KafkaConsumer(**cfg)
             record_decoder.install(self._consumer)  # ~2x faster than kafka-python's own record decoder
@@ -1020,6 +1133,7 @@ class Sink:
             replaying = state.replay is not None
             state.sealed.append(state.open)
             if replaying:
+                state.open.replayed = True
                 logger.info("rebuilt recorded batch %s", state.open.token)
         state.open = None
         state.replay = None
@@ -1090,28 +1204,56 @@ class Sink:
         assert self._inflight is None and self._inserter is not None
         consumer = self._consumer
         assert consumer is not None
-        batches = [s.sealed[0] for s in self._states.values() if s.sealed]
+        if self._round is None:
+            self._round = self._compose_round()
+            self._round_precommitted = False
+        batches = self._round
         try:
-            pre = {
-                TopicPartition(self.topic, b.partition): OffsetAndMetadata(
-                    b.first, encode_pending(self.epoch, b.first, b.last), -1
-                )
-                for b in batches
-                if not b.precommitted
-            }
-            if pre:
-                self._commit(pre)
-                for b in batches:
-                    b.precommitted = True
+            if len(batches) > 1:
+                if not self._round_precommitted:
+                    meta = encode_group(self.epoch, [b.member for b in batches])
+                    self._commit(
+                        {TopicPartition(self.topic, b.partition): OffsetAndMetadata(b.first, meta, -1) for b in batches}
+                    )
+                    self._round_precommitted = True
+            else:
+                pre = {
+                    TopicPartition(self.topic, b.partition): OffsetAndMetadata(
+                        b.first, encode_pending(self.epoch, b.first, b.last), -1
+                    )
+                    for b in batches
+                    if not b.precommitted
+                }
+                if pre:
+                    self._commit(pre)
+                    for b in batches:
+                        b.precommitted = True
         except _DeliveryError as exc:
             self._round_failed(exc)
             return
         self._inflight = (batches, self._inserter.submit(self._store_batches, batches))
 
+    def _compose_round(self) -> list[_Batch]:
+        """The next round: every partition's oldest sealed batch (open ones are sealed to join it), by partition.
+
+        Sealing the open batches here makes a round hold every partition that has records, so following a live
+        stream costs one insert a round instead of one per partition (an insert's fixed cost in the engine — the
+        views, their parts and merges — is most of the work at a few thousand rows per partition and second).
+        """
+        if self.group_max_batches > 1:
+            for state in self._states.values():
+                if state.replay is None and not state.sealed:
+                    self._seal(state)
+        sealed = sorted((s for s in self._states.values() if s.sealed), key=lambda s: s.tp.partition)
+        oldest = [s.sealed[0] for s in sealed]
+        # A rebuilt recorded batch may already be in the store under its own token: it is inserted alone, with it.
+        replayed = [b for b in oldest if b.replayed]
+        return replayed[:1] or oldest[: self.group_max_batches]
+
     def _store_batches(self, batches: list[_Batch]) -> None:
         """The insert thread's work: only the store and the batches' stored flags, nothing of Kafka."""
-        for b in batches:
-            self._store_batch(b)
+        assert self._store is not None
+        _insert_batches(self._store, batches, self._insert_token(batches))
 
     def _abandon_inflight(self) -> None:
         """Forget the running round, uncommitted, without waiting for its insert.
@@ -1120,6 +1262,7 @@ class Sink:
         tokens and ClickHouse drops what this insert stored. The insert thread runs one round at a time, so a later
         round of this sink is inserted only after this one ended, and :meth:`_close` waits for it.
         """
+        self._round = None
         if self._inflight is None:
             return
         batches, future = self._inflight
@@ -1143,8 +1286,9 @@ class Sink:
             future.result()
             self._send_dead_letters(batches)
             if self._on_batch_stored is not None:
+                token = self._insert_token(batches)
                 for b in batches:
-                    self._on_batch_stored(b.info())
+                    self._on_batch_stored(b.info(token))
             post: dict[TopicPartition, OffsetAndMetadata] = {}
             for b in batches:
                 state = self._states[b.partition]
@@ -1155,6 +1299,7 @@ class Sink:
         except _DeliveryError as exc:
             self._round_failed(exc)
             return False
+        self._round = None
         ack = time.time() * 1000
         now = time.monotonic()
         for b in batches:
@@ -1197,26 +1342,10 @@ class Sink:
         except KafkaError as exc:
             raise _DeliveryError(f"offset commit failed ({type(exc).__name__}: {exc})") from exc
 
-    def _store_batch(self, b: _Batch) -> None:
-        store = self._store
-        assert store is not None
-        try:
-            if b.rows and not b.events_stored:
-                store.insert(
-                    "events", b.event_columns(), EVENT_COLUMNS, dedup_token=b.token, column_types=EVENT_INSERT_TYPES
-                )
-            b.events_stored = True
-            if b.dead and not b.dead_stored:
-                store.insert(
-                    "dead_letters",
-                    b.dead_columns(),
-                    DEAD_LETTER_COLUMNS,
-                    dedup_token=b.token,
-                    column_types=DEAD_LETTER_INSERT_TYPES,
-                )
-            b.dead_stored = True
-        except Exception as exc:  # chdb and the HTTP driver raise several types; every failure is retried
-            raise _DeliveryError(f"ClickHouse insert of batch {b.token} failed: {type(exc).__name__}: {exc}") from exc
+    def _insert_token(self, batches: list[_Batch]) -> str:
+        if len(batches) == 1:
+            return batches[0].token
+        return group_token(self.topic, self.epoch, [b.member for b in batches])
 
     def _send_dead_letters(self, batches: list[_Batch]) -> None:
         producer = self._producer
@@ -1339,10 +1468,31 @@ class Sink:
     def _assign(self, tps: list[TopicPartition]) -> None:
         consumer = self._consumer
         assert consumer is not None
+        committed_of = {tp.partition: self._committed_offset(tp) for tp in tps}
+        groups: dict[tuple[Member, ...], list[int]] = {}
         for tp in tps:
-            committed = self._committed_offset(tp)
+            c = committed_of[tp.partition]
+            members = decode_group(c.metadata if c is not None else None, self.epoch)
+            if (
+                members is not None
+                and c is not None
+                and any(m.partition == tp.partition and m.first == c.offset for m in members)
+            ):
+                groups.setdefault(members, []).append(tp.partition)  # recorded by a group's pre-commit
+        resume: dict[int, int | None] = {}
+        for members, own in groups.items():
+            resume.update(self._resolve_group(members, own, committed_of))
+        for tp in tps:
+            committed = committed_of[tp.partition]
             offset = committed.offset if committed is not None and committed.offset >= 0 else None
             replay = decode_pending(committed.metadata if committed is not None else None, self.epoch)
+            if tp.partition in resume:
+                offset, replay = resume[tp.partition], None
+                if offset is None:
+                    # The group could not be resolved (stopping, or the group moved on): hold the partition
+                    # uncommitted; its next owner resolves the recorded group again.
+                    consumer.pause(tp)
+                    continue
             if replay is not None and offset is not None and replay[1] < offset:
                 replay = None  # stale: the range is below the committed offset
             self._states[tp.partition] = _PartitionState(tp, offset, replay)
@@ -1356,6 +1506,116 @@ class Sink:
                 consumer.seek_to_beginning(tp)
             if replay is not None:
                 logger.info("partition %d: rebuilding recorded batch %d-%d", tp.partition, *replay)
+
+    def _resolve_group(
+        self, members: tuple[Member, ...], own: list[int], committed_of: Mapping[int, OffsetAndMetadata | None]
+    ) -> dict[int, int | None]:
+        """Settle a group insert recorded on the partitions ``own`` of this member; returns where each resumes.
+
+        The group's pre-commit named it on every member partition in one offset commit (Kafka appends a commit to
+        the group's log at once), and the insert ran only after that commit succeeded, so:
+
+        * some member partition neither names the group nor is past its range: the pre-commit never completed and
+          nothing of the group is in the store — the record is cleared and ``own`` resume from their offsets;
+        * otherwise the group may be in the store: it is rebuilt whole, including members owned by other consumers
+          (read back with a group-less consumer), and inserted under its token — ClickHouse drops it if it is
+          there — then ``own`` are committed past their ranges. Every owner of a member does the same; the first
+          insert counts, the others are dropped.
+
+        None for a partition: not settled (stopping, or this member was fenced); it stays paused and uncommitted.
+        """
+        committed = {m.partition: committed_of.get(m.partition) for m in members}
+        for m in members:
+            if m.partition not in committed_of:
+                committed[m.partition] = self._committed_offset(TopicPartition(self.topic, m.partition))
+        past = [m for m in members if (c := committed[m.partition]) is not None and c.offset > m.last]
+        naming = [
+            m
+            for m in members
+            if (c := committed[m.partition]) is not None
+            and c.offset == m.first
+            and decode_group(c.metadata, self.epoch) == members
+        ]
+        mine = [m for m in members if m.partition in own]
+        token = group_token(self.topic, self.epoch, members)
+        complete = len(past) + len(naming) == len(members)
+        if past and complete:
+            logger.info("group insert %s: already settled on %d of its %d partitions", token, len(past), len(members))
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                if complete:
+                    batches = self._read_back(members)
+                    assert self._store is not None
+                    _insert_batches(self._store, batches, token)
+                    self._send_dead_letters(batches)
+                    self._count_recovered([b for b in batches if b.partition in own])
+                    logger.info("partitions %s: rebuilt recorded group insert %s", own, token)
+                    self._commit(
+                        {TopicPartition(self.topic, m.partition): OffsetAndMetadata(m.last + 1, "", -1) for m in mine}
+                    )
+                    return {m.partition: m.last + 1 for m in mine}
+                logger.info(
+                    "partitions %s: group insert %s was never made; resuming from the committed offsets", own, token
+                )
+                self._commit(
+                    {TopicPartition(self.topic, m.partition): OffsetAndMetadata(m.first, "", -1) for m in mine}
+                )
+                return {m.partition: m.first for m in mine}
+            except _DeliveryError as exc:
+                if exc.fenced:
+                    logger.warning("%s — leaving group insert %s to the partitions' next owner", exc, token)
+                    break
+                attempt += 1
+                delay = backoff_s(attempt, cap_s=self.retry_max_s)
+                logger.warning("%s — retrying group insert %s in %.2f s (attempt %d)", exc, token, delay, attempt)
+                self._stop.wait(delay)
+        return {m.partition: None for m in mine}
+
+    def _read_back(self, members: Sequence[Member]) -> list[_Batch]:
+        """The recorded ranges ``members`` read again from Kafka and validated as batches (any partitions)."""
+        tps = {m.partition: TopicPartition(self.topic, m.partition) for m in members}
+        batches = {m.partition: _Batch(self.topic, self.epoch, m.partition, time.monotonic()) for m in members}
+        try:
+            reader = KafkaConsumer(**self._fetch_config)
+        except KafkaError as exc:
+            raise _DeliveryError(f"cannot read back recorded ranges ({type(exc).__name__}: {exc})") from exc
+        try:
+            reader.assign(list(tps.values()))
+            for m in members:
+                reader.seek(tps[m.partition], m.first)
+            todo = {m.partition: m for m in members}
+            deadline = time.monotonic() + _READ_BACK_TIMEOUT_S
+            while todo:
+                if time.monotonic() > deadline or self._stop.is_set():
+                    raise _DeliveryError(f"reading back recorded ranges {sorted(todo.values())} did not finish")
+                for tp, recs in reader.poll(timeout_ms=500).items():
+                    want = todo.get(tp.partition)
+                    if want is not None:
+                        batches[want.partition].add_records([r for r in recs if want.first <= r.offset <= want.last])
+                for p, m in list(todo.items()):
+                    if reader.position(tps[p]) > m.last:  # read up to the range's end (it may end in a gap)
+                        reader.pause(tps[p])
+                        del todo[p]
+        except KafkaError as exc:
+            raise _DeliveryError(f"reading back recorded ranges failed ({type(exc).__name__}: {exc})") from exc
+        finally:
+            reader.close(autocommit=False)
+        out = [batches[m.partition] for m in members if len(batches[m.partition])]
+        for m in members:
+            b = batches[m.partition]
+            if (b.first, b.last) != (m.first, m.last):
+                logger.warning("recorded range %s read back as %d-%d (records deleted?)", m, b.first, b.last)
+        return out
+
+    def _count_recovered(self, batches: list[_Batch]) -> None:
+        with self._lock:
+            for b in batches:
+                self._rows += len(b.rows)
+                self._dead += len(b.dead)
+                for d in b.dead:
+                    self._dead_by_reason[d[1]] = self._dead_by_reason.get(d[1], 0) + 1
+                self._batches += 1
 
     def _committed_offset(self, tp: TopicPartition) -> OffsetAndMetadata | None:
         consumer = self._consumer
@@ -1380,6 +1640,7 @@ class Sink:
         assert consumer is not None
         tps = [s.tp for s in self._states.values()]
         self._states.clear()
+        self._round = None
         try:
             self._assign(tps)
         except Exception as exc:  # no longer assigned: the rebalance callbacks rebuild the states

@@ -7,6 +7,7 @@ invalid message in dead_letters with its reason, committed offsets == what was s
 from __future__ import annotations
 
 import json
+import logging
 import random
 import signal
 import subprocess
@@ -235,7 +236,7 @@ def test_rows_are_stored_as_clickhouse_connect_stores_them_from_python_values(se
         batch.add(offset, now_ms, None, value)
     assert len(batch.rows) == len(values)
 
-    Sink(settings, store)._store_batch(batch)
+    Sink(settings, store)._store_batches([batch])
 
     # The reference: the same parsed rows, converted by clickhouse-connect from Python values (its DESCRIBE types).
     store.client.command(f"CREATE TABLE {store.database}.events_ref AS {store.database}.events")
@@ -359,6 +360,93 @@ def test_two_members_split_partitions_and_survivor_takes_over(settings: Settings
         survivor.stop()
         victim.stop()
     assert victim.stats().rows_inserted > 0 and survivor.stats().rows_inserted > 0
+    assert _counts(store) == (n, n)
+    assert sum(_committed(settings).values()) == n
+
+
+def _metadata(settings: Settings) -> dict[int, str]:
+    """The group's committed offset metadata per partition."""
+    c = KafkaConsumer(**topics.client_config(settings), group_id=settings.kafka_group_id, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(settings.kafka_topic, p) for p in range(settings.kafka_partitions)]
+        return {tp.partition: om.metadata for tp in tps if (om := c.committed(tp, metadata=True)) is not None}
+    finally:
+        c.close(autocommit=False)
+
+
+def test_a_group_insert_split_by_a_rebalance_is_rebuilt_by_each_owner(
+    settings: Settings, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sink crashes after a group insert (several partitions' batches, one token) and before committing it; the
+    partitions then go to two members. Each rebuilds the whole group — reading back the other member's ranges —
+    and ClickHouse drops the repeat: nothing lost, nothing doubled."""
+    caplog.set_level(logging.INFO, logger="clickstream_lib.consumer")
+    n = 12_000
+    settings = settings.replace(kafka_partitions=4)
+    topics.ensure_topic(settings, settings.kafka_topic)
+    crashed: list[BatchInfo] = []
+
+    def crash(info: BatchInfo) -> None:
+        if ":group:" in info.token and not crashed:
+            crashed.append(info)
+            raise RuntimeError("simulated crash between a group insert and its commit")
+
+    values = make_values(n, seed=13)
+    producing = threading.Thread(target=produce, args=(settings, values[: n // 2]), kwargs={"rate": 4_000})
+    producing.start()
+    victim = Sink(settings, store, batch_max_rows=1_000, batch_max_wait_s=0.3, on_batch_stored=crash).start()
+    assert victim.join(120), "the victim did not crash"
+    producing.join()
+    token = crashed[0].token
+    assert "simulated crash" in (victim.stats().last_error or "")
+    recorded = _metadata(settings)
+    assert len({m for m in recorded.values() if m.startswith("clickstream-sink/2 ")}) == 1  # one group, on...
+    grouped = sorted(p for p, m in recorded.items() if m.startswith("clickstream-sink/2 "))
+    assert len(grouped) >= 2  # ...several partitions
+    stored_before = _counts(store)[0]
+    assert stored_before > 0  # the group is in the store, uncommitted
+
+    # A member that holds partitions but never commits: the sink gets only some of the group's partitions.
+    idle = KafkaConsumer(
+        **topics.client_config(settings),
+        group_id=settings.kafka_group_id,
+        enable_auto_commit=False,
+        session_timeout_ms=10_000,
+    )
+    idle.subscribe([settings.kafka_topic])
+    stop_idle = threading.Event()
+
+    def idle_loop() -> None:
+        while not stop_idle.is_set():
+            idle.poll(timeout_ms=100)
+            idle.pause(*idle.assignment())
+        idle.close(autocommit=False)
+
+    idling = threading.Thread(target=idle_loop)
+    idling.start()
+    sink = Sink(settings, store, batch_max_rows=1_000, batch_max_wait_s=0.3)
+    try:
+        _wait(lambda: len(idle.assignment()) == 4, 60, "the idle member's partitions")
+        sink.start()
+        _wait(lambda: len(sink.stats().assigned_partitions) == 2, 90, "a split of the partitions", sink)
+        mine = set(sink.stats().assigned_partitions)
+        _wait(lambda: all(p in sink.stats().committed for p in mine), 60, "the sink's first commits", sink)
+        left = _metadata(settings)
+        # The sink settled its own partitions of the group; the idle member's still record it.
+        assert all(not left[p].startswith("clickstream-sink/2 ") for p in mine if p in grouped)
+        assert all(left[p] == recorded[p] for p in set(grouped) - mine)
+        stop_idle.set()
+        idling.join(30)
+        _wait(lambda: sink.stats().assigned_partitions == (0, 1, 2, 3), 90, "the sink taking over", sink)
+        produce(settings, values[n // 2 :], rate=4_000)
+        _wait(lambda: _counts(store)[0] >= n and sink.stats().total_lag == 0, 120, "every event", sink)
+    finally:
+        stop_idle.set()
+        sink.stop()
+    rebuilt = [r.getMessage() for r in caplog.records if "rebuilt recorded group insert" in r.getMessage()]
+    # Rebuilt once for each side that owned some of its partitions (twice if the sink had them all at first).
+    assert rebuilt and all(token in m for m in rebuilt), rebuilt
+    assert len(rebuilt) == (2 if set(grouped) - mine and set(grouped) & mine else 1)
     assert _counts(store) == (n, n)
     assert sum(_committed(settings).values()) == n
 

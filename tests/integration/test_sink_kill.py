@@ -72,8 +72,9 @@ def test_kill9_between_insert_and_commit(settings: Settings, tmp_path: Path) -> 
     before = log.read_text()
     final = _final_run(env, log)
     after = log.read_text()[len(before) :]
-    # The restarted member rebuilt exactly the range that was stored but not committed, under the same token.
-    assert f"rebuilt recorded batch {killed_after}" in after
+    # The restarted member rebuilt exactly the insert that was stored but not committed (one partition's batch, or
+    # the batches of several partitions that shared the insert), under the same token.
+    assert "rebuilt recorded" in after and killed_after in after, after[-3000:]
     assert final["rows_inserted"] + final["dead_letters"] < n + len(POISON)
     c = count(env)
     assert c == {"rows": n, "uniq": n, "dead": len(POISON), "dead_uniq": len(POISON)}

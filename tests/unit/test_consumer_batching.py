@@ -18,6 +18,7 @@ from clickstream_lib import consumer, events, store
 from clickstream_lib.consumer import (
     DEAD_LETTER_COLUMNS,
     EVENT_COLUMNS,
+    Member,
     Sink,
     SinkStats,
     _Batch,
@@ -27,8 +28,11 @@ from clickstream_lib.consumer import (
     backoff_s,
     batch_token,
     crc32c_accelerated,
+    decode_group,
     decode_pending,
+    encode_group,
     encode_pending,
+    group_token,
 )
 from clickstream_lib.settings import Settings
 
@@ -65,6 +69,40 @@ def test_pending_range_round_trips_and_rejects_what_it_did_not_write() -> None:
         "clickstream-sink/1 a1b2c3 12",
     ):
         assert decode_pending(other, "a1b2c3") is None, other
+
+
+def test_group_record_round_trips_and_rejects_what_it_did_not_write() -> None:
+    members = (Member(0, 100, 199), Member(3, 7, 7), Member(5, 0, 41))
+    meta = encode_group("a1b2c3", list(reversed(members)))
+    assert meta == "clickstream-sink/2 a1b2c3 0:100-199,3:7-7,5:0-41"
+    assert decode_group(meta, "a1b2c3") == members
+    assert decode_group(meta, "ffffff") is None
+    assert decode_pending(meta, "a1b2c3") is None and decode_group(encode_pending("a1b2c3", 1, 2), "a1b2c3") is None
+    for other in (
+        "",
+        None,
+        "clickstream-sink/2 a1b2c3 0:100-199",  # a group of one is written as a plain range
+        "clickstream-sink/2 a1b2c3 0:100-199,0:200-299",  # one partition twice
+        "clickstream-sink/2 a1b2c3 0:100-199,1:9-8",
+        "clickstream-sink/2 a1b2c3 0:100-199,x:1-2",
+        "clickstream-sink/2 a1b2c3 0:100-199,1-2",
+    ):
+        assert decode_group(other, "a1b2c3") is None, other
+
+
+def test_group_token_names_exactly_one_set_of_ranges() -> None:
+    members = [Member(0, 100, 199), Member(3, 7, 7)]
+    token = group_token("clicks", "e1", members)
+    assert token == group_token("clicks", "e1", list(reversed(members)))  # the order they were read in is no matter
+    assert token.startswith("clicks@e1:group:2:")
+    others = {
+        group_token("clicks", "e2", members),
+        group_token("views", "e1", members),
+        group_token("clicks", "e1", [Member(0, 100, 199), Member(3, 7, 8)]),
+        group_token("clicks", "e1", [*members, Member(4, 0, 0)]),
+        batch_token("clicks", "e1", 0, 100, 199),
+    }
+    assert token not in others and len(others) == 5
 
 
 def test_backoff_doubles_and_is_capped() -> None:
@@ -425,3 +463,123 @@ def test_gc_threshold_is_raised_while_sinks_run_and_restored_after_the_last() ->
         assert gc.get_threshold() == (100_000, 10, 10)
     finally:
         gc.set_threshold(*before)
+
+
+# --- group inserts ------------------------------------------------------------------------------------------------
+
+
+def _grouping_sink(log: list[str], partitions: tuple[int, ...] = (0, 1, 2)) -> tuple[Sink, _FakeStore]:
+    sink = _sink(5)
+    fake_store = _FakeStore(log)
+    sink._store = fake_store  # type: ignore[assignment]
+    sink._consumer = _FakeConsumer(log)  # type: ignore[assignment]
+    sink._producer = object()  # type: ignore[assignment]
+    sink._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inserter")
+    for p in partitions:
+        state = sink._states[p] = _PartitionState(TopicPartition(sink.topic, p), 10 * p, None)
+        sink._take(state, [_Record(10 * p + i, T0, None, _event(T0 - 1_000)) for i in range(3)], 0.0)
+    return sink, fake_store
+
+
+def test_a_round_takes_every_partition_into_one_insert() -> None:
+    log: list[str] = []
+    sink, fake_store = _grouping_sink(log)
+    fake_store.release.set()
+    sink._states[1].open = None  # nothing read from partition 1 yet
+    sink._states[1].next_offset = 10
+    assert sink._deliver_round()
+    members = [Member(0, 0, 2), Member(2, 20, 22)]
+    meta = encode_group("e1", members)
+    token = group_token(sink.topic, "e1", members)
+    # The open batches were sealed to join the round; both partitions record the whole group before the insert.
+    assert log == [
+        f"commit p0 0 {meta!r}",
+        f"commit p2 20 {meta!r}",
+        f"insert events {token} 6 rows on inserter_0",
+        "commit p0 3 ''",
+        "commit p2 23 ''",
+    ]
+    assert sink.stats().rows_inserted == 6 and sink.stats().batches == 2
+    assert sink._round is None and not sink._busy()
+    sink._inserter.shutdown()
+
+
+def test_a_failed_group_insert_is_retried_with_exactly_the_same_batches() -> None:
+    log: list[str] = []
+    sink, fake_store = _grouping_sink(log, (0, 1))
+    fake_store.fail = True
+    fake_store.release.set()
+    assert not sink._deliver_round()
+    # Meanwhile partition 2 gets records: they wait for the next round, the retried one keeps its two batches.
+    state = sink._states[2] = _PartitionState(TopicPartition(sink.topic, 2), 20, None)
+    sink._take(state, [_Record(20, T0, None, _event(T0 - 1_000))], 0.0)
+    fake_store.fail = False
+    assert sink._deliver_round()
+    token = group_token(sink.topic, "e1", [Member(0, 0, 2), Member(1, 10, 12)])
+    inserts = [line for line in log if line.startswith("insert")]
+    assert inserts == [f"insert events {token} 6 rows on inserter_0"]
+    assert [line for line in log if line.startswith("commit")].count(
+        f"commit p0 0 {encode_group('e1', [Member(0, 0, 2), Member(1, 10, 12)])!r}"
+    ) == 1
+    assert state.open is not None and not state.sealed  # not taken into the retried round
+    assert sink._deliver_round()
+    assert log[-2] == f"insert events {sink.topic}@e1:2:20-20 1 rows on inserter_0"  # a round of one: its own token
+    sink._inserter.shutdown()
+
+
+def test_group_max_batches_one_inserts_each_batch_alone() -> None:
+    log: list[str] = []
+    sink, fake_store = _grouping_sink(log, (0, 1))
+    sink.group_max_batches = 1
+    fake_store.release.set()
+    sink._seal_due(0.0, force=True)
+    assert sink._deliver_round() and sink._deliver_round()
+    assert [line.split(" on ")[0] for line in log if line.startswith("insert")] == [
+        f"insert events {sink.topic}@e1:0:0-2 3 rows",
+        f"insert events {sink.topic}@e1:1:10-12 3 rows",
+    ]
+    with pytest.raises(ValueError, match="group_max_batches"):
+        Sink(Settings(), group_max_batches=0)
+    sink._inserter.shutdown()
+
+
+class _CommittedConsumer(_FakeConsumer):
+    """A consumer whose group has these committed offsets and metadata."""
+
+    def __init__(self, log: list[str], committed: dict[int, OffsetAndMetadata]) -> None:
+        super().__init__(log)
+        self.offsets = committed
+
+    def committed(self, tp: TopicPartition, metadata: bool, timeout_ms: int) -> OffsetAndMetadata | None:
+        return self.offsets.get(tp.partition)
+
+
+def test_a_group_whose_record_did_not_reach_every_partition_was_never_inserted() -> None:
+    log: list[str] = []
+    sink = _sink(5)
+    members = (Member(0, 0, 2), Member(1, 10, 12))
+    meta = encode_group("e1", members)
+    # Partition 1 still holds its previous (single) record: the group's pre-commit never completed.
+    offsets = {0: OffsetAndMetadata(0, meta, -1), 1: OffsetAndMetadata(10, encode_pending("e1", 10, 14), -1)}
+    sink._consumer = _CommittedConsumer(log, offsets)  # type: ignore[assignment]
+    assert sink._resolve_group(members, [0], {0: offsets[0]}) == {0: 0}
+    assert log == ["commit p0 0 ''"]  # the record is cleared, so it cannot be taken for a stored group later
+
+
+def test_a_rebuilt_recorded_batch_is_inserted_alone_under_its_own_token() -> None:
+    log: list[str] = []
+    sink, fake_store = _grouping_sink(log, (0, 2))
+    fake_store.release.set()
+    # Partition 1 resumes with a recorded range 10-12 (perhaps stored before a crash, under its own token).
+    state = sink._states[1] = _PartitionState(TopicPartition(sink.topic, 1), 10, (10, 12))
+    sink._take(state, [_Record(10 + i, T0, None, _event(T0 - 1_000)) for i in range(3)], 0.0)
+    assert state.sealed and state.sealed[0].replayed
+    assert sink._deliver_round()
+    assert [line.split(" on ")[0] for line in log if line.startswith("insert")] == [
+        f"insert events {sink.topic}@e1:1:10-12 3 rows"
+    ]
+    assert sink._deliver_round()  # then the others, together
+    token = group_token(sink.topic, "e1", [Member(0, 0, 2), Member(2, 20, 22)])
+    assert log[-3].startswith(f"insert events {token} 6 rows")
+    assert sink._inserter is not None
+    sink._inserter.shutdown()
