@@ -18,6 +18,16 @@ timestamp is the reference time), same token — so rows that were stored but no
 engine instead of being doubled. The epoch is the topic's id, so a deleted and re-created topic (whose offsets
 restart at 0) cannot collide with old tokens.
 
+**Group inserts.** A round takes the oldest sealed batch of every partition (sealing the open ones) and inserts them
+together: one insert into ``events`` instead of one per partition, which is what following a live stream costs
+most (the engine's fixed cost per insert — materialized views, their parts, merges). The batches stay per
+partition; the pre-commit records the whole set on every member partition (``clickstream-sink/2 <epoch>
+<p>:<first>-<last>,...``, one offset commit) and the token names the set (:func:`group_token`). Whoever owns any
+member partition next rebuilds the *whole* set — reading back the ranges of partitions it does not own with a
+group-less consumer — and inserts it under the same token before committing its own members; if some member
+neither records the set nor is past it, the pre-commit never completed, nothing was inserted, and the record is
+cleared (:meth:`Sink._resolve_group`). A batch rebuilt from a single recorded range is inserted alone.
+
 Failures: a failing store or broker pauses the partitions and retries the same batches with capped exponential
 backoff; nothing is committed ahead of what ClickHouse acknowledged. On revoke, unfinished batches are abandoned
 uncommitted (the next owner rebuilds them). :meth:`Sink.stop` (SIGTERM/Ctrl-C in the CLI) finishes the open
