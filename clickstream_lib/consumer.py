@@ -1321,11 +1321,7 @@ class Sink:
         self._recovered()
         with self._lock:
             for b in batches:
-                self._rows += len(b.rows)
-                self._dead += len(b.dead)
-                for d in b.dead:
-                    self._dead_by_reason[d[1]] = self._dead_by_reason.get(d[1], 0) + 1
-                self._batches += 1
+                self._count_stored(b)
                 self._committed[b.partition] = b.last + 1
                 self._window.add(
                     now,
@@ -1621,11 +1617,15 @@ class Sink:
     def _count_recovered(self, batches: list[_Batch]) -> None:
         with self._lock:
             for b in batches:
-                self._rows += len(b.rows)
-                self._dead += len(b.dead)
-                for d in b.dead:
-                    self._dead_by_reason[d[1]] = self._dead_by_reason.get(d[1], 0) + 1
-                self._batches += 1
+                self._count_stored(b)
+
+    def _count_stored(self, b: _Batch) -> None:
+        """Add a stored batch to the live figures; the caller holds ``self._lock``."""
+        self._rows += len(b.rows)
+        self._dead += len(b.dead)
+        for d in b.dead:
+            self._dead_by_reason[d[1]] = self._dead_by_reason.get(d[1], 0) + 1
+        self._batches += 1
 
     def _committed_offset(self, tp: TopicPartition) -> OffsetAndMetadata | None:
         consumer = self._consumer
