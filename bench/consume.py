@@ -53,6 +53,7 @@ from clickstream_lib.consumer import (  # noqa: E402
     EVENT_COLUMNS,
     EVENT_INSERT_TYPES,
     FETCH_MAX_PARTITION_BYTES,
+    GROUP_MAX_BATCHES,
     Sink,
 )
 from clickstream_lib.producer import Producer  # noqa: E402
@@ -62,6 +63,7 @@ from clickstream_lib.store import Store, connect, decimal_text  # noqa: E402
 from tests.conftest import base_env, free_port_pair  # noqa: E402
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
+SINK_OPTIONS: dict[str, int] = {}  # Sink keyword arguments from the command line (--group-max-batches)
 PRICE_DECIMAL = tuple(int(v) for v in re.findall(r"\d+", dict(schema.EVENTS.columns)["price"]))  # (12, 2)
 
 
@@ -106,7 +108,7 @@ def raw_insert(store: Store, records: list[tuple[int, int, int, bytes]], topic: 
 
 def sink_drain(settings: Settings, store: Store, n: int) -> float:
     """Records/s of the sink draining ``n`` records: first record taken -> last commit."""
-    sink = Sink(settings, store)
+    sink = Sink(settings, store, **SINK_OPTIONS)
     sink.start()
     t_first = None
     while True:
@@ -158,7 +160,7 @@ def live(base: Settings, rate: float, seconds: float) -> dict[str, float | None]
     s = fresh(base, f"lat{int(rate)}")
     topics.ensure_topic(s, s.kafka_topic)
     store = connect(s)
-    sink = Sink(s, store).start()
+    sink = Sink(s, store, **SINK_OPTIONS).start()
     while not sink.stats().assigned_partitions:
         time.sleep(0.1)
     proc = produce_process(s, rate, int(rate * seconds))
@@ -205,7 +207,7 @@ def sustained(
     topics.ensure_topic(s, s.kafka_topic)
     store = connect(s)
     _quiesce(store)
-    sink = Sink(s, store).start()
+    sink = Sink(s, store, **SINK_OPTIONS).start()
     while not sink.stats().assigned_partitions:
         time.sleep(0.1)
     cpu0 = (_children_cpu_s(), _self_cpu_s(), _proc_cpu_s(broker_pid) if broker_pid else float("nan"))
@@ -343,7 +345,14 @@ def main() -> int:
     ap.add_argument("--sustained-rate", type=float, default=50_000, help="the held rate (events/s, default 50000)")
     ap.add_argument("--sustained-s", type=float, default=20, help="seconds of the held rate (default 20)")
     ap.add_argument("--sustained-only", action="store_true", help="skip the backlog and latency parts")
+    ap.add_argument(
+        "--group-max-batches",
+        type=int,
+        default=GROUP_MAX_BATCHES,
+        help=f"partitions' batches per insert (default {GROUP_MAX_BATCHES}; 1 = an insert per batch, as before)",
+    )
     args = ap.parse_args()
+    SINK_OPTIONS["group_max_batches"] = args.group_max_batches
 
     base, stack = start_stack("bench-consume-")
     try:

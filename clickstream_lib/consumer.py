@@ -1219,7 +1219,7 @@ class Sink:
             self._round_precommitted = False
         batches = self._round
         try:
-            if len(batches) > 1:
+            if self._grouped(batches):
                 if not self._round_precommitted:
                     meta = encode_group(self.epoch, [b.member for b in batches])
                     self._commit(
@@ -1250,20 +1250,29 @@ class Sink:
         stream costs one insert a round instead of one per partition (an insert's fixed cost in the engine — the
         views, their parts and merges — is most of the work at a few thousand rows per partition and second).
         """
-        if self.group_max_batches > 1:
-            for state in self._states.values():
-                if state.replay is None and not state.sealed:
-                    self._seal(state)
+        if self.group_max_batches == 1:  # each batch its own insert, one after the other
+            return [s.sealed[0] for s in self._states.values() if s.sealed]
+        for state in self._states.values():
+            if state.replay is None and not state.sealed:
+                self._seal(state)
         sealed = sorted((s for s in self._states.values() if s.sealed), key=lambda s: s.tp.partition)
         oldest = [s.sealed[0] for s in sealed]
         # A rebuilt recorded batch may already be in the store under its own token: it is inserted alone, with it.
         replayed = [b for b in oldest if b.replayed]
         return replayed[:1] or oldest[: self.group_max_batches]
 
+    def _grouped(self, batches: list[_Batch]) -> bool:
+        """Whether the round's batches go to the store as one group insert (else each under its own token)."""
+        return self.group_max_batches > 1 and len(batches) > 1
+
     def _store_batches(self, batches: list[_Batch]) -> None:
         """The insert thread's work: only the store and the batches' stored flags, nothing of Kafka."""
         assert self._store is not None
-        _insert_batches(self._store, batches, self._insert_token(batches))
+        if self._grouped(batches):
+            _insert_batches(self._store, batches, self._group_token(batches))
+        else:
+            for b in batches:
+                _insert_batches(self._store, [b], b.token)
 
     def _abandon_inflight(self) -> None:
         """Forget the running round, uncommitted, without waiting for its insert.
@@ -1296,7 +1305,7 @@ class Sink:
             future.result()
             self._send_dead_letters(batches)
             if self._on_batch_stored is not None:
-                token = self._insert_token(batches)
+                token = self._group_token(batches) if self._grouped(batches) else None
                 for b in batches:
                     self._on_batch_stored(b.info(token))
             post: dict[TopicPartition, OffsetAndMetadata] = {}
@@ -1348,9 +1357,7 @@ class Sink:
         except KafkaError as exc:
             raise _DeliveryError(f"offset commit failed ({type(exc).__name__}: {exc})") from exc
 
-    def _insert_token(self, batches: list[_Batch]) -> str:
-        if len(batches) == 1:
-            return batches[0].token
+    def _group_token(self, batches: list[_Batch]) -> str:
         return group_token(self.topic, self.epoch, [b.member for b in batches])
 
     def _send_dead_letters(self, batches: list[_Batch]) -> None:

@@ -533,7 +533,11 @@ def test_group_max_batches_one_inserts_each_batch_alone() -> None:
     sink.group_max_batches = 1
     fake_store.release.set()
     sink._seal_due(0.0, force=True)
-    assert sink._deliver_round() and sink._deliver_round()
+    assert sink._deliver_round()  # one round, an insert per batch (each recorded under its own range)
+    assert [line for line in log if line.startswith("commit")][:2] == [
+        f"commit p0 0 {encode_pending('e1', 0, 2)!r}",
+        f"commit p1 10 {encode_pending('e1', 10, 12)!r}",
+    ]
     assert [line.split(" on ")[0] for line in log if line.startswith("insert")] == [
         f"insert events {sink.topic}@e1:0:0-2 3 rows",
         f"insert events {sink.topic}@e1:1:10-12 3 rows",
