@@ -191,13 +191,17 @@ class Member(NamedTuple):
     last: int
 
 
+def _ranges_text(members: Sequence[Member]) -> str:
+    """``p:first-last,...`` sorted by partition: the canonical spelling of a group's ranges."""
+    return ",".join(f"{m.partition}:{m.first}-{m.last}" for m in sorted(members))
+
+
 def encode_group(epoch: str, members: Sequence[Member]) -> str:
     """Commit metadata recording that the batches ``members`` went (or go) to the store in one insert.
 
     Every member partition carries the whole list, so the owner of any one of them can rebuild the insert.
     """
-    ranges = ",".join(f"{m.partition}:{m.first}-{m.last}" for m in sorted(members))
-    return f"{_GROUP_META_PREFIX} {epoch} {ranges}"
+    return f"{_GROUP_META_PREFIX} {epoch} {_ranges_text(members)}"
 
 
 def decode_group(metadata: str | None, epoch: str) -> tuple[Member, ...] | None:
@@ -226,8 +230,7 @@ def group_token(topic: str, epoch: str, members: Sequence[Member]) -> str:
     A digest of the sorted ranges: the same batches always give the same token, and any other set (one batch
     more or less, one offset different) another one. Distinct from every :func:`batch_token`.
     """
-    ranges = ",".join(f"{m.partition}:{m.first}-{m.last}" for m in sorted(members))
-    digest = hashlib.sha256(ranges.encode()).hexdigest()[:32]
+    digest = hashlib.sha256(_ranges_text(members).encode()).hexdigest()[:32]
     return f"{topic}@{epoch}:group:{len(members)}:{digest}"
 
 
@@ -1537,10 +1540,12 @@ class Sink:
 
         None for a partition: not settled (stopping, or this member was fenced); it stays paused and uncommitted.
         """
-        committed = {m.partition: committed_of.get(m.partition) for m in members}
-        for m in members:
-            if m.partition not in committed_of:
-                committed[m.partition] = self._committed_offset(TopicPartition(self.topic, m.partition))
+        committed = {
+            m.partition: committed_of[m.partition]
+            if m.partition in committed_of
+            else self._committed_offset(TopicPartition(self.topic, m.partition))
+            for m in members
+        }
         past = [m for m in members if (c := committed[m.partition]) is not None and c.offset > m.last]
         naming = [
             m
@@ -1562,7 +1567,10 @@ class Sink:
                     assert self._store is not None
                     _insert_batches(self._store, batches, token)
                     self._send_dead_letters(batches)
-                    self._count_recovered([b for b in batches if b.partition in own])
+                    with self._lock:
+                        for b in batches:
+                            if b.partition in own:
+                                self._count_stored(b)
                     logger.info("partitions %s: rebuilt recorded group insert %s", own, token)
                     self._commit(
                         {TopicPartition(self.topic, m.partition): OffsetAndMetadata(m.last + 1, "", -1) for m in mine}
@@ -1620,11 +1628,6 @@ class Sink:
             if (b.first, b.last) != (m.first, m.last):
                 logger.warning("recorded range %s read back as %d-%d (records deleted?)", m, b.first, b.last)
         return out
-
-    def _count_recovered(self, batches: list[_Batch]) -> None:
-        with self._lock:
-            for b in batches:
-                self._count_stored(b)
 
     def _count_stored(self, b: _Batch) -> None:
         """Add a stored batch to the live figures; the caller holds ``self._lock``."""
