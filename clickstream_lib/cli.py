@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from .errors import ClickstreamError, ConfigError
+from .errors import ClickstreamError, ConfigError, QueryError
 from .settings import Settings
 
 logger = logging.getLogger("clickstream_lib.cli")
@@ -193,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         handler: Handler = args.handler
         return handler(args, settings)
+    except QueryError as exc:
+        err(f"clickstream: {exc}")
+        return 2
     except ConfigError as exc:
         err(f"clickstream: configuration error: {exc}")
         return 2

@@ -402,7 +402,7 @@ def _add_query(sub: argparse._SubParsersAction) -> None:
         help="run a named analytics query or read-only SQL against the store",
         description=(
             "Run a named query (see --list) with its window, filters and options as --param NAME=VALUE, or run "
-            "SQL with --sql (read-only: readonly=1). Filters: interaction_type, device, country, referrer, item_id; "
+            "one read-only statement with --sql (SELECT, SHOW, DESCRIBE, EXISTS; anything else exits 2). Filters: interaction_type, device, country, referrer, item_id; "
             "repeat a filter to match several values. Times are ISO-8601, UTC unless they carry an offset.\n"
             "In embedded mode this process opens the store: stop other processes using CLICKSTREAM_DATA_DIR."
         ),

@@ -34,7 +34,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from .errors import QueryError
 from .events import INTERACTION_TYPES
 from .schema import HLL_PRECISION, SEGMENT_HLL_PRECISION, TYPE_COLUMNS, USER_TOTAL_SQL
-from .store import Store, store_error
+from .store import Store, empty_frame, store_error
 
 logger = logging.getLogger(__name__)
 
@@ -359,7 +359,7 @@ def run(
             sql = q.plain_sql
             df = store.query_df(sql, q.params)
         if df.columns.empty:
-            df = _empty_frame(store, sql, q.params)
+            df = empty_frame(store.query_rows(f"DESCRIBE ({sql})", q.params))
     except ClickHouseError as exc:
         raise store_error(exc, f"query {name} on {store.database}", store.settings) from exc
     if nq.post is not None:
@@ -370,38 +370,19 @@ def run(
 
 
 def read_only(store: Store, sql: str, parameters: dict[str, Any] | None = None) -> pd.DataFrame:
-    """Run arbitrary SQL with ``readonly = 1``: SELECT/SHOW/DESCRIBE work; writes, DDL and SET are refused.
+    """Run one statement a user typed, read-only as the engine enforces it (:mod:`clickstream_lib.user_sql`).
+
+    SELECT, SHOW, DESCRIBE and EXISTS work; several statements, writes, DDL, SET, SYSTEM, KILL, INTO OUTFILE and
+    table functions that reach outside the store are refused.
 
     Raises:
-        QueryError: the SQL is empty.
-        StoreError: ClickHouse refused or failed (e.g. ``Cannot execute query in readonly mode``).
+        QueryError: the SQL is empty, not one read-only statement, or refused by the engine's read-only mode.
+        StoreError: ClickHouse failed.
     """
-    if not sql.strip():
-        raise QueryError("sql", "is empty; pass a SELECT statement")
     try:
-        with store._lock:  # the Store serialises use of its client
-            df = store.client.query_df(sql, parameters=parameters or {}, settings={"readonly": 1})
-        if df.columns.empty:
-            df = _empty_frame(store, sql, parameters or {})
+        return store.read_only_df(sql, parameters)
     except ClickHouseError as exc:
         raise store_error(exc, "read-only query", store.settings) from exc
-    return df
-
-
-def _empty_frame(store: Store, sql: str, params: dict[str, Any]) -> pd.DataFrame:
-    """An empty result with its columns: the embedded engine returns no header for zero rows, so ask DESCRIBE."""
-    columns = {}
-    for name, ctype, *_ in store.query_rows(f"DESCRIBE ({sql})", params):
-        base = ctype.removeprefix("Nullable(").removeprefix("LowCardinality(")
-        if base.startswith(("DateTime", "Date")):
-            columns[name] = pd.Series(dtype="datetime64[ns, UTC]" if base.startswith("DateTime") else "datetime64[ns]")
-        elif base.startswith(("UInt", "Int")):
-            columns[name] = pd.Series(dtype="int64")
-        elif base.startswith(("Float", "Decimal")):
-            columns[name] = pd.Series(dtype="float64")
-        else:
-            columns[name] = pd.Series(dtype="object")
-    return pd.DataFrame(columns)
 
 
 # --- builders --------------------------------------------------------------------------------------------------

@@ -325,6 +325,7 @@ class Store:
         self.client = client
         self.database = database
         self._lock = threading.Lock()
+        self._read_only: Client | None = None
 
     @property
     def embedded(self) -> bool:
@@ -418,9 +419,61 @@ class Store:
         rows = self.query_rows(sql, parameters)
         return rows[0][0] if rows else None
 
+    def read_only_df(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        """Run SQL a user typed, read-only as the engine enforces it (see :mod:`clickstream_lib.user_sql`).
+
+        Raises:
+            QueryError: the text is not one read-only statement, or the engine refused it as a write.
+            ClickHouseError: the statement failed for another reason.
+        """
+        from . import user_sql
+
+        with self._lock:
+            if self._read_only is None:
+                # A session of its own: readonly = 1 cannot be undone in it, and nothing else ever runs on it.
+                self._read_only = open_client(
+                    self.settings.store_url,
+                    self.database,
+                    settings={"readonly": 1 if self.embedded else 2},
+                    memory_limit_mb=self.settings.memory_limit_mb,
+                )
+            client = self._read_only
+            formatted = user_sql.checked(client, sql, parameters)
+            try:
+                df = client.query_df(formatted, parameters=parameters or {})
+                if df.columns.empty:
+                    df = empty_frame(client.query(f"DESCRIBE ({formatted})", parameters=parameters or {}).result_rows)
+            except ClickHouseError as exc:
+                refused = user_sql.refused_by_engine(exc)
+                if refused is not None:
+                    raise refused from None
+                raise
+        return df
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
+        if self._read_only is not None:
+            with contextlib.suppress(Exception):
+                self._read_only.close()
+
+
+def empty_frame(describe_rows: Sequence[Sequence[Any]]) -> Any:
+    """An empty DataFrame with the columns ``DESCRIBE`` lists: the embedded engine returns no header for zero rows."""
+    import pandas as pd
+
+    columns = {}
+    for name, ctype, *_ in describe_rows:
+        base = ctype.removeprefix("Nullable(").removeprefix("LowCardinality(")
+        if base.startswith(("DateTime", "Date")):
+            columns[name] = pd.Series(dtype="datetime64[ns, UTC]" if base.startswith("DateTime") else "datetime64[ns]")
+        elif base.startswith(("UInt", "Int")):
+            columns[name] = pd.Series(dtype="int64")
+        elif base.startswith(("Float", "Decimal")):
+            columns[name] = pd.Series(dtype="float64")
+        else:
+            columns[name] = pd.Series(dtype="object")
+    return pd.DataFrame(columns)
 
 
 def decimal_text(values: Sequence[float], precision: int, scale: int) -> list[str]:

@@ -59,25 +59,59 @@ def test_named_query_formats(data_env: dict[str, str]) -> None:
     assert "conversion_from_start" in r.stdout and "add_to_cart" in r.stdout
 
 
-def test_read_only_sql(data_env: dict[str, str]) -> None:
+def test_read_only_sql(data_env: dict[str, str], tmp_path: Path) -> None:
     n = len(make_events(n_sessions=SESSIONS, seed=SEED))
     r = cli(data_env, "--sql", "SELECT count() AS n FROM clickstream.events", "--format", "csv")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["n", str(n)]
-    for sql in (
-        "DROP TABLE clickstream.events",
-        "INSERT INTO clickstream.events (user_id) VALUES ('x')",
-        "SELECT 1 SETTINGS readonly = 0",
-    ):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top-secret-value\n")
+    outfile = tmp_path / "out.txt"
+    outfile.write_text("keep me\n")
+    refused = {
+        "DROP TABLE clickstream.events; SELECT 1": "more than one statement",
+        "SELECT 1; DROP TABLE clickstream.events": "more than one statement",
+        "SELECT 1 /* ; */; DROP TABLE clickstream.events -- ;": "more than one statement",
+        "SELECT 1 -- a comment\n; DROP TABLE clickstream.events": "more than one statement",
+        f"CREATE TABLE default.leak ENGINE=Memory AS SELECT * FROM file('{secret}','LineAsString'); "
+        "SELECT * FROM default.leak": "more than one statement",
+        f"SELECT * FROM file('{secret}','LineAsString')": "table function file()",
+        f"SELECT file('{secret}')": "function file()",
+        "SELECT * FROM url('http://127.0.0.1:9/x', 'CSV', 'a String')": "table function url()",
+        "SELECT * FROM executable('id', 'TSV', 'a String')": "table function executable()",
+        "SELECT count() FROM events WHERE user_id IN (SELECT * FROM s3('http://127.0.0.1:9/b/k', 'CSV', 'a String'))": (
+            "table function s3()"
+        ),
+        f"SELECT 'x' INTO OUTFILE '{outfile}' TRUNCATE": "INTO OUTFILE",
+        "DROP TABLE clickstream.events": "DROP",
+        "INSERT INTO clickstream.events (user_id) VALUES ('x')": "INSERT",
+        "SYSTEM FLUSH LOGS": "SYSTEM",
+        "SET max_threads = 1": "SET",
+        "ATTACH TABLE clickstream.x": "ATTACH",
+        "OPTIMIZE TABLE clickstream.events FINAL": "OPTIMIZE",
+        "KILL QUERY WHERE 1": "KILL",
+        "EXPLAIN SYNTAX SELECT file('/etc/hostname')": "function file()",
+        "SELECT 1 FORMAT JSON": "FORMAT",
+        "SELECT 1 SETTINGS readonly = 0": "read-only mode",
+    }
+    for sql, what in refused.items():
         r = cli(data_env, "--sql", sql)
-        assert r.returncode == 1, (sql, r.stdout)
-        assert "readonly" in r.stderr.lower()
+        assert r.returncode == 2, (sql, r.stdout, r.stderr)
+        assert what in r.stderr, (sql, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "top-secret-value" not in r.stdout + r.stderr
+    assert outfile.read_text() == "keep me\n"
     r = cli(data_env, "--sql", "SELECT count() FROM clickstream.events", "-f", "csv")
     assert r.stdout.split()[-1] == str(n)
     # The store's database is the session default: tables can be named without the prefix.
     r = cli(data_env, "--sql", "SELECT count() FROM events", "-f", "csv")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[-1] == str(n)
+    for sql in ("SHOW TABLES", "DESCRIBE TABLE events", "EXISTS TABLE events", "SELECT sum(number) FROM numbers(4)"):
+        r = cli(data_env, "--sql", sql, "-f", "csv")
+        assert r.returncode == 0, (sql, r.stderr)
+    r = cli(data_env, "--sql", "SELECT user_id FROM events WHERE 0", "-f", "csv")
+    assert r.returncode == 0 and r.stdout.strip() == "user_id", r.stderr
 
 
 def test_usage_errors_exit_2(data_env: dict[str, str]) -> None:
