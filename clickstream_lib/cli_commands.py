@@ -33,6 +33,17 @@ def _scenario_arg(text: str) -> tuple[str, dict[str, object]]:
     return name.strip(), params
 
 
+def _refresh_arg(text: str) -> float:
+    """Seconds between refreshes: a number of at least 0.5 (0 or less would refresh in a busy loop)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0.5 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is out of range; expected seconds >= 0.5 (e.g. --refresh 5)")
+    return value
+
+
 def _add_generator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="the same seed gives the same events (default: random)")
     p.add_argument(
@@ -402,7 +413,8 @@ def _add_query(sub: argparse._SubParsersAction) -> None:
         help="run a named analytics query or read-only SQL against the store",
         description=(
             "Run a named query (see --list) with its window, filters and options as --param NAME=VALUE, or run "
-            "one read-only statement with --sql (SELECT, SHOW, DESCRIBE, EXISTS; anything else exits 2). Filters: interaction_type, device, country, referrer, item_id; "
+            "one read-only statement with --sql (SELECT, SHOW, DESCRIBE, EXISTS; anything else exits 2). "
+            "Filters: interaction_type, device, country, referrer, item_id; "
             "repeat a filter to match several values. Times are ISO-8601, UTC unless they carry an offset.\n"
             "In embedded mode this process opens the store: stop other processes using CLICKSTREAM_DATA_DIR."
         ),
@@ -545,7 +557,7 @@ def _add_dashboard(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1 (default 8866; 0 picks a free one)")
-    p.add_argument("--refresh", type=float, default=5.0, help="seconds between refreshes (default 5)")
+    p.add_argument("--refresh", type=_refresh_arg, default=5.0, help="seconds between refreshes (default 5)")
     p.add_argument("--live", action="store_true", help="run producer + sink in the dashboard's kernel")
     p.add_argument("--rate", type=float, default=200.0, help="events/s of the live producer (default 200)")
     p.add_argument("--notebook", default="dashboard", help="notebook name or .ipynb path (default: dashboard)")
@@ -582,7 +594,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1 (default 8866; 0 picks a free one)")
     p.add_argument("--rate", type=float, default=200.0, help="events/s generated (default 200)")
-    p.add_argument("--refresh", type=float, default=5.0, help="seconds between dashboard refreshes (default 5)")
+    p.add_argument("--refresh", type=_refresh_arg, default=5.0, help="seconds between dashboard refreshes (default 5)")
     p.add_argument("--keep-broker", action="store_true", help="leave the broker running on exit")
     p.set_defaults(handler=_cmd_demo)
 

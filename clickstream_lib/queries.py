@@ -60,6 +60,8 @@ SESSION_BUCKETS: tuple[str, ...] = (
 _MAX_VALUE_LEN = 256
 _MAX_VALUES = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MIN_TIME = datetime(1900, 1, 1, tzinfo=UTC)  # the range of ClickHouse's DateTime64
+_MAX_TIME = datetime(2300, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -245,7 +247,16 @@ def _as_utc(value: Any, name: str) -> datetime:
         value = value.to_pydatetime()
     if not isinstance(value, datetime):
         raise QueryError(name, f"expected a datetime or ISO-8601 string, got {type(value).__name__}")
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
+        value = _MIN_TIME - timedelta(days=1)
+    if not _MIN_TIME <= value < _MAX_TIME:
+        raise QueryError(
+            name,
+            f"{value.isoformat()[:40]} is out of range; expected a time from 1900 to 2299 (the store's DateTime64)",
+        )
+    return value
 
 
 def _ms(value: datetime | None) -> int | None:

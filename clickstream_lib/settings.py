@@ -96,19 +96,28 @@ def parse_store_url(value: str, variable: str = "CLICKHOUSE_URL") -> StoreURL:
     if scheme in ("http", "https"):
         if not parts.hostname:
             raise ConfigError(variable, f"{_redact(value)!r} has no host; {expected}")
+        database = parts.path.strip("/")
+        if database and not _IDENT_RE.match(database):
+            raise ConfigError(
+                variable,
+                f"the database {database[:64]!r} in {_redact(value)!r} is not valid; expected letters, digits, "
+                "underscore (e.g. http://user:password@host:8123/clickstream)",
+            )
         return StoreURL(
             scheme=scheme,
             host=parts.hostname,
             port=port or (8443 if scheme == "https" else 8123),
             username=unquote(parts.username) if parts.username else "default",
             password=unquote(parts.password) if parts.password else "",
-            database=parts.path.strip("/"),
+            database=database,
         )
     raise ConfigError(variable, f"scheme {scheme or '(none)'!r} is not supported; {expected}")
 
 
 def _redact(url: str) -> str:
-    return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
+    """``url`` with the password of its user info hidden; the host starts after the *last* ``@`` before the path,
+    so a password holding ``@`` is hidden whole."""
+    return re.sub(r"//([^:/@]*):[^/]*@", r"//\1:***@", url)
 
 
 # Every variable Settings reads: env name -> field name. Unknown CLICKSTREAM_* variables are an error,
@@ -367,6 +376,18 @@ class Settings:
         out["CLICKHOUSE_URL"] = self.store_url.redacted()
         out["KAFKA_DEAD_LETTER_TOPIC"] = self.dead_letter_topic
         return out
+
+    def __repr__(self) -> str:
+        # Every field, with passwords hidden, including the one a CLICKHOUSE_URL may carry.
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if "password" in f.name:
+                value = "***" if value else ""
+            elif f.name == "clickhouse_url" and value:
+                value = _redact(value)
+            parts.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
 
 
 def _coerce(var: str, f: dataclasses.Field[Any], raw: str) -> Any:

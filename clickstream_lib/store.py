@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -102,17 +103,16 @@ def _lock_holder(directory: Path) -> int | None:
 
 
 def _locked_error(directory: Path, pid: int | None) -> StoreLocked:
+    # The holder's program name only: its command line may carry another user's arguments or secrets.
     who = f"process {pid}" if pid else "another process"
     if pid and pid == os.getpid():
         who = "this process (through another data directory or client)"
-    cmd = ""
-    if pid:
+    elif pid:
         with contextlib.suppress(OSError):
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            who += f" ({Path(f'/proc/{pid}/comm').read_text().strip()[:32]})"
     return StoreLocked(
         f"the embedded ClickHouse store {directory} is held by {who}"
-        + (f" ({cmd[:120]})" if cmd else "")
-        + " — chdb allows one process per data directory. Stop that process, use another CLICKSTREAM_DATA_DIR, "
+        " — chdb allows one process per data directory. Stop that process, use another CLICKSTREAM_DATA_DIR, "
         "or go multi-process with a ClickHouse server: set CLICKHOUSE_URL=http://user:password@host:8123/db "
         "(docker compose up brings one)"
     )
@@ -310,7 +310,12 @@ def server_error(url: StoreURL, exc: BaseException) -> StoreError:
 
 
 def _scrub(text: str, url: StoreURL) -> str:
-    return text.replace(url.password, "***") if url.password else text
+    """``text`` without the URL's password, as typed or percent-encoded."""
+    if not url.password:
+        return text
+    for form in {url.password, quote(url.password, safe=""), quote(url.password)}:
+        text = text.replace(form, "***")
+    return text
 
 
 class Store:

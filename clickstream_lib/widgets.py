@@ -25,7 +25,7 @@ import ipywidgets as w
 import pandas as pd
 import plotly.graph_objects as go
 
-from .errors import ClickstreamError, StoreLocked
+from .errors import ClickstreamError, ConfigError, StoreLocked
 from .settings import Settings
 from .store import Store, connect
 
@@ -468,14 +468,51 @@ class Pipeline:
 # --- filters ----------------------------------------------------------------------------------------------------
 
 
+def refresh_seconds(value: float) -> float:
+    """``value`` as seconds between refreshes; less than 0.5 s (or 0, or negative) would be a busy loop.
+
+    Raises:
+        ConfigError: naming ``refresh_s``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.5 <= value < float("inf"):
+        raise ConfigError("refresh_s", f"{value!r} is out of range; expected seconds >= 0.5 (e.g. 5)")
+    return float(value)
+
+
+def window_options(window_s: float) -> list[tuple[str, int]]:
+    """The window picker's choices: :data:`TIME_WINDOWS`, plus ``window_s`` in its place when it is another one.
+
+    Raises:
+        ConfigError: ``window_s`` is negative or not a number.
+    """
+    if isinstance(window_s, bool) or not isinstance(window_s, (int, float)) or not 0 <= window_s < 10**9:
+        raise ConfigError(
+            "window_minutes", f"a window of {window_s!r} seconds is not valid; expected minutes >= 0 (0 = all time)"
+        )
+    window_s = round(window_s)
+    if window_s in dict(TIME_WINDOWS).values():
+        return list(TIME_WINDOWS)
+    if window_s % 3600 == 0:
+        label = f"Last {window_s // 3600} hours"
+    elif window_s % 60 == 0:
+        label = f"Last {window_s // 60} minutes"
+    else:
+        label = f"Last {window_s} seconds"
+    return sorted([*TIME_WINDOWS, (label, window_s)], key=lambda option: (option[1] != 0, option[1]))
+
+
 class Filters:
     """Time window, device, country and interaction-type pickers; ``values()`` gives query keyword arguments."""
 
-    def __init__(self, window_s: int = 0, interaction_types: Sequence[str] = ()) -> None:
+    def __init__(self, window_s: float = 0, interaction_types: Sequence[str] = ()) -> None:
         layout = w.Layout(width="200px")
         style = {"description_width": "80px"}
         self.window = w.Dropdown(
-            options=list(TIME_WINDOWS), value=window_s, description="Window", layout=layout, style=style
+            options=window_options(window_s),
+            value=round(window_s),
+            description="Window",
+            layout=layout,
+            style=style,
         )
         self.interaction_type = w.Dropdown(
             options=[ALL, *interaction_types], value=ALL, description="Interaction", layout=layout, style=style
@@ -582,7 +619,7 @@ class Dashboard(_AutoRefresh):
         from . import events
 
         self.settings = settings
-        self.refresh_s = float(refresh_s)
+        self.refresh_s = refresh_seconds(refresh_s)
         self.top_n = int(top_n)
         self.refreshes = 0
         self.error: BaseException | None = None
@@ -786,7 +823,7 @@ class Workbench(_AutoRefresh):
         from . import events, generator
 
         self.settings = settings
-        self.refresh_s = float(refresh_s)
+        self.refresh_s = refresh_seconds(refresh_s)
         self.preview_rows = int(preview_rows)
         self.store = store or connect(settings)
         self.pipeline = Pipeline(settings, self.store, rate=rate, seed=seed)

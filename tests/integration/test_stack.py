@@ -203,3 +203,6 @@ def test_second_process_gets_a_clear_lock_error(store: Store, settings: Settings
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "is held by process" in proc.stderr and "Traceback" not in proc.stderr
+    # The holder is named by its program, never by its command line (which may carry another user's arguments).
+    holder_args = Path(f"/proc/{os.getpid()}/cmdline").read_bytes().split(b"\0")[1:]
+    assert not any(len(a) > 8 and a.decode(errors="replace") in proc.stderr for a in holder_args)

@@ -90,6 +90,13 @@ def test_long_running_services_have_healthchecks_and_dependents_wait(compose: di
     assert services["sink"]["depends_on"]["kafka"]["condition"] == "service_healthy"
 
 
+def test_the_sink_has_time_to_drain_on_stop(compose: dict[str, Any]) -> None:
+    from clickstream_lib.consumer import DEFAULT_STOP_TIMEOUT_S
+
+    grace = compose["services"]["sink"].get("stop_grace_period", "10s")
+    assert grace.endswith("s") and float(grace[:-1]) > DEFAULT_STOP_TIMEOUT_S
+
+
 def test_state_lives_in_named_volumes(compose: dict[str, Any]) -> None:
     assert {"kafka-data", "clickhouse-data"} <= set(compose["volumes"])
 

@@ -105,6 +105,8 @@ def test_sasl_settings_reach_kafka_python() -> None:
         ({"CLICKHOUSE_PORT": "70000"}, "CLICKHOUSE_PORT"),
         ({"CLICKHOUSE_PORT": "http"}, "CLICKHOUSE_PORT"),
         ({"CLICKHOUSE_DATABASE": "db; DROP TABLE x"}, "CLICKHOUSE_DATABASE"),
+        ({"CLICKHOUSE_URL": "http://u:p@h:8123/db;DROP TABLE x"}, "CLICKHOUSE_URL"),
+        ({"CLICKHOUSE_URL": "http://u:p@h:8123/db%60x"}, "CLICKHOUSE_URL"),
         ({"CLICKHOUSE_SECURE": "maybe"}, "CLICKHOUSE_SECURE"),
         ({"CLICKSTREAM_DATA_DIR": "relative/dir"}, "CLICKSTREAM_DATA_DIR"),
         ({"CLICKSTREAM_CACHE_DIR": "relative"}, "CLICKSTREAM_CACHE_DIR"),
@@ -144,6 +146,21 @@ def test_password_is_not_echoed_in_url_errors() -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({**HOME_ENV, "CLICKHOUSE_URL": "http://u:topsecret@h:notaport/db"})
     assert "topsecret" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**HOME_ENV, "CLICKHOUSE_URL": "http://u:top@secret@h:8123/bad-db"})
+    assert "top" not in str(info.value).replace("http://u:***@h", "") and "secret" not in str(info.value)
+
+
+@pytest.mark.parametrize("password", ["s3cr3t", "p@ss@word", "p:ss/w%40rd"])
+def test_repr_and_describe_hide_the_password_inside_clickhouse_url(password: str) -> None:
+    from urllib.parse import quote
+
+    url = f"http://bob:{quote(password, safe='@:')}@ch.example:8123/clickstream"
+    s = Settings.from_env({**HOME_ENV, "CLICKHOUSE_URL": url})
+    assert s.store_url.password == password
+    for text in (repr(s), str(s), str(s.describe()), s.store_url.redacted(), repr(s.store_url)):
+        assert password not in text and quote(password, safe="@:") not in text, text
+    assert "clickhouse_url='http://bob:***@ch.example:8123/clickstream'" in repr(s)
 
 
 @pytest.mark.parametrize(
@@ -153,6 +170,8 @@ def test_password_is_not_echoed_in_url_errors() -> None:
         ({"CLICKHOUSE_URL": "ftp://x"}, ["config"], "CLICKHOUSE_URL"),
         ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, ["stack", "up"], "KAFKA_SECURITY_PROTOCOL"),
         ({}, ["produce", "--events", "10", "--workers", "0"], "--workers"),
+        ({}, ["query", "kpis", "-p", "start=0001-01-01T00:00:00+01:00"], "start"),
+        ({}, ["query", "kpis", "-p", "end=9999-12-31T23:59:59-01:00"], "end"),
     ],
 )
 def test_cli_prints_one_line_and_exits_2(env: dict[str, str], args: list[str], variable: str) -> None:
@@ -175,3 +194,15 @@ def test_readme_documents_every_variable() -> None:
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert [v for v in ENV_VARS if f"`{v}`" not in readme] == []
+
+
+@pytest.mark.parametrize(
+    "args", [["dashboard", "--refresh", "0"], ["demo", "--refresh", "-5"], ["dashboard", "--refresh", "x"]]
+)
+def test_a_refresh_that_would_busy_loop_is_a_usage_error(args: list[str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "clickstream_lib.cli", *args], env=base_env(), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "argument --refresh:" in proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr
