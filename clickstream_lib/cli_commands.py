@@ -493,10 +493,48 @@ def _cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     if args.format == "csv":
         out(df.to_csv(index=False).rstrip("\n"))
     elif args.format == "json":
-        out(df.to_json(orient="records", date_format="iso", date_unit="ms"))
+        out(json_records(df))
     else:
         out(df.to_string(index=False) if len(df) else f"(no rows; columns: {', '.join(map(str, df.columns))})")
     return 0
+
+
+def _json_value(value: object) -> object:
+    """A value orjson cannot write as it is: UUID as text, Decimal as an exact number, times in ISO-8601 (UTC)."""
+    import datetime
+    import decimal
+    import uuid
+
+    import pandas as pd
+
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, decimal.Decimal):
+        as_float = float(value)
+        return as_float if decimal.Decimal(repr(as_float)) == value else str(value)  # text when a float would round
+    if isinstance(value, pd.Timestamp | datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.UTC)
+        return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def json_records(df: object) -> str:
+    """A DataFrame as a JSON array of row objects, for every column type ClickHouse returns (UUID, Decimal,
+    DateTime64, Map, arrays, tuples); missing values are null."""
+    import orjson
+    import pandas as pd
+
+    assert isinstance(df, pd.DataFrame)
+    frame = df.astype(object).where(df.notna(), None)
+    rows = frame.to_dict(orient="records")
+    return orjson.dumps(rows, default=_json_value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
 
 
 register(_add_query)

@@ -127,3 +127,28 @@ def test_usage_errors_exit_2(data_env: dict[str, str]) -> None:
     assert r.returncode == 0 and "retention(days=7)" in r.stdout
     r = cli(data_env, "--ddl", "cluster", "--cluster", "prod")
     assert r.returncode == 0 and "ReplicatedAggregatingMergeTree" in r.stdout
+
+
+def test_json_output_writes_every_column_type(data_env: dict[str, str]) -> None:
+    r = cli(data_env, "--sql", "SELECT * FROM events ORDER BY event_time LIMIT 3", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert len(rows) == 3 and rows[0]["event_id"].count("-") == 4 and rows[0]["event_time"].endswith("Z")
+    sql = (
+        "SELECT map('a', 1) AS m, [1, 2] AS arr, (1, 'x') AS t, toDecimal64(1.1, 4) AS d, "
+        "toDecimal128('123456789012345678.123', 3) AS big, NULL AS n, "
+        "toUUID('00000000-0000-4000-8000-000000000001') AS u"
+    )
+    r = cli(data_env, "--sql", sql, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [
+        {
+            "m": {"a": 1},
+            "arr": [1, 2],
+            "t": [1, "x"],
+            "d": 1.1,
+            "big": "123456789012345678.123",
+            "n": None,
+            "u": "00000000-0000-4000-8000-000000000001",
+        }
+    ]

@@ -20,12 +20,12 @@ def test_a_window_outside_the_list_is_offered_in_its_place() -> None:
 
 @pytest.mark.parametrize("bad", [-60, "5", True, float("nan")])
 def test_a_bad_window_names_window_minutes(bad: object) -> None:
-    with pytest.raises(ConfigError, match="^window_minutes: "):
+    with pytest.raises(ConfigError, match=r"^window_minutes: "):
         window_options(bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("bad", [0, -1, 0.1, float("inf"), float("nan"), "5"])
 def test_a_refresh_that_would_busy_loop_names_refresh_s(bad: object) -> None:
-    with pytest.raises(ConfigError, match="^refresh_s: "):
+    with pytest.raises(ConfigError, match=r"^refresh_s: "):
         refresh_seconds(bad)  # type: ignore[arg-type]
     assert refresh_seconds(2) == 2.0
