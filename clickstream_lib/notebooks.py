@@ -65,7 +65,7 @@ def notebook_path(name: str | Path) -> Path:
     repo = Path(__file__).resolve().parent.parent / "notebooks" / f"{stem}.ipynb"
     if repo.is_file():
         return repo
-    packaged = resources.files("clickstream_lib").joinpath(f"notebooks/{stem}.ipynb")
+    packaged = resources.files("clickstream_lib").joinpath(f"notebook_files/{stem}.ipynb")
     if packaged.is_file():
         return Path(str(packaged))
     raise ConfigError("notebook", f"{name!r} not found; expected one of {', '.join(NOTEBOOKS)} or a path to .ipynb")
