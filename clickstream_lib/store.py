@@ -41,6 +41,29 @@ logger = logging.getLogger(__name__)
 # on it for effectively-once delivery; 0 (the engine default) silently ignores tokens.
 DEDUP_WINDOW = 100_000
 
+# Sent with every insert that carries a deduplication token, so no session, user profile or engine default can turn
+# deduplication off for it (measured on chdb 26.9, tests/integration/test_sink_dedup.py): ``deduplicate_insert``
+# (ClickHouse 26.x) supersedes ``insert_deduplicate``, which older servers use; ``async_insert = 0`` keeps the insert
+# on the synchronous path the tokens were measured on (the engine's default is 1); without
+# ``deduplicate_blocks_in_dependent_materialized_views`` a replayed block is dropped from ``events`` but counted
+# again in every rollup; on a cluster, ``distributed_foreground_insert`` makes the Distributed ``events`` table
+# insert into the shards before it returns, token included, instead of queueing the rows. A setting the server does
+# not know is left out (see :meth:`Store.dedup_settings`).
+DEDUP_INSERT_SETTINGS: dict[str, Any] = {
+    "deduplicate_insert": "enable",
+    "insert_deduplicate": 1,
+    "async_insert": 0,
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+    "distributed_foreground_insert": 1,
+    "insert_distributed_sync": 1,  # its name before ClickHouse 23.7
+}
+# What every server the sink supports knows: sent when the server's list of settings cannot be read.
+_DEDUP_SETTINGS_EVERYWHERE = (
+    "insert_deduplicate",
+    "async_insert",
+    "deduplicate_blocks_in_dependent_materialized_views",
+)
+
 # ClickHouse's MEMORY_LIMIT_EXCEEDED: a query (or the whole engine) would pass its memory limit.
 MEMORY_LIMIT_EXCEEDED = 241
 
@@ -325,6 +348,7 @@ class Store:
         self.client = client
         self.database = database
         self._lock = threading.Lock()
+        self._dedup_settings: dict[str, Any] | None = None
 
     @property
     def embedded(self) -> bool:
@@ -387,8 +411,14 @@ class Store:
         engine converts on insert (``input_format_native_allow_types_conversion``). Sending a ``LowCardinality``,
         ``UUID`` or ``Decimal`` column as ``String`` lets clickhouse-connect write it in one C call instead of
         converting it value by value in Python (see :func:`decimal_text` for what a Decimal column must hold then).
+
+        With ``dedup_token`` the insert also carries :data:`DEDUP_INSERT_SETTINGS`, so a session or profile setting
+        cannot switch its deduplication off.
         """
-        settings: dict[str, Any] = {"insert_deduplication_token": dedup_token} if dedup_token else {}
+        settings: dict[str, Any] = {}
+        if dedup_token:
+            settings.update(self.dedup_settings())
+            settings["insert_deduplication_token"] = dedup_token
         if column_types is not None:
             settings["input_format_native_allow_types_conversion"] = 1
         try:
@@ -404,6 +434,15 @@ class Store:
         except ClickHouseError as exc:
             raise store_error(exc, f"insert into {self.table(table)}", self.settings) from exc
         return int(summary.written_rows)
+
+    def dedup_settings(self) -> dict[str, Any]:
+        """:data:`DEDUP_INSERT_SETTINGS` that this server knows (``deduplicate_insert`` is new in ClickHouse 26)."""
+        if self._dedup_settings is None:
+            known = getattr(self.client, "server_settings", None) or {}
+            # An unknown setting fails the insert: without the server's list, only what every server has.
+            names = known or _DEDUP_SETTINGS_EVERYWHERE
+            self._dedup_settings = {k: v for k, v in DEDUP_INSERT_SETTINGS.items() if k in names}
+        return self._dedup_settings
 
     def query_df(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         """Run a parameter-bound query (``{name:Type}`` placeholders) and return a pandas DataFrame."""
