@@ -9,14 +9,18 @@ For every batch ``[first, last]`` of partition ``p``:
 1. *pre-commit*: the group's committed offset for ``p`` is set to ``first`` with metadata naming the range
    (``clickstream-sink/1 <epoch> <first>-<last>``) — before anything is written;
 2. the valid rows go to ``events`` in one columnar insert, the invalid records to ``dead_letters`` and to the
-   dead-letter topic, both inserts carrying ``insert_deduplication_token = <topic>@<epoch>:<p>:<first>-<last>``;
+   dead-letter topic, both inserts carrying ``insert_deduplication_token =
+   <topic>@<epoch>:<p>:<first>-<last>/<database>/<group>`` (:func:`batch_token`) and settings that keep
+   deduplication on whatever the session or profile says (``store.DEDUP_INSERT_SETTINGS``);
 3. *post-commit*: the committed offset becomes ``last + 1`` (its metadata names the next sealed batch, if any).
 
 A member that starts on a partition (first start, restart after ``kill -9``, rebalance) reads the committed offset
 and metadata: a recorded range is rebuilt exactly — same records, same validation decisions (the Kafka record
 timestamp is the reference time), same token — so rows that were stored but not committed are dropped by the
 engine instead of being doubled. The epoch is the topic's id, so a deleted and re-created topic (whose offsets
-restart at 0) cannot collide with old tokens.
+restart at 0) cannot collide with old tokens; the database and the consumer group are in the token too, so another
+group replaying the topic into the same database (``--group replay``) stores its own copy instead
+of having its inserts dropped as if they were the first group's retries.
 
 **Group inserts.** A round takes the oldest sealed batch of every partition (sealing the open ones) and inserts them
 together: one insert into ``events`` instead of one per partition, which is what following a live stream costs
@@ -155,9 +159,15 @@ _FENCED = (CommitFailedError, IllegalGenerationError, UnknownMemberIdError, Reba
 # --- pure helpers ----------------------------------------------------------------------------------------------
 
 
-def batch_token(topic: str, epoch: str, partition: int, first: int, last: int) -> str:
-    """The ``insert_deduplication_token`` of the batch ``[first, last]`` of ``topic``/``partition``."""
-    return f"{topic}@{epoch}:{partition}:{first}-{last}"
+def batch_token(topic: str, epoch: str, partition: int, first: int, last: int, *, database: str, group: str) -> str:
+    """The ``insert_deduplication_token`` of the batch ``[first, last]`` of ``topic``/``partition``, stored into
+    ``database`` by the consumer group ``group``.
+
+    Everything in it is stable across restarts of the group (so a rebuilt range gets the same token), and another
+    group's batches get other tokens. The group comes last: a topic has no ``/``, a database is an identifier, so
+    any group id (which may hold any character) cannot make two tokens alike.
+    """
+    return f"{topic}@{epoch}:{partition}:{first}-{last}/{database}/{group}"
 
 
 def encode_pending(epoch: str, first: int, last: int) -> str:
@@ -224,14 +234,15 @@ def decode_group(metadata: str | None, epoch: str) -> tuple[Member, ...] | None:
     return tuple(sorted(members))
 
 
-def group_token(topic: str, epoch: str, members: Sequence[Member]) -> str:
+def group_token(topic: str, epoch: str, members: Sequence[Member], *, database: str, group: str) -> str:
     """The ``insert_deduplication_token`` of one insert holding the batches ``members`` of ``topic``.
 
     A digest of the sorted ranges: the same batches always give the same token, and any other set (one batch
-    more or less, one offset different) another one. Distinct from every :func:`batch_token`.
+    more or less, one offset different) another one. Distinct from every :func:`batch_token`; names the database
+    and the consumer group as :func:`batch_token` does.
     """
     digest = hashlib.sha256(_ranges_text(members).encode()).hexdigest()[:32]
-    return f"{topic}@{epoch}:group:{len(members)}:{digest}"
+    return f"{topic}@{epoch}:group:{len(members)}:{digest}/{database}/{group}"
 
 
 def backoff_s(attempt: int, base_s: float = DEFAULT_RETRY_BASE_S, cap_s: float = DEFAULT_RETRY_MAX_S) -> float:
@@ -468,6 +479,7 @@ class _Batch:
     """The records of one partition in one offset range, validated as they arrive."""
 
     __slots__ = (
+        "database",
         "dead",
         "dead_stored",
         "dlq_sent",
@@ -475,6 +487,7 @@ class _Batch:
         "events_stored",
         "first",
         "first_kafka_ms",
+        "group",
         "kafka_ms",
         "last",
         "offsets",
@@ -486,9 +499,11 @@ class _Batch:
         "topic",
     )
 
-    def __init__(self, topic: str, epoch: str, partition: int, started: float) -> None:
+    def __init__(self, topic: str, epoch: str, partition: int, started: float, *, database: str, group: str) -> None:
         self.topic = topic
         self.epoch = epoch
+        self.database = database  # the database and consumer group name the batch's token
+        self.group = group
         self.partition = partition
         self.started = started
         self.first_kafka_ms = 0
@@ -510,7 +525,9 @@ class _Batch:
 
     @property
     def token(self) -> str:
-        return batch_token(self.topic, self.epoch, self.partition, self.first, self.last)
+        return batch_token(
+            self.topic, self.epoch, self.partition, self.first, self.last, database=self.database, group=self.group
+        )
 
     @property
     def event_ms(self) -> list[int]:
@@ -702,6 +719,7 @@ class Sink:
         self._on_batch_stored = on_batch_stored
         self.group_max_batches = group_max_batches
         self._store = store
+        self.database = store.database if store is not None else settings.database  # named by the tokens
         self._owns_store = store is None
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
@@ -860,6 +878,7 @@ class Sink:
         if self._store is None:
             self._store = connect(self.settings)
             self._owns_store = True
+        self.database = self._store.database
         self._check_dedup(self._store)
         self._warn_undeduplicated_views(self._store)
         topics.ensure_topic(self.settings, self.topic)
@@ -1108,7 +1127,7 @@ class Sink:
                 else:
                     batch = state.open
                     if batch is None:
-                        batch = state.open = _Batch(self.topic, self.epoch, state.tp.partition, now)
+                        batch = state.open = self._new_batch(state.tp.partition, now)
                     batch.add_records((r,))
                     state.next_offset = offset + 1
                     n += 1
@@ -1125,7 +1144,7 @@ class Sink:
                 break
             batch = state.open
             if batch is None:
-                batch = state.open = _Batch(self.topic, self.epoch, state.tp.partition, now)
+                batch = state.open = self._new_batch(state.tp.partition, now)
             room = self.batch_max_rows - len(batch)
             if limit is not None:
                 room = min(room, limit - n)
@@ -1361,7 +1380,15 @@ class Sink:
             raise _DeliveryError(f"offset commit failed ({type(exc).__name__}: {exc})") from exc
 
     def _group_token(self, batches: list[_Batch]) -> str:
-        return group_token(self.topic, self.epoch, [b.member for b in batches])
+        return self._token_of_group([b.member for b in batches])
+
+    def _token_of_group(self, members: Sequence[Member]) -> str:
+        return group_token(self.topic, self.epoch, members, database=self.database, group=self.settings.kafka_group_id)
+
+    def _new_batch(self, partition: int, started: float) -> _Batch:
+        return _Batch(
+            self.topic, self.epoch, partition, started, database=self.database, group=self.settings.kafka_group_id
+        )
 
     def _send_dead_letters(self, batches: list[_Batch]) -> None:
         producer = self._producer
@@ -1555,7 +1582,7 @@ class Sink:
             and decode_group(c.metadata, self.epoch) == members
         ]
         mine = [m for m in members if m.partition in own]
-        token = group_token(self.topic, self.epoch, members)
+        token = self._token_of_group(members)
         complete = len(past) + len(naming) == len(members)
         if past and complete:
             logger.info("group insert %s: already settled on %d of its %d partitions", token, len(past), len(members))
@@ -1596,7 +1623,7 @@ class Sink:
     def _read_back(self, members: Sequence[Member]) -> list[_Batch]:
         """The recorded ranges ``members`` read again from Kafka and validated as batches (any partitions)."""
         tps = {m.partition: TopicPartition(self.topic, m.partition) for m in members}
-        batches = {m.partition: _Batch(self.topic, self.epoch, m.partition, time.monotonic()) for m in members}
+        batches = {m.partition: self._new_batch(m.partition, time.monotonic()) for m in members}
         try:
             reader = KafkaConsumer(**self._fetch_config)
         except KafkaError as exc:

@@ -1,5 +1,5 @@
-"""Deduplication that no session setting can switch off — against the real Kafka broker and the real ClickHouse
-engine."""
+"""Deduplication that no session setting can switch off, and tokens per group and database — against the real Kafka
+broker and the real ClickHouse engine."""
 
 from __future__ import annotations
 
@@ -105,3 +105,33 @@ def test_a_retried_insert_is_dropped_even_when_the_session_switches_dedup_off(
     assert rebuilt and crashed[0].token in " ".join(rebuilt), rebuilt  # the same token
     assert _counts(store) == (n, n)
     assert _rollup_events(store) == n
+
+
+def test_a_replay_group_has_its_own_tokens_and_keeps_them_across_a_crash(
+    settings: Settings, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second group replaying the topic into the same database (from the log start) is an explicit replay: its
+    batches are not dropped as the first group's retries, so it stores a second copy — exactly one, even when it
+    crashes between an insert and its commit (its tokens depend only on topic, epoch, ranges, database, group)."""
+    caplog.set_level(logging.INFO, logger="clickstream_lib.consumer")
+    n = 3_000
+    produce(settings, make_values(n, seed=22))
+    main: list[BatchInfo] = []
+    Sink(settings, store, batch_max_rows=500, on_batch_stored=main.append).run(until_idle=2)
+    assert _counts(store) == (n, n)
+
+    replay = settings.replace(kafka_group_id=f"{settings.kafka_group_id}_replay")
+    crashed: list[BatchInfo] = []
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        Sink(replay, store, batch_max_rows=500, on_batch_stored=_crash_after_first_batch(crashed)).run(until_idle=2)
+    assert crashed and crashed[0].token.endswith(f"/{store.database}/{replay.kafka_group_id}")
+    assert crashed[0].token not in {i.token for i in main}
+    Sink(replay, store, batch_max_rows=500).run(until_idle=2)
+
+    rebuilt = [r.getMessage() for r in caplog.records if "rebuilt recorded" in r.getMessage()]
+    assert rebuilt and crashed[0].token in " ".join(rebuilt), rebuilt
+    assert _counts(store) == (2 * n, n)  # two copies, each event exactly twice
+    assert (
+        int(store.scalar(f"SELECT max(c) FROM (SELECT count() AS c FROM {store.table('events')} GROUP BY event_id)"))
+        == 2
+    )
