@@ -19,8 +19,13 @@ and metadata: a recorded range is rebuilt exactly — same records, same validat
 timestamp is the reference time), same token — so rows that were stored but not committed are dropped by the
 engine instead of being doubled. The epoch is the topic's id, so a deleted and re-created topic (whose offsets
 restart at 0) cannot collide with old tokens; the database and the consumer group are in the token too, so another
-group replaying the topic into the same database (``--group replay``) stores its own copy instead
+group replaying the topic into the same database (``--group replay --from-beginning``) stores its own copy instead
 of having its inserts dropped as if they were the first group's retries.
+
+A partition without a committed offset (a new group id, or offsets expired after the group was idle) starts after
+the highest offset already stored from it in ``events``/``dead_letters`` — when the stored record at that offset
+is the one the topic holds there — instead of re-inserting the retained log; ``from_beginning`` replays it
+(:meth:`Sink._start_offsets`).
 
 **Group inserts.** A round takes the oldest sealed batch of every partition (sealing the open ones) and inserts them
 together: one insert into ``events`` instead of one per partition, which is what following a live stream costs
@@ -54,7 +59,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -77,6 +82,7 @@ from .settings import Settings
 from .store import Store, connect, decimal_text
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # Chosen by bench/consume.py: 20k-row inserts reach the engine's bulk rate while a 1 s wait keeps p99 latency
 # within the flush interval + 0.5 s at low rates.
@@ -683,6 +689,9 @@ class Sink:
         consumer_config: extra kafka-python consumer options (e.g. ``session_timeout_ms``).
         on_batch_stored: called after a batch is in ClickHouse and before its offsets are committed (fault tests).
         group_max_batches: how many partitions' batches may share one insert (1: an insert per batch).
+        from_beginning: a partition without a committed offset for the group starts at the log start (a replay)
+            instead of after the highest offset already stored from it (see :meth:`_start_offsets`). Partitions
+            with a committed offset always resume from it.
 
     Example:
         >>> sink = Sink(Settings.from_env())
@@ -702,6 +711,7 @@ class Sink:
         consumer_config: Mapping[str, Any] | None = None,
         on_batch_stored: Callable[[BatchInfo], None] | None = None,
         group_max_batches: int = GROUP_MAX_BATCHES,
+        from_beginning: bool = False,
     ) -> None:
         if batch_max_rows < 1:
             raise ValueError(f"batch_max_rows must be >= 1, got {batch_max_rows}")
@@ -718,6 +728,7 @@ class Sink:
         self._consumer_config = dict(consumer_config or {})
         self._on_batch_stored = on_batch_stored
         self.group_max_batches = group_max_batches
+        self.from_beginning = from_beginning
         self._store = store
         self.database = store.database if store is not None else settings.database  # named by the tokens
         self._owns_store = store is None
@@ -1525,6 +1536,7 @@ class Sink:
         resume: dict[int, int | None] = {}
         for members, own in groups.items():
             resume.update(self._resolve_group(members, own, committed_of))
+        starts = self._start_offsets([tp for tp in tps if (c := committed_of[tp.partition]) is None or c.offset < 0])
         for tp in tps:
             committed = committed_of[tp.partition]
             offset = committed.offset if committed is not None and committed.offset >= 0 else None
@@ -1538,6 +1550,8 @@ class Sink:
                     continue
             if replay is not None and offset is not None and replay[1] < offset:
                 replay = None  # stale: the range is below the committed offset
+            if offset is None:
+                offset = starts.get(tp.partition)  # after what the store holds (not committed until stored)
             self._states[tp.partition] = _PartitionState(tp, offset, replay)
             self._fresh.add(tp.partition)
             # kafka-python keeps the fetch position (and pause flag) of a partition that stays assigned across a
@@ -1549,6 +1563,92 @@ class Sink:
                 consumer.seek_to_beginning(tp)
             if replay is not None:
                 logger.info("partition %d: rebuilding recorded batch %d-%d", tp.partition, *replay)
+
+    def _start_offsets(self, tps: list[TopicPartition]) -> dict[int, int]:
+        """Where the partitions ``tps``, which have no committed offset for the group, start; absent: the log start.
+
+        A new group id, or a group whose offsets expired (Kafka drops them after ``offsets.retention.minutes``, 7
+        days by default, of the group being empty), would otherwise read the retained log from its start and store
+        it again under its own tokens. So a partition starts after the highest offset already stored from it in
+        ``events`` or ``dead_letters`` — unless ``from_beginning`` asks for a replay.
+
+        The stored rows do not name the topic's epoch, and a re-created topic restarts its offsets, so a stored offset
+        is trusted only when it lies below the partition's end and the record Kafka holds at that offset is the one
+        stored there (same event id, or same raw value for a dead letter, and the same Kafka timestamp); otherwise the
+        rows came from an earlier incarnation of the topic and the partition starts at the log start. If Kafka cannot
+        give that record back in time, the offset (below the end) is trusted and a warning says so.
+        """
+        if not tps:
+            return {}
+        group = self.settings.kafka_group_id
+        if self.from_beginning:
+            for tp in tps:
+                logger.info(
+                    "partition %d: no committed offset for group %s: replaying from the log start", tp.partition, group
+                )
+            return {}
+        consumer, store = self._consumer, self._store
+        assert consumer is not None and store is not None
+        stored = self._retrying("reading the offsets stored in ClickHouse", lambda: store.stored_offsets(self.topic))
+        beginning = self._retrying("reading the partitions' log start", lambda: consumer.beginning_offsets(tps))
+        end = self._retrying("reading the partitions' end", lambda: consumer.end_offsets(tps))
+        out: dict[int, int] = {}
+        for tp in tps:
+            last = stored.get(tp.partition)
+            where = f"partition {tp.partition}: no committed offset for group {group}"
+            if last is None:
+                logger.info("%s and nothing stored from it in %s: starting at the log start", where, self.database)
+            elif last >= end[tp] or (last >= beginning[tp] and not self._stored_from_this_log(tp.partition, last)):
+                # A re-created topic: starting after `last` would skip its records up to there.
+                logger.warning(
+                    "%s; %s holds offsets up to %d, but not from this topic's log (it ends at %d%s): starting at the "
+                    "log start",
+                    where,
+                    self.database,
+                    last,
+                    end[tp],
+                    "" if last >= end[tp] else f", and holds another record at {last}",
+                )
+            else:
+                out[tp.partition] = max(last + 1, beginning[tp])
+                logger.warning(
+                    "%s; %s already holds offsets up to %d: starting at %d (--from-beginning would replay the log)",
+                    where,
+                    self.database,
+                    last,
+                    out[tp.partition],
+                )
+        return out
+
+    def _stored_from_this_log(self, partition: int, offset: int) -> bool:
+        """Whether a record stored for ``partition``/``offset`` is the one the topic holds there now."""
+        store = self._store
+        assert store is not None
+        stored = self._retrying("reading a stored record", lambda: store.stored_records(self.topic, partition, offset))
+        try:
+            batches = self._read_back([Member(partition, offset, offset)])
+        except _DeliveryError as exc:
+            logger.warning("partition %d: %s — trusting the stored offset %d", partition, exc, offset)
+            return True
+        if not batches:
+            return False
+        b = batches[0]
+        kafka = (str(b.rows[0][0]), b.kafka_ms[0]) if b.rows else (b.dead[0][0].hex(), b.dead[0][4])
+        return (kafka[0].lower(), kafka[1]) in stored
+
+    def _retrying(self, what: str, fn: Callable[[], _T]) -> _T:
+        """``fn()``, retried with backoff for about a minute while Kafka or ClickHouse fail, then the error."""
+        for attempt in range(1, 100):
+            try:
+                return fn()
+            except Exception as exc:
+                if attempt >= 12 or self._stop.is_set():
+                    if isinstance(exc, KafkaError):
+                        raise topics.unreachable(self.settings, exc) from exc
+                    raise
+                logger.warning("%s failed (%s: %s); retrying", what, type(exc).__name__, exc)
+                time.sleep(backoff_s(attempt, cap_s=self.retry_max_s))
+        raise AssertionError("unreachable")
 
     def _resolve_group(
         self, members: tuple[Member, ...], own: list[int], committed_of: Mapping[int, OffsetAndMetadata | None]

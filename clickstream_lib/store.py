@@ -444,6 +444,39 @@ class Store:
             self._dedup_settings = {k: v for k, v in DEDUP_INSERT_SETTINGS.items() if k in names}
         return self._dedup_settings
 
+    def stored_offsets(self, topic: str) -> dict[int, int]:
+        """The highest Kafka offset stored per partition of ``topic``, in ``events`` and ``dead_letters`` together.
+
+        ``events`` is not ordered by offset (its key serves the dashboards), so this reads its ``kafka_topic``,
+        ``kafka_partition`` and ``kafka_offset`` columns whole (docs/sink.md gives the cost); ``dead_letters`` is
+        ordered by them. The sink asks once per partition that has no committed offset.
+        """
+        rows = self.query_rows(
+            f"SELECT kafka_partition, max(o) FROM ("
+            f"SELECT kafka_partition, max(kafka_offset) AS o FROM {self.table('events')} "
+            "WHERE kafka_topic = {t:String} GROUP BY kafka_partition "
+            "UNION ALL "
+            f"SELECT kafka_partition, max(kafka_offset) AS o FROM {self.table('dead_letters')} "
+            "WHERE kafka_topic = {t:String} GROUP BY kafka_partition"
+            ") GROUP BY kafka_partition",
+            {"t": topic},
+        )
+        return {int(p): int(o) for p, o in rows}
+
+    def stored_records(self, topic: str, partition: int, offset: int) -> set[tuple[str, int]]:
+        """What is stored for one Kafka record position: ``(event_id, kafka ms)`` of each event and ``(raw as hex,
+        kafka ms)`` of each dead letter there — several if a re-created topic's records share the offset. Lets the
+        sink tell whether stored offsets came from the topic's current log."""
+        params = {"t": topic, "p": partition, "o": offset}
+        where = "WHERE kafka_topic = {t:String} AND kafka_partition = {p:UInt32} AND kafka_offset = {o:UInt64}"
+        rows = self.query_rows(
+            f"SELECT toString(event_id), toUnixTimestamp64Milli(kafka_timestamp) FROM {self.table('events')} "
+            f"{where} UNION ALL "
+            f"SELECT hex(raw), toUnixTimestamp64Milli(kafka_timestamp) FROM {self.table('dead_letters')} {where}",
+            params,
+        )
+        return {(str(key).lower(), int(ms)) for key, ms in rows}
+
     def query_df(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         """Run a parameter-bound query (``{name:Type}`` placeholders) and return a pandas DataFrame."""
         with self._lock:
