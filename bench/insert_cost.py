@@ -48,7 +48,7 @@ def insert_columns(n_rows: int, size: int, seed: int = 1) -> list[list[list[Any]
     _keys, values = Generator(seed=seed, n_users=100_000, n_items=10_000).batch(n_rows, now_ms=now_ms).keys_values()
     chunks = []
     for i in range(0, n_rows, size):
-        b = _Batch("bench", "e", i // size % 6, 0.0)
+        b = _Batch("bench", "e", i // size % 6, 0.0, database="bench", group="bench")
         b.add_records([_Record(i + j, now_ms, None, v) for j, v in enumerate(values[i : i + size])])
         chunks.append(b.event_columns())
     return chunks

@@ -300,15 +300,27 @@ def _add_consume(sub: argparse._SubParsersAction) -> None:
             "Invalid messages go to the dead-letter topic and the dead_letters table.\n"
             "Runs until SIGTERM/Ctrl-C (finishes the batch, commits, exits 0), --until-idle or --max-events.\n"
             "Several `clickstream consume` processes in one group split the partitions; with the embedded store "
-            "(chdb) only one process may open a data directory, so run several consumers against a ClickHouse server."
+            "(chdb) only one process may open a data directory, so run several consumers against a ClickHouse server.\n"
+            "A partition the group has no committed offset for (a new --group, or offsets expired after a week idle) "
+            "starts after the highest offset already stored from it, so the retained log is not stored twice; "
+            "--from-beginning replays it instead. Another group's batches have their own deduplication tokens: "
+            "`--group replay --from-beginning` into the same database stores a second copy (use it with a fresh "
+            "CLICKHOUSE_DATABASE to rebuild one)."
         ),
         epilog=(
             "examples:\n  clickstream consume --until-idle 5\n  clickstream consume --group replay --max-events 10000\n"
+            "  CLICKHOUSE_DATABASE=rebuilt clickstream consume --group rebuild --from-beginning --until-idle 5\n"
             "  clickstream consume --stats"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--group", help="consumer group id (default: KAFKA_GROUP_ID)")
+    p.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="partitions without a committed offset for the group start at the log start (a replay), not after "
+        "what the database already holds",
+    )
     p.add_argument("--until-idle", type=float, metavar="SECONDS", help="exit once no message arrived for SECONDS")
     p.add_argument("--max-events", type=int, metavar="N", help="exit after N messages are stored and committed")
     p.add_argument("--stats", action="store_true", help="live figures every 2 s on stderr, a JSON summary at exit")
@@ -367,7 +379,11 @@ def _cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     if args.batch_max_rows < 1 or args.batch_max_wait <= 0:
         raise ConfigError("--batch-max-rows/--batch-max-wait", "must be positive")
     sink = Sink(
-        settings, batch_max_rows=args.batch_max_rows, batch_max_wait_s=args.batch_max_wait, instance_id=args.instance_id
+        settings,
+        batch_max_rows=args.batch_max_rows,
+        batch_max_wait_s=args.batch_max_wait,
+        instance_id=args.instance_id,
+        from_beginning=args.from_beginning,
     )
     interrupted = {"n": 0}
 

@@ -9,14 +9,23 @@ For every batch ``[first, last]`` of partition ``p``:
 1. *pre-commit*: the group's committed offset for ``p`` is set to ``first`` with metadata naming the range
    (``clickstream-sink/1 <epoch> <first>-<last>``) — before anything is written;
 2. the valid rows go to ``events`` in one columnar insert, the invalid records to ``dead_letters`` and to the
-   dead-letter topic, both inserts carrying ``insert_deduplication_token = <topic>@<epoch>:<p>:<first>-<last>``;
+   dead-letter topic, both inserts carrying ``insert_deduplication_token =
+   <topic>@<epoch>:<p>:<first>-<last>/<database>/<group>`` (:func:`batch_token`) and settings that keep
+   deduplication on whatever the session or profile says (``store.DEDUP_INSERT_SETTINGS``);
 3. *post-commit*: the committed offset becomes ``last + 1`` (its metadata names the next sealed batch, if any).
 
 A member that starts on a partition (first start, restart after ``kill -9``, rebalance) reads the committed offset
 and metadata: a recorded range is rebuilt exactly — same records, same validation decisions (the Kafka record
 timestamp is the reference time), same token — so rows that were stored but not committed are dropped by the
 engine instead of being doubled. The epoch is the topic's id, so a deleted and re-created topic (whose offsets
-restart at 0) cannot collide with old tokens.
+restart at 0) cannot collide with old tokens; the database and the consumer group are in the token too, so another
+group replaying the topic into the same database (``--group replay --from-beginning``) stores its own copy instead
+of having its inserts dropped as if they were the first group's retries.
+
+A partition without a committed offset (a new group id, or offsets expired after the group was idle) starts after
+the highest offset already stored from it in ``events``/``dead_letters`` — when the stored record at that offset
+is the one the topic holds there — instead of re-inserting the retained log; ``from_beginning`` replays it
+(:meth:`Sink._start_offsets`).
 
 **Group inserts.** A round takes the oldest sealed batch of every partition (sealing the open ones) and inserts them
 together: one insert into ``events`` instead of one per partition, which is what following a live stream costs
@@ -50,7 +59,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -73,6 +82,7 @@ from .settings import Settings
 from .store import Store, connect, decimal_text
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # Chosen by bench/consume.py: 20k-row inserts reach the engine's bulk rate while a 1 s wait keeps p99 latency
 # within the flush interval + 0.5 s at low rates.
@@ -155,9 +165,15 @@ _FENCED = (CommitFailedError, IllegalGenerationError, UnknownMemberIdError, Reba
 # --- pure helpers ----------------------------------------------------------------------------------------------
 
 
-def batch_token(topic: str, epoch: str, partition: int, first: int, last: int) -> str:
-    """The ``insert_deduplication_token`` of the batch ``[first, last]`` of ``topic``/``partition``."""
-    return f"{topic}@{epoch}:{partition}:{first}-{last}"
+def batch_token(topic: str, epoch: str, partition: int, first: int, last: int, *, database: str, group: str) -> str:
+    """The ``insert_deduplication_token`` of the batch ``[first, last]`` of ``topic``/``partition``, stored into
+    ``database`` by the consumer group ``group``.
+
+    Everything in it is stable across restarts of the group (so a rebuilt range gets the same token), and another
+    group's batches get other tokens. The group comes last: a topic has no ``/``, a database is an identifier, so
+    any group id (which may hold any character) cannot make two tokens alike.
+    """
+    return f"{topic}@{epoch}:{partition}:{first}-{last}/{database}/{group}"
 
 
 def encode_pending(epoch: str, first: int, last: int) -> str:
@@ -224,14 +240,15 @@ def decode_group(metadata: str | None, epoch: str) -> tuple[Member, ...] | None:
     return tuple(sorted(members))
 
 
-def group_token(topic: str, epoch: str, members: Sequence[Member]) -> str:
+def group_token(topic: str, epoch: str, members: Sequence[Member], *, database: str, group: str) -> str:
     """The ``insert_deduplication_token`` of one insert holding the batches ``members`` of ``topic``.
 
     A digest of the sorted ranges: the same batches always give the same token, and any other set (one batch
-    more or less, one offset different) another one. Distinct from every :func:`batch_token`.
+    more or less, one offset different) another one. Distinct from every :func:`batch_token`; names the database
+    and the consumer group as :func:`batch_token` does.
     """
     digest = hashlib.sha256(_ranges_text(members).encode()).hexdigest()[:32]
-    return f"{topic}@{epoch}:group:{len(members)}:{digest}"
+    return f"{topic}@{epoch}:group:{len(members)}:{digest}/{database}/{group}"
 
 
 def backoff_s(attempt: int, base_s: float = DEFAULT_RETRY_BASE_S, cap_s: float = DEFAULT_RETRY_MAX_S) -> float:
@@ -468,6 +485,7 @@ class _Batch:
     """The records of one partition in one offset range, validated as they arrive."""
 
     __slots__ = (
+        "database",
         "dead",
         "dead_stored",
         "dlq_sent",
@@ -475,6 +493,7 @@ class _Batch:
         "events_stored",
         "first",
         "first_kafka_ms",
+        "group",
         "kafka_ms",
         "last",
         "offsets",
@@ -486,9 +505,11 @@ class _Batch:
         "topic",
     )
 
-    def __init__(self, topic: str, epoch: str, partition: int, started: float) -> None:
+    def __init__(self, topic: str, epoch: str, partition: int, started: float, *, database: str, group: str) -> None:
         self.topic = topic
         self.epoch = epoch
+        self.database = database  # the database and consumer group name the batch's token
+        self.group = group
         self.partition = partition
         self.started = started
         self.first_kafka_ms = 0
@@ -510,7 +531,9 @@ class _Batch:
 
     @property
     def token(self) -> str:
-        return batch_token(self.topic, self.epoch, self.partition, self.first, self.last)
+        return batch_token(
+            self.topic, self.epoch, self.partition, self.first, self.last, database=self.database, group=self.group
+        )
 
     @property
     def event_ms(self) -> list[int]:
@@ -666,6 +689,9 @@ class Sink:
         consumer_config: extra kafka-python consumer options (e.g. ``session_timeout_ms``).
         on_batch_stored: called after a batch is in ClickHouse and before its offsets are committed (fault tests).
         group_max_batches: how many partitions' batches may share one insert (1: an insert per batch).
+        from_beginning: a partition without a committed offset for the group starts at the log start (a replay)
+            instead of after the highest offset already stored from it (see :meth:`_start_offsets`). Partitions
+            with a committed offset always resume from it.
 
     Example:
         >>> sink = Sink(Settings.from_env())
@@ -685,6 +711,7 @@ class Sink:
         consumer_config: Mapping[str, Any] | None = None,
         on_batch_stored: Callable[[BatchInfo], None] | None = None,
         group_max_batches: int = GROUP_MAX_BATCHES,
+        from_beginning: bool = False,
     ) -> None:
         if batch_max_rows < 1:
             raise ValueError(f"batch_max_rows must be >= 1, got {batch_max_rows}")
@@ -701,7 +728,9 @@ class Sink:
         self._consumer_config = dict(consumer_config or {})
         self._on_batch_stored = on_batch_stored
         self.group_max_batches = group_max_batches
+        self.from_beginning = from_beginning
         self._store = store
+        self.database = store.database if store is not None else settings.database  # named by the tokens
         self._owns_store = store is None
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
@@ -860,6 +889,7 @@ class Sink:
         if self._store is None:
             self._store = connect(self.settings)
             self._owns_store = True
+        self.database = self._store.database
         self._check_dedup(self._store)
         self._warn_undeduplicated_views(self._store)
         topics.ensure_topic(self.settings, self.topic)
@@ -1108,7 +1138,7 @@ class Sink:
                 else:
                     batch = state.open
                     if batch is None:
-                        batch = state.open = _Batch(self.topic, self.epoch, state.tp.partition, now)
+                        batch = state.open = self._new_batch(state.tp.partition, now)
                     batch.add_records((r,))
                     state.next_offset = offset + 1
                     n += 1
@@ -1125,7 +1155,7 @@ class Sink:
                 break
             batch = state.open
             if batch is None:
-                batch = state.open = _Batch(self.topic, self.epoch, state.tp.partition, now)
+                batch = state.open = self._new_batch(state.tp.partition, now)
             room = self.batch_max_rows - len(batch)
             if limit is not None:
                 room = min(room, limit - n)
@@ -1361,7 +1391,15 @@ class Sink:
             raise _DeliveryError(f"offset commit failed ({type(exc).__name__}: {exc})") from exc
 
     def _group_token(self, batches: list[_Batch]) -> str:
-        return group_token(self.topic, self.epoch, [b.member for b in batches])
+        return self._token_of_group([b.member for b in batches])
+
+    def _token_of_group(self, members: Sequence[Member]) -> str:
+        return group_token(self.topic, self.epoch, members, database=self.database, group=self.settings.kafka_group_id)
+
+    def _new_batch(self, partition: int, started: float) -> _Batch:
+        return _Batch(
+            self.topic, self.epoch, partition, started, database=self.database, group=self.settings.kafka_group_id
+        )
 
     def _send_dead_letters(self, batches: list[_Batch]) -> None:
         producer = self._producer
@@ -1498,6 +1536,7 @@ class Sink:
         resume: dict[int, int | None] = {}
         for members, own in groups.items():
             resume.update(self._resolve_group(members, own, committed_of))
+        starts = self._start_offsets([tp for tp in tps if (c := committed_of[tp.partition]) is None or c.offset < 0])
         for tp in tps:
             committed = committed_of[tp.partition]
             offset = committed.offset if committed is not None and committed.offset >= 0 else None
@@ -1511,6 +1550,8 @@ class Sink:
                     continue
             if replay is not None and offset is not None and replay[1] < offset:
                 replay = None  # stale: the range is below the committed offset
+            if offset is None:
+                offset = starts.get(tp.partition)  # after what the store holds (not committed until stored)
             self._states[tp.partition] = _PartitionState(tp, offset, replay)
             self._fresh.add(tp.partition)
             # kafka-python keeps the fetch position (and pause flag) of a partition that stays assigned across a
@@ -1522,6 +1563,92 @@ class Sink:
                 consumer.seek_to_beginning(tp)
             if replay is not None:
                 logger.info("partition %d: rebuilding recorded batch %d-%d", tp.partition, *replay)
+
+    def _start_offsets(self, tps: list[TopicPartition]) -> dict[int, int]:
+        """Where the partitions ``tps``, which have no committed offset for the group, start; absent: the log start.
+
+        A new group id, or a group whose offsets expired (Kafka drops them after ``offsets.retention.minutes``, 7
+        days by default, of the group being empty), would otherwise read the retained log from its start and store
+        it again under its own tokens. So a partition starts after the highest offset already stored from it in
+        ``events`` or ``dead_letters`` — unless ``from_beginning`` asks for a replay.
+
+        The stored rows do not name the topic's epoch, and a re-created topic restarts its offsets, so a stored offset
+        is trusted only when it lies below the partition's end and the record Kafka holds at that offset is the one
+        stored there (same event id, or same raw value for a dead letter, and the same Kafka timestamp); otherwise the
+        rows came from an earlier incarnation of the topic and the partition starts at the log start. If Kafka cannot
+        give that record back in time, the offset (below the end) is trusted and a warning says so.
+        """
+        if not tps:
+            return {}
+        group = self.settings.kafka_group_id
+        if self.from_beginning:
+            for tp in tps:
+                logger.info(
+                    "partition %d: no committed offset for group %s: replaying from the log start", tp.partition, group
+                )
+            return {}
+        consumer, store = self._consumer, self._store
+        assert consumer is not None and store is not None
+        stored = self._retrying("reading the offsets stored in ClickHouse", lambda: store.stored_offsets(self.topic))
+        beginning = self._retrying("reading the partitions' log start", lambda: consumer.beginning_offsets(tps))
+        end = self._retrying("reading the partitions' end", lambda: consumer.end_offsets(tps))
+        out: dict[int, int] = {}
+        for tp in tps:
+            last = stored.get(tp.partition)
+            where = f"partition {tp.partition}: no committed offset for group {group}"
+            if last is None:
+                logger.info("%s and nothing stored from it in %s: starting at the log start", where, self.database)
+            elif last >= end[tp] or (last >= beginning[tp] and not self._stored_from_this_log(tp.partition, last)):
+                # A re-created topic: starting after `last` would skip its records up to there.
+                logger.warning(
+                    "%s; %s holds offsets up to %d, but not from this topic's log (it ends at %d%s): starting at the "
+                    "log start",
+                    where,
+                    self.database,
+                    last,
+                    end[tp],
+                    "" if last >= end[tp] else f", and holds another record at {last}",
+                )
+            else:
+                out[tp.partition] = max(last + 1, beginning[tp])
+                logger.warning(
+                    "%s; %s already holds offsets up to %d: starting at %d (--from-beginning would replay the log)",
+                    where,
+                    self.database,
+                    last,
+                    out[tp.partition],
+                )
+        return out
+
+    def _stored_from_this_log(self, partition: int, offset: int) -> bool:
+        """Whether a record stored for ``partition``/``offset`` is the one the topic holds there now."""
+        store = self._store
+        assert store is not None
+        stored = self._retrying("reading a stored record", lambda: store.stored_records(self.topic, partition, offset))
+        try:
+            batches = self._read_back([Member(partition, offset, offset)])
+        except _DeliveryError as exc:
+            logger.warning("partition %d: %s — trusting the stored offset %d", partition, exc, offset)
+            return True
+        if not batches:
+            return False
+        b = batches[0]
+        kafka = (str(b.rows[0][0]), b.kafka_ms[0]) if b.rows else (b.dead[0][0].hex(), b.dead[0][4])
+        return (kafka[0].lower(), kafka[1]) in stored
+
+    def _retrying(self, what: str, fn: Callable[[], _T]) -> _T:
+        """``fn()``, retried with backoff for about a minute while Kafka or ClickHouse fail, then the error."""
+        for attempt in range(1, 100):
+            try:
+                return fn()
+            except Exception as exc:
+                if attempt >= 12 or self._stop.is_set():
+                    if isinstance(exc, KafkaError):
+                        raise topics.unreachable(self.settings, exc) from exc
+                    raise
+                logger.warning("%s failed (%s: %s); retrying", what, type(exc).__name__, exc)
+                time.sleep(backoff_s(attempt, cap_s=self.retry_max_s))
+        raise AssertionError("unreachable")
 
     def _resolve_group(
         self, members: tuple[Member, ...], own: list[int], committed_of: Mapping[int, OffsetAndMetadata | None]
@@ -1555,7 +1682,7 @@ class Sink:
             and decode_group(c.metadata, self.epoch) == members
         ]
         mine = [m for m in members if m.partition in own]
-        token = group_token(self.topic, self.epoch, members)
+        token = self._token_of_group(members)
         complete = len(past) + len(naming) == len(members)
         if past and complete:
             logger.info("group insert %s: already settled on %d of its %d partitions", token, len(past), len(members))
@@ -1596,7 +1723,7 @@ class Sink:
     def _read_back(self, members: Sequence[Member]) -> list[_Batch]:
         """The recorded ranges ``members`` read again from Kafka and validated as batches (any partitions)."""
         tps = {m.partition: TopicPartition(self.topic, m.partition) for m in members}
-        batches = {m.partition: _Batch(self.topic, self.epoch, m.partition, time.monotonic()) for m in members}
+        batches = {m.partition: self._new_batch(m.partition, time.monotonic()) for m in members}
         try:
             reader = KafkaConsumer(**self._fetch_config)
         except KafkaError as exc:

@@ -42,6 +42,29 @@ logger = logging.getLogger(__name__)
 # on it for effectively-once delivery; 0 (the engine default) silently ignores tokens.
 DEDUP_WINDOW = 100_000
 
+# Sent with every insert that carries a deduplication token, so no session, user profile or engine default can turn
+# deduplication off for it (measured on chdb 26.9, tests/integration/test_sink_dedup.py): ``deduplicate_insert``
+# (ClickHouse 26.x) supersedes ``insert_deduplicate``, which older servers use; ``async_insert = 0`` keeps the insert
+# on the synchronous path the tokens were measured on (the engine's default is 1); without
+# ``deduplicate_blocks_in_dependent_materialized_views`` a replayed block is dropped from ``events`` but counted
+# again in every rollup; on a cluster, ``distributed_foreground_insert`` makes the Distributed ``events`` table
+# insert into the shards before it returns, token included, instead of queueing the rows. A setting the server does
+# not know is left out (see :meth:`Store.dedup_settings`).
+DEDUP_INSERT_SETTINGS: dict[str, Any] = {
+    "deduplicate_insert": "enable",
+    "insert_deduplicate": 1,
+    "async_insert": 0,
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+    "distributed_foreground_insert": 1,
+    "insert_distributed_sync": 1,  # its name before ClickHouse 23.7
+}
+# What every server the sink supports knows: sent when the server's list of settings cannot be read.
+_DEDUP_SETTINGS_EVERYWHERE = (
+    "insert_deduplicate",
+    "async_insert",
+    "deduplicate_blocks_in_dependent_materialized_views",
+)
+
 # ClickHouse's MEMORY_LIMIT_EXCEEDED: a query (or the whole engine) would pass its memory limit.
 MEMORY_LIMIT_EXCEEDED = 241
 
@@ -331,6 +354,7 @@ class Store:
         self.database = database
         self._lock = threading.Lock()
         self._read_only: Client | None = None
+        self._dedup_settings: dict[str, Any] | None = None
 
     @property
     def embedded(self) -> bool:
@@ -393,8 +417,14 @@ class Store:
         engine converts on insert (``input_format_native_allow_types_conversion``). Sending a ``LowCardinality``,
         ``UUID`` or ``Decimal`` column as ``String`` lets clickhouse-connect write it in one C call instead of
         converting it value by value in Python (see :func:`decimal_text` for what a Decimal column must hold then).
+
+        With ``dedup_token`` the insert also carries :data:`DEDUP_INSERT_SETTINGS`, so a session or profile setting
+        cannot switch its deduplication off.
         """
-        settings: dict[str, Any] = {"insert_deduplication_token": dedup_token} if dedup_token else {}
+        settings: dict[str, Any] = {}
+        if dedup_token:
+            settings.update(self.dedup_settings())
+            settings["insert_deduplication_token"] = dedup_token
         if column_types is not None:
             settings["input_format_native_allow_types_conversion"] = 1
         try:
@@ -410,6 +440,48 @@ class Store:
         except ClickHouseError as exc:
             raise store_error(exc, f"insert into {self.table(table)}", self.settings) from exc
         return int(summary.written_rows)
+
+    def dedup_settings(self) -> dict[str, Any]:
+        """:data:`DEDUP_INSERT_SETTINGS` that this server knows (``deduplicate_insert`` is new in ClickHouse 26)."""
+        if self._dedup_settings is None:
+            known = getattr(self.client, "server_settings", None) or {}
+            # An unknown setting fails the insert: without the server's list, only what every server has.
+            names = known or _DEDUP_SETTINGS_EVERYWHERE
+            self._dedup_settings = {k: v for k, v in DEDUP_INSERT_SETTINGS.items() if k in names}
+        return self._dedup_settings
+
+    def stored_offsets(self, topic: str) -> dict[int, int]:
+        """The highest Kafka offset stored per partition of ``topic``, in ``events`` and ``dead_letters`` together.
+
+        ``events`` is not ordered by offset (its key serves the dashboards), so this reads its ``kafka_topic``,
+        ``kafka_partition`` and ``kafka_offset`` columns whole (docs/sink.md gives the cost); ``dead_letters`` is
+        ordered by them. The sink asks once per partition that has no committed offset.
+        """
+        rows = self.query_rows(
+            f"SELECT kafka_partition, max(o) FROM ("
+            f"SELECT kafka_partition, max(kafka_offset) AS o FROM {self.table('events')} "
+            "WHERE kafka_topic = {t:String} GROUP BY kafka_partition "
+            "UNION ALL "
+            f"SELECT kafka_partition, max(kafka_offset) AS o FROM {self.table('dead_letters')} "
+            "WHERE kafka_topic = {t:String} GROUP BY kafka_partition"
+            ") GROUP BY kafka_partition",
+            {"t": topic},
+        )
+        return {int(p): int(o) for p, o in rows}
+
+    def stored_records(self, topic: str, partition: int, offset: int) -> set[tuple[str, int]]:
+        """What is stored for one Kafka record position: ``(event_id, kafka ms)`` of each event and ``(raw as hex,
+        kafka ms)`` of each dead letter there — several if a re-created topic's records share the offset. Lets the
+        sink tell whether stored offsets came from the topic's current log."""
+        params = {"t": topic, "p": partition, "o": offset}
+        where = "WHERE kafka_topic = {t:String} AND kafka_partition = {p:UInt32} AND kafka_offset = {o:UInt64}"
+        rows = self.query_rows(
+            f"SELECT toString(event_id), toUnixTimestamp64Milli(kafka_timestamp) FROM {self.table('events')} "
+            f"{where} UNION ALL "
+            f"SELECT hex(raw), toUnixTimestamp64Milli(kafka_timestamp) FROM {self.table('dead_letters')} {where}",
+            params,
+        )
+        return {(str(key).lower(), int(ms)) for key, ms in rows}
 
     def query_df(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         """Run a parameter-bound query (``{name:Type}`` placeholders) and return a pandas DataFrame."""

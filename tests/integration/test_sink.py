@@ -231,7 +231,7 @@ def test_rows_are_stored_as_clickhouse_connect_stores_them_from_python_values(se
         elif i % 3 == 1:
             msg["event_id"] = str(uuid.uuid4()).upper()  # normalised by events.parse
         values.append(orjson.dumps(msg))
-    batch = _Batch(settings.kafka_topic, "e", 2, 0.0)
+    batch = _Batch(settings.kafka_topic, "e", 2, 0.0, database=store.database, group=settings.kafka_group_id)
     for offset, value in enumerate(values):
         batch.add(offset, now_ms, None, value)
     assert len(batch.rows) == len(values)

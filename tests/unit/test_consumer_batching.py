@@ -51,8 +51,18 @@ def _event(ts_ms: int, **kw: object) -> bytes:
     )
 
 
-def test_token_names_topic_epoch_partition_and_range() -> None:
-    assert batch_token("clicks", "a1b2c3", 4, 100, 199) == "clicks@a1b2c3:4:100-199"
+def test_token_names_topic_epoch_partition_range_database_and_group() -> None:
+    token = batch_token("clicks", "a1b2c3", 4, 100, 199, database="clickstream", group="clickstream-sink")
+    assert token == "clicks@a1b2c3:4:100-199/clickstream/clickstream-sink"
+    # Another group or database replaying the same range gets its own token, so its insert is not dropped as if it
+    # were this group's retry; a group id may hold any character, yet two (database, group) pairs never collide.
+    others = {
+        batch_token("clicks", "a1b2c3", 4, 100, 199, database="clickstream", group="replay"),
+        batch_token("clicks", "a1b2c3", 4, 100, 199, database="rebuilt", group="clickstream-sink"),
+        batch_token("clicks", "a1b2c3", 4, 100, 199, database="a", group="b/c"),
+        batch_token("clicks", "a1b2c3", 4, 100, 199, database="a_b", group="c"),
+    }
+    assert token not in others and len(others) == 4
 
 
 def test_pending_range_round_trips_and_rejects_what_it_did_not_write() -> None:
@@ -92,17 +102,21 @@ def test_group_record_round_trips_and_rejects_what_it_did_not_write() -> None:
 
 def test_group_token_names_exactly_one_set_of_ranges() -> None:
     members = [Member(0, 100, 199), Member(3, 7, 7)]
-    token = group_token("clicks", "e1", members)
-    assert token == group_token("clicks", "e1", list(reversed(members)))  # the order they were read in is no matter
-    assert token.startswith("clicks@e1:group:2:")
+    ids = {"database": "clickstream", "group": "clickstream-sink"}
+    token = group_token("clicks", "e1", members, **ids)
+    # the order they were read in is no matter
+    assert token == group_token("clicks", "e1", list(reversed(members)), **ids)
+    assert token.startswith("clicks@e1:group:2:") and token.endswith("/clickstream/clickstream-sink")
     others = {
-        group_token("clicks", "e2", members),
-        group_token("views", "e1", members),
-        group_token("clicks", "e1", [Member(0, 100, 199), Member(3, 7, 8)]),
-        group_token("clicks", "e1", [*members, Member(4, 0, 0)]),
-        batch_token("clicks", "e1", 0, 100, 199),
+        group_token("clicks", "e2", members, **ids),
+        group_token("views", "e1", members, **ids),
+        group_token("clicks", "e1", [Member(0, 100, 199), Member(3, 7, 8)], **ids),
+        group_token("clicks", "e1", [*members, Member(4, 0, 0)], **ids),
+        group_token("clicks", "e1", members, database="clickstream", group="replay"),
+        group_token("clicks", "e1", members, database="other", group="clickstream-sink"),
+        batch_token("clicks", "e1", 0, 100, 199, **ids),
     }
-    assert token not in others and len(others) == 5
+    assert token not in others and len(others) == 7
 
 
 def test_backoff_doubles_and_is_capped() -> None:
@@ -110,7 +124,7 @@ def test_backoff_doubles_and_is_capped() -> None:
 
 
 def _build(records: list[tuple[int, int, bytes | None]]) -> _Batch:
-    b = _Batch("clicks", "e1", 2, started=0.0)
+    b = _Batch("clicks", "e1", 2, started=0.0, database="clickstream", group="g")
     for offset, ts, value in records:
         b.add(offset, ts, None, value)
     return b
@@ -126,7 +140,7 @@ def test_a_replayed_range_gives_the_same_rows_and_decisions() -> None:
         (15, T0, None),
     ]
     first, again = _build(records), _build(records)
-    assert (first.first, first.last, first.token) == (10, 15, "clicks@e1:2:10-15")
+    assert (first.first, first.last, first.token) == (10, 15, "clicks@e1:2:10-15/clickstream/g")
     assert first.event_columns() == again.event_columns()
     assert first.dead_columns() == again.dead_columns()
     cols = dict(zip(EVENT_COLUMNS, first.event_columns(), strict=True))
@@ -224,6 +238,11 @@ def _records(first: int, n: int, gap_at: int | None = None) -> list[_Record]:
         out.append(_Record(offset, T0, b"k", value))
         offset += 1
     return out
+
+
+# What a sink built from Settings() names in its tokens: the database and the consumer group.
+_IDS = {"database": "clickstream", "group": "clickstream-sink"}
+_SUFFIX = "/clickstream/clickstream-sink"
 
 
 def _sink(batch_max_rows: int) -> Sink:
@@ -338,7 +357,7 @@ def test_the_insert_runs_on_its_own_thread_between_the_pre_and_post_commit() -> 
     fake_store.release.set()
     assert sink._inflight[1].result(5) is None
     assert sink._finish_round()
-    token = f"{sink.topic}@e1:2:100-104"
+    token = f"{sink.topic}@e1:2:100-104{_SUFFIX}"
     assert log[1] == f"insert events {token} 5 rows on inserter_0"
     assert log[2] == f"commit p2 105 '{encode_pending('e1', 105, 109)}'"  # post-commit names the next batch
     assert state.committed == 105 and len(state.sealed) == 1 and state.sealed[0].precommitted
@@ -358,7 +377,7 @@ def test_a_failed_insert_commits_nothing_and_the_same_batch_is_retried() -> None
     batch = state.sealed[0]
     assert sink._deliver_round()
     assert state.sealed[0] is not batch and state.committed == 105
-    assert log[-2].startswith(f"insert events {sink.topic}@e1:2:100-104 5 rows")  # same range, same token
+    assert log[-2].startswith(f"insert events {sink.topic}@e1:2:100-104{_SUFFIX} 5 rows")  # same range, same token
     sink._inserter.shutdown()
 
 
@@ -490,7 +509,7 @@ def test_a_round_takes_every_partition_into_one_insert() -> None:
     assert sink._deliver_round()
     members = [Member(0, 0, 2), Member(2, 20, 22)]
     meta = encode_group("e1", members)
-    token = group_token(sink.topic, "e1", members)
+    token = group_token(sink.topic, "e1", members, **_IDS)
     # The open batches were sealed to join the round; both partitions record the whole group before the insert.
     assert log == [
         f"commit p0 0 {meta!r}",
@@ -515,7 +534,7 @@ def test_a_failed_group_insert_is_retried_with_exactly_the_same_batches() -> Non
     sink._take(state, [_Record(20, T0, None, _event(T0 - 1_000))], 0.0)
     fake_store.fail = False
     assert sink._deliver_round()
-    token = group_token(sink.topic, "e1", [Member(0, 0, 2), Member(1, 10, 12)])
+    token = group_token(sink.topic, "e1", [Member(0, 0, 2), Member(1, 10, 12)], **_IDS)
     inserts = [line for line in log if line.startswith("insert")]
     assert inserts == [f"insert events {token} 6 rows on inserter_0"]
     assert [line for line in log if line.startswith("commit")].count(
@@ -523,7 +542,9 @@ def test_a_failed_group_insert_is_retried_with_exactly_the_same_batches() -> Non
     ) == 1
     assert state.open is not None and not state.sealed  # not taken into the retried round
     assert sink._deliver_round()
-    assert log[-2] == f"insert events {sink.topic}@e1:2:20-20 1 rows on inserter_0"  # a round of one: its own token
+    assert (
+        log[-2] == f"insert events {sink.topic}@e1:2:20-20{_SUFFIX} 1 rows on inserter_0"
+    )  # a round of one: its own token
     sink._inserter.shutdown()
 
 
@@ -539,8 +560,8 @@ def test_group_max_batches_one_inserts_each_batch_alone() -> None:
         f"commit p1 10 {encode_pending('e1', 10, 12)!r}",
     ]
     assert [line.split(" on ")[0] for line in log if line.startswith("insert")] == [
-        f"insert events {sink.topic}@e1:0:0-2 3 rows",
-        f"insert events {sink.topic}@e1:1:10-12 3 rows",
+        f"insert events {sink.topic}@e1:0:0-2{_SUFFIX} 3 rows",
+        f"insert events {sink.topic}@e1:1:10-12{_SUFFIX} 3 rows",
     ]
     with pytest.raises(ValueError, match="group_max_batches"):
         Sink(Settings(), group_max_batches=0)
@@ -580,10 +601,10 @@ def test_a_rebuilt_recorded_batch_is_inserted_alone_under_its_own_token() -> Non
     assert state.sealed and state.sealed[0].replayed
     assert sink._deliver_round()
     assert [line.split(" on ")[0] for line in log if line.startswith("insert")] == [
-        f"insert events {sink.topic}@e1:1:10-12 3 rows"
+        f"insert events {sink.topic}@e1:1:10-12{_SUFFIX} 3 rows"
     ]
     assert sink._deliver_round()  # then the others, together
-    token = group_token(sink.topic, "e1", [Member(0, 0, 2), Member(2, 20, 22)])
+    token = group_token(sink.topic, "e1", [Member(0, 0, 2), Member(2, 20, 22)], **_IDS)
     assert log[-3].startswith(f"insert events {token} 6 rows")
     assert sink._inserter is not None
     sink._inserter.shutdown()
