@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     def hook(info: BatchInfo) -> None:
         nonlocal seen
         seen += 1
+        print(f"stored batch {info.token}", file=sys.stderr, flush=True)  # tests time their kills by it
         if args.kill_at_batch and seen >= args.kill_at_batch:
             print(json.dumps({"killed_after": info.token}), flush=True)
             os.kill(os.getpid(), signal.SIGKILL)

@@ -25,6 +25,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 POISON = [b"not json", b"\xff\xfe{", b"[1, 2]", b'{"user_id": "u"}', None]
 
 
+def _stored_since(log: Path, mark: int, timeout_s: float) -> bool:
+    """Wait until the worker log, past byte ``mark``, says a batch was stored; False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log.exists():
+            with log.open("rb") as f:
+                f.seek(mark)
+                if b"stored batch" in f.read():
+                    return True
+        time.sleep(0.1)
+    return False
+
+
 def _final_run(env: dict[str, str], log: Path) -> dict:
     proc = spawn(env, "--instance-id", "w1", "--until-idle", "4", log=log)
     out, _ = proc.communicate(timeout=600)
@@ -43,8 +56,13 @@ def test_kill9_at_random_moments_while_producing(settings: Settings, tmp_path: P
     rng = random.Random(7)
     try:
         for _ in range(10):
+            if not producing.is_alive():
+                break
+            mark = log.stat().st_size if log.exists() else 0
             proc = spawn(env, "--instance-id", "w1", log=log)
-            time.sleep(rng.uniform(2.0, 4.5))
+            # A random moment after the worker began to store (its start-up takes seconds on a loaded machine).
+            _stored_since(log, mark, timeout_s=90)
+            time.sleep(rng.uniform(0.0, 2.5))
             proc.send_signal(signal.SIGKILL)
             assert proc.wait(timeout=30) == -signal.SIGKILL
     finally:
