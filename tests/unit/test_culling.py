@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -55,7 +56,9 @@ def add_kernel(km: PageCullingKernelManager, kernel_id: str, state: str = "idle"
 
 
 def cull(km: PageCullingKernelManager) -> None:
-    asyncio.run(km.cull_kernels())
+    # A thread of its own: a session that also drives Playwright's sync API has a loop running in this one.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, km.cull_kernels()).result()
 
 
 def test_a_kernel_without_a_page_is_culled_after_the_page_timeout_whatever_its_activity(clock: Clock) -> None:
