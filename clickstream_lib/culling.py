@@ -24,6 +24,7 @@ nothing heavy.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -31,6 +32,10 @@ from jupyter_core.utils import ensure_async
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from tornado.ioloop import PeriodicCallback
 from traitlets import Bool, Float, Integer
+
+
+def _now() -> float:
+    return time.monotonic()
 
 
 class PageCullingKernelManager(AsyncMappingKernelManager):
@@ -79,7 +84,7 @@ class PageCullingKernelManager(AsyncMappingKernelManager):
 
     async def _async_start_kernel(self, **kwargs: Any) -> str:
         kernel_id = str(await super()._async_start_kernel(**kwargs))
-        now = time.monotonic()
+        now = _now()
         self._started.setdefault(kernel_id, now)
         self._page_seen.setdefault(kernel_id, now)
         return kernel_id
@@ -89,11 +94,11 @@ class PageCullingKernelManager(AsyncMappingKernelManager):
     def notify_connect(self, kernel_id: str) -> None:
         super().notify_connect(kernel_id)
         self._had_page.add(kernel_id)
-        self._page_seen[kernel_id] = time.monotonic()
+        self._page_seen[kernel_id] = _now()
 
     def notify_disconnect(self, kernel_id: str) -> None:
         super().notify_disconnect(kernel_id)
-        self._page_seen[kernel_id] = time.monotonic()
+        self._page_seen[kernel_id] = _now()
 
     def initialize_culler(self) -> None:
         """Start the periodic check when either rule is on (jupyter_server starts it only for idle culling)."""
@@ -111,11 +116,17 @@ class PageCullingKernelManager(AsyncMappingKernelManager):
         super().initialize_culler()
 
     async def cull_kernels(self) -> None:
+        """Check every kernel; the ones to end shut down concurrently (jupyter_server ends them one after another,
+        each taking up to ``shutdown_wait_time``, so twenty probes' kernels would outlive their timeout)."""
         for gone in set(self._page_seen) - set(self._kernels):
             self._page_seen.pop(gone, None)
             self._started.pop(gone, None)
             self._had_page.discard(gone)
-        await super().cull_kernels()
+        kernel_ids = list(self._kernels)
+        results = await asyncio.gather(*(self.cull_kernel_if_idle(k) for k in kernel_ids), return_exceptions=True)
+        for kernel_id, result in zip(kernel_ids, results, strict=True):
+            if isinstance(result, Exception):
+                self.log.error("checking kernel %s for culling failed: %s", kernel_id, result, exc_info=result)
 
     async def cull_kernel_if_idle(self, kernel_id: str) -> None:
         kernel = self._kernels[kernel_id]
@@ -136,7 +147,7 @@ class PageCullingKernelManager(AsyncMappingKernelManager):
 
     def _without_page_for(self, kernel_id: str, kernel: Any) -> float:
         """Seconds since this kernel last had an open page (0 while it has one or is still rendering for its GET)."""
-        now = time.monotonic()
+        now = _now()
         if self._kernel_connections.get(kernel_id, 0) > 0:
             self._page_seen[kernel_id] = now
             return 0.0

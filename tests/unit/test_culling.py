@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from types import SimpleNamespace
@@ -27,15 +28,16 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock()
-    monkeypatch.setattr(culling.time, "monotonic", c)
+    monkeypatch.setattr(culling, "_now", c)  # the culler's clock only: asyncio keeps the real one
     return c
 
 
-def manager(**config: Any) -> tuple[PageCullingKernelManager, list[str]]:
+def manager(shutdown_s: float = 0.0, **config: Any) -> tuple[PageCullingKernelManager, list[str]]:
     km = PageCullingKernelManager(**config)
     shut: list[str] = []
 
     async def shutdown_kernel(kernel_id: str, *args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(shutdown_s)
         shut.append(kernel_id)
         km._kernels.pop(kernel_id, None)
         km._kernel_connections.pop(kernel_id, None)
@@ -51,7 +53,7 @@ def add_kernel(km: PageCullingKernelManager, kernel_id: str, state: str = "idle"
     )
     km._kernels[kernel_id] = kernel
     km._kernel_connections[kernel_id] = 0
-    km._started[kernel_id] = km._page_seen[kernel_id] = culling.time.monotonic()
+    km._started[kernel_id] = km._page_seen[kernel_id] = culling._now()
     return kernel
 
 
@@ -153,6 +155,17 @@ def test_idle_culling_is_jupyter_servers_and_off_at_zero(clock: Clock) -> None:
     kernel.last_activity = utcnow() - timedelta(seconds=601)
     cull(km)
     assert shut == ["k"]
+
+
+def test_kernels_to_cull_shut_down_concurrently(clock: Clock) -> None:
+    km, shut = manager(shutdown_s=0.5, page_timeout=30)
+    for i in range(6):
+        add_kernel(km, f"probe{i}")
+    clock.now += 31
+    t0 = time.perf_counter()
+    cull(km)
+    assert sorted(shut) == [f"probe{i}" for i in range(6)]
+    assert time.perf_counter() - t0 < 2.0  # one after another would take 3 s
 
 
 def test_kernel_culling_options_match_the_managers_defaults() -> None:
