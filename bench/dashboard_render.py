@@ -10,6 +10,11 @@ raw       = the baseline measured in the same run: Voila rendering a one-cell no
 Medians of --repeats runs; the ratio is against the raw baseline. Memory: resident set size (RSS) of the Voila
 server and of the dashboard kernel while a tab is open, then the same with the live pipeline (--rate events/s
 generated -> Kafka -> sink inside the kernel) after it ran for 20 s.
+viewers   = --viewers tabs of the dashboard open at once (each waits for its page before the next opens): RSS and
+            unique set size (USS, what the kernel alone holds) per viewer kernel. In embedded mode the first tab's
+            kernel holds the store; the others show the "already open" message. Then the tabs close without their
+            unload handlers (no shutdown beacon, as for a killed browser): the time until the culler
+            (PageCullingKernelManager, default settings) has ended every kernel.
 A local Kafka broker on free ports in a temporary directory is started and stopped by this script.
 """
 
@@ -33,7 +38,7 @@ from playwright.sync_api import sync_playwright
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clickstream_lib.notebooks import VoilaServer, settings_env  # noqa: E402
+from clickstream_lib.notebooks import KernelCulling, VoilaServer, settings_env  # noqa: E402
 from clickstream_lib.settings import Settings  # noqa: E402
 from clickstream_lib.stack import KafkaStack  # noqa: E402
 from tests.conftest import base_env, free_port  # noqa: E402
@@ -72,11 +77,36 @@ def render(context, server: VoilaServer, selector: str, count: int) -> tuple[flo
     return elapsed, mem
 
 
+def viewers(context, server: VoilaServer, n: int) -> tuple[list[float], list[float], float]:
+    """Open ``n`` tabs at once; RSS and USS (MB) of each kernel, then seconds until closed tabs' kernels are culled."""
+    pages = []
+    for _ in range(n):
+        page = context.new_page()
+        page.goto(server.url, wait_until="domcontentloaded", timeout=120_000)
+        page.locator('[data-kpi="total"], [data-message="store-locked"]').first.wait_for(timeout=120_000)
+        pages.append(page)
+    kernels = server.kernel_pids()
+    if len(kernels) != n:
+        raise RuntimeError(f"{len(kernels)} kernels for {n} open tabs")
+    rss, uss = [], []
+    for pid in kernels:
+        info = psutil.Process(pid).memory_full_info()
+        rss.append(info.rss / 2**20)
+        uss.append(info.uss / 2**20)
+    t0 = time.perf_counter()
+    for page in pages:
+        page.close(run_before_unload=False)  # no beacon: only the server-side culler ends these kernels
+    culling = server.culling or KernelCulling()
+    wait_gone(kernels, timeout=culling.render_timeout_s + culling.page_timeout_s + culling.interval_s + 30)
+    return rss, uss, time.perf_counter() - t0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--rate", type=float, default=1000.0)
+    ap.add_argument("--viewers", type=int, default=3, help="dashboard tabs open at once for the memory per viewer")
     args = ap.parse_args()
     chromium = shutil.which("chromium")
     if not chromium:
@@ -134,6 +164,7 @@ def main() -> int:
                         t, mem = render(context, server, ".cs-dashboard .jp-RenderedPlotly", 8)
                         dash_t.append(t)
                         mems.append(mem)
+                    viewer_rss, viewer_uss, culled_s = viewers(context, server, args.viewers)
                 live = settings.replace(kafka_topic="bench_render_live", clickhouse_database="live")
                 params = {"live_pipeline": True, "rate": args.rate, "refresh_s": 5.0}
                 with VoilaServer(live, "dashboard", port=0, params=params, log_file=tmp / "live.log") as server:
@@ -161,6 +192,15 @@ def main() -> int:
     print(
         f"memory (live, {args.rate:.0f} ev/s, 20 s, total {live_total}): voila server {live_mem[0]:.0f} MB, "
         f"kernel {sum(live_mem[1:]):.0f} MB RSS"
+    )
+    print(
+        f"viewers ({args.viewers} tabs)       per kernel RSS {[round(x) for x in viewer_rss]} MB, "
+        f"USS {[round(x) for x in viewer_uss]} MB; median USS {statistics.median(viewer_uss):.0f} MB"
+    )
+    defaults = KernelCulling()
+    print(
+        f"tabs closed without beacon: every kernel culled after {culled_s:.1f} s "
+        f"(page_timeout {defaults.page_timeout_s:g} s, checks every {defaults.interval_s} s)"
     )
     return 0
 

@@ -2,10 +2,12 @@
 
 - :func:`run_report` executes ``notebooks/report.ipynb`` with papermill, strips widget state from the executed copy
   (an executed plotly notebook carries a 5 MB bundle in ``metadata.widgets``) and exports HTML without code cells.
-- :class:`VoilaServer` serves a notebook with Voila on 127.0.0.1 only. It passes
-  ``--Voila.tornado_settings disable_check_xsrf=True`` because Voila 0.5.13's kernel-shutdown beacon fails the
-  XSRF check (voila issue 1458): without it a closed tab leaves its kernel — and the chdb lock — behind. Turning
-  the check off is only acceptable because the server is bound to loopback.
+- :class:`VoilaServer` serves a notebook with Voila on 127.0.0.1 only. Its kernels are culled on the server side
+  (:class:`KernelCulling`, :mod:`clickstream_lib.culling`): a kernel without an open page is shut down after
+  ``page_timeout_s``, whatever its activity, so a killed browser or a ``curl`` of the page costs one short-lived
+  kernel. It also passes ``--Voila.tornado_settings disable_check_xsrf=True`` because Voila 0.5.13's
+  kernel-shutdown beacon fails the XSRF check (voila issue 1458); with it a closed tab ends its kernel at once
+  rather than after the timeout. Turning the check off is only acceptable because the server is bound to loopback.
 - :func:`run_demo` starts the local Kafka broker and serves the dashboard with a live pipeline.
 
 Notebook kernels are separate processes; they read :class:`~clickstream_lib.settings.Settings` from their
@@ -42,6 +44,10 @@ NOTEBOOKS = ("workbench", "dashboard", "report")
 PARAMS_ENV = "NOTEBOOK_PARAMS"
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
 DEFAULT_PORT = 8866
+# A static file of Voila's page: answers once the server serves HTTP, and starts no kernel (every GET of the notebook
+# itself does). docker-compose.yml's healthcheck asks for the same path.
+HEALTH_PATH = "voila/static/voila.js"
+CULLING_MANAGER = "clickstream_lib.culling.PageCullingKernelManager"
 # Cells whose JSON output carries machine-readable results (see record()).
 RECORD_MIME = "application/json"
 
@@ -363,8 +369,41 @@ def _port_open(port: int) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class KernelCulling:
+    """When Voila shuts kernels down; the knobs of :class:`~clickstream_lib.culling.PageCullingKernelManager`.
+
+    Attributes:
+        page_timeout_s: a kernel with no open page (websocket) for this long is shut down, whatever its activity;
+            0 turns the rule off.
+        idle_timeout_s: a kernel without activity for this long is shut down, even with a page open; 0 turns it off.
+        interval_s: seconds between two checks; a kernel outlives its timeout by up to this much.
+        render_timeout_s: how long a kernel may execute its notebook for the GET that started it before the page
+            timeout runs anyway (the page connects only after the render).
+    """
+
+    page_timeout_s: float = 30.0
+    idle_timeout_s: int = 3600
+    interval_s: int = 5
+    render_timeout_s: float = 300.0
+
+    def voila_args(self) -> list[str]:
+        """Voila command-line options selecting the culling kernel manager with these settings."""
+        cls = CULLING_MANAGER.rsplit(".", 1)[1]
+        return [
+            f"--VoilaConfiguration.multi_kernel_manager_class={CULLING_MANAGER}",
+            f"--{cls}.page_timeout={self.page_timeout_s:g}",
+            f"--{cls}.render_timeout={self.render_timeout_s:g}",
+            f"--{cls}.cull_idle_timeout={int(self.idle_timeout_s)}",
+            f"--{cls}.cull_interval={max(1, int(self.interval_s))}",
+        ]
+
+
 class VoilaServer:
     """A Voila server for one notebook, bound to 127.0.0.1, as a child process.
+
+    ``culling`` says when its kernels are shut down (:class:`KernelCulling`; ``None`` leaves Voila's default of
+    never).
 
     Example:
         >>> with VoilaServer(settings, "dashboard", params={"refresh_s": 5}) as server:
@@ -379,6 +418,7 @@ class VoilaServer:
         params: Mapping[str, Any] | None = None,
         log_file: str | Path | None = None,
         extra_env: Mapping[str, str] | None = None,
+        culling: KernelCulling | None = KernelCulling(),
     ) -> None:
         self.settings = settings
         self.notebook = notebook_path(notebook)
@@ -386,11 +426,17 @@ class VoilaServer:
         self.params = dict(params or {})
         self.log_file = Path(log_file) if log_file else Path(settings.data_dir) / "logs" / f"voila-{self.port}.log"
         self.extra_env = dict(extra_env or {})
+        self.culling = culling
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def health_url(self) -> str:
+        """A URL that answers 200 while the server serves HTTP and starts no kernel (for probes)."""
+        return self.url + HEALTH_PATH
 
     def command(self) -> list[str]:
         return [
@@ -406,6 +452,7 @@ class VoilaServer:
             "--Voila.tornado_settings=disable_check_xsrf=True",
             "--show_tracebacks=False",
             "--theme=light",
+            *(self.culling.voila_args() if self.culling else []),
         ]
 
     def environment(self) -> dict[str, str]:
@@ -418,7 +465,7 @@ class VoilaServer:
         return env
 
     def start(self, timeout_s: float = 60.0) -> str:
-        """Start Voila and wait until it accepts connections; returns the URL.
+        """Start Voila and wait until it answers :attr:`health_url` (which starts no kernel); returns the URL.
 
         Raises:
             NotebookError: the port is taken or Voila exited during start-up.
@@ -443,7 +490,7 @@ class VoilaServer:
             "voila (pid %d) serving %s at %s; log %s", self.proc.pid, self.notebook.name, self.url, self.log_file
         )
         deadline = time.monotonic() + timeout_s
-        while not _port_open(self.port):
+        while not self.healthy():
             if self.proc.poll() is not None:
                 raise NotebookError(
                     f"Voila exited with code {self.proc.returncode} while starting; see {self.log_file}"
@@ -452,10 +499,22 @@ class VoilaServer:
             if time.monotonic() > deadline:
                 self.stop()
                 raise NotebookError(
-                    f"Voila did not listen on port {self.port} within {timeout_s:.0f} s; see {self.log_file}"
+                    f"Voila did not answer {self.health_url} within {timeout_s:.0f} s; see {self.log_file}"
                 )
             time.sleep(0.2)
         return self.url
+
+    def healthy(self, timeout_s: float = 2.0) -> bool:
+        """Whether the server answers HTTP, asked without starting a kernel (a HEAD of :attr:`health_url`)."""
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(self.health_url, method="HEAD")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
 
     def pids(self) -> list[int]:
         """The server's pid followed by its kernels' pids (for memory measurements)."""
@@ -468,7 +527,21 @@ class VoilaServer:
         return [self.proc.pid]
 
     def kernel_pids(self) -> list[int]:
-        return self.pids()[1:]
+        """The pids of the server's kernels (its child processes) alive now."""
+        if not self.proc:
+            return []
+        import psutil
+
+        try:
+            children = psutil.Process(self.proc.pid).children()
+        except psutil.Error:
+            return []
+        alive = []
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(child.pid)
+        return alive
 
     def wait(self) -> int:
         """Block until the server exits (Ctrl-C raises KeyboardInterrupt in the caller)."""

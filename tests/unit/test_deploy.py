@@ -97,6 +97,17 @@ def test_the_sink_has_time_to_drain_on_stop(compose: dict[str, Any]) -> None:
     assert grace.endswith("s") and float(grace[:-1]) > DEFAULT_STOP_TIMEOUT_S
 
 
+def test_the_dashboard_culls_kernels_and_its_healthcheck_starts_none(compose: dict[str, Any]) -> None:
+    from clickstream_lib.notebooks import CULLING_MANAGER, HEALTH_PATH
+
+    dashboard = compose["services"]["dashboard"]
+    assert f"--VoilaConfiguration.multi_kernel_manager_class={CULLING_MANAGER}" in dashboard["command"]
+    probe = " ".join(dashboard["healthcheck"]["test"])
+    # Any GET of the notebook itself (/) starts a kernel; a static file of the page does not.
+    assert f"http://127.0.0.1:8866/{HEALTH_PATH}" in probe
+    assert "'http://127.0.0.1:8866/'" not in probe
+
+
 def test_state_lives_in_named_volumes(compose: dict[str, Any]) -> None:
     assert {"kafka-data", "clickhouse-data"} <= set(compose["volumes"])
 
