@@ -660,3 +660,5 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 register(_add_report)
 register(_add_dashboard)
 register(_add_demo)
+
+from . import cli_alerts  # noqa: E402, F401  (registers `clickstream alerts`)
