@@ -127,3 +127,30 @@ def test_settings_errors_exit_2_naming_the_variable(quiet_env: dict[str, str], r
     assert r.returncode == 2 and "SLACK_BOT_TOKEN: is required" in r.stderr
     r = alerts(quiet_env, "check", CLICKSTREAM_ALERT_RULES=str(rules_file) + ".missing")
     assert r.returncode == 2 and "CLICKSTREAM_ALERT_RULES" in r.stderr
+
+
+def test_report_has_an_alerts_section(spike_env: dict[str, str], rules_file: Path, tmp_path: Path) -> None:
+    """`clickstream report` lists the firings `alerts check` recorded and the rules' backtest over its window."""
+    import nbformat
+
+    from clickstream_lib.notebooks import recorded
+
+    alerts(spike_env, "check", "--rules", str(rules_file), "--at", AT, "--no-deliver")  # (again) recorded
+    start, end = T0.isoformat(), (SALE_END + (SALE_END - T0) * 3).isoformat()
+    params = [f"start={start}", f"end={end}", f"alert_rules={rules_file}", "alert_step=1m"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "clickstream_lib.cli", "report", "--out", str(tmp_path / "out")]
+        + [a for p in params for a in ("--param", p)],
+        env=spike_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = recorded(nbformat.read(tmp_path / "out" / "report.ipynb", as_version=4))
+    assert [(a["rule"], a["key"]) for a in got["alerts"]] == [("item purchase spike", ITEM)]
+    assert got["alerts"][0]["resolved_at"] is None  # `check` ran mid-sale only: still open in the store
+    (would,) = got["alerts_backtest"]
+    assert would["key"] == ITEM and would["resolved_at"] is not None
