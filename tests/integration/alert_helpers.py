@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clickstream_lib.generator import Generator
+from clickstream_lib.generator import EventBatch, Generator
 from clickstream_lib.store import Store
 from tests.integration.test_queries import EVENT_COLUMNS, insert_events
 
@@ -63,20 +63,26 @@ def as_rows(frame: pd.DataFrame, offset: int) -> pd.DataFrame:
     return df[list(EVENT_COLUMNS)]
 
 
-def history(spike: bool = True) -> pd.DataFrame:
+def timeline(spike: bool = True) -> list[EventBatch]:
     """24 hours of ordinary traffic before T0; with ``spike``, a 10-minute flash sale of ITEM from T0 (the
-    ``flash_sale`` scenario, at four times the traffic), then 50 ordinary minutes."""
+    ``flash_sale`` scenario, at four times the traffic), then 50 ordinary minutes. Deterministic."""
     gen = Generator(seed=11, n_users=3000, n_items=50)
-    parts = [gen.backfill(_ms(T0 - timedelta(hours=24)), _ms(T0), 60_000).to_frame()]
+    parts = [gen.backfill(_ms(T0 - timedelta(hours=24)), _ms(T0), 60_000)]
     if spike:
         gen.set_scenario("flash_sale", True, item=ITEM, share=0.9)
-        parts.append(gen.backfill(_ms(T0), _ms(SALE_END), 2_000).to_frame())
+        parts.append(gen.backfill(_ms(T0), _ms(SALE_END), 2_000))
         gen.set_scenario("flash_sale", False)
-        parts.append(gen.backfill(_ms(SALE_END), _ms(SALE_END + 50 * MIN), 2_100).to_frame())
+        parts.append(gen.backfill(_ms(SALE_END), _ms(SALE_END + 50 * MIN), 2_100))
+    return parts
+
+
+def history(spike: bool = True) -> pd.DataFrame:
+    """:func:`timeline` as the events table holds it."""
     out, offset = [], 0
-    for part in parts:
-        out.append(as_rows(part, offset))
-        offset += len(part)
+    for part in timeline(spike):
+        frame = part.to_frame()
+        out.append(as_rows(frame, offset))
+        offset += len(frame)
     return pd.concat(out, ignore_index=True)
 
 

@@ -9,6 +9,7 @@ clock.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -203,3 +204,59 @@ def test_open_firings_are_taken_up_by_the_next_runner(alert_store: Store) -> Non
     assert "item purchase spike" in banner_html(alert_store)
     ev = second.evaluate(SALE_END + timedelta(minutes=20))
     assert [t.kind for t in ev.transitions] == ["resolved"]
+
+
+def test_with_the_real_pipeline_a_dead_webhook_leaves_the_sink_alone_and_gets_the_alert_later(
+    settings: Settings, store: Store
+) -> None:
+    """The sale's events go producer -> Kafka -> Sink while the webhook refuses connections for 30 s; the rule is
+    evaluated all along in the same process. The sink stores every event, evaluation never waits, and the alert
+    arrives once the webhook is up."""
+    from clickstream_lib import topics
+    from clickstream_lib.consumer import Sink
+    from tests.integration.alert_helpers import as_rows, history, timeline
+    from tests.integration.sink_worker import produce
+    from tests.integration.test_queries import insert_events
+
+    ordinary, *live = timeline()
+    insert_events(store, as_rows(ordinary.to_frame(), 0))  # the day before: history already in the store
+    want_fired, _ = expected_transitions(history())
+    values = [v for part in live for _, v in part.to_messages()]
+    receiver = Receiver(free_port())
+    dispatcher = Dispatcher([WebhookNotifier(receiver.url)], backoff_s=0.5, max_backoff_s=4.0)
+    reader = store.fork()  # the evaluating thread's own client, as the sink has its own
+    runner = AlertRunner(reader, parse_rules(CASE_STUDY_RULE), dispatcher=dispatcher, clock=lambda: want_fired)
+    topics.ensure_topic(settings, settings.kafka_topic)
+    sink = Sink(settings, store, batch_max_rows=500, batch_max_wait_s=0.3).start()
+    producing = threading.Thread(target=produce, args=(settings, values), kwargs={"rate": 300})
+    down_until = time.monotonic() + 30
+    durations, fired_at = [], None
+    try:
+        producing.start()
+        while time.monotonic() < down_until:
+            started = time.monotonic()
+            ev = runner.evaluate()
+            durations.append(time.monotonic() - started)
+            if ev.fired:
+                fired_at = time.monotonic()
+            time.sleep(0.5)
+        producing.join(60)
+        deadline = time.monotonic() + 120
+        while sink.stats().rows_inserted < len(values) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stats = sink.stats()
+        assert fired_at is not None, "the rule fired while the webhook was down"
+        assert receiver.bodies == []
+        assert max(durations) < 3.0, durations  # evaluation never waited for the dead webhook
+        receiver.start()
+        assert receiver.wait(1, timeout_s=15), "the alert arrives once the webhook is up"
+    finally:
+        sink.stop()
+        dispatcher.close()
+        receiver.stop()
+        reader.close()
+    # The sink's figures: every event stored once, nothing dead-lettered, no error.
+    assert (stats.rows_inserted, stats.dead_letters, stats.last_error) == (len(values), 0, None)
+    n = len(ordinary) + len(values)
+    assert store.query_rows(f"SELECT count(), uniqExact(event_id) FROM {store.table('events')}")[0] == (n, n)
+    assert len(receiver.bodies) == 1 and f"item_id={ITEM}" in receiver.bodies[0]["text"]
