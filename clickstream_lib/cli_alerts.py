@@ -84,14 +84,14 @@ def _rules(args: argparse.Namespace, settings: Settings) -> Any:
 
 
 def _line(f: Any, new: bool) -> str:
-    from .alerts.format import _num
+    from .alerts.format import number
 
     key = f" {f.rule.key}={f.key}" if f.rule.key else ""
-    base = f" baseline {_num(f.baseline)}" if f.baseline is not None else ""
+    base = f" baseline {number(f.baseline)}" if f.baseline is not None else ""
     mark = "new " if new else ""
     muted = " (muted)" if f.rule.muted else ""
     return (
-        f"{mark}FIRING [{f.rule.severity}] {f.rule.name}{key}: {f.rule.value} {_num(f.value)}{base} "
+        f"{mark}FIRING [{f.rule.severity}] {f.rule.name}{key}: {f.rule.value} {number(f.value)}{base} "
         f"since {f.fired_at.isoformat()}{muted}"
     )
 

@@ -10,7 +10,8 @@ from .engine import FIRED, Transition
 _ICON = {"info": ":information_source:", "warning": ":warning:", "critical": ":rotating_light:"}
 
 
-def _num(x: float | None) -> str:
+def number(x: float | None) -> str:
+    """A figure for a message: whole numbers without decimals, others with two; None/NaN as "-"."""
     if x is None or math.isnan(x):
         return "-"
     if math.isinf(x) or not float(x).is_integer():
@@ -31,14 +32,14 @@ def text(t: Transition) -> str:
     """One line naming the rule, the key, the value and the baseline."""
     rule = t.rule
     head = "FIRING" if t.kind == FIRED else "RESOLVED"
-    figures = f"{rule.value} {_num(t.value)}"
+    figures = f"{rule.value} {number(t.value)}"
     if rule.kind == "relative":
-        figures += f" vs baseline {_num(t.baseline)} (fires at {rule.op} {rule.factor:g} x baseline)"
+        figures += f" vs baseline {number(t.baseline)} (fires at {rule.op} {rule.factor:g} x baseline)"
     elif rule.kind == "anomaly":
         score = "-" if t.score is None else f"{t.score:.1f}"
-        figures += f" vs mean {_num(t.baseline)} (z-score {score}, fires at {rule.op} {rule.z:g})"
+        figures += f" vs mean {number(t.baseline)} (z-score {score}, fires at {rule.op} {rule.z:g})"
     else:
-        figures += f" (fires at {rule.op} {_num(rule.threshold)})"
+        figures += f" (fires at {rule.op} {number(rule.threshold)})"
     when = f"since {_when(t.fired_at)}" if t.kind == FIRED else f"{_when(t.fired_at)} to {_when(t.resolved_at)}"
     return f"[{rule.severity}] {head} {subject(t)}: {figures}, {when}"
 
@@ -49,8 +50,8 @@ def slack_body(t: Transition) -> dict[str, Any]:
     icon = _ICON[rule.severity] if t.kind == FIRED else ":white_check_mark:"
     head = "Firing" if t.kind == FIRED else "Resolved"
     fields = [
-        {"type": "mrkdwn", "text": f"*{rule.value}*\n{_num(t.value)}"},
-        {"type": "mrkdwn", "text": f"*baseline*\n{_num(t.baseline)}"},
+        {"type": "mrkdwn", "text": f"*{rule.value}*\n{number(t.value)}"},
+        {"type": "mrkdwn", "text": f"*baseline*\n{number(t.baseline)}"},
     ]
     if rule.key:
         fields.insert(0, {"type": "mrkdwn", "text": f"*{rule.key}*\n{t.key}"})

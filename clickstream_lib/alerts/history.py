@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from ..queries import _as_utc
 from ..store import Store, empty_frame, store_error
 from .engine import FIRED, Engine, Transition
 from .format import text
@@ -74,12 +75,10 @@ def events(store: Store, *, start: Any = None, end: Any = None, open_only: bool 
     Columns: rule, key, severity, kind, value, baseline, fired_at, resolved_at, message.
     """
     conds, params = [], {}
-    if start is not None:
-        conds.append("fired_at >= {start:DateTime64(3, 'UTC')}")
-        params["start"] = pd.Timestamp(start).tz_localize("UTC") if pd.Timestamp(start).tz is None else start
-    if end is not None:
-        conds.append("fired_at < {end:DateTime64(3, 'UTC')}")
-        params["end"] = pd.Timestamp(end).tz_localize("UTC") if pd.Timestamp(end).tz is None else end
+    for name, value, op in (("start", start, ">="), ("end", end, "<")):
+        if value is not None:
+            conds.append(f"fired_at {op} fromUnixTimestamp64Milli({{{name}:Int64}}, 'UTC')")
+            params[name] = int(_as_utc(value, name).timestamp() * 1000)
     if open_only:
         conds.append("resolved_at IS NULL")
     where = f"WHERE {' AND '.join(conds)}" if conds else ""

@@ -175,9 +175,13 @@ def test_a_dead_webhook_never_blocks_evaluation_and_gets_the_alert_once_it_is_up
     assert "retrying" in logged and "secret-part" not in logged and "/services/" not in logged
 
 
-def test_slack_bot_posts_through_slack_sdk(alert_store: Store, receiver: Receiver) -> None:
+def test_slack_bot_posts_through_slack_sdk(
+    alert_store: Store, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
     """slack_sdk's WebClient against a local stand-in of the Slack Web API (chat.postMessage)."""
     from slack_sdk import WebClient
+
+    caplog.set_level(logging.DEBUG)
 
     want_fired, _ = expected_transitions(load(alert_store))
     receiver.start()
@@ -191,6 +195,7 @@ def test_slack_bot_posts_through_slack_sdk(alert_store: Store, receiver: Receive
     assert receiver.paths == ["/api/chat.postMessage"]
     (body,) = receiver.bodies
     assert body["channel"] == "#alerts" and ITEM in body["text"] and body["blocks"][0]["type"] == "section"
+    assert caplog.records and token not in "\n".join(r.getMessage() for r in caplog.records)
 
 
 def test_open_firings_are_taken_up_by_the_next_runner(alert_store: Store) -> None:
@@ -202,6 +207,8 @@ def test_open_firings_are_taken_up_by_the_next_runner(alert_store: Store) -> Non
     ev = second.evaluate(want_fired + MIN)
     assert ev.fired == [] and [f.key for f in ev.firing] == [ITEM]
     assert "item purchase spike" in banner_html(alert_store)
+    assert len(events(alert_store, start="2026-11-28T12:00Z", end=(SALE_END + MIN).isoformat())) == 1
+    assert events(alert_store, start=SALE_END + MIN).empty and events(alert_store, end=T0).empty
     ev = second.evaluate(SALE_END + timedelta(minutes=20))
     assert [t.kind for t in ev.transitions] == ["resolved"]
 
