@@ -102,6 +102,12 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     from .store import connect
 
     rules = _rules(args, settings)
+    for rule in rules:
+        if rule.for_:
+            err(
+                f"clickstream: alerts: {rule.origin}: rule {rule.name!r} has `for`, which counts the evaluations "
+                "of one process: a single check never fires it (use `alerts run`)"
+            )
     at: datetime | None = _as_utc(args.at, "--at") if args.at else None
     dispatcher = Dispatcher([] if args.no_deliver else notifiers_from_settings(settings))
     store = connect(settings)

@@ -267,3 +267,53 @@ def test_with_the_real_pipeline_a_dead_webhook_leaves_the_sink_alone_and_gets_th
     n = len(ordinary) + len(values)
     assert store.query_rows(f"SELECT count(), uniqExact(event_id) FROM {store.table('events')}")[0] == (n, n)
     assert len(receiver.bodies) == 1 and f"item_id={ITEM}" in receiver.bodies[0]["text"]
+
+
+OTHER_KINDS = """\
+[[rule]]
+name = "busy ten minutes"
+kind = "threshold"
+query = "kpis"
+value = "total_interactions"
+window = "10m"
+threshold = 1000
+
+[[rule]]
+name = "live rate"
+kind = "threshold"
+query = "events_per_second"
+params = { seconds = 600 }
+value = "events_per_second"
+threshold = 2
+
+[[rule]]
+name = "traffic anomaly"
+kind = "anomaly"
+query = "timeseries"
+params = { bucket = "minute" }
+value = "events"
+buckets = 30
+z = 4
+"""
+
+
+def test_threshold_live_and_anomaly_rules_on_the_store(alert_store: Store) -> None:
+    df = load(alert_store)
+    rules = parse_rules(OTHER_KINDS)
+    runner = AlertRunner(alert_store, rules, record=False)
+    assert runner.evaluate(T0).firing == []
+    per_minute = df.groupby(df["event_time"].dt.floor("min")).size()
+    ev = runner.evaluate(T0 + 2 * MIN)  # the last complete minute is [T0 + 1m, T0 + 2m): four times the traffic
+    anomaly = next(f for f in ev.firing if f.rule.name == "traffic anomaly")
+    assert anomaly.value == per_minute[pd.Timestamp(T0 + MIN)]
+    history = per_minute.reindex(pd.date_range(T0 - 30 * MIN + MIN, T0 + MIN, freq="min", inclusive="left"))
+    assert anomaly.baseline == pytest.approx(history.fillna(0).mean()) and anomaly.score > 4
+    ev = runner.evaluate(SALE_END)
+    # By the sale's end its minutes are part of the anomaly's 30-minute history: no longer unusual.
+    assert {f.rule.name for f in ev.firing} == {"busy ten minutes", "live rate"}
+    sale = int(((df["event_time"] >= T0) & (df["event_time"] < SALE_END)).sum())
+    busy = next(f for f in ev.firing if f.rule.name == "busy ten minutes")
+    live = next(f for f in ev.firing if f.rule.name == "live rate")
+    assert busy.value == sale and live.value == pytest.approx(sale / 600)
+    ev = runner.evaluate(SALE_END + 30 * MIN)
+    assert ev.firing == [] and {t.kind for t in ev.transitions} == {"resolved"}
