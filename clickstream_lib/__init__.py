@@ -18,7 +18,7 @@ from .errors import BrokerUnavailable, ClickstreamError, ConfigError, InvalidEve
 from .settings import Settings
 
 if TYPE_CHECKING:
-    from . import notebooks, queries, widgets
+    from . import alerts, notebooks, queries, widgets
     from .consumer import Sink, SinkStats
     from .generator import SCENARIOS, Generator
     from .producer import Producer, ProducerStats
@@ -46,6 +46,7 @@ __all__ = [
     "StoreError",
     "StoreLocked",
     "Workbench",
+    "alerts",
     "connect",
     "notebooks",
     "queries",
@@ -64,6 +65,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "SinkStats": ("consumer", "SinkStats"),
     "Store": ("store", "Store"),
     "Workbench": ("widgets", "Workbench"),
+    "alerts": ("alerts", None),
     "connect": ("store", "connect"),
     "notebooks": ("notebooks", None),
     "queries": ("queries", None),

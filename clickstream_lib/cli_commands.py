@@ -565,7 +565,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         help="run the papermill report; write the executed notebook and an HTML export",
         description=(
             "Execute notebooks/report.ipynb with papermill (parameters: start, end, interaction_type, device, country, "
-            "referrer, top_n) and write <out>/report.ipynb (widget state stripped) and <out>/report.html (no code).\n"
+            "referrer, top_n, alert_rules, alert_step) and write <out>/report.ipynb (widget state stripped) and "
+            "<out>/report.html (no code).\n"
             "In embedded mode the report's kernel opens the store: stop other processes using CLICKSTREAM_DATA_DIR."
         ),
         epilog="example:\n  clickstream report --param start=2026-11-01 --param end=2026-12-01 --param device=mobile "
@@ -676,3 +677,5 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 register(_add_report)
 register(_add_dashboard)
 register(_add_demo)
+
+from . import cli_alerts  # noqa: E402, F401  (registers `clickstream alerts`)

@@ -120,6 +120,22 @@ def _redact(url: str) -> str:
     return re.sub(r"//([^:/@]*):[^/]*@", r"//\1:***@", url)
 
 
+def check_webhook_url(url: str, variable: str = "CLICKSTREAM_ALERT_WEBHOOK_URL") -> str:
+    """``url`` if it is an http(s) URL with a host; else ConfigError naming ``variable`` (never showing the URL)."""
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        raise ConfigError(variable, "is not a URL; expected https://hooks.slack.com/services/...") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            variable,
+            f"scheme {parts.scheme or '(none)'!r} is not supported; expected an http(s) URL with a host, "
+            "e.g. https://hooks.slack.com/services/...",
+        )
+    return url.strip()
+
+
 # Every variable Settings reads: env name -> field name. Unknown CLICKSTREAM_* variables are an error,
 # as kafka-python rejects unrecognized configs: a typo should not silently fall back to a default.
 ENV_VARS: dict[str, str] = {
@@ -150,7 +166,13 @@ ENV_VARS: dict[str, str] = {
     "CLICKSTREAM_KAFKA_CONTROLLER_PORT": "kafka_controller_port",
     "CLICKSTREAM_KAFKA_HEAP_MB": "kafka_heap_mb",
     "CLICKSTREAM_MEMORY_LIMIT_MB": "memory_limit_mb",
+    "CLICKSTREAM_ALERT_RULES": "alert_rules",
+    "CLICKSTREAM_ALERT_WEBHOOK_URL": "alert_webhook_url",
+    "CLICKSTREAM_ALERT_SLACK_CHANNEL": "alert_slack_channel",
+    "SLACK_BOT_TOKEN": "slack_bot_token",
 }
+# Values never shown by describe()/repr: a Slack webhook URL's path is itself a credential.
+_SECRET_MARKS = ("PASSWORD", "TOKEN", "WEBHOOK_URL")
 
 # CLICKSTREAM_MEMORY_LIMIT_MB: 0 leaves the engine's own limit (90% of RAM); otherwise at least what the engine
 # holds at rest with the schema loaded (~30 MB) plus room for a query.
@@ -195,6 +217,11 @@ class Settings:
     # The embedded engine's memory limit (ClickHouse max_server_memory_usage); 0 = the engine's default, 90% of RAM.
     # Server mode ignores it: a server's limits are its own configuration (the user profile's max_memory_usage).
     memory_limit_mb: int = 1024
+    # Alerts (clickstream_lib.alerts, docs/alerts.md): the rules file, and where firings are posted.
+    alert_rules: str = ""
+    alert_webhook_url: str = field(default="", repr=False)
+    alert_slack_channel: str = ""
+    slack_bot_token: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         # Validate eagerly so a bad value fails at start, naming the variable.
@@ -262,6 +289,15 @@ class Settings:
                 "CLICKSTREAM_MEMORY_LIMIT_MB",
                 f"{self.memory_limit_mb} is out of range; expected megabytes "
                 f"{MEMORY_LIMIT_MIN_MB}..{MEMORY_LIMIT_MAX_MB}, or 0 for the engine's default (90% of RAM)",
+            )
+
+        if self.alert_rules and not Path(self.alert_rules).is_file():
+            raise ConfigError("CLICKSTREAM_ALERT_RULES", f"{self.alert_rules!r} is not a readable file of rules (TOML)")
+        if self.alert_webhook_url:
+            check_webhook_url(self.alert_webhook_url)
+        if self.alert_slack_channel and not self.slack_bot_token:
+            raise ConfigError(
+                "SLACK_BOT_TOKEN", "is required with CLICKSTREAM_ALERT_SLACK_CHANNEL (a bot token, xoxb-...)"
             )
 
     # --- construction -------------------------------------------------------------------------------------------
@@ -370,7 +406,7 @@ class Settings:
         out: dict[str, str] = {}
         for var, name in ENV_VARS.items():
             value = getattr(self, name)
-            if "PASSWORD" in var:
+            if any(mark in var for mark in _SECRET_MARKS):
                 value = "***" if value else ""
             out[var] = str(value)
         out["CLICKHOUSE_URL"] = self.store_url.redacted()
@@ -382,7 +418,7 @@ class Settings:
         parts = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if "password" in f.name:
+            if any(mark.lower() in f.name for mark in _SECRET_MARKS):
                 value = "***" if value else ""
             elif f.name == "clickhouse_url" and value:
                 value = _redact(value)

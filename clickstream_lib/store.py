@@ -94,6 +94,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         "projections: events by user (per-user passes), users_by_day totals per user (top users)",
         schema.projection_statements(),
     ),
+    Migration(
+        4,
+        "alert_events: every firing and resolution of an alert rule (clickstream_lib.alerts)",
+        (
+            # A resolution re-inserts its firing's row with resolved_at set and a newer updated_at; read with FINAL.
+            "CREATE TABLE IF NOT EXISTS {db}.alert_events (rule String, key String, "
+            "severity LowCardinality(String), kind LowCardinality(String), value Float64, "
+            "baseline Nullable(Float64), fired_at DateTime64(3, 'UTC'), resolved_at Nullable(DateTime64(3, 'UTC')), "
+            "message String, updated_at DateTime64(3, 'UTC')) "
+            "ENGINE = ReplacingMergeTree(updated_at) ORDER BY (rule, key, fired_at)",
+        ),
+    ),
 )
 
 
