@@ -34,7 +34,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from .errors import QueryError
 from .events import INTERACTION_TYPES
 from .schema import HLL_PRECISION, SEGMENT_HLL_PRECISION, TYPE_COLUMNS, USER_TOTAL_SQL
-from .store import Store, store_error
+from .store import ServedStore, Store, store_error
 
 logger = logging.getLogger(__name__)
 
@@ -346,6 +346,8 @@ def run(
         QueryError: unknown query, filter or option, or a bad value.
         StoreError: ClickHouse failed, or refused the query for memory (the message names the limit to raise).
     """
+    if isinstance(store, ServedStore):  # the owner of the embedded store runs it (this same function, there)
+        return store.run_query(name, start=start, end=end, source=source, **kwargs)
     nq, q, sql = plan(name, store.database, start=start, end=end, source=source, **kwargs)
     try:
         try:
@@ -378,6 +380,8 @@ def read_only(store: Store, sql: str, parameters: dict[str, Any] | None = None) 
     """
     if not sql.strip():
         raise QueryError("sql", "is empty; pass a SELECT statement")
+    if isinstance(store, ServedStore):  # the owner of the embedded store runs it (this same function, there)
+        return store.read_only(sql, parameters)
     try:
         with store._lock:  # the Store serialises use of its client
             df = store.client.query_df(sql, parameters=parameters or {}, settings={"readonly": 1})
