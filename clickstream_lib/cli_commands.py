@@ -457,7 +457,8 @@ def _add_query(sub: argparse._SubParsersAction) -> None:
             "Run a named query (see --list) with its window, filters and options as --param NAME=VALUE, or run "
             "SQL with --sql (read-only: readonly=1). Filters: interaction_type, device, country, referrer, item_id; "
             "repeat a filter to match several values. Times are ISO-8601, UTC unless they carry an offset.\n"
-            "In embedded mode this process opens the store: stop other processes using CLICKSTREAM_DATA_DIR."
+            "In embedded mode a running owner (`clickstream serve`, `clickstream demo`) answers; without one this "
+            "process opens the store itself."
         ),
         epilog=(
             "examples:\n  clickstream query --list\n  clickstream query kpis\n"
@@ -553,7 +554,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         description=(
             "Execute notebooks/report.ipynb with papermill (parameters: start, end, interaction_type, device, country, "
             "referrer, top_n) and write <out>/report.ipynb (widget state stripped) and <out>/report.html (no code).\n"
-            "In embedded mode the report's kernel opens the store: stop other processes using CLICKSTREAM_DATA_DIR."
+            "In embedded mode the report's kernel reaches the store through its owner (`clickstream serve`) when one "
+            "runs, else opens it itself."
         ),
         epilog="example:\n  clickstream report --param start=2026-11-01 --param end=2026-12-01 --param device=mobile "
         "--out reports/nov",
@@ -589,9 +591,10 @@ def _add_dashboard(sub: argparse._SubParsersAction) -> None:
         help="serve the live dashboard with Voila on 127.0.0.1",
         description=(
             "Serve notebooks/dashboard.ipynb with Voila, bound to 127.0.0.1. Each browser tab gets its own kernel; "
-            "closing the tab stops it.\nEmbedded mode (default): the tab's kernel owns the store, so one viewer at a "
-            "time — use `--live` to run the producer and sink inside it. Server mode (CLICKHOUSE_URL=http://...): "
-            "many viewers, read-only."
+            "closing the tab stops it.\nEmbedded mode (default): with an owner running (`clickstream serve`), every "
+            "tab is a client of it and `--live` shows and controls the owner's pipeline; without one, the tab's "
+            "kernel opens the store itself (one viewer at a time) and `--live` runs the producer and sink inside it. "
+            "Server mode (CLICKHOUSE_URL=http://...): many viewers, read-only."
         ),
         epilog="examples:\n  clickstream dashboard\n  clickstream dashboard --port 8870 --refresh 10\n"
         "  clickstream dashboard --live --rate 500",
@@ -626,9 +629,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="the main job: local Kafka + live pipeline + dashboard in your browser",
         description=(
-            "Start the local Kafka broker (resolving its jars once), then serve the dashboard with Voila on "
-            "127.0.0.1 with a live pipeline (generator -> Kafka -> sink -> embedded ClickHouse) running in its "
-            "kernel. Open the printed URL. Ctrl-C stops the dashboard, the pipeline and the broker it started."
+            "Start the local Kafka broker (resolving its jars once), the owner of the embedded store (`clickstream "
+            "serve --produce`: the live pipeline generator -> Kafka -> sink -> embedded ClickHouse), and the dashboard "
+            "with Voila on 127.0.0.1. Open the printed URL in as many tabs as you like: every page shows and controls "
+            "the same pipeline, and `clickstream query`/`report` work meanwhile. Ctrl-C or SIGTERM stops the "
+            "dashboard, the owner (the sink commits first) and the broker it started."
         ),
         epilog="examples:\n  clickstream demo\n  clickstream demo --port 8870 --rate 1000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -647,7 +652,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     def ready(url: str) -> None:
         out(f"dashboard: {url}")
-        err("open it in a browser; Ctrl-C stops the dashboard, the pipeline and the broker")
+        err("open it in a browser; Ctrl-C stops the dashboard, the store's owner with its pipeline, and the broker")
 
     run_demo(
         settings,

@@ -61,6 +61,9 @@ logger = logging.getLogger(__name__)
 #: Engine clients for the clients' queries, apart from the sink's: two serve two viewers at once on two cores,
 #: and the sink never waits behind a dashboard.
 QUERY_CLIENTS = 2
+#: Identical requests within this many seconds share one run (see StoreService.get): below any refresh period a
+#: dashboard offers, so a page never shows an answer older than its own previous refresh.
+SHARE_S = 1.0
 PIPELINE_METHODS = (
     "start",
     "stop",
@@ -160,6 +163,7 @@ class StoreService:
         rate: events/s of the producer.
         seed: the generator's seed (None: random).
         query_clients: engine clients that run the clients' queries.
+        share_s: identical requests within this many seconds share one run (0: every request runs).
 
     Example:
         >>> service = StoreService(Settings.from_env(), produce=True, rate=500)
@@ -176,6 +180,7 @@ class StoreService:
         rate: float = 200.0,
         seed: int | None = None,
         query_clients: int = QUERY_CLIENTS,
+        share_s: float = SHARE_S,
     ) -> None:
         url = settings.store_url
         if not url.embedded:
@@ -200,6 +205,10 @@ class StoreService:
         self._lock_fd: int | None = None
         self._pipeline_lock = threading.Lock()
         self._stopped = threading.Event()
+        self.share_s = float(share_s)
+        self._shared: dict[str, tuple[float, pa.Table]] = {}
+        self._gates: dict[str, threading.Lock] = {}
+        self._shared_lock = threading.Lock()
 
     # --- life cycle --------------------------------------------------------------------------------------------
 
@@ -310,10 +319,34 @@ class StoreService:
             self._pool.put(store)
 
     def get(self, request: dict[str, Any]) -> pa.Table:
-        """Run a client's query (named, or read-only SQL) and return its result as Arrow."""
+        """Run a client's query (named, or read-only SQL) and return its result as Arrow.
+
+        Identical requests within :attr:`share_s` seconds share one run: viewers of the same dashboard ask the same
+        questions on every refresh, so N viewers cost the engine about what one does. A request that arrives while
+        the same one runs waits for its answer.
+        """
         database = request.get("database")
         if database not in (None, self.settings.database):
             raise StoreError(f"this owner serves database {self.settings.database}, not {database}")
+        if self.share_s <= 0:
+            return self._run(request)
+        key = json.dumps(request, sort_keys=True)
+        with self._shared_lock:
+            gate = self._gates.setdefault(key, threading.Lock())
+        with gate:
+            hit = self._shared.get(key)
+            if hit is not None and time.monotonic() - hit[0] < self.share_s:
+                return hit[1]
+            table = self._run(request)
+            with self._shared_lock:
+                now = time.monotonic()
+                self._shared[key] = (now, table)
+                for old in [k for k, (t, _) in self._shared.items() if now - t >= self.share_s]:
+                    del self._shared[old]
+                    self._gates.pop(old, None)
+            return table
+
+    def _run(self, request: dict[str, Any]) -> pa.Table:
         with self._client() as store:
             if "query" in request:
                 args = dict(request.get("args") or {})

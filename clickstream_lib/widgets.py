@@ -377,7 +377,10 @@ class Filters:
         """Keyword arguments for :func:`clickstream_lib.queries.run`: ``start`` plus the chosen filters."""
         out: dict[str, Any] = {}
         if self.window.value:
-            out["start"] = (now or datetime.now(UTC)) - timedelta(seconds=int(self.window.value))
+            # Whole seconds: viewers of a served store that refresh within the same second ask the same question,
+            # which the owner answers once (service.StoreService.get).
+            now = (now or datetime.now(UTC)).replace(microsecond=0)
+            out["start"] = now - timedelta(seconds=int(self.window.value))
         for name in ("interaction_type", "device", "country"):
             value = self.dropdowns()[name].value
             if value != ALL:
