@@ -373,6 +373,11 @@ class StoreService:
             known = ", ".join(["info", *(f"pipeline.{m}" for m in PIPELINE_METHODS)])
             raise ConfigError("action", f"{name!r} is not an action of the store's owner; expected one of {known}")
         with self._pipeline_lock:
+            if self.pipeline is None and method in ("stats", "state", "stop", "stop_producer", "stop_sink"):
+                # Nothing started yet: answer without creating the pipeline (its producer connects to Kafka).
+                if method == "state":
+                    return {"rate": self.rate, "scenarios": {}}
+                return {"producer": "stopped", "sent": 0, "acked": 0, "sink": "stopped", "rows_inserted": 0}
             pipeline = self._pipeline()
             if method == "stats":
                 return pipeline.stats()

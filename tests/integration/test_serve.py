@@ -291,3 +291,38 @@ def test_kill9_of_the_owner_is_noticed_and_the_sink_stays_exactly_once(settings:
     finally:
         assert stop_owner(proc) == 0
     assert find_owner(client_settings) is None and not paths.info.exists()
+
+
+WORKBENCH = """
+import json, sys
+from clickstream_lib import Settings, Workbench
+wb = Workbench(Settings.from_env(), rate=2000, seed=3)
+wb.pipeline.set_rate(1500)
+wb.pipeline.set_scenario("flash_sale", True)
+wb.pipeline.start(events=600)
+rows = wb.wait_for_rows(600, timeout_s=120)
+wb.refresh()
+print(json.dumps({"store": type(wb.store).__name__, "rows": rows, "state": wb.pipeline.state(),
+                  "message": wb.message.value, "preview": wb.preview.value, "chdb": "chdb" in sys.modules}))
+"""
+
+
+def test_the_workbench_drives_the_owners_pipeline(settings: Settings, tmp_path: Path) -> None:
+    env = worker_env(settings, tmp_path / "data")
+    proc = start_owner(env, "--no-sink", log=tmp_path / "owner.log")
+    try:
+        store = connect(Settings.from_env(env))
+        assert isinstance(store, ServedStore)
+        assert store.pipeline().stats()["sink"] == "stopped"  # nothing started before a client asks
+        got = json.loads(python(env, WORKBENCH))
+        assert got["store"] == "ServedStore" and got["chdb"] is False
+        assert got["rows"] == 600 and got["message"] == ""
+        assert got["state"] == {"rate": 1500.0, "scenarios": {"flash_sale": True}}
+        assert 'data-table="preview"' in got["preview"]
+        # The workbench's process is gone; the owner's pipeline and its rows are not.
+        assert _count(store) == (600, 600)
+        stats = store.pipeline().stats()
+        assert stats["sink"] == "running" and stats["acked"] == 600
+        store.close()
+    finally:
+        assert stop_owner(proc) == 0
