@@ -542,9 +542,11 @@ class OwnerProcess:
         produce: bool = True,
         rate: float = 200.0,
         log_file: str | Path | None = None,
+        sink: bool = True,
     ) -> None:
         self.settings = settings
         self.produce = produce
+        self.sink = sink
         self.rate = float(rate)
         self.log_file = Path(log_file) if log_file else Path(settings.data_dir) / "logs" / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -552,7 +554,7 @@ class OwnerProcess:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "clickstream_lib", "serve", "--rate", str(self.rate)]
-        return cmd + (["--produce"] if self.produce else [])
+        return cmd + (["--produce"] if self.produce else []) + ([] if self.sink else ["--no-sink"])
 
     def start(self, timeout_s: float = 120.0) -> str:
         """Start the owner and wait until it serves; returns its socket path.

@@ -190,9 +190,11 @@ def test_cli_query_and_report_work_while_the_owner_runs(
 
     got = recorded(nbformat.read(tmp_path / "report" / "report.ipynb", as_version=4))
     assert got["kpis"]["total"] == n
-    # A second owner of the same directory is the one true lock conflict.
+    # A second owner of the same directory is the one true lock conflict: another `serve`, or a sink of its own.
     r = cli(env, "serve", "--no-sink", timeout=120)
     assert r.returncode == 1 and "already has an owner" in r.stderr, r.stderr
+    r = cli(env, "consume", "--until-idle", "1", timeout=120)
+    assert r.returncode == 1 and "owned by `clickstream serve`" in r.stderr, r.stderr
 
 
 def test_a_client_without_the_token_is_refused(served: tuple[dict[str, str], Settings]) -> None:

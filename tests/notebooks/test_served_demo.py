@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import psutil
 import pytest
 
+from clickstream_lib.notebooks import recorded
 from clickstream_lib.settings import Settings
 from clickstream_lib.store import find_owner
 
@@ -93,13 +95,13 @@ def test_five_pages_share_the_owners_live_pipeline(browser: Any, own_settings: S
         assert not any(_maps_chdb(pid) for pid in kernels)
         assert _maps_chdb(owner.pid)
 
-        # Another process queries the store while the demo runs.
+        # Other processes query the store while the demo runs.
         assert _cli_total(own_settings) > 0
 
-        # Pausing on one page pauses the owner's pipeline: every page shows it stopped. (A page is brought to the
-        # front before a click: Chromium runs no animation frames in background tabs, which a click waits for.)
+        # Pausing on one page pauses the owner's pipeline: every page shows it stopped. (The click is dispatched as a
+        # DOM event: Playwright's click waits for animation frames, which a loaded machine's background tabs starve.)
         pages[0].bring_to_front()
-        pages[0].locator(".cs-btn-pause").click()
+        pages[0].locator(".cs-btn-pause").dispatch_event("click")
         for page in pages:
             wait_until(lambda p=page: _stat(p, "sink") == "stopped", 60, what="the pipeline paused on every page")
         stable = _cli_total(own_settings)
@@ -110,6 +112,18 @@ def test_five_pages_share_the_owners_live_pipeline(browser: Any, own_settings: S
             state=status,
         )
         assert _cli_total(own_settings) == stable
+        # The papermill report, from another process too, counts the same.
+        report = subprocess.run(
+            [sys.executable, "-m", "clickstream_lib", "report", "--out", str(tmp_path / "report")],
+            env=env_for(own_settings),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert report.returncode == 0, report.stderr[-3000:]
+        assert recorded(nbformat.read(tmp_path / "report" / "report.ipynb", as_version=4))["kpis"]["total"] == stable
 
         # Closing pages stops nothing but their kernels: resuming from a remaining page makes the totals grow again.
         for page in pages[1:]:
@@ -117,7 +131,7 @@ def test_five_pages_share_the_owners_live_pipeline(browser: Any, own_settings: S
         pages = pages[:1]
         pages[0].bring_to_front()
         assert pages[0].locator(".cs-btn-pause").inner_text().strip().startswith("Resume")
-        pages[0].locator(".cs-btn-pause").click()
+        pages[0].locator(".cs-btn-pause").dispatch_event("click")
         wait_until(lambda: kpi(pages[0], "total") > stable, 90, what="the totals to grow after resuming")
 
         proc.send_signal(signal.SIGINT)
