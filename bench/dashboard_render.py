@@ -7,14 +7,20 @@ dashboard = open the dashboard (embedded store holding --events events, read-onl
             (it holds the chdb lock) before the next run;
 raw       = the baseline measured in the same run: Voila rendering a one-cell notebook that prints a word, same
             server flags, same browser, until the word is on the page.
+served    = the same dashboard while `clickstream serve --no-sink` owns the store (notebooks.OwnerProcess): each
+            kernel is a client over the owner's Unix socket and never loads chdb.
 Medians of --repeats runs; the ratio is against the raw baseline. Memory: resident set size (RSS) of the Voila
 server and of the dashboard kernel while a tab is open, then the same with the live pipeline (--rate events/s
 generated -> Kafka -> sink inside the kernel) after it ran for 20 s.
-viewers   = --viewers tabs of the dashboard open at once (each waits for its page before the next opens): RSS and
-            unique set size (USS, what the kernel alone holds) per viewer kernel. In embedded mode the first tab's
-            kernel holds the store; the others show the "already open" message. Then the tabs close without their
-            unload handlers (no shutdown beacon, as for a killed browser): the time until the culler
-            (PageCullingKernelManager, default settings) has ended every kernel.
+
+Served figures, in the same run:
+* RPC overhead: the dashboard's live refresh set (queries.live_panels) in-process on one of the owner's engine
+  clients vs over the socket from a client process, on the same data and the same engine, alternating in --rounds
+  rounds of --refreshes each (this script is the owner here, service.StoreService, with its sharing of identical
+  requests off, so every request runs).
+* Memory per extra viewer: --viewers pages open at once on the served dashboard; RSS and USS (memory unique to the
+  process) of each kernel; then the pages close without their unload handlers (no shutdown beacon, as for a killed
+  browser) and the time until the culler (PageCullingKernelManager, default settings) has ended every kernel.
 A local Kafka broker on free ports in a temporary directory is started and stopped by this script.
 """
 
@@ -38,7 +44,9 @@ from playwright.sync_api import sync_playwright
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clickstream_lib.notebooks import KernelCulling, VoilaServer, settings_env  # noqa: E402
+from clickstream_lib import queries  # noqa: E402
+from clickstream_lib.notebooks import KernelCulling, OwnerProcess, VoilaServer, settings_env  # noqa: E402
+from clickstream_lib.service import StoreService  # noqa: E402
 from clickstream_lib.settings import Settings  # noqa: E402
 from clickstream_lib.stack import KafkaStack  # noqa: E402
 from tests.conftest import base_env, free_port  # noqa: E402
@@ -77,28 +85,56 @@ def render(context, server: VoilaServer, selector: str, count: int) -> tuple[flo
     return elapsed, mem
 
 
-def viewers(context, server: VoilaServer, n: int) -> tuple[list[float], list[float], float]:
-    """Open ``n`` tabs at once; RSS and USS (MB) of each kernel, then seconds until closed tabs' kernels are culled."""
-    pages = []
-    for _ in range(n):
-        page = context.new_page()
-        page.goto(server.url, wait_until="domcontentloaded", timeout=120_000)
-        page.locator('[data-kpi="total"], [data-message="store-locked"]').first.wait_for(timeout=120_000)
-        pages.append(page)
-    kernels = server.kernel_pids()
-    if len(kernels) != n:
-        raise RuntimeError(f"{len(kernels)} kernels for {n} open tabs")
-    rss, uss = [], []
-    for pid in kernels:
-        info = psutil.Process(pid).memory_full_info()
-        rss.append(info.rss / 2**20)
-        uss.append(info.uss / 2**20)
+def uss_mb(pids: list[int]) -> list[float]:
+    out = []
+    for pid in pids:
+        try:
+            out.append(psutil.Process(pid).memory_full_info().uss / 2**20)
+        except psutil.NoSuchProcess:
+            out.append(0.0)
+    return out
+
+
+SERVED_REFRESHES = """
+import json, sys, time
+from clickstream_lib import Settings, connect, queries
+store = connect(Settings.from_env())
+assert type(store).__name__ == "ServedStore", type(store)
+queries.live_panels(store)
+times = []
+for _ in range({n}):
     t0 = time.perf_counter()
-    for page in pages:
-        page.close(run_before_unload=False)  # no beacon: only the server-side culler ends these kernels
-    culling = server.culling or KernelCulling()
-    wait_gone(kernels, timeout=culling.render_timeout_s + culling.page_timeout_s + culling.interval_s + 30)
-    return rss, uss, time.perf_counter() - t0
+    queries.live_panels(store)
+    times.append(time.perf_counter() - t0)
+print(json.dumps({{"times": times, "chdb": "chdb" in sys.modules}}))
+"""
+
+
+def rpc_overhead(service: StoreService, settings: Settings, rounds: int, refreshes: int) -> tuple[list[float], ...]:
+    """Seconds per live refresh, in-process on an engine client of the owner and over the socket, alternating."""
+    assert service.store is not None
+    local = service.store.fork()
+    queries.live_panels(local)
+    inproc: list[float] = []
+    served: list[float] = []
+    env = settings_env(settings, base_env())
+    for _ in range(rounds):
+        for _ in range(refreshes):
+            t0 = time.perf_counter()
+            queries.live_panels(local)
+            inproc.append(time.perf_counter() - t0)
+        out = subprocess.run(
+            [sys.executable, "-c", SERVED_REFRESHES.format(n=refreshes)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        assert not got["chdb"], "a served client imported chdb"
+        served.extend(got["times"])
+    local.close()
+    return inproc, served
 
 
 def main() -> int:
@@ -106,7 +142,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--rate", type=float, default=1000.0)
-    ap.add_argument("--viewers", type=int, default=3, help="dashboard tabs open at once for the memory per viewer")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds of the RPC overhead figure")
+    ap.add_argument("--refreshes", type=int, default=10, help="live refreshes per round")
+    ap.add_argument("--viewers", type=int, default=4, help="pages open at once on the served dashboard")
     args = ap.parse_args()
     chromium = shutil.which("chromium")
     if not chromium:
@@ -164,7 +202,38 @@ def main() -> int:
                         t, mem = render(context, server, ".cs-dashboard .jp-RenderedPlotly", 8)
                         dash_t.append(t)
                         mems.append(mem)
-                    viewer_rss, viewer_uss, culled_s = viewers(context, server, args.viewers)
+                service = StoreService(settings, sink=False, share_s=0)
+                service.start()
+                try:
+                    inproc_t, served_rpc_t = rpc_overhead(service, settings, args.rounds, args.refreshes)
+                finally:
+                    service.stop()
+                owner = OwnerProcess(settings, produce=False, sink=False, log_file=tmp / "serve.log")
+                owner.start()
+                try:
+                    served_t: list[float] = []
+                    served_mems: list[list[float]] = []
+                    with VoilaServer(settings, "dashboard", port=0, log_file=tmp / "served.log") as server:
+                        for _ in range(args.repeats):
+                            t, mem = render(context, server, ".cs-dashboard .jp-RenderedPlotly", 8)
+                            served_t.append(t)
+                            served_mems.append(mem)
+                        pages = [context.new_page() for _ in range(args.viewers)]
+                        for page in pages:
+                            page.goto(server.url, wait_until="domcontentloaded", timeout=120_000)
+                        for page in pages:
+                            page.locator(".cs-dashboard .jp-RenderedPlotly").nth(7).wait_for(timeout=180_000)
+                        viewer_kernels = server.kernel_pids()
+                        viewer_rss, viewer_uss = rss_mb(viewer_kernels), uss_mb(viewer_kernels)
+                        # No beacon, as for a killed browser: only the server-side culler ends these kernels.
+                        closed = time.perf_counter()
+                        for page in pages:
+                            page.close(run_before_unload=False)
+                        culling = server.culling or KernelCulling()
+                        wait_gone(viewer_kernels, timeout=culling.page_timeout_s + culling.interval_s + 60)
+                        culled_s = time.perf_counter() - closed
+                finally:
+                    owner.stop()
                 live = settings.replace(kafka_topic="bench_render_live", clickhouse_database="live")
                 params = {"live_pipeline": True, "rate": args.rate, "refresh_s": 5.0}
                 with VoilaServer(live, "dashboard", port=0, params=params, log_file=tmp / "live.log") as server:
@@ -193,13 +262,25 @@ def main() -> int:
         f"memory (live, {args.rate:.0f} ev/s, 20 s, total {live_total}): voila server {live_mem[0]:.0f} MB, "
         f"kernel {sum(live_mem[1:]):.0f} MB RSS"
     )
+    served_med = statistics.median(served_t)
+    in_med, rpc_med = statistics.median(inproc_t), statistics.median(served_rpc_t)
+    print(f"served dashboard     first render median {served_med:6.2f} s  {[round(x, 2) for x in served_t]}")
+    print(f"ratio served/raw     {served_med / raw_med:6.2f}x")
     print(
-        f"viewers ({args.viewers} tabs)       per kernel RSS {[round(x) for x in viewer_rss]} MB, "
-        f"USS {[round(x) for x in viewer_uss]} MB; median USS {statistics.median(viewer_uss):.0f} MB"
+        f"served kernel        {statistics.median(sum(m[1:]) for m in served_mems):.0f} MB RSS (one tab open; "
+        f"in-process dashboard kernel {kernel_mb:.0f} MB)"
+    )
+    print(
+        f"live refresh set     in-process median {in_med * 1000:.1f} ms, over the socket {rpc_med * 1000:.1f} ms "
+        f"({args.rounds} rounds x {args.refreshes}); overhead {100 * (rpc_med / in_med - 1):+.1f}%"
+    )
+    print(
+        f"{len(viewer_kernels)} viewers at once   kernel RSS {[round(x) for x in viewer_rss]} MB, "
+        f"USS {[round(x) for x in viewer_uss]} MB; median USS per extra viewer {statistics.median(viewer_uss):.0f} MB"
     )
     defaults = KernelCulling()
     print(
-        f"tabs closed without beacon: every kernel culled after {culled_s:.1f} s "
+        f"pages closed without beacon: every kernel culled after {culled_s:.1f} s "
         f"(page_timeout {defaults.page_timeout_s:g} s, checks every {defaults.interval_s} s)"
     )
     return 0

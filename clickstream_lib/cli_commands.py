@@ -378,6 +378,14 @@ def _cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--until-idle", f"{args.until_idle} must be more than 0 seconds")
     if args.batch_max_rows < 1 or args.batch_max_wait <= 0:
         raise ConfigError("--batch-max-rows/--batch-max-wait", "must be positive")
+    from .store import StoreLocked, find_owner
+
+    owner = find_owner(settings)
+    if owner is not None:
+        raise StoreLocked(
+            f"the embedded store {settings.store_url.path} is owned by `clickstream serve` (pid {owner.pid}), which "
+            "runs the sink itself: stop it to run `clickstream consume`, or use another CLICKSTREAM_DATA_DIR"
+        )
     sink = Sink(
         settings,
         batch_max_rows=args.batch_max_rows,
@@ -420,6 +428,51 @@ def _cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 
 register(_add_consume)
 
+# --- serve (the owner of an embedded store) ----------------------------------------------------------------------
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="own the embedded store: run the sink and serve every other process of this machine",
+        description=(
+            "Open the embedded ClickHouse store (chdb, CLICKSTREAM_DATA_DIR) once, run the sink (and with --produce "
+            "the generator/producer), and serve the store to every other process of this machine over a Unix socket "
+            "in the data directory (Arrow Flight; same user only: a 0700 directory and a token file). While it runs, "
+            "`clickstream query`, `clickstream report`, notebooks and every dashboard viewer reach the store through "
+            "it, and the dashboard and the workbench show and control its pipeline.\n"
+            "Prints `serving: <socket>` once ready; runs until SIGTERM/Ctrl-C (the sink stores and commits first)."
+        ),
+        epilog=(
+            "examples:\n  clickstream serve\n  clickstream serve --produce --rate 500\n  clickstream serve --no-sink"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--produce", action="store_true", help="also run the generator/producer (the demo's live pipeline)")
+    p.add_argument("--rate", type=float, default=200.0, help="events/s of the producer (default 200)")
+    p.add_argument("--seed", type=int, default=None, help="the generator's seed (default: random)")
+    p.add_argument("--no-sink", action="store_true", help="serve queries only; start the sink later from a client")
+    p.set_defaults(handler=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .service import StoreService
+
+    service = StoreService(settings, sink=not args.no_sink, produce=args.produce, rate=args.rate, seed=args.seed)
+    owner = service.start()
+    try:
+        out(f"serving: {owner.socket}")
+        err(f"owner of {settings.store_url.path} (pid {owner.pid}) — Ctrl-C or SIGTERM stops it")
+        service.wait()
+    except KeyboardInterrupt:
+        err("clickstream: stopping — the sink stores and commits what it has")
+    finally:
+        service.stop()
+    return 0
+
+
+register(_add_serve)
+
 # --- query (named analytics queries, read-only SQL) --------------------------------------------------------------
 
 
@@ -432,7 +485,8 @@ def _add_query(sub: argparse._SubParsersAction) -> None:
             "one read-only statement with --sql (SELECT, SHOW, DESCRIBE, EXISTS; anything else exits 2). "
             "Filters: interaction_type, device, country, referrer, item_id; "
             "repeat a filter to match several values. Times are ISO-8601, UTC unless they carry an offset.\n"
-            "In embedded mode this process opens the store: stop other processes using CLICKSTREAM_DATA_DIR."
+            "In embedded mode a running owner (`clickstream serve`, `clickstream demo`) answers; without one this "
+            "process opens the store itself."
         ),
         epilog=(
             "examples:\n  clickstream query --list\n  clickstream query kpis\n"
@@ -567,7 +621,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
             "Execute notebooks/report.ipynb with papermill (parameters: start, end, interaction_type, device, country, "
             "referrer, top_n, alert_rules, alert_step) and write <out>/report.ipynb (widget state stripped) and "
             "<out>/report.html (no code).\n"
-            "In embedded mode the report's kernel opens the store: stop other processes using CLICKSTREAM_DATA_DIR."
+            "In embedded mode the report's kernel reaches the store through its owner (`clickstream serve`) when one "
+            "runs, else opens it itself."
         ),
         epilog="example:\n  clickstream report --param start=2026-11-01 --param end=2026-12-01 --param device=mobile "
         "--out reports/nov",
@@ -603,9 +658,10 @@ def _add_dashboard(sub: argparse._SubParsersAction) -> None:
         help="serve the live dashboard with Voila on 127.0.0.1",
         description=(
             "Serve notebooks/dashboard.ipynb with Voila, bound to 127.0.0.1. Each browser tab gets its own kernel; "
-            "closing the tab stops it.\nEmbedded mode (default): the tab's kernel owns the store, so one viewer at a "
-            "time — use `--live` to run the producer and sink inside it. Server mode (CLICKHOUSE_URL=http://...): "
-            "many viewers, read-only."
+            "closing the tab stops it.\nEmbedded mode (default): with an owner running (`clickstream serve`), every "
+            "tab is a client of it and `--live` shows and controls the owner's pipeline; without one, the tab's "
+            "kernel opens the store itself (one viewer at a time) and `--live` runs the producer and sink inside it. "
+            "Server mode (CLICKHOUSE_URL=http://...): many viewers, read-only."
         ),
         epilog="examples:\n  clickstream dashboard\n  clickstream dashboard --port 8870 --refresh 10\n"
         "  clickstream dashboard --live --rate 500",
@@ -640,9 +696,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="the main job: local Kafka + live pipeline + dashboard in your browser",
         description=(
-            "Start the local Kafka broker (resolving its jars once), then serve the dashboard with Voila on "
-            "127.0.0.1 with a live pipeline (generator -> Kafka -> sink -> embedded ClickHouse) running in its "
-            "kernel. Open the printed URL. Ctrl-C stops the dashboard, the pipeline and the broker it started."
+            "Start the local Kafka broker (resolving its jars once), the owner of the embedded store (`clickstream "
+            "serve --produce`: the live pipeline generator -> Kafka -> sink -> embedded ClickHouse), and the dashboard "
+            "with Voila on 127.0.0.1. Open the printed URL in as many tabs as you like: every page shows and controls "
+            "the same pipeline, and `clickstream query`/`report` work meanwhile. Ctrl-C or SIGTERM stops the "
+            "dashboard, the owner (the sink commits first) and the broker it started."
         ),
         epilog="examples:\n  clickstream demo\n  clickstream demo --port 8870 --rate 1000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -661,7 +719,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     def ready(url: str) -> None:
         out(f"dashboard: {url}")
-        err("open it in a browser; Ctrl-C stops the dashboard, the pipeline and the broker")
+        err("open it in a browser; Ctrl-C stops the dashboard, the store's owner with its pipeline, and the broker")
 
     run_demo(
         settings,

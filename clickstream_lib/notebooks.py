@@ -8,7 +8,8 @@
   kernel. It also passes ``--Voila.tornado_settings disable_check_xsrf=True`` because Voila 0.5.13's
   kernel-shutdown beacon fails the XSRF check (voila issue 1458); with it a closed tab ends its kernel at once
   rather than after the timeout. Turning the check off is only acceptable because the server is bound to loopback.
-- :func:`run_demo` starts the local Kafka broker and serves the dashboard with a live pipeline.
+- :func:`run_demo` starts the local Kafka broker, the store's owner (:class:`OwnerProcess`, ``clickstream serve``)
+  with a live pipeline, and the dashboard.
 
 Notebook kernels are separate processes; they read :class:`~clickstream_lib.settings.Settings` from their
 environment, so these helpers hand the settings over as environment variables (:func:`settings_env`) and pass
@@ -294,8 +295,9 @@ def run_report(
 ) -> ReportResult:
     """Execute a report notebook with papermill; write ``<name>.ipynb`` (widget state stripped) and ``<name>.html``.
 
-    The kernel is a separate process that reads ``settings`` from its environment. In embedded mode it opens the
-    chdb store itself, so the calling process must not hold it.
+    The kernel is a separate process that reads ``settings`` from its environment. In embedded mode it reaches the
+    store through its owner (``clickstream serve``) when one runs, else opens chdb itself — then the calling process
+    must not hold the directory.
 
     Raises:
         NotebookError: a cell failed (the executed notebook with the traceback is still written for inspection).
@@ -597,7 +599,87 @@ def _tail(path: Path, lines: int = 5) -> str:
     return (" — " + " | ".join(text[-lines:])) if text else ""
 
 
-# --- demo -------------------------------------------------------------------------------------------------------
+# --- the store's owner as a child process, and the demo ----------------------------------------------------------
+
+
+class OwnerProcess:
+    """``clickstream serve`` as a child process: the owner of the embedded store (see :mod:`clickstream_lib.service`).
+
+    Like :class:`VoilaServer` it runs in its own session (Ctrl-C in a terminal reaches only the CLI, which stops the
+    children in order) and gets SIGTERM when its parent dies, even by SIGKILL.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        produce: bool = True,
+        rate: float = 200.0,
+        log_file: str | Path | None = None,
+        sink: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.produce = produce
+        self.sink = sink
+        self.rate = float(rate)
+        self.log_file = Path(log_file) if log_file else Path(settings.data_dir) / "logs" / "serve.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.socket = ""
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "clickstream_lib", "serve", "--rate", str(self.rate)]
+        return cmd + (["--produce"] if self.produce else []) + ([] if self.sink else ["--no-sink"])
+
+    def start(self, timeout_s: float = 120.0) -> str:
+        """Start the owner and wait until it serves; returns its socket path.
+
+        Raises:
+            NotebookError: it exited during start-up (e.g. another owner serves the directory) or did not get ready.
+        """
+        import select
+
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                env=settings_env(self.settings),
+                stdout=subprocess.PIPE,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_terminate_with_parent,
+            )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
+            line = self.proc.stdout.readline().decode() if ready else ""
+            if line.startswith("serving: "):
+                self.socket = line.split(" ", 1)[1].strip()
+                logger.info("store owner (pid %d) serving on %s; log %s", self.proc.pid, self.socket, self.log_file)
+                return self.socket
+            if self.proc.poll() is not None:
+                raise NotebookError(
+                    f"`clickstream serve` exited with code {self.proc.returncode} while starting; see {self.log_file}"
+                    + _tail(self.log_file)
+                )
+        self.stop()
+        raise NotebookError(f"`clickstream serve` was not ready within {timeout_s:.0f} s; see {self.log_file}")
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """SIGTERM (the sink stores and commits what it has), then SIGKILL after ``timeout_s``."""
+        proc = self.proc
+        if not proc or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stdout:
+            proc.stdout.close()
+        logger.info("store owner (pid %d) stopped", proc.pid)
 
 
 def run_demo(
@@ -608,16 +690,19 @@ def run_demo(
     on_ready: Callable[[str], None] | None = None,
     stop_broker: bool = True,
 ) -> None:
-    """Start the local broker, serve the dashboard with a live pipeline, and block until interrupted.
+    """Start the local broker, the store's owner with the live pipeline, and the dashboard; block until interrupted.
 
-    The dashboard's kernel owns the embedded store and runs the producer and the sink, so this process never opens
-    chdb. On return (Ctrl-C) it stops Voila and, when it started the broker, the broker too.
+    The owner (``clickstream serve --produce``) holds the embedded store and runs the producer and the sink; every
+    dashboard page is a client of it, shows its pipeline and can pause it. This process never opens chdb. On return
+    (Ctrl-C, SIGTERM) it stops Voila, then the owner (the sink commits first) and, when it started the broker, the
+    broker.
     """
     from .stack import KafkaStack
 
     stack = KafkaStack(settings)
     started_broker = not stack.status().running
     stack.up()
+    owner = OwnerProcess(settings, produce=True, rate=rate)
     server = VoilaServer(
         settings,
         "dashboard",
@@ -625,6 +710,7 @@ def run_demo(
         params={"live_pipeline": True, "rate": float(rate), "refresh_s": float(refresh_s)},
     )
     try:
+        owner.start()
         url = server.start()
         if on_ready:
             on_ready(url)
@@ -633,5 +719,6 @@ def run_demo(
             raise NotebookError(f"Voila exited with code {code}; see {server.log_file}" + _tail(server.log_file))
     finally:
         server.stop()
+        owner.stop()
         if started_broker and stop_broker:
             stack.down()

@@ -34,7 +34,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from .errors import QueryError
 from .events import INTERACTION_TYPES
 from .schema import HLL_PRECISION, SEGMENT_HLL_PRECISION, TYPE_COLUMNS, USER_TOTAL_SQL
-from .store import Store, empty_frame, store_error
+from .store import ServedStore, Store, empty_frame, store_error
 
 logger = logging.getLogger(__name__)
 
@@ -357,6 +357,8 @@ def run(
         QueryError: unknown query, filter or option, or a bad value.
         StoreError: ClickHouse failed, or refused the query for memory (the message names the limit to raise).
     """
+    if isinstance(store, ServedStore):  # the owner of the embedded store runs it (this same function, there)
+        return store.run_query(name, start=start, end=end, source=source, **kwargs)
     nq, q, sql = plan(name, store.database, start=start, end=end, source=source, **kwargs)
     try:
         try:
@@ -390,6 +392,8 @@ def read_only(store: Store, sql: str, parameters: dict[str, Any] | None = None) 
         QueryError: the SQL is empty, not one read-only statement, or refused by the engine's read-only mode.
         StoreError: ClickHouse failed.
     """
+    if isinstance(store, ServedStore):  # the owner of the embedded store runs it (this same function, there)
+        return store.read_only(sql, parameters)
     try:
         return store.read_only_df(sql, parameters)
     except ClickHouseError as exc:

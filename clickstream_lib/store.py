@@ -1,8 +1,12 @@
 """The ClickHouse store: embedded chdb (``chdb:///dir``) or a server URL, schema migrations, inserts.
 
-Embedded mode runs the real ClickHouse engine in-process. chdb locks its data directory: one process per
-directory and one directory per process. :func:`connect` detects a held lock (chdb only prints the cause to stderr)
-and raises :class:`~clickstream_lib.errors.StoreLocked` saying who holds it and how to go multi-process.
+Embedded mode runs the real ClickHouse engine (chdb) in one process per data directory. That process is either the
+directory's owner, ``clickstream serve`` (:mod:`clickstream_lib.service`), which serves every other process of the
+machine over a Unix socket, or — when no owner runs — the one process that opened it in-process. :func:`connect`
+finds an owner and returns a :class:`ServedStore` (same interface, no chdb in this process), and opens chdb itself
+only when none serves the directory. It raises :class:`~clickstream_lib.errors.StoreLocked` only when another process
+holds the directory in-process. The protocol and its files are described in docs/deployment.md ("Served store").
+chdb is imported only when a process opens the directory in-process.
 
 The embedded engine runs with a memory limit (``CLICKSTREAM_MEMORY_LIMIT_MB``, ClickHouse's
 ``max_server_memory_usage``). Besides refusing a query that would exceed it, the limit is what makes the engine hand
@@ -15,26 +19,36 @@ query and piled up between queries (see :func:`_engine_options`). A query refuse
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import decimal
 import errno
 import fcntl
+import hashlib
+import json
 import logging
 import os
 import re
+import tempfile
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from . import schema
-from .errors import StoreError, StoreLocked
+from . import errors, schema
+from .errors import ConfigError, StoreError, StoreLocked
 from .settings import Settings, StoreURL
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .pipeline import ServedPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +162,8 @@ def _locked_error(directory: Path, pid: int | None) -> StoreLocked:
     return StoreLocked(
         f"the embedded ClickHouse store {directory} is held by {who}"
         " — chdb allows one process per data directory. Stop that process, use another CLICKSTREAM_DATA_DIR, "
-        "or go multi-process with a ClickHouse server: set CLICKHOUSE_URL=http://user:password@host:8123/db "
-        "(docker compose up brings one)"
+        "or let one owner serve the directory to every process of this machine: `clickstream serve` (`clickstream "
+        "demo` starts one); for many machines use a ClickHouse server: CLICKHOUSE_URL=http://user:password@host:8123/db"
     )
 
 
@@ -601,20 +615,40 @@ def _current_server_store(settings: Settings, url: StoreURL, database: str) -> S
     return Store(settings, open_client(url, database), database)
 
 
-def connect(settings: Settings, migrate: bool = True) -> Store:
+def connect(settings: Settings, migrate: bool = True, discover: bool = True) -> Store:
     """Open the store named by ``settings``, create its database, and apply schema migrations.
 
+    For an embedded store (``chdb:///dir``) whose directory an owner (``clickstream serve``) serves, this returns a
+    :class:`ServedStore` that reaches the owner over its socket; the owner has migrated the schema. Only when no
+    owner serves the directory does this process open chdb itself.
+
+    Args:
+        settings: where the store is.
+        migrate: apply pending schema migrations (in-process and server stores).
+        discover: look for an owner first; the owner itself opens its directory with ``discover=False``.
+
     Raises:
-        StoreLocked: the embedded data directory is held by another process.
+        StoreLocked: another process holds the embedded data directory in-process (not as a serving owner).
         StoreError: ClickHouse is unreachable or refused.
     """
     url = settings.store_url
     database = settings.database
+    if url.embedded and discover:
+        served = served_store(settings)
+        if served is not None:
+            return served
     if not url.embedded:
         current = _current_server_store(settings, url, database)
         if current is not None:
             return current
-    client = open_client(url, memory_limit_mb=settings.memory_limit_mb)
+    try:
+        client = open_client(url, memory_limit_mb=settings.memory_limit_mb)
+    except StoreLocked:
+        # An owner may have started between the look above and the open: its lock is the one chdb reported.
+        served = served_store(settings, wait_s=OWNER_START_S) if discover else None
+        if served is None:
+            raise
+        return served
     try:
         client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
     except ClickHouseError as exc:
@@ -627,3 +661,380 @@ def connect(settings: Settings, migrate: bool = True) -> Store:
     if migrate:
         store.migrate()
     return store
+
+
+# --- served: one owner process per embedded directory, reached over Arrow Flight on a Unix socket ---------------
+
+#: How long a client waits for an owner that holds its lock but has not published its address yet (starting up).
+OWNER_START_S = 60.0
+#: gRPC's limit on a Unix socket path (sockaddr_un.sun_path, 108 bytes with the terminating NUL), with a margin.
+_MAX_SOCKET_PATH = 100
+TOKEN_HEADER = "authorization"
+
+
+@dataclass(frozen=True)
+class ServePaths:
+    """The files by which an owner publishes itself, in a 0700 directory next to the chdb directory.
+
+    * ``owner.lock`` — the owner holds an exclusive flock on it for its whole life; the kernel releases it when the
+      process dies, even by SIGKILL, so a free lock means no owner.
+    * ``owner.json`` — pid, socket path and start time, written once the socket accepts calls.
+    * ``token`` (0600) — a random secret every call must carry; only the user who can read it gets served.
+    """
+
+    root: Path
+
+    @classmethod
+    def for_url(cls, url: StoreURL) -> ServePaths:
+        return cls(Path(url.path + ".serve"))
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "owner.lock"
+
+    @property
+    def info(self) -> Path:
+        return self.root / "owner.json"
+
+    @property
+    def token(self) -> Path:
+        return self.root / "token"
+
+    def socket(self) -> Path:
+        """Where the owner listens: in this directory, or — when that path is too long for a Unix socket — in a
+        0700 directory of this user under the system's temporary directory, named after this one."""
+        inside = self.root / "socket"
+        if len(str(inside)) <= _MAX_SOCKET_PATH:
+            return inside
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:20]
+        return Path(tempfile.gettempdir()) / f"clickstream-{os.getuid()}" / f"{digest}.sock"
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (mode 0700) or check an existing one is this user's and not open to others.
+
+    Raises:
+        StoreError: the directory belongs to another user or cannot be made private.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.lstat()
+    if st.st_uid != os.getuid() or not path.is_dir() or path.is_symlink():
+        raise StoreError(f"{path} is not a directory of this user — remove it, or use another CLICKSTREAM_DATA_DIR")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def owner_lock_held(paths: ServePaths) -> bool:
+    """Whether a live process holds the owner lock of ``paths`` (probed with a non-blocking flock, released at once)."""
+    try:
+        fd = os.open(paths.lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class OwnerInfo:
+    """A live owner of an embedded directory, as published in ``owner.json``."""
+
+    pid: int
+    socket: str
+    started: float
+    paths: ServePaths
+
+    @property
+    def location(self) -> str:
+        return f"grpc+unix://{self.socket}"
+
+
+def _read_info(paths: ServePaths) -> OwnerInfo | None:
+    try:
+        raw = json.loads(paths.info.read_text())
+        return OwnerInfo(int(raw["pid"]), str(raw["socket"]), float(raw["started"]), paths)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remove_owner_files(paths: ServePaths, socket: str | None = None) -> None:
+    """Remove what an owner published (address, token, socket); the lock file stays, unlocked."""
+    for path in (paths.info, paths.token, Path(socket) if socket else paths.socket()):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def find_owner(settings: Settings, wait_s: float = 0.0) -> OwnerInfo | None:
+    """The live owner of the embedded directory of ``settings``, or None; cleans up after a dead owner.
+
+    An owner is live while it holds ``owner.lock``. Files left by a dead one (killed with SIGKILL, its machine
+    rebooted) are removed here, so the next owner or in-process open starts clean. An owner that holds the lock but
+    has not published its address yet is starting: wait up to ``wait_s`` for it (at least :data:`OWNER_START_S`
+    when the lock is held, since a starting owner also holds the chdb lock).
+    """
+    url = settings.store_url
+    if not url.embedded:
+        return None
+    paths = ServePaths.for_url(url)
+    deadline = time.monotonic() + wait_s
+    while True:
+        held = owner_lock_held(paths)
+        info = _read_info(paths)
+        if held and info is not None:
+            return info
+        if not held:
+            if info is not None or paths.token.exists():
+                logger.warning(
+                    "the owner of %s (pid %s) is gone without cleaning up; removed its socket and token",
+                    url.path,
+                    info.pid if info else "?",
+                )
+                remove_owner_files(paths, info.socket if info else None)
+            return None
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
+
+
+def served_store(settings: Settings, wait_s: float = 0.0) -> ServedStore | None:
+    """A :class:`ServedStore` on the owner of the directory of ``settings``, or None when nothing serves it.
+
+    A starting owner (lock held, address not yet published) is waited for up to :data:`OWNER_START_S`.
+    """
+    paths = ServePaths.for_url(settings.store_url)
+    if owner_lock_held(paths):
+        wait_s = max(wait_s, OWNER_START_S)
+    owner = find_owner(settings, wait_s=wait_s)
+    if owner is None:
+        return None
+    return ServedStore(settings, owner)
+
+
+def to_wire(value: Any) -> Any:
+    """A query argument as JSON: times as ISO-8601 with their zone, numpy scalars as Python numbers."""
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_wire(v) for k, v in value.items()}
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise StoreError(f"cannot send a {type(value).__name__} to the store's owner; pass strings, numbers or datetimes")
+
+
+ATTRS_KEY = b"clickstream.attrs"
+#: Errors an owner sends back by name; anything else arrives as a StoreError with the owner's text.
+WIRE_ERRORS: dict[str, type[errors.ClickstreamError]] = {
+    cls.__name__: cls
+    for cls in (errors.QueryError, errors.ConfigError, errors.StoreError, errors.StoreLocked, errors.BrokerUnavailable)
+}
+
+
+def error_from_wire(extra: bytes, fallback: str) -> errors.ClickstreamError:
+    """Rebuild the library error an owner described in a Flight error's ``extra_info``."""
+    try:
+        raw = json.loads(extra.decode())
+        cls = WIRE_ERRORS.get(str(raw["type"]), StoreError)
+        text = str(raw["text"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return StoreError(fallback)
+    if issubclass(cls, ConfigError):
+        variable = str(raw.get("variable") or "")
+        return cls(variable, text.removeprefix(f"{variable}: "))
+    return cls(text)
+
+
+class ServedStore(Store):
+    """A client of the owner of an embedded store (``clickstream serve``), over Arrow Flight on its Unix socket.
+
+    It has the interface the library uses on a :class:`Store` — :func:`~clickstream_lib.queries.run` and
+    :func:`~clickstream_lib.queries.read_only` hand their work to the owner, and raw reads (``query_df``,
+    ``scalar``) run on the owner as read-only SQL — but it cannot write: inserts belong to the owner's sink. The
+    owner runs each call on its own engine; chdb is never imported here. Safe to share between threads (each call
+    is one RPC).
+
+    When the owner goes away and another one starts, the next call reconnects to the new one; while none runs,
+    calls raise :class:`~clickstream_lib.errors.StoreError` saying so.
+    """
+
+    served = True
+
+    def __init__(self, settings: Settings, owner: OwnerInfo) -> None:
+        self.settings = settings
+        self.database = settings.database
+        self._lock = threading.Lock()
+        self._attach(owner)
+        info = self.action("info", timeout_s=10.0)
+        if info.get("database") != self.database:
+            raise StoreError(
+                f"the owner of {settings.store_url.path} (pid {owner.pid}) serves database {info.get('database')}, not "
+                f"{self.database} — set CLICKHOUSE_DATABASE={info.get('database')}, or use another CLICKSTREAM_DATA_DIR"
+            )
+        self._schema_version = int(info.get("schema_version") or 0)
+
+    def _attach(self, owner: OwnerInfo) -> None:
+        from pyarrow import flight
+
+        try:
+            token = owner.paths.token.read_bytes().strip()
+        except OSError as exc:
+            raise StoreError(
+                f"cannot read the token of the store's owner ({owner.paths.token}: {exc.strerror}) — only the user "
+                "who runs `clickstream serve` can use its store"
+            ) from None
+        self.owner = owner
+        self._flight = flight.FlightClient(owner.location)
+        self._headers = [(TOKEN_HEADER.encode(), b"Bearer " + token)]
+
+    @property
+    def client(self) -> Any:
+        raise StoreError(
+            "this store is served by another process (clickstream serve, pid "
+            f"{self.owner.pid}); there is no ClickHouse client here — use queries.run or queries.read_only"
+        )
+
+    @client.setter
+    def client(self, value: Any) -> None:
+        raise AttributeError("a ServedStore has no client")
+
+    def _options(self, timeout_s: float | None) -> Any:
+        from pyarrow import flight
+
+        return flight.FlightCallOptions(headers=self._headers, timeout=timeout_s)
+
+    @contextlib.contextmanager
+    def _rpc(self, what: str) -> Iterator[None]:
+        from pyarrow import flight
+
+        try:
+            yield
+        except flight.FlightError as exc:
+            extra = getattr(exc, "extra_info", b"") or b""
+            if extra:
+                raise error_from_wire(extra, str(exc)) from None
+            if isinstance(exc, flight.FlightUnauthenticatedError):
+                raise _TokenRefused(str(exc)) from None  # a new owner (new token) on the same socket, or a wrong one
+            if isinstance(exc, flight.FlightUnavailableError):
+                raise _OwnerGone(str(exc)) from None
+            raise StoreError(f"{what} on the store's owner (pid {self.owner.pid}) failed: {exc}") from None
+
+    def _call(self, what: str, fn: Any) -> Any:
+        """Run ``fn()`` (one RPC); if the owner is gone and another one serves the directory now, retry on it."""
+        try:
+            with self._rpc(what):
+                return fn()
+        except _OwnerGone as gone:
+            refused = isinstance(gone, _TokenRefused)
+        owner = find_owner(self.settings, wait_s=2.0)
+        same = owner is not None and owner.started == self.owner.started and owner.pid == self.owner.pid
+        if refused and (owner is None or same):
+            raise StoreError(
+                f"the owner of {self.settings.store_url.path} refused {what}: wrong token — only the user who runs "
+                "`clickstream serve` can use its store"
+            ) from None
+        if owner is None or same:
+            raise StoreError(
+                f"the owner of the embedded store {self.settings.store_url.path} (pid {self.owner.pid}) is gone — "
+                "start it again (`clickstream serve`, or `clickstream demo`), then retry"
+            ) from None
+        logger.info("the store's owner changed (pid %d -> %d); reconnecting", self.owner.pid, owner.pid)
+        self._attach(owner)
+        with self._rpc(what):
+            return fn()
+
+    # --- calls -------------------------------------------------------------------------------------------------
+
+    def action(self, name: str, args: dict[str, Any] | None = None, timeout_s: float | None = 60.0) -> Any:
+        """Run the owner's action ``name`` with JSON ``args`` and return its JSON answer."""
+        from pyarrow import flight
+
+        body = json.dumps(to_wire(args or {})).encode()
+
+        def call() -> Any:
+            results = list(self._flight.do_action(flight.Action(name, body), self._options(timeout_s)))
+            return json.loads(results[0].body.to_pybytes()) if results else None
+
+        return self._call(f"action {name}", call)
+
+    def _get(self, request: dict[str, Any], what: str) -> pd.DataFrame:
+        from pyarrow import flight
+
+        ticket = flight.Ticket(json.dumps(to_wire(request)).encode())
+
+        def call() -> pd.DataFrame:
+            table = self._flight.do_get(ticket, self._options(None)).read_all()
+            df = table.to_pandas()
+            meta = table.schema.metadata or {}
+            if ATTRS_KEY in meta:
+                df.attrs.update(json.loads(meta[ATTRS_KEY]))
+            return df
+
+        return self._call(what, call)
+
+    def run_query(self, name: str, **kwargs: Any) -> pd.DataFrame:
+        """The named query ``name`` run by the owner with :func:`clickstream_lib.queries.run` (same arguments)."""
+        return self._get({"database": self.database, "query": name, "args": kwargs}, f"query {name}")
+
+    def read_only(self, sql: str, parameters: dict[str, Any] | None = None) -> pd.DataFrame:
+        """SQL run by the owner with :func:`clickstream_lib.queries.read_only` (writes, DDL and SET refused)."""
+        return self._get({"database": self.database, "sql": sql, "parameters": parameters or {}}, "read-only query")
+
+    def pipeline(self) -> ServedPipeline:
+        """The owner's live pipeline (producer and sink), controllable from here."""
+        from .pipeline import ServedPipeline
+
+        return ServedPipeline(self)
+
+    # --- the Store interface -----------------------------------------------------------------------------------
+
+    def fork(self) -> ServedStore:
+        return ServedStore(self.settings, self.owner)
+
+    def schema_version(self) -> int:
+        return self._schema_version
+
+    def migrate(self) -> list[int]:
+        return []  # the owner migrated when it opened the store
+
+    def dedup_window(self, table: str = "events") -> int:
+        ddl = str(self.scalar(f"SHOW CREATE TABLE {self.table(table)}"))
+        m = re.search(r"non_replicated_deduplication_window\s*=\s*(\d+)", ddl)
+        return int(m.group(1)) if m else 0
+
+    def insert(self, table: str, *args: Any, **kwargs: Any) -> int:
+        raise StoreLocked(
+            f"the embedded store {self.settings.store_url.path} is served by `clickstream serve` (pid "
+            f"{self.owner.pid}), which runs the sink: clients of an owner read only. Control its pipeline "
+            "(ServedStore.pipeline(), the workbench) or stop the owner to write from this process"
+        )
+
+    def query_df(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        return self.read_only(sql, parameters)
+
+    def query_rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        df = self.read_only(sql, parameters)
+        return [tuple(row) for row in df.itertuples(index=False, name=None)]
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._flight.close()
+
+
+class _OwnerGone(Exception):
+    """The owner's socket refused the connection (internal: ServedStore reconnects or raises StoreError)."""
+
+
+class _TokenRefused(_OwnerGone):
+    """The socket's owner refused the token (internal: the owner was replaced, or the token is wrong)."""

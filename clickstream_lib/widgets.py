@@ -26,8 +26,9 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .errors import ClickstreamError, ConfigError, StoreLocked
+from .pipeline import Pipeline, PipelineControl
 from .settings import Settings
-from .store import Store, connect
+from .store import ServedStore, Store, connect
 
 logger = logging.getLogger(__name__)
 
@@ -120,12 +121,13 @@ def stats_html(stats: Mapping[str, Any], title: str) -> str:
 
 
 def store_locked_html(exc: BaseException) -> str:
-    """What a second viewer of an embedded dashboard sees instead of a traceback."""
+    """What a viewer sees instead of a traceback when another process holds the embedded store in-process."""
     return message_html(
         "<b>This dashboard is already open in another tab or process.</b><br>"
-        "The embedded ClickHouse store allows one process at a time, and the first viewer's kernel owns it. "
-        "Close the other tab (its kernel then stops and frees the store) and reload this page — or, for many "
-        "viewers, run a ClickHouse server (<code>docker compose up</code>) and set "
+        "Another process opened the embedded ClickHouse store by itself, and chdb allows one process per data "
+        "directory. Stop it and reload this page. For many viewers, let one owner serve the store: "
+        "<code>clickstream serve</code> (<code>clickstream demo</code> starts one) — every viewer then reaches it "
+        "— or, across machines, run a ClickHouse server (<code>docker compose up</code>) and set "
         "<code>CLICKHOUSE_URL=http://user:password@host:8123/db</code>.<br>"
         f'<span class="cs-status">{html.escape(str(exc))}</span>',
         kind="warn",
@@ -323,148 +325,6 @@ def funnel_figure(df: pd.DataFrame, title: str, height: int = 320) -> go.Figure:
     return fig
 
 
-# --- the pipeline that runs inside a kernel (embedded mode) -----------------------------------------------------
-
-
-def _field(stats: Any, name: str) -> Any:
-    """A figure from a stats snapshot, whether it is a dataclass or a mapping."""
-    return stats.get(name) if isinstance(stats, Mapping) else getattr(stats, name, None)
-
-
-#: Users of the pipeline's generator: as many as its starting rate needs for sessions that the 30-minute rule
-#: recovers (``Generator.users_for_rate``: about 540 per event/s), within these bounds (300k: ~75 MB, 0.3 s).
-PIPELINE_USERS = (10_000, 300_000)
-
-
-class Pipeline:
-    """Producer and sink threads in this process, for the workbench and the embedded demo dashboard.
-
-    A stopped producer or sink is replaced by a fresh one on the next start (their threads run once); counters in
-    :meth:`stats` add up over the replaced instances so the numbers on screen never go backwards.
-    """
-
-    def __init__(self, settings: Settings, store: Store, rate: float = 200.0, seed: int | None = None) -> None:
-        self.settings = settings
-        self.store = store
-        self.rate = float(rate)
-        self.seed = seed
-        self.n_users: int | None = None
-        self.scenarios: dict[str, bool] = {}
-        self._done: dict[str, float] = {"sent": 0, "acked": 0, "rows_inserted": 0, "dead_letters": 0}
-        self._dead_by_reason: dict[str, int] = {}
-        self.producer = self._new_producer()
-        self.sink = self._new_sink()
-        self._producer_used = False
-        self._sink_used = False
-
-    def _new_producer(self) -> Any:
-        from .generator import Generator
-        from .producer import Producer
-
-        if self.n_users is None:  # sized once, for the starting rate: the user ids stay the same across restarts
-            need = Generator(n_users=1).users_for_rate(self.rate)
-            self.n_users = min(max(need, PIPELINE_USERS[0]), PIPELINE_USERS[1])
-        generator = Generator(seed=self.seed, n_users=self.n_users)
-        producer = Producer(self.settings, rate=self.rate, generator=generator)
-        for name, on in self.scenarios.items():
-            producer.set_scenario(name, on)
-        return producer
-
-    def _new_sink(self) -> Any:
-        from .consumer import Sink
-
-        return Sink(self.settings, self.store)
-
-    def start(self, events: int | None = None) -> None:
-        """Start the sink, then the producer (``events`` = stop after that many; None = until stopped)."""
-        self.start_sink()
-        self.start_producer(events)
-
-    def start_producer(self, events: int | None = None) -> None:
-        if _field(self.producer.stats(), "running"):
-            return
-        if self._producer_used:
-            p = self.producer.stats()
-            self._done["sent"] += _field(p, "sent") or 0
-            self._done["acked"] += _field(p, "acked") or 0
-            self.producer.close()
-            self.producer = self._new_producer()
-        self._producer_used = True
-        self.producer.start(events=events)
-
-    def stop_producer(self) -> None:
-        self.producer.stop()
-
-    def start_sink(self) -> None:
-        if _field(self.sink.stats(), "running"):
-            return
-        if self._sink_used:
-            s = self.sink.stats()
-            self._done["rows_inserted"] += _field(s, "rows_inserted") or 0
-            self._done["dead_letters"] += _field(s, "dead_letters") or 0
-            for reason, n in (_field(s, "dead_letters_by_reason") or {}).items():
-                self._dead_by_reason[reason] = self._dead_by_reason.get(reason, 0) + int(n)
-            self.sink = self._new_sink()
-        self._sink_used = True
-        self.sink.start()
-
-    def stop_sink(self) -> None:
-        """Stop the sink: it inserts its open batches and commits their offsets first."""
-        self.sink.stop()
-
-    def stop(self) -> None:
-        """Stop the producer, then the sink (which stores and commits what it has)."""
-        try:
-            self.stop_producer()
-        finally:
-            self.stop_sink()
-
-    def close(self) -> None:
-        """Stop both and close the producer's Kafka connection."""
-        try:
-            self.stop()
-        finally:
-            self.producer.close()
-
-    def set_rate(self, rate: float) -> None:
-        self.rate = float(rate)
-        self.producer.set_rate(self.rate)
-
-    def set_scenario(self, name: str, on: bool = True) -> None:
-        self.scenarios[name] = bool(on)
-        self.producer.set_scenario(name, bool(on))
-
-    @property
-    def running(self) -> bool:
-        return bool(_field(self.producer.stats(), "running") or _field(self.sink.stats(), "running"))
-
-    def rows_inserted(self) -> int:
-        return int(self._done["rows_inserted"] + (_field(self.sink.stats(), "rows_inserted") or 0))
-
-    def stats(self) -> dict[str, Any]:
-        """Live figures of both threads, flattened for display (``data-stat`` hooks use these keys)."""
-        p = self.producer.stats()
-        s = self.sink.stats()
-        reasons = dict(self._dead_by_reason)
-        for reason, n in (_field(s, "dead_letters_by_reason") or {}).items():
-            reasons[reason] = reasons.get(reason, 0) + int(n)
-        return {
-            "producer": "running" if _field(p, "running") else "stopped",
-            "sent": int(self._done["sent"] + (_field(p, "sent") or 0)),
-            "acked": int(self._done["acked"] + (_field(p, "acked") or 0)),
-            "produced_per_s": _field(p, "rate_now"),
-            "sink": "running" if _field(s, "running") else "stopped",
-            "rows_inserted": self.rows_inserted(),
-            "ingested_per_s": _field(s, "rows_per_s"),
-            "lag": dict(_field(s, "lag") or {}),
-            "latency_p50_ms": _field(s, "latency_event_p50_ms"),
-            "latency_p99_ms": _field(s, "latency_event_p99_ms"),
-            "dead_letters": int(self._done["dead_letters"] + (_field(s, "dead_letters") or 0)),
-            "dead_letters_by_reason": reasons,
-            "last_error": _field(s, "last_error") or "",
-        }
-
-
 # --- filters ----------------------------------------------------------------------------------------------------
 
 
@@ -554,7 +414,10 @@ class Filters:
         """Keyword arguments for :func:`clickstream_lib.queries.run`: ``start`` plus the chosen filters."""
         out: dict[str, Any] = {}
         if self.window.value:
-            out["start"] = (now or datetime.now(UTC)) - timedelta(seconds=int(self.window.value))
+            # Whole seconds: viewers of a served store that refresh within the same second ask the same question,
+            # which the owner answers once (service.StoreService.get).
+            now = (now or datetime.now(UTC)).replace(microsecond=0)
+            out["start"] = now - timedelta(seconds=int(self.window.value))
         for name in ("interaction_type", "device", "country"):
             value = self.dropdowns()[name].value
             if value != ALL:
@@ -600,7 +463,9 @@ class Dashboard(_AutoRefresh):
         settings: where the store (and, for a live pipeline, Kafka) is.
         refresh_s: seconds between refreshes once :meth:`start` was called.
         window_s: the initial time window in seconds (0 = all time).
-        live_pipeline: run producer and sink threads in this process (embedded demo).
+        live_pipeline: show and control the live pipeline — the owner's when the store is served (every viewer
+            sees the same one; opening or closing a page starts or stops nothing), else producer and sink threads
+            started in this process.
         rate: events per second for the live producer.
         top_n: rows in the top users/items panels.
         store: an open store to use instead of connecting.
@@ -623,9 +488,10 @@ class Dashboard(_AutoRefresh):
         self.top_n = int(top_n)
         self.refreshes = 0
         self.error: BaseException | None = None
-        self.pipeline: Pipeline | None = None
+        self.pipeline: PipelineControl | None = None
         self._task: asyncio.Task[None] | None = None
         self._busy = False
+        self._syncing = False
 
         self.header = w.HTML(message_html("Loading…", hook="loading"))
         self.status = w.HTML("")
@@ -662,8 +528,11 @@ class Dashboard(_AutoRefresh):
             return
         controls: list[w.Widget] = [self.filters.box]
         if live_pipeline:
-            self.pipeline = Pipeline(settings, self.store, rate=rate)
-            self.pipeline.start()
+            if isinstance(self.store, ServedStore):
+                self.pipeline = self.store.pipeline()  # the owner's: it runs whether or not a page is open
+            else:
+                self.pipeline = Pipeline(settings, self.store, rate=rate)
+                self.pipeline.start()
             self.pause = w.ToggleButton(
                 value=False, description="Pause pipeline", icon="pause", layout=w.Layout(width="160px")
             )
@@ -722,14 +591,16 @@ class Dashboard(_AutoRefresh):
         self.kpis.value = kpi_html(values)
         self._update_status()
         if self.pipeline:
+            stats = self.pipeline.stats()
             self.pipeline_status.value = stats_html(
                 {
                     key: v
-                    for key, v in self.pipeline.stats().items()
+                    for key, v in stats.items()
                     if key in ("producer", "produced_per_s", "sink", "rows_inserted", "ingested_per_s", "dead_letters")
                 },
                 "Live pipeline",
             )
+            self._show_paused(stats.get("producer") != "running" and stats.get("sink") != "running")
         self.header.value = EMPTY_HTML if total == 0 else ""
         self.header.layout.display = "" if total == 0 else "none"
         f = self.figures
@@ -768,8 +639,20 @@ class Dashboard(_AutoRefresh):
     def _on_filter(self) -> None:
         self.refresh()
 
+    def _show_paused(self, paused: bool) -> None:
+        """Set the pause button to the pipeline's state (another viewer of a served store may have changed it)."""
+        if self.pause.value == paused:
+            return
+        self._syncing = True
+        try:
+            self.pause.value = paused
+            label = ("Resume pipeline", "play") if paused else ("Pause pipeline", "pause")
+            self.pause.description, self.pause.icon = label
+        finally:
+            self._syncing = False
+
     def _on_pause(self, change: Mapping[str, Any]) -> None:
-        if not self.pipeline:
+        if not self.pipeline or self._syncing:
             return
         try:
             if change["new"]:
@@ -793,9 +676,10 @@ class Dashboard(_AutoRefresh):
             self._start_refreshing()
 
     def stop(self) -> None:
-        """Stop refreshing and, if this dashboard runs the pipeline, stop it (the sink flushes and commits)."""
+        """Stop refreshing and, if this dashboard runs the pipeline in its process, stop it (the sink flushes and
+        commits). A served store's pipeline belongs to its owner and keeps running."""
         self._stop_refreshing()
-        if self.pipeline:
+        if isinstance(self.pipeline, Pipeline):
             self.pipeline.stop()
 
     def show(self) -> w.Widget:
@@ -809,7 +693,11 @@ class Dashboard(_AutoRefresh):
 
 
 class Workbench(_AutoRefresh):
-    """Widgets that drive the pipeline in this kernel: producer, rate, scenarios, sink; live health and charts."""
+    """Widgets that drive the pipeline: producer, rate, scenarios, sink; live health and charts.
+
+    With a served store the pipeline is the owner's (every workbench and dashboard drives the same one, and ``rate``
+    and ``seed`` are the owner's); otherwise producer and sink threads run in this process.
+    """
 
     def __init__(
         self,
@@ -826,7 +714,14 @@ class Workbench(_AutoRefresh):
         self.refresh_s = refresh_seconds(refresh_s)
         self.preview_rows = int(preview_rows)
         self.store = store or connect(settings)
-        self.pipeline = Pipeline(settings, self.store, rate=rate, seed=seed)
+        self.pipeline: PipelineControl
+        scenarios_on: dict[str, bool] = {}
+        if isinstance(self.store, ServedStore):
+            self.pipeline = self.store.pipeline()
+            state = self.pipeline.state()
+            rate, scenarios_on = float(state.get("rate") or rate), dict(state.get("scenarios") or {})
+        else:
+            self.pipeline = Pipeline(settings, self.store, rate=rate, seed=seed)
         self._task: asyncio.Task[None] | None = None
         self.refreshes = 0
 
@@ -856,7 +751,9 @@ class Workbench(_AutoRefresh):
         self.rate.observe(lambda ch: self._act(lambda: self.pipeline.set_rate(float(ch["new"]))), names="value")
         self.scenarios: dict[str, w.ToggleButton] = {}
         for name in generator.SCENARIOS:
-            t = w.ToggleButton(value=False, description=name.replace("_", " "), layout=w.Layout(width="120px"))
+            t = w.ToggleButton(
+                value=bool(scenarios_on.get(name)), description=name.replace("_", " "), layout=w.Layout(width="120px")
+            )
             t.add_class(f"cs-scenario-{name}")
             t.observe(
                 lambda ch, n=name: self._act(lambda: self.pipeline.set_scenario(n, bool(ch["new"]))), names="value"
@@ -934,7 +831,7 @@ class Workbench(_AutoRefresh):
         self._start_refreshing()
 
     def stop(self) -> None:
-        """Stop refreshing and close the pipeline."""
+        """Stop refreshing and stop the pipeline (a served store's: the owner's producer and sink)."""
         self._stop_refreshing()
         with contextlib.suppress(Exception):
             self.pipeline.close()

@@ -1,0 +1,247 @@
+"""The live pipeline: generator/producer and sink, started, stopped and tuned together.
+
+:class:`Pipeline` runs both as threads in this process — in the owner of an embedded store (``clickstream serve``)
+or in a kernel that opened the store itself. :class:`ServedPipeline` has the same methods and drives the owner's
+pipeline over the store's socket (see :mod:`clickstream_lib.service`), so every viewer controls the one pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .store import ServedStore, Store
+
+
+def field_of(stats: Any, name: str) -> Any:
+    """A figure from a stats snapshot, whether it is a dataclass or a mapping."""
+    return stats.get(name) if isinstance(stats, Mapping) else getattr(stats, name, None)
+
+
+#: Users of the pipeline's generator: as many as its starting rate needs for sessions that the 30-minute rule
+#: recovers (``Generator.users_for_rate``: about 540 per event/s), within these bounds (300k: ~75 MB, 0.3 s).
+PIPELINE_USERS = (10_000, 300_000)
+
+
+class Pipeline:
+    """Producer and sink threads in this process: the store's owner (``clickstream serve``), or a notebook kernel that
+    opened the embedded store itself.
+
+    A stopped producer or sink is replaced by a fresh one on the next start (their threads run once); counters in
+    :meth:`stats` add up over the replaced instances so the numbers on screen never go backwards.
+
+    Args:
+        settings: where Kafka and the store are.
+        store: the open in-process store the sink writes to.
+        rate: events/s of the producer.
+        seed: the generator's seed (None: random).
+        sink_options: keyword arguments for :class:`~clickstream_lib.consumer.Sink` (e.g. ``instance_id``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        rate: float = 200.0,
+        seed: int | None = None,
+        sink_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.rate = float(rate)
+        self.seed = seed
+        self.sink_options = dict(sink_options or {})
+        self.n_users: int | None = None
+        self.scenarios: dict[str, bool] = {}
+        self._done: dict[str, float] = {"sent": 0, "acked": 0, "rows_inserted": 0, "dead_letters": 0}
+        self._dead_by_reason: dict[str, int] = {}
+        self.producer = self._new_producer()
+        self.sink = self._new_sink()
+        self._producer_used = False
+        self._sink_used = False
+
+    def _new_producer(self) -> Any:
+        from .generator import Generator
+        from .producer import Producer
+
+        if self.n_users is None:  # sized once, for the starting rate: the user ids stay the same across restarts
+            need = Generator(n_users=1).users_for_rate(self.rate)
+            self.n_users = min(max(need, PIPELINE_USERS[0]), PIPELINE_USERS[1])
+        generator = Generator(seed=self.seed, n_users=self.n_users)
+        producer = Producer(self.settings, rate=self.rate, generator=generator)
+        for name, on in self.scenarios.items():
+            producer.set_scenario(name, on)
+        return producer
+
+    def _new_sink(self) -> Any:
+        from .consumer import Sink
+
+        return Sink(self.settings, self.store, **self.sink_options)
+
+    def start(self, events: int | None = None) -> None:
+        """Start the sink, then the producer (``events`` = stop after that many; None = until stopped)."""
+        self.start_sink()
+        self.start_producer(events)
+
+    def start_producer(self, events: int | None = None) -> None:
+        if field_of(self.producer.stats(), "running"):
+            return
+        if self._producer_used:
+            p = self.producer.stats()
+            self._done["sent"] += field_of(p, "sent") or 0
+            self._done["acked"] += field_of(p, "acked") or 0
+            self.producer.close()
+            self.producer = self._new_producer()
+        self._producer_used = True
+        self.producer.start(events=events)
+
+    def stop_producer(self) -> None:
+        self.producer.stop()
+
+    def start_sink(self) -> None:
+        if field_of(self.sink.stats(), "running"):
+            return
+        if self._sink_used:
+            s = self.sink.stats()
+            self._done["rows_inserted"] += field_of(s, "rows_inserted") or 0
+            self._done["dead_letters"] += field_of(s, "dead_letters") or 0
+            for reason, n in (field_of(s, "dead_letters_by_reason") or {}).items():
+                self._dead_by_reason[reason] = self._dead_by_reason.get(reason, 0) + int(n)
+            self.sink = self._new_sink()
+        self._sink_used = True
+        self.sink.start()
+
+    def stop_sink(self) -> None:
+        """Stop the sink: it inserts its open batches and commits their offsets first."""
+        self.sink.stop()
+
+    def stop(self) -> None:
+        """Stop the producer, then the sink (which stores and commits what it has)."""
+        try:
+            self.stop_producer()
+        finally:
+            self.stop_sink()
+
+    def close(self) -> None:
+        """Stop both and close the producer's Kafka connection."""
+        try:
+            self.stop()
+        finally:
+            self.producer.close()
+
+    def set_rate(self, rate: float) -> None:
+        self.rate = float(rate)
+        self.producer.set_rate(self.rate)
+
+    def set_scenario(self, name: str, on: bool = True) -> None:
+        self.scenarios[name] = bool(on)
+        self.producer.set_scenario(name, bool(on))
+
+    @property
+    def running(self) -> bool:
+        return bool(field_of(self.producer.stats(), "running") or field_of(self.sink.stats(), "running"))
+
+    def rows_inserted(self) -> int:
+        return int(self._done["rows_inserted"] + (field_of(self.sink.stats(), "rows_inserted") or 0))
+
+    def stats(self) -> dict[str, Any]:
+        """Live figures of both threads, flattened for display (``data-stat`` hooks use these keys)."""
+        p = self.producer.stats()
+        s = self.sink.stats()
+        reasons = dict(self._dead_by_reason)
+        for reason, n in (field_of(s, "dead_letters_by_reason") or {}).items():
+            reasons[reason] = reasons.get(reason, 0) + int(n)
+        return {
+            "producer": "running" if field_of(p, "running") else "stopped",
+            "sent": int(self._done["sent"] + (field_of(p, "sent") or 0)),
+            "acked": int(self._done["acked"] + (field_of(p, "acked") or 0)),
+            "produced_per_s": field_of(p, "rate_now"),
+            "sink": "running" if field_of(s, "running") else "stopped",
+            "rows_inserted": self.rows_inserted(),
+            "ingested_per_s": field_of(s, "rows_per_s"),
+            "lag": dict(field_of(s, "lag") or {}),
+            "latency_p50_ms": field_of(s, "latency_event_p50_ms"),
+            "latency_p99_ms": field_of(s, "latency_event_p99_ms"),
+            "dead_letters": int(self._done["dead_letters"] + (field_of(s, "dead_letters") or 0)),
+            "dead_letters_by_reason": reasons,
+            "last_error": field_of(s, "last_error") or "",
+        }
+
+    def state(self) -> dict[str, Any]:
+        """The settings a viewer's controls show: rate and scenarios switched on."""
+        return {"rate": self.rate, "scenarios": dict(self.scenarios)}
+
+
+class PipelineControl(Protocol):
+    """What the dashboard and the workbench call on a pipeline, in this process or the owner's."""
+
+    def start(self, events: int | None = None) -> None: ...
+    def start_producer(self, events: int | None = None) -> None: ...
+    def stop_producer(self) -> None: ...
+    def start_sink(self) -> None: ...
+    def stop_sink(self) -> None: ...
+    def stop(self) -> None: ...
+    def close(self) -> None: ...
+    def set_rate(self, rate: float) -> None: ...
+    def set_scenario(self, name: str, on: bool = True) -> None: ...
+    def rows_inserted(self) -> int: ...
+    def stats(self) -> dict[str, Any]: ...
+    def state(self) -> dict[str, Any]: ...
+
+
+class ServedPipeline:
+    """The owner's pipeline, driven over the store's socket: the same methods as :class:`Pipeline`.
+
+    Every call is one Flight action on the owner (``pipeline.<method>``). :meth:`close` stops the pipeline but leaves
+    it to the owner; a viewer that goes away without calling anything stops nothing.
+    """
+
+    def __init__(self, store: ServedStore) -> None:
+        self.store = store
+
+    def _call(self, method: str, **args: Any) -> Any:
+        return self.store.action(f"pipeline.{method}", args)
+
+    def start(self, events: int | None = None) -> None:
+        self._call("start", events=events)
+
+    def start_producer(self, events: int | None = None) -> None:
+        self._call("start_producer", events=events)
+
+    def stop_producer(self) -> None:
+        self._call("stop_producer")
+
+    def start_sink(self) -> None:
+        self._call("start_sink")
+
+    def stop_sink(self) -> None:
+        self._call("stop_sink")
+
+    def stop(self) -> None:
+        self._call("stop")
+
+    def close(self) -> None:
+        self.stop()
+
+    def set_rate(self, rate: float) -> None:
+        self._call("set_rate", rate=float(rate))
+
+    def set_scenario(self, name: str, on: bool = True) -> None:
+        self._call("set_scenario", name=name, on=bool(on))
+
+    @property
+    def running(self) -> bool:
+        stats = self.stats()
+        return stats.get("producer") == "running" or stats.get("sink") == "running"
+
+    def rows_inserted(self) -> int:
+        return int(self.stats().get("rows_inserted") or 0)
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._call("stats"))
+
+    def state(self) -> dict[str, Any]:
+        return dict(self._call("state"))
