@@ -330,7 +330,8 @@ def _format_sink_stats(st: object) -> str:
     reasons = ",".join(f"{k}={v}" for k, v in sorted(st.dead_letters_by_reason.items())) or "-"
     return (
         f"rows={st.rows_inserted} rows/s={st.rows_per_s:.0f} dead={st.dead_letters} ({reasons}) "
-        f"lag={st.total_lag} partitions={list(st.assigned_partitions)} "
+        + (f"dead-unpublished={st.dead_letters_unpublished} " if st.dead_letters_unpublished else "")
+        + f"lag={st.total_lag} partitions={list(st.assigned_partitions)} "
         f"latency event p50/p99={ms(st.latency_event_p50_ms)}/{ms(st.latency_event_p99_ms)} ms "
         f"kafka p50/p99={ms(st.latency_kafka_p50_ms)}/{ms(st.latency_kafka_p99_ms)} ms"
         + (f" error={st.last_error}" if st.last_error else "")
@@ -387,7 +388,15 @@ def _cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     if args.stats:
         out(json.dumps(final.as_dict()))
     else:
-        out(f"consumed: {final.rows_inserted} rows, {final.dead_letters} dead letters, {final.batches} batches")
+        unpublished = (
+            f" ({final.dead_letters_unpublished} not accepted by the dead-letter topic, see the log)"
+            if final.dead_letters_unpublished
+            else ""
+        )
+        out(
+            f"consumed: {final.rows_inserted} rows, {final.dead_letters} dead letters{unpublished}, "
+            f"{final.batches} batches"
+        )
     return 0
 
 

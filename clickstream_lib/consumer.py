@@ -56,10 +56,15 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import (
+    AuthorizationError,
     CommitFailedError,
     IllegalGenerationError,
+    InvalidRecordError,
+    InvalidTopicError,
     KafkaError,
+    MessageSizeTooLargeError,
     RebalanceInProgressError,
+    RecordListTooLargeError,
     UnknownMemberIdError,
 )
 from kafka.record import util as _record_util
@@ -82,6 +87,14 @@ DEFAULT_RETRY_BASE_S = 0.25
 DEFAULT_RETRY_MAX_S = 5.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
 DLQ_FLUSH_TIMEOUT_S = 10.0  # waiting for the dead-letter topic's acknowledgements, per round
+# The dead-letter topic gets at most this much of a rejected value (Kafka's defaults take 1 MiB per record: the
+# broker's message.max.bytes, kafka-python's max_request_size); a longer one goes cut, with headers saying so. Decided
+# from the value alone, so a replayed batch sends the same and stores the same detail.
+DEAD_LETTER_TOPIC_MAX_VALUE_BYTES = 512 * 1024
+# Refusals of a dead-letter record that no retry can clear: the record is given up (it is in the dead_letters table)
+# and the partition moves on. A size refusal is first answered with a copy without the value.
+_DLQ_SIZE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError)
+_DLQ_NEVER_CLEARS = (*_DLQ_SIZE_ERRORS, InvalidRecordError, InvalidTopicError, AuthorizationError)
 # Bytes fetched per partition per request (kafka-python's default is 1 MiB, ~2 500 events). kafka-python fetches a
 # partition again only once its previous response is consumed, so a backlog costs a round trip per response; 8 MiB
 # also lets a partition fill a 20 000-row batch from one response (bench/consume.py: half the inserts). Live traffic
@@ -336,11 +349,14 @@ class SinkStats:
 
     Latencies are over the last 30 s of acknowledged inserts: *event* = event time -> insert acknowledged,
     *kafka* = Kafka record timestamp -> insert acknowledged. ``lag`` is high watermark minus committed offset.
+    ``dead_letters_unpublished``: dead letters the dead-letter topic refused for good (too large even without their
+    value, not authorized, invalid topic); they are in the ``dead_letters`` table, and the log names each.
     """
 
     rows_inserted: int = 0
     dead_letters: int = 0
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
+    dead_letters_unpublished: int = 0
     batches: int = 0
     rows_per_s: float = 0.0
     lag: dict[int, int] = field(default_factory=dict)
@@ -369,6 +385,7 @@ class SinkStats:
             "rows_inserted": self.rows_inserted,
             "dead_letters": self.dead_letters,
             "dead_letters_by_reason": dict(self.dead_letters_by_reason),
+            "dead_letters_unpublished": self.dead_letters_unpublished,
             "batches": self.batches,
             "rows_per_s": round(self.rows_per_s, 1),
             "lag": {str(k): v for k, v in sorted(self.lag.items())},
@@ -470,6 +487,7 @@ class _Batch:
     __slots__ = (
         "dead",
         "dead_stored",
+        "dlq_left",
         "dlq_sent",
         "epoch",
         "events_stored",
@@ -504,6 +522,7 @@ class _Batch:
         self.events_stored = False
         self.dead_stored = False
         self.dlq_sent = False
+        self.dlq_left: set[int] | None = None  # indexes into dead not yet settled on the topic (None: all of them)
 
     def __len__(self) -> int:
         return len(self.rows) + len(self.dead)
@@ -541,7 +560,11 @@ class _Batch:
             kafka_ms = timestamp_ms if timestamp_ms > 0 else 0
             row = parse_row(value, timestamp_ms if timestamp_ms >= 0 else _NO_TIMESTAMP_REFERENCE_MS)
             if isinstance(row, Rejection):
-                dead.append((bytes(value or b""), row.reason, row.detail, offset, kafka_ms, r.key))
+                raw = bytes(value or b"")
+                detail = row.detail
+                if len(raw) > DEAD_LETTER_TOPIC_MAX_VALUE_BYTES:
+                    detail += f"; the dead-letter topic holds its first {DEAD_LETTER_TOPIC_MAX_VALUE_BYTES} bytes"
+                dead.append((raw, row.reason, detail, offset, kafka_ms, r.key))
                 continue
             if row[0] is None:
                 row = (events.derived_event_id(self.topic, self.partition, offset), *row[1:])
@@ -734,6 +757,7 @@ class Sink:
         self._rows = 0
         self._dead = 0
         self._dead_by_reason: dict[str, int] = {}
+        self._dead_unpublished = 0
         self._batches = 0
         self._consumed = 0
         self._retries = 0
@@ -837,6 +861,7 @@ class Sink:
                 rows_inserted=self._rows,
                 dead_letters=self._dead,
                 dead_letters_by_reason=dict(self._dead_by_reason),
+                dead_letters_unpublished=self._dead_unpublished,
                 batches=self._batches,
                 rows_per_s=self._window.rate(now, self._started),
                 lag=dict(self._lag),
@@ -893,7 +918,9 @@ class Sink:
         try:
             self._consumer = KafkaConsumer(**cfg)
             record_decoder.install(self._consumer)  # ~2x faster than kafka-python's own record decoder
-            self._producer = KafkaProducer(**topics.client_config(self.settings, linger_ms=5))
+            # Not idempotent: an idempotent producer takes a record refused as too large for a fatal error and then
+            # refuses every later one; the dead-letter topic is at-least-once anyway (a retried round re-sends).
+            self._producer = KafkaProducer(**topics.client_config(self.settings, linger_ms=5, enable_idempotence=False))
         except KafkaError as exc:
             if self._consumer is not None:
                 self._consumer.close(autocommit=False)
@@ -1364,35 +1391,93 @@ class Sink:
         return group_token(self.topic, self.epoch, [b.member for b in batches])
 
     def _send_dead_letters(self, batches: list[_Batch]) -> None:
+        """Send the batches' dead letters to the dead-letter topic; raises :class:`_DeliveryError` to retry.
+
+        Each record is settled on its own: acknowledged, or refused for good (:data:`_DLQ_NEVER_CLEARS`: too large,
+        not authorized, invalid topic). A size refusal is answered with the same record without its value (the
+        headers say it was cut and how large it was); a record refused for good is given up — its dead letter is in
+        the ``dead_letters`` table — counted in ``dead_letters_unpublished`` and logged, and the partition moves on.
+        Any other error retries the round after a backoff, re-sending only the records not settled yet.
+        """
         producer = self._producer
         assert producer is not None
         pending = [b for b in batches if b.dead and not b.dlq_sent]
         if not pending:
             return
         topic = self.settings.dead_letter_topic
-        try:
-            futures = []
-            for b in pending:
-                for raw, reason, detail, offset, kafka_ms, key in b.dead:
-                    headers = [
-                        ("reason", reason.encode()),
-                        ("detail", detail.encode("utf-8", "replace")),
-                        ("source_topic", self.topic.encode()),
-                        ("source_partition", str(b.partition).encode()),
-                        ("source_offset", str(offset).encode()),
-                        ("source_timestamp_ms", str(kafka_ms).encode()),
-                    ]
-                    futures.append(producer.send(topic, value=raw, key=key, headers=headers))
+        todo: list[tuple[_Batch, int, bool]] = []  # (batch, index into its dead letters, with the value)
+        for b in pending:
+            if b.dlq_left is None:
+                b.dlq_left = set(range(len(b.dead)))
+            todo += [(b, i, True) for i in sorted(b.dlq_left)]
+        retry: str | None = None
+        while todo:
+            sent: list[tuple[_Batch, int, bool, Any]] = []
+            for b, i, with_value in todo:
+                try:
+                    sent.append((b, i, with_value, self._send_dead_letter(producer, topic, b, i, with_value)))
+                except KafkaError as exc:  # refused before sending, e.g. over max_request_size
+                    sent.append((b, i, with_value, exc))
             # kafka-python's own flush() fails with "Future not done" after a broker-forced batch split.
             deadline = time.monotonic() + DLQ_FLUSH_TIMEOUT_S
-            producer_flush(producer, DLQ_FLUSH_TIMEOUT_S)
-            for f in futures:
-                f.get(timeout=max(0.1, deadline - time.monotonic()))
-        except KafkaError as exc:
-            # A retry re-sends the batch's dead letters: the topic is at-least-once; the table is exactly-once.
-            raise _DeliveryError(f"sending dead letters to {topic} failed ({type(exc).__name__}: {exc})") from exc
+            if any(not isinstance(f, KafkaError) for *_, f in sent):
+                producer_flush(producer, DLQ_FLUSH_TIMEOUT_S)
+            todo = []
+            for b, i, with_value, f in sent:
+                try:
+                    if isinstance(f, KafkaError):
+                        raise f
+                    f.get(timeout=max(0.1, deadline - time.monotonic()))
+                except _DLQ_NEVER_CLEARS as exc:
+                    if with_value and isinstance(exc, _DLQ_SIZE_ERRORS) and b.dead[i][0]:
+                        todo.append((b, i, False))  # what the topic can take: the headers
+                        continue
+                    self._dead_letter_unpublished(topic, b, i, exc)
+                except KafkaError as exc:
+                    retry = retry or f"{type(exc).__name__}: {exc}"
+                    continue
+                assert b.dlq_left is not None
+                b.dlq_left.discard(i)
         for b in pending:
-            b.dlq_sent = True
+            b.dlq_sent = not b.dlq_left
+        if retry is not None:
+            # A retry re-sends what was not acknowledged: the topic is at-least-once; the table is exactly-once.
+            raise _DeliveryError(f"sending dead letters to {topic} failed ({retry})")
+
+    def _send_dead_letter(self, producer: KafkaProducer, topic: str, b: _Batch, i: int, with_value: bool) -> Any:
+        raw, reason, detail, offset, kafka_ms, key = b.dead[i]
+        headers = [
+            ("reason", reason.encode()),
+            ("detail", detail.encode("utf-8", "replace")),
+            ("source_topic", self.topic.encode()),
+            ("source_partition", str(b.partition).encode()),
+            ("source_offset", str(offset).encode()),
+            ("source_timestamp_ms", str(kafka_ms).encode()),
+        ]
+        value = raw if with_value else b""
+        if len(value) > DEAD_LETTER_TOPIC_MAX_VALUE_BYTES:
+            value = value[:DEAD_LETTER_TOPIC_MAX_VALUE_BYTES]
+        if len(value) < len(raw):
+            headers += [("truncated", b"1"), ("original_size", str(len(raw)).encode())]
+        return producer.send(topic, value=value, key=key, headers=headers)
+
+    def _dead_letter_unpublished(self, topic: str, b: _Batch, i: int, exc: KafkaError) -> None:
+        """A dead letter the topic refused for good: kept in the table only, counted, logged."""
+        assert b.dlq_left is not None
+        b.dlq_left.discard(i)
+        _raw, reason, _detail, offset, _kafka_ms, _key = b.dead[i]
+        logger.error(
+            "dead letter %s:%d@%d (%s) could not be sent to %s (%s: %s); it is in the dead_letters table",
+            self.topic,
+            b.partition,
+            offset,
+            reason,
+            topic,
+            type(exc).__name__,
+            exc,
+        )
+        with self._lock:
+            self._dead_unpublished += 1
 
     def _failed(self, message: str) -> None:
         self._attempt += 1

@@ -350,7 +350,13 @@ class Pipeline:
         self.seed = seed
         self.n_users: int | None = None
         self.scenarios: dict[str, bool] = {}
-        self._done: dict[str, float] = {"sent": 0, "acked": 0, "rows_inserted": 0, "dead_letters": 0}
+        self._done: dict[str, float] = {
+            "sent": 0,
+            "acked": 0,
+            "rows_inserted": 0,
+            "dead_letters": 0,
+            "dead_letters_unpublished": 0,
+        }
         self._dead_by_reason: dict[str, int] = {}
         self.producer = self._new_producer()
         self.sink = self._new_sink()
@@ -402,6 +408,7 @@ class Pipeline:
             s = self.sink.stats()
             self._done["rows_inserted"] += _field(s, "rows_inserted") or 0
             self._done["dead_letters"] += _field(s, "dead_letters") or 0
+            self._done["dead_letters_unpublished"] += _field(s, "dead_letters_unpublished") or 0
             for reason, n in (_field(s, "dead_letters_by_reason") or {}).items():
                 self._dead_by_reason[reason] = self._dead_by_reason.get(reason, 0) + int(n)
             self.sink = self._new_sink()
@@ -461,6 +468,9 @@ class Pipeline:
             "latency_p99_ms": _field(s, "latency_event_p99_ms"),
             "dead_letters": int(self._done["dead_letters"] + (_field(s, "dead_letters") or 0)),
             "dead_letters_by_reason": reasons,
+            "dead_letters_unpublished": int(
+                self._done["dead_letters_unpublished"] + (_field(s, "dead_letters_unpublished") or 0)
+            ),
             "last_error": _field(s, "last_error") or "",
         }
 
