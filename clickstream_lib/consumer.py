@@ -58,11 +58,13 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import (
     AuthorizationError,
     CommitFailedError,
+    FencedInstanceIdError,
     IllegalGenerationError,
     InvalidRecordError,
     InvalidTopicError,
     KafkaError,
     MessageSizeTooLargeError,
+    OffsetMetadataTooLargeError,
     RebalanceInProgressError,
     RecordListTooLargeError,
     UnknownMemberIdError,
@@ -71,7 +73,7 @@ from kafka.record import util as _record_util
 from kafka.structs import OffsetAndMetadata
 
 from . import events, record_decoder, schema, topics
-from .errors import StoreError
+from .errors import SinkError, StoreError
 from .events import Rejection
 from .producer import flush as producer_flush
 from .settings import Settings
@@ -663,11 +665,15 @@ class _Listener(ConsumerRebalanceListener):
 
 
 class _DeliveryError(Exception):
-    """A batch could not be delivered now; retried with backoff (``fenced``: abandon instead)."""
+    """A batch could not be delivered now; retried with backoff (``fenced``: abandon instead).
 
-    def __init__(self, message: str, fenced: bool = False) -> None:
+    ``metadata_too_large``: the broker refused an offset commit's metadata (``offset.metadata.max.bytes``).
+    """
+
+    def __init__(self, message: str, fenced: bool = False, metadata_too_large: bool = False) -> None:
         super().__init__(message)
         self.fenced = fenced
+        self.metadata_too_large = metadata_too_large
 
 
 # --- the sink --------------------------------------------------------------------------------------------------
@@ -1056,7 +1062,10 @@ class Sink:
                 timeout_ms = max(timeout_ms, _JOIN_POLL_MS)  # eager rebalance: nothing is assigned meanwhile
             self._fresh.clear()
             unpark_resumed_records(consumer)
-            records = consumer.poll(timeout_ms=timeout_ms, max_records=self.batch_max_rows)
+            try:
+                records = consumer.poll(timeout_ms=timeout_ms, max_records=self.batch_max_rows)
+            except FencedInstanceIdError as exc:
+                raise self._fenced(exc) from exc
             changed = self._apply_rebalances()
             now = time.monotonic()
             if changed:
@@ -1269,6 +1278,18 @@ class Sink:
                     for b in batches:
                         b.precommitted = True
         except _DeliveryError as exc:
+            if exc.metadata_too_large and self._grouped(batches) and not self._round_precommitted:
+                # Nothing was recorded, so nothing was inserted: the batches may go in smaller groups.
+                self.group_max_batches = max(1, len(batches) // 2)
+                self._round = None
+                logger.warning(
+                    "%s: the pre-commit of a group insert of %d batches names every range; inserting at most %d "
+                    "batches together from now on",
+                    exc,
+                    len(batches),
+                    self.group_max_batches,
+                )
+                return
             self._round_failed(exc)
             return
         self._inflight = (batches, self._inserter.submit(self._store_batches, batches))
@@ -1371,6 +1392,12 @@ class Sink:
         return True
 
     def _round_failed(self, exc: _DeliveryError) -> None:
+        if exc.metadata_too_large:
+            # A single range's record (~50 bytes) does not fit: no commit of this sink can succeed.
+            raise SinkError(
+                f"{exc} even for a single batch; raise offset.metadata.max.bytes on the brokers (Kafka's default is "
+                "4096)"
+            ) from exc
         if exc.fenced:
             logger.warning("%s — abandoning uncommitted batches; the partitions' next owner rebuilds them", exc)
             self._rewind()
@@ -1382,10 +1409,30 @@ class Sink:
         assert consumer is not None
         try:
             consumer.commit(offsets, timeout_ms=10_000)
+        except FencedInstanceIdError as exc:
+            raise self._fenced(exc) from exc
+        except OffsetMetadataTooLargeError as exc:
+            longest = max(len(o.metadata or "") for o in offsets.values())
+            raise _DeliveryError(
+                f"offset commit refused: its metadata ({longest} bytes) is over the broker's offset.metadata.max.bytes",
+                metadata_too_large=True,
+            ) from exc
         except _FENCED as exc:
             raise _DeliveryError(f"offset commit refused by the group ({type(exc).__name__})", fenced=True) from exc
         except KafkaError as exc:
             raise _DeliveryError(f"offset commit failed ({type(exc).__name__}: {exc})") from exc
+
+    def _fenced(self, exc: KafkaError) -> SinkError:
+        """The error that stops the sink when another member joined with its ``group.instance.id``.
+
+        The group hands this member's partitions to the newcomer and refuses this member's commits and joins for
+        good; what it has not committed is rebuilt by the newcomer from the recorded ranges.
+        """
+        return SinkError(
+            f"another consumer joined group {self.settings.kafka_group_id} with this sink's instance id "
+            f"{self.instance_id!r} and took over its partitions ({type(exc).__name__}); stopping — give each "
+            "consumer its own --instance-id"
+        )
 
     def _group_token(self, batches: list[_Batch]) -> str:
         return group_token(self.topic, self.epoch, [b.member for b in batches])

@@ -131,3 +131,108 @@ def test_a_dead_letter_the_topic_never_takes_is_counted_and_the_sink_moves_on(se
     assert int(store.scalar(f"SELECT count() FROM {store.database}.dead_letters")) == 2
     assert sum(topics.end_offsets(settings, settings.dead_letter_topic).values()) == 0
     assert stats.lag == {0: 0, 1: 0, 2: 0}
+
+
+def test_commit_metadata_over_the_brokers_limit_falls_back_to_smaller_group_inserts(
+    base_settings: Settings,
+    store: Store,
+    tmp_path,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
+) -> None:
+    """A broker with offset.metadata.max.bytes = 44 refuses the pre-commit of any group insert (its metadata names
+    every range; one range takes <= 39 bytes): the sink inserts smaller groups, says why, stores everything once."""
+    from clickstream_lib.consumer import Sink
+    from clickstream_lib.stack import KafkaStack
+    from tests.conftest import free_port
+
+    small = base_settings.replace(
+        kafka_broker_url=f"127.0.0.1:{free_port()}",
+        kafka_controller_port=free_port(),
+        data_dir=tmp_path,
+        kafka_topic="meta_topic",
+        kafka_group_id="meta_group",
+        clickhouse_database=store.database,
+        kafka_partitions=6,
+    )
+    stack = KafkaStack(small, properties={"offset.metadata.max.bytes": "44"})
+    stack.up(timeout_s=120)
+    try:
+        topics.ensure_topic(small, small.kafka_topic)
+        prod = KafkaProducer(**topics.client_config(small))
+        for i, v in enumerate(make_values(6_000, seed=16)):
+            prod.send(small.kafka_topic, v, partition=i % 6)  # every partition in every group insert
+        prod.flush(timeout=60)
+        prod.close()
+        sink = Sink(small, store, batch_max_rows=500)
+        with caplog.at_level("WARNING", logger="clickstream_lib.consumer"):
+            stats = sink.run(until_idle=2)
+    finally:
+        stack.down()
+    assert stats.rows_inserted == 6_000
+    rows, uniq = store.query_rows(f"SELECT count(), uniqExact(event_id) FROM {store.database}.events")[0]
+    assert rows == uniq == 6_000
+    assert sink.group_max_batches < 6
+    assert any("offset.metadata.max.bytes" in r.getMessage() and "at most" in r.getMessage() for r in caplog.records)
+
+
+def test_cli_consume_stops_with_exit_1_when_another_member_takes_its_instance_id(
+    settings: Settings,
+    store: Store,
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    """Two processes with one --instance-id: the group fences the older one for good. It stops with exit 1 and one
+    line saying why, instead of retrying its refused commits forever."""
+    import threading
+
+    from clickstream_lib.consumer import Sink
+
+    produce(settings, make_values(200, seed=17))
+    env = worker_env(settings, tmp_path / "cli")
+    proc = subprocess.Popen(
+        [CLI, "consume", "--instance-id", "sink-a", "--batch-max-wait", "0.2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stop = threading.Event()
+
+    def keep_producing() -> None:
+        seed = 100
+        while not stop.is_set():
+            produce(settings, make_values(50, seed=seed))
+            seed += 1
+            stop.wait(0.2)
+
+    feeder = threading.Thread(target=keep_producing, daemon=True)
+    twin: Sink | None = None
+    try:
+        deadline = time.monotonic() + 120
+        while not _committed_any(settings) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        feeder.start()
+        twin = Sink(settings, store, instance_id="sink-a", batch_max_wait_s=0.2).start()
+        _out, errs = proc.communicate(timeout=120)
+    finally:
+        stop.set()
+        if twin is not None:
+            twin.stop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, errs.decode()[-2000:]
+    last = errs.decode().strip().splitlines()[-1]
+    assert last.startswith("clickstream: another consumer joined group") and "sink-a" in last, last
+    assert "Traceback" not in errs.decode()
+
+
+def _committed_any(settings: Settings) -> bool:
+    from kafka import TopicPartition
+
+    c = KafkaConsumer(**topics.client_config(settings), group_id=settings.kafka_group_id, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(settings.kafka_topic, p) for p in range(settings.kafka_partitions)]
+        return any((c.committed(tp) or 0) > 0 for tp in tps)
+    finally:
+        c.close()
