@@ -278,7 +278,7 @@ register(_add_produce)
 
 
 def _add_consume(sub: argparse._SubParsersAction) -> None:
-    from .consumer import DEFAULT_BATCH_MAX_ROWS, DEFAULT_BATCH_MAX_WAIT_S
+    from .consumer import DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_ROWS, DEFAULT_BATCH_MAX_WAIT_S
 
     p = sub.add_parser(
         "consume",
@@ -309,6 +309,16 @@ def _add_consume(sub: argparse._SubParsersAction) -> None:
         help=f"rows per partition batch (default {DEFAULT_BATCH_MAX_ROWS})",
     )
     p.add_argument(
+        "--batch-max-bytes",
+        type=_byte_size,
+        default=DEFAULT_BATCH_MAX_BYTES,
+        metavar="SIZE",
+        help=(
+            "bytes of messages a partition batch, and one insert, may hold: bounds memory with large messages "
+            f"(bytes, or with KiB/MiB/GiB; default {DEFAULT_BATCH_MAX_BYTES // (1024 * 1024)}MiB)"
+        ),
+    )
+    p.add_argument(
         "--batch-max-wait",
         type=float,
         default=DEFAULT_BATCH_MAX_WAIT_S,
@@ -317,6 +327,18 @@ def _add_consume(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--instance-id", help="static group membership id: a restart takes its partitions back at once")
     p.set_defaults(handler=_cmd_consume)
+
+
+_BYTE_UNITS = {"": 1, "B": 1, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
+
+
+def _byte_size(text: str) -> int:
+    """``65536``, ``512KiB``, ``64MiB``, ``1GiB`` -> bytes (argparse type)."""
+    digits = text.strip().rstrip("BbIiKkMmGg")
+    unit = text.strip()[len(digits) :].upper()
+    if not digits.isdigit() or unit not in _BYTE_UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: use bytes or a number with KiB, MiB or GiB")
+    return int(digits) * _BYTE_UNITS[unit]
 
 
 def _format_sink_stats(st: object) -> str:
@@ -354,10 +376,14 @@ def _cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--max-events", f"{args.max_events} must be at least 1")
     if args.until_idle is not None and args.until_idle <= 0:
         raise ConfigError("--until-idle", f"{args.until_idle} must be more than 0 seconds")
-    if args.batch_max_rows < 1 or args.batch_max_wait <= 0:
-        raise ConfigError("--batch-max-rows/--batch-max-wait", "must be positive")
+    if args.batch_max_rows < 1 or args.batch_max_wait <= 0 or args.batch_max_bytes < 1:
+        raise ConfigError("--batch-max-rows/--batch-max-bytes/--batch-max-wait", "must be positive")
     sink = Sink(
-        settings, batch_max_rows=args.batch_max_rows, batch_max_wait_s=args.batch_max_wait, instance_id=args.instance_id
+        settings,
+        batch_max_rows=args.batch_max_rows,
+        batch_max_bytes=args.batch_max_bytes,
+        batch_max_wait_s=args.batch_max_wait,
+        instance_id=args.instance_id,
     )
     interrupted = {"n": 0}
 

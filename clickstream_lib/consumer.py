@@ -31,7 +31,11 @@ cleared (:meth:`Sink._resolve_group`). A batch rebuilt from a single recorded ra
 Failures: a failing store or broker pauses the partitions and retries the same batches with capped exponential
 backoff; nothing is committed ahead of what ClickHouse acknowledged. On revoke, unfinished batches are abandoned
 uncommitted (the next owner rebuilds them). :meth:`Sink.stop` (SIGTERM/Ctrl-C in the CLI) finishes the open
-batches, commits, and leaves the group.
+batches, commits, and leaves the group. Errors no retry clears do not loop: a dead letter the dead-letter topic
+refuses for good stays in the table only (:meth:`Sink._send_dead_letters`), a group pre-commit over the broker's
+``offset.metadata.max.bytes`` makes group inserts smaller, and a fenced ``group.instance.id`` stops the sink with
+:class:`~clickstream_lib.errors.SinkError`. Batches and inserts are bounded in bytes too (``batch_max_bytes``).
+See docs/sink.md.
 """
 
 from __future__ import annotations
@@ -84,6 +88,15 @@ logger = logging.getLogger(__name__)
 # Chosen by bench/consume.py: 20k-row inserts reach the engine's bulk rate while a 1 s wait keeps p99 latency
 # within the flush interval + 0.5 s at low rates.
 DEFAULT_BATCH_MAX_ROWS = 20_000
+# The bytes (message values) a batch, and a round's insert, may hold: what bounds the sink's memory when messages are
+# large (a 20 000-row batch of 64 KiB values would hold 1.3 GB). 64 MiB is ~200 000 live events, so it never cuts a
+# batch of ordinary events.
+DEFAULT_BATCH_MAX_BYTES = 64 * 1024 * 1024
+# A poll decompresses and keeps every record it returns, and a 5 MB value can arrive as a few KiB of lz4: the first
+# poll returns at most this many records, each later one at most twice as many as the one before and no more than fit
+# in batch_max_bytes at the largest value seen in the last _LARGE_VALUE_MEMORY_S.
+_FIRST_POLL_RECORDS = 16
+_LARGE_VALUE_MEMORY_S = 60.0
 DEFAULT_BATCH_MAX_WAIT_S = 1.0
 DEFAULT_RETRY_BASE_S = 0.25
 DEFAULT_RETRY_MAX_S = 5.0
@@ -497,6 +510,7 @@ class _Batch:
         "first_kafka_ms",
         "kafka_ms",
         "last",
+        "nbytes",
         "offsets",
         "partition",
         "precommitted",
@@ -514,6 +528,7 @@ class _Batch:
         self.first_kafka_ms = 0
         self.first = -1
         self.last = -1
+        self.nbytes = 0  # the records' values, in bytes
         self.rows: list[tuple[Any, ...]] = []  # the valid events, as events.parse_row gives them (FIELDS order)
         self.offsets: list[int] = []
         self.kafka_ms: list[int] = []
@@ -542,23 +557,30 @@ class _Batch:
         """Validate one record and keep it as a row or a dead letter (deterministic: no wall clock involved)."""
         self.add_records((_Record(offset, timestamp_ms, key, value),))
 
-    def add_records(self, records: Sequence[Any]) -> None:
-        """:meth:`add` for consecutive records (ConsumerRecords or :class:`_Record`), in one loop."""
+    def add_records(self, records: Sequence[Any], max_bytes: int = 0) -> int:
+        """:meth:`add` for consecutive records (ConsumerRecords or :class:`_Record`), in one loop.
+
+        With ``max_bytes``, stops after the record that brings the batch's values to ``max_bytes`` or more (at
+        least one record is taken). Returns how many records were taken.
+        """
         if not records:
-            return
+            return 0
         if self.first < 0:
             self.first = records[0].offset
             self.first_kafka_ms = records[0].timestamp
-        self.last = records[-1].offset
         parse_row = events.parse_row
         rows = self.rows
         offsets = self.offsets
         kafka_ms_col = self.kafka_ms
         dead = self.dead
+        nbytes = self.nbytes
+        limit = max_bytes or math.inf
+        taken = 0
         for r in records:
             offset = r.offset
             timestamp_ms = r.timestamp
             value = r.value
+            taken += 1
             kafka_ms = timestamp_ms if timestamp_ms > 0 else 0
             row = parse_row(value, timestamp_ms if timestamp_ms >= 0 else _NO_TIMESTAMP_REFERENCE_MS)
             if isinstance(row, Rejection):
@@ -567,12 +589,19 @@ class _Batch:
                 if len(raw) > DEAD_LETTER_TOPIC_MAX_VALUE_BYTES:
                     detail += f"; the dead-letter topic holds its first {DEAD_LETTER_TOPIC_MAX_VALUE_BYTES} bytes"
                 dead.append((raw, row.reason, detail, offset, kafka_ms, r.key))
-                continue
-            if row[0] is None:
-                row = (events.derived_event_id(self.topic, self.partition, offset), *row[1:])
-            rows.append(row)
-            offsets.append(offset)
-            kafka_ms_col.append(kafka_ms)
+            else:
+                if row[0] is None:
+                    row = (events.derived_event_id(self.topic, self.partition, offset), *row[1:])
+                rows.append(row)
+                offsets.append(offset)
+                kafka_ms_col.append(kafka_ms)
+            if value is not None:
+                nbytes += len(value)
+                if nbytes >= limit:
+                    break
+        self.nbytes = nbytes
+        self.last = records[taken - 1].offset
+        return taken
 
     def event_columns(self) -> list[list[Any]]:
         """The valid rows as columns in :data:`EVENT_COLUMNS` order, sent as :data:`EVENT_INSERT_TYPES`."""
@@ -688,6 +717,8 @@ class Sink:
         store: an open :class:`~clickstream_lib.store.Store` to share (embedded mode: the one store of this
             process); None opens one from ``settings`` in :meth:`run` and closes it afterwards.
         batch_max_rows: records per partition batch (valid + invalid) before it is inserted.
+        batch_max_bytes: bytes of message values a partition batch, and a round's insert, may hold (a batch closes
+            at the record that reaches it); what bounds the sink's memory when messages are large.
         batch_max_wait_s: how long the first record of a batch may wait before the batch is inserted.
         retry_max_s: cap of the exponential backoff while ClickHouse or Kafka fail.
         instance_id: a static group-membership id (``group.instance.id``): a restarted member with the same id takes
@@ -708,6 +739,7 @@ class Sink:
         store: Store | None = None,
         *,
         batch_max_rows: int = DEFAULT_BATCH_MAX_ROWS,
+        batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES,
         batch_max_wait_s: float = DEFAULT_BATCH_MAX_WAIT_S,
         retry_max_s: float = DEFAULT_RETRY_MAX_S,
         instance_id: str | None = None,
@@ -717,6 +749,8 @@ class Sink:
     ) -> None:
         if batch_max_rows < 1:
             raise ValueError(f"batch_max_rows must be >= 1, got {batch_max_rows}")
+        if batch_max_bytes < 1:
+            raise ValueError(f"batch_max_bytes must be >= 1, got {batch_max_bytes}")
         if batch_max_wait_s <= 0:
             raise ValueError(f"batch_max_wait_s must be > 0, got {batch_max_wait_s}")
         if not 1 <= group_max_batches <= GROUP_MAX_BATCHES:
@@ -724,6 +758,10 @@ class Sink:
         self.settings = settings
         self.topic = settings.kafka_topic
         self.batch_max_rows = batch_max_rows
+        self.batch_max_bytes = batch_max_bytes
+        # How many records the next poll may return, and the largest value seen lately and when (_poll_records).
+        self._poll_cap = min(batch_max_rows, _FIRST_POLL_RECORDS)
+        self._large_value: tuple[int, float] = (0, -math.inf)
         self.batch_max_wait_s = batch_max_wait_s
         self.retry_max_s = retry_max_s
         self.instance_id = instance_id
@@ -936,12 +974,13 @@ class Sink:
         self._await_partitions(self._consumer)
         self._consumer.subscribe([self.topic], listener=_Listener(self))
         logger.info(
-            "sink %s -> %s.events: group %s, epoch %s, batches of <= %d rows / %.2f s",
+            "sink %s -> %s.events: group %s, epoch %s, batches of <= %d rows / %d MiB / %.2f s",
             self.topic,
             self._store.database,
             self.settings.kafka_group_id,
             self.epoch,
             self.batch_max_rows,
+            self.batch_max_bytes // (1024 * 1024),
             self.batch_max_wait_s,
         )
 
@@ -1063,11 +1102,12 @@ class Sink:
             self._fresh.clear()
             unpark_resumed_records(consumer)
             try:
-                records = consumer.poll(timeout_ms=timeout_ms, max_records=self.batch_max_rows)
+                records = consumer.poll(timeout_ms=timeout_ms, max_records=self._poll_records())
             except FencedInstanceIdError as exc:
                 raise self._fenced(exc) from exc
             changed = self._apply_rebalances()
             now = time.monotonic()
+            self._note_large_values(records, now)
             if changed:
                 last_activity = now
                 joined = joined or self._joined
@@ -1127,7 +1167,8 @@ class Sink:
 
         ``limit`` caps the records taken, except that a recorded range is always rebuilt whole: cutting it would
         give its rows a different token and store them twice. Outside a recorded range the records go to the open
-        batch in runs that fill it to ``batch_max_rows`` exactly, which is where the one-by-one rule would cut too.
+        batch in runs that fill it to ``batch_max_rows`` exactly, which is where the one-by-one rule would cut too;
+        a batch also closes at the record that brings its values to ``batch_max_bytes``.
         """
         n = 0
         i = 0
@@ -1166,15 +1207,36 @@ class Sink:
             if limit is not None:
                 room = min(room, limit - n)
             run = records[i : i + room]
-            batch.add_records(run)
-            i += len(run)
-            n += len(run)
-            state.next_offset = run[-1].offset + 1
-            if len(batch) >= self.batch_max_rows:
+            taken = batch.add_records(run, self.batch_max_bytes)
+            i += taken
+            n += taken
+            state.next_offset = run[taken - 1].offset + 1
+            if len(batch) >= self.batch_max_rows or batch.nbytes >= self.batch_max_bytes:
                 self._seal(state)
         with self._lock:
             self._consumed += n
         return n
+
+    def _poll_records(self) -> int:
+        """How many records the next poll may return (``batch_max_rows`` once ordinary events are flowing).
+
+        A poll decompresses and keeps every record it returns. The first returns at most
+        :data:`_FIRST_POLL_RECORDS`, each later one at most twice as many as the one before, and after a value of
+        ``L`` bytes at most ``batch_max_bytes / L`` (at least one) until :data:`_LARGE_VALUE_MEMORY_S` passed without
+        a value that large.
+        """
+        return self._poll_cap
+
+    def _note_large_values(self, records: Mapping[TopicPartition, list[Any]], now: float) -> None:
+        """Set the next poll's size from this poll's values (see :meth:`_poll_records`)."""
+        if not records:
+            return
+        largest = max((len(r.value) for recs in records.values() for r in recs if r.value is not None), default=0)
+        size, seen = self._large_value
+        if largest >= size or now - seen > _LARGE_VALUE_MEMORY_S:
+            size, seen = self._large_value = (largest, now)
+        fit = self.batch_max_bytes // size if size > 0 else self.batch_max_rows
+        self._poll_cap = max(1, min(self.batch_max_rows, 2 * self._poll_cap, fit))
 
     def _seal(self, state: _PartitionState) -> None:
         """Close the open batch (its range is final) and queue it for the store."""
@@ -1310,7 +1372,16 @@ class Sink:
         oldest = [s.sealed[0] for s in sealed]
         # A rebuilt recorded batch may already be in the store under its own token: it is inserted alone, with it.
         replayed = [b for b in oldest if b.replayed]
-        return replayed[:1] or oldest[: self.group_max_batches]
+        if replayed:
+            return replayed[:1]
+        round_: list[_Batch] = []
+        nbytes = 0
+        for b in oldest[: self.group_max_batches]:
+            if round_ and nbytes + b.nbytes > self.batch_max_bytes:
+                break  # one insert holds at most batch_max_bytes of values (or one batch)
+            round_.append(b)
+            nbytes += b.nbytes
+        return round_
 
     def _grouped(self, batches: list[_Batch]) -> bool:
         """Whether the round's batches go to the store as one group insert (else each under its own token)."""

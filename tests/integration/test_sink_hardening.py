@@ -236,3 +236,43 @@ def _committed_any(settings: Settings) -> bool:
         return any((c.committed(tp) or 0) > 0 for tp in tps)
     finally:
         c.close()
+
+
+def _send_huge_lz4(settings: Settings, n: int, size: int = HUGE) -> None:
+    topics.ensure_topic(settings, settings.kafka_topic)
+    prod = KafkaProducer(**topics.client_config(settings), compression_type="lz4", max_request_size=8 * 1024 * 1024)
+    try:
+        for i in range(n):
+            prod.send(settings.kafka_topic, huge_json(size), partition=i % settings.kafka_partitions)
+        prod.flush(timeout=120)
+    finally:
+        prod.close(timeout=10)
+
+
+# The sink process's peak RSS draining 100 values of 5 MB and 1 000 events at the default batch_max_bytes (64 MiB):
+# 1.35-1.38 GB in four runs (1 000 events alone: 0.5 GB); without a byte bound 1.56-2.24 GB (docs/sink.md).
+RSS_BOUND_MB = 1_500
+
+
+def test_a_stream_of_5_mb_messages_keeps_the_sinks_memory_bounded(settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """100 values of 5 MB (500 MB, a few KiB each as lz4) and 1 000 events through a sink process with the default
+    batch_max_bytes: everything stored once, and the process's peak RSS under RSS_BOUND_MB."""
+    from tests.integration.sink_worker import PYTHON
+
+    n = 100
+    _send_huge_lz4(settings, n)
+    produce(settings, make_values(1_000, seed=18))
+    env = worker_env(settings, tmp_path / "worker")
+    done = subprocess.run(
+        [PYTHON, "-m", "tests.integration.sink_worker", "run", "--until-idle", "3", "--batch-max-rows", "20000"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    stats = orjson.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert stats["rows_inserted"] == 1_000 and stats["dead_letters_by_reason"] == {events.TOO_LARGE: n}
+    assert count(env) == {"rows": 1_000, "uniq": 1_000, "dead": n, "dead_uniq": n}
+    print(f"peak RSS {stats['peak_rss_mb']:.0f} MiB, {stats['batches']} batches")
+    assert stats["peak_rss_mb"] < RSS_BOUND_MB
