@@ -16,12 +16,16 @@ All figures come from one run, against a throwaway local Kafka broker and the em
   when it commits at that rate while the producer sends and has committed everything about a flush interval after
   the producer ended. Both check rows == produced with no duplicate event id, and give the CPU seconds per event of
   the producer process, the sink's process (this one: consumer, insert thread, engine) and the broker.
+- large values = with --large-values N: N values of 5 MB (a few KiB each as lz4, as a foreign producer may send
+  them) and 1 000 events drained by a sink process (tests/integration/sink_worker.py) with --batch-max-bytes; its
+  peak RSS (VmHWM), and the same for 1 000 events alone as the baseline. Only that part runs.
 
 Medians over --repeats rounds for the backlog figures.
 
     .venv/bin/python bench/consume.py
     .venv/bin/python bench/consume.py --events 200000 --repeats 3 --latency-s 20
     .venv/bin/python bench/consume.py --sustained-only
+    .venv/bin/python bench/consume.py --large-values 100 --batch-max-bytes 16777216
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from clickstream_lib import events, schema, topics  # noqa: E402
 from clickstream_lib.consumer import (  # noqa: E402
+    DEFAULT_BATCH_MAX_BYTES,
     DEFAULT_BATCH_MAX_ROWS,
     DEFAULT_BATCH_MAX_WAIT_S,
     EVENT_COLUMNS,
@@ -282,6 +287,47 @@ def start_stack(prefix: str) -> tuple[Settings, KafkaStack]:
     return base, stack
 
 
+def large_values(base: Settings, n: int, batch_max_bytes: int) -> None:
+    """Peak RSS of a sink process draining ``n`` 5 MB lz4 values and 1 000 events, against 1 000 events alone."""
+    from kafka import KafkaProducer
+
+    from tests.integration.sink_worker import make_values, produce, worker_env
+    from tests.integration.test_sink_hardening import huge_json
+
+    def peak(settings: Settings) -> dict[str, float]:
+        env = worker_env(settings, base.data_dir.parent / f"worker-{uuid.uuid4().hex[:6]}")
+        cmd = [PYTHON, "-m", "tests.integration.sink_worker", "run", "--until-idle", "3", "--batch-max-rows", "20000"]
+        done = subprocess.run(
+            [*cmd, "--batch-max-bytes", str(batch_max_bytes)], cwd=ROOT, env=env, capture_output=True, timeout=1800
+        )
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.decode()[-2000:])
+        import json
+
+        return dict(json.loads(done.stdout.decode().strip().splitlines()[-1]))
+
+    alone = fresh(base, "small")
+    produce(alone, make_values(1_000, seed=1))
+    base_rss = peak(alone)["peak_rss_mb"]
+    big = fresh(base, "large")
+    topics.ensure_topic(big, big.kafka_topic)
+    prod = KafkaProducer(**topics.client_config(big), compression_type="lz4", max_request_size=8 * 1024 * 1024)
+    value = huge_json()
+    for i in range(n):
+        prod.send(big.kafka_topic, value, partition=i % big.kafka_partitions)
+    prod.flush(timeout=300)
+    prod.close()
+    produce(big, make_values(1_000, seed=2))
+    t0 = time.perf_counter()
+    st = peak(big)
+    print(
+        f"  large values: {n} x {len(value) / 2**20:.0f} MiB (lz4) + 1 000 events, batch_max_bytes "
+        f"{batch_max_bytes / 2**20:.0f} MiB: sink process peak RSS {st['peak_rss_mb']:,.0f} MiB (1 000 events alone: "
+        f"{base_rss:,.0f} MiB); {st['dead_letters']:.0f} dead letters, {st['rows_inserted']:.0f} rows, "
+        f"{st['batches']:.0f} batches, {time.perf_counter() - t0:.1f} s"
+    )
+
+
 def backlog_and_latency(base: Settings, args: argparse.Namespace) -> None:
     """The backlog figures (raw consume, raw insert, sink drain; medians) and the live latency at 5k and 20k ev/s."""
     backlog = fresh(base, "backlog")
@@ -351,8 +397,24 @@ def main() -> int:
         default=GROUP_MAX_BATCHES,
         help=f"partitions' batches per insert (default {GROUP_MAX_BATCHES}; 1 = an insert per batch, as before)",
     )
+    ap.add_argument(
+        "--batch-max-bytes",
+        type=int,
+        default=DEFAULT_BATCH_MAX_BYTES,
+        help=f"the sink's batch_max_bytes (default {DEFAULT_BATCH_MAX_BYTES})",
+    )
+    ap.add_argument("--large-values", type=int, metavar="N", help="only the large-values part, with N 5 MB values")
     args = ap.parse_args()
     SINK_OPTIONS["group_max_batches"] = args.group_max_batches
+    SINK_OPTIONS["batch_max_bytes"] = args.batch_max_bytes
+    if args.large_values:
+        base, stack = start_stack("bench-consume-")
+        try:
+            large_values(base, args.large_values, args.batch_max_bytes)
+        finally:
+            stack.down()
+            shutil.rmtree(base.data_dir.parent, ignore_errors=True)
+        return 0
 
     base, stack = start_stack("bench-consume-")
     try:

@@ -289,7 +289,7 @@ register(_add_produce)
 
 
 def _add_consume(sub: argparse._SubParsersAction) -> None:
-    from .consumer import DEFAULT_BATCH_MAX_ROWS, DEFAULT_BATCH_MAX_WAIT_S
+    from .consumer import DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_ROWS, DEFAULT_BATCH_MAX_WAIT_S
 
     p = sub.add_parser(
         "consume",
@@ -332,6 +332,16 @@ def _add_consume(sub: argparse._SubParsersAction) -> None:
         help=f"rows per partition batch (default {DEFAULT_BATCH_MAX_ROWS})",
     )
     p.add_argument(
+        "--batch-max-bytes",
+        type=_byte_size,
+        default=DEFAULT_BATCH_MAX_BYTES,
+        metavar="SIZE",
+        help=(
+            "bytes of messages a partition batch, and one insert, may hold: bounds memory with large messages "
+            f"(bytes, or with KiB/MiB/GiB; default {DEFAULT_BATCH_MAX_BYTES // (1024 * 1024)}MiB)"
+        ),
+    )
+    p.add_argument(
         "--batch-max-wait",
         type=float,
         default=DEFAULT_BATCH_MAX_WAIT_S,
@@ -340,6 +350,18 @@ def _add_consume(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--instance-id", help="static group membership id: a restart takes its partitions back at once")
     p.set_defaults(handler=_cmd_consume)
+
+
+_BYTE_UNITS = {"": 1, "B": 1, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
+
+
+def _byte_size(text: str) -> int:
+    """``65536``, ``512KiB``, ``64MiB``, ``1GiB`` -> bytes (argparse type)."""
+    digits = text.strip().rstrip("BbIiKkMmGg")
+    unit = text.strip()[len(digits) :].upper()
+    if not digits.isdigit() or unit not in _BYTE_UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: use bytes or a number with KiB, MiB or GiB")
+    return int(digits) * _BYTE_UNITS[unit]
 
 
 def _format_sink_stats(st: object) -> str:
@@ -353,7 +375,8 @@ def _format_sink_stats(st: object) -> str:
     reasons = ",".join(f"{k}={v}" for k, v in sorted(st.dead_letters_by_reason.items())) or "-"
     return (
         f"rows={st.rows_inserted} rows/s={st.rows_per_s:.0f} dead={st.dead_letters} ({reasons}) "
-        f"lag={st.total_lag} partitions={list(st.assigned_partitions)} "
+        + (f"dead-unpublished={st.dead_letters_unpublished} " if st.dead_letters_unpublished else "")
+        + f"lag={st.total_lag} partitions={list(st.assigned_partitions)} "
         f"latency event p50/p99={ms(st.latency_event_p50_ms)}/{ms(st.latency_event_p99_ms)} ms "
         f"kafka p50/p99={ms(st.latency_kafka_p50_ms)}/{ms(st.latency_kafka_p99_ms)} ms"
         + (f" error={st.last_error}" if st.last_error else "")
@@ -376,8 +399,8 @@ def _cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--max-events", f"{args.max_events} must be at least 1")
     if args.until_idle is not None and args.until_idle <= 0:
         raise ConfigError("--until-idle", f"{args.until_idle} must be more than 0 seconds")
-    if args.batch_max_rows < 1 or args.batch_max_wait <= 0:
-        raise ConfigError("--batch-max-rows/--batch-max-wait", "must be positive")
+    if args.batch_max_rows < 1 or args.batch_max_wait <= 0 or args.batch_max_bytes < 1:
+        raise ConfigError("--batch-max-rows/--batch-max-bytes/--batch-max-wait", "must be positive")
     from .store import StoreLocked, find_owner
 
     owner = find_owner(settings)
@@ -389,6 +412,7 @@ def _cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     sink = Sink(
         settings,
         batch_max_rows=args.batch_max_rows,
+        batch_max_bytes=args.batch_max_bytes,
         batch_max_wait_s=args.batch_max_wait,
         instance_id=args.instance_id,
         from_beginning=args.from_beginning,
@@ -422,7 +446,15 @@ def _cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     if args.stats:
         out(json.dumps(final.as_dict()))
     else:
-        out(f"consumed: {final.rows_inserted} rows, {final.dead_letters} dead letters, {final.batches} batches")
+        unpublished = (
+            f" ({final.dead_letters_unpublished} not accepted by the dead-letter topic, see the log)"
+            if final.dead_letters_unpublished
+            else ""
+        )
+        out(
+            f"consumed: {final.rows_inserted} rows, {final.dead_letters} dead letters{unpublished}, "
+            f"{final.batches} batches"
+        )
     return 0
 
 

@@ -40,7 +40,11 @@ cleared (:meth:`Sink._resolve_group`). A batch rebuilt from a single recorded ra
 Failures: a failing store or broker pauses the partitions and retries the same batches with capped exponential
 backoff; nothing is committed ahead of what ClickHouse acknowledged. On revoke, unfinished batches are abandoned
 uncommitted (the next owner rebuilds them). :meth:`Sink.stop` (SIGTERM/Ctrl-C in the CLI) finishes the open
-batches, commits, and leaves the group.
+batches, commits, and leaves the group. Errors no retry clears do not loop: a dead letter the dead-letter topic
+refuses for good stays in the table only (:meth:`Sink._send_dead_letters`), a group pre-commit over the broker's
+``offset.metadata.max.bytes`` makes group inserts smaller, and a fenced ``group.instance.id`` stops the sink with
+:class:`~clickstream_lib.errors.SinkError`. Batches and inserts are bounded in bytes too (``batch_max_bytes``).
+See docs/sink.md.
 """
 
 from __future__ import annotations
@@ -65,17 +69,24 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import (
+    AuthorizationError,
     CommitFailedError,
+    FencedInstanceIdError,
     IllegalGenerationError,
+    InvalidRecordError,
+    InvalidTopicError,
     KafkaError,
+    MessageSizeTooLargeError,
+    OffsetMetadataTooLargeError,
     RebalanceInProgressError,
+    RecordListTooLargeError,
     UnknownMemberIdError,
 )
 from kafka.record import util as _record_util
 from kafka.structs import OffsetAndMetadata
 
 from . import events, record_decoder, schema, topics
-from .errors import StoreError
+from .errors import SinkError, StoreError
 from .events import Rejection
 from .producer import flush as producer_flush
 from .settings import Settings
@@ -87,11 +98,28 @@ _T = TypeVar("_T")
 # Chosen by bench/consume.py: 20k-row inserts reach the engine's bulk rate while a 1 s wait keeps p99 latency
 # within the flush interval + 0.5 s at low rates.
 DEFAULT_BATCH_MAX_ROWS = 20_000
+# The bytes (message values) a batch, and a round's insert, may hold: what bounds the sink's memory when messages are
+# large (a 20 000-row batch of 64 KiB values would hold 1.3 GB). 64 MiB is ~200 000 live events, so it never cuts a
+# batch of ordinary events.
+DEFAULT_BATCH_MAX_BYTES = 64 * 1024 * 1024
+# A poll decompresses and keeps every record it returns, and a 5 MB value can arrive as a few KiB of lz4: the first
+# poll returns at most this many records, each later one at most twice as many as the one before and no more than fit
+# in batch_max_bytes at the largest value seen in the last _LARGE_VALUE_MEMORY_S.
+_FIRST_POLL_RECORDS = 16
+_LARGE_VALUE_MEMORY_S = 60.0
 DEFAULT_BATCH_MAX_WAIT_S = 1.0
 DEFAULT_RETRY_BASE_S = 0.25
 DEFAULT_RETRY_MAX_S = 5.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
 DLQ_FLUSH_TIMEOUT_S = 10.0  # waiting for the dead-letter topic's acknowledgements, per round
+# The dead-letter topic gets at most this much of a rejected value (Kafka's defaults take 1 MiB per record: the
+# broker's message.max.bytes, kafka-python's max_request_size); a longer one goes cut, with headers saying so. Decided
+# from the value alone, so a replayed batch sends the same and stores the same detail.
+DEAD_LETTER_TOPIC_MAX_VALUE_BYTES = 512 * 1024
+# Refusals of a dead-letter record that no retry can clear: the record is given up (it is in the dead_letters table)
+# and the partition moves on. A size refusal is first answered with a copy without the value.
+_DLQ_SIZE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError)
+_DLQ_NEVER_CLEARS = (*_DLQ_SIZE_ERRORS, InvalidRecordError, InvalidTopicError, AuthorizationError)
 # Bytes fetched per partition per request (kafka-python's default is 1 MiB, ~2 500 events). kafka-python fetches a
 # partition again only once its previous response is consumed, so a backlog costs a round trip per response; 8 MiB
 # also lets a partition fill a 20 000-row batch from one response (bench/consume.py: half the inserts). Live traffic
@@ -353,11 +381,14 @@ class SinkStats:
 
     Latencies are over the last 30 s of acknowledged inserts: *event* = event time -> insert acknowledged,
     *kafka* = Kafka record timestamp -> insert acknowledged. ``lag`` is high watermark minus committed offset.
+    ``dead_letters_unpublished``: dead letters the dead-letter topic refused for good (too large even without their
+    value, not authorized, invalid topic); they are in the ``dead_letters`` table, and the log names each.
     """
 
     rows_inserted: int = 0
     dead_letters: int = 0
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
+    dead_letters_unpublished: int = 0
     batches: int = 0
     rows_per_s: float = 0.0
     lag: dict[int, int] = field(default_factory=dict)
@@ -386,6 +417,7 @@ class SinkStats:
             "rows_inserted": self.rows_inserted,
             "dead_letters": self.dead_letters,
             "dead_letters_by_reason": dict(self.dead_letters_by_reason),
+            "dead_letters_unpublished": self.dead_letters_unpublished,
             "batches": self.batches,
             "rows_per_s": round(self.rows_per_s, 1),
             "lag": {str(k): v for k, v in sorted(self.lag.items())},
@@ -488,6 +520,7 @@ class _Batch:
         "database",
         "dead",
         "dead_stored",
+        "dlq_left",
         "dlq_sent",
         "epoch",
         "events_stored",
@@ -496,6 +529,7 @@ class _Batch:
         "group",
         "kafka_ms",
         "last",
+        "nbytes",
         "offsets",
         "partition",
         "precommitted",
@@ -515,6 +549,7 @@ class _Batch:
         self.first_kafka_ms = 0
         self.first = -1
         self.last = -1
+        self.nbytes = 0  # the records' values, in bytes
         self.rows: list[tuple[Any, ...]] = []  # the valid events, as events.parse_row gives them (FIELDS order)
         self.offsets: list[int] = []
         self.kafka_ms: list[int] = []
@@ -525,6 +560,7 @@ class _Batch:
         self.events_stored = False
         self.dead_stored = False
         self.dlq_sent = False
+        self.dlq_left: set[int] | None = None  # indexes into dead not yet settled on the topic (None: all of them)
 
     def __len__(self) -> int:
         return len(self.rows) + len(self.dead)
@@ -544,33 +580,51 @@ class _Batch:
         """Validate one record and keep it as a row or a dead letter (deterministic: no wall clock involved)."""
         self.add_records((_Record(offset, timestamp_ms, key, value),))
 
-    def add_records(self, records: Sequence[Any]) -> None:
-        """:meth:`add` for consecutive records (ConsumerRecords or :class:`_Record`), in one loop."""
+    def add_records(self, records: Sequence[Any], max_bytes: int = 0) -> int:
+        """:meth:`add` for consecutive records (ConsumerRecords or :class:`_Record`), in one loop.
+
+        With ``max_bytes``, stops after the record that brings the batch's values to ``max_bytes`` or more (at
+        least one record is taken). Returns how many records were taken.
+        """
         if not records:
-            return
+            return 0
         if self.first < 0:
             self.first = records[0].offset
             self.first_kafka_ms = records[0].timestamp
-        self.last = records[-1].offset
         parse_row = events.parse_row
         rows = self.rows
         offsets = self.offsets
         kafka_ms_col = self.kafka_ms
         dead = self.dead
+        nbytes = self.nbytes
+        limit = max_bytes or math.inf
+        taken = 0
         for r in records:
             offset = r.offset
             timestamp_ms = r.timestamp
             value = r.value
+            taken += 1
             kafka_ms = timestamp_ms if timestamp_ms > 0 else 0
             row = parse_row(value, timestamp_ms if timestamp_ms >= 0 else _NO_TIMESTAMP_REFERENCE_MS)
             if isinstance(row, Rejection):
-                dead.append((bytes(value or b""), row.reason, row.detail, offset, kafka_ms, r.key))
-                continue
-            if row[0] is None:
-                row = (events.derived_event_id(self.topic, self.partition, offset), *row[1:])
-            rows.append(row)
-            offsets.append(offset)
-            kafka_ms_col.append(kafka_ms)
+                raw = bytes(value or b"")
+                detail = row.detail
+                if len(raw) > DEAD_LETTER_TOPIC_MAX_VALUE_BYTES:
+                    detail += f"; the dead-letter topic holds its first {DEAD_LETTER_TOPIC_MAX_VALUE_BYTES} bytes"
+                dead.append((raw, row.reason, detail, offset, kafka_ms, r.key))
+            else:
+                if row[0] is None:
+                    row = (events.derived_event_id(self.topic, self.partition, offset), *row[1:])
+                rows.append(row)
+                offsets.append(offset)
+                kafka_ms_col.append(kafka_ms)
+            if value is not None:
+                nbytes += len(value)
+                if nbytes >= limit:
+                    break
+        self.nbytes = nbytes
+        self.last = records[taken - 1].offset
+        return taken
 
     def event_columns(self) -> list[list[Any]]:
         """The valid rows as columns in :data:`EVENT_COLUMNS` order, sent as :data:`EVENT_INSERT_TYPES`."""
@@ -663,11 +717,15 @@ class _Listener(ConsumerRebalanceListener):
 
 
 class _DeliveryError(Exception):
-    """A batch could not be delivered now; retried with backoff (``fenced``: abandon instead)."""
+    """A batch could not be delivered now; retried with backoff (``fenced``: abandon instead).
 
-    def __init__(self, message: str, fenced: bool = False) -> None:
+    ``metadata_too_large``: the broker refused an offset commit's metadata (``offset.metadata.max.bytes``).
+    """
+
+    def __init__(self, message: str, fenced: bool = False, metadata_too_large: bool = False) -> None:
         super().__init__(message)
         self.fenced = fenced
+        self.metadata_too_large = metadata_too_large
 
 
 # --- the sink --------------------------------------------------------------------------------------------------
@@ -682,6 +740,8 @@ class Sink:
         store: an open :class:`~clickstream_lib.store.Store` to share (embedded mode: the one store of this
             process); None opens one from ``settings`` in :meth:`run` and closes it afterwards.
         batch_max_rows: records per partition batch (valid + invalid) before it is inserted.
+        batch_max_bytes: bytes of message values a partition batch, and a round's insert, may hold (a batch closes
+            at the record that reaches it); what bounds the sink's memory when messages are large.
         batch_max_wait_s: how long the first record of a batch may wait before the batch is inserted.
         retry_max_s: cap of the exponential backoff while ClickHouse or Kafka fail.
         instance_id: a static group-membership id (``group.instance.id``): a restarted member with the same id takes
@@ -705,6 +765,7 @@ class Sink:
         store: Store | None = None,
         *,
         batch_max_rows: int = DEFAULT_BATCH_MAX_ROWS,
+        batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES,
         batch_max_wait_s: float = DEFAULT_BATCH_MAX_WAIT_S,
         retry_max_s: float = DEFAULT_RETRY_MAX_S,
         instance_id: str | None = None,
@@ -715,6 +776,8 @@ class Sink:
     ) -> None:
         if batch_max_rows < 1:
             raise ValueError(f"batch_max_rows must be >= 1, got {batch_max_rows}")
+        if batch_max_bytes < 1:
+            raise ValueError(f"batch_max_bytes must be >= 1, got {batch_max_bytes}")
         if batch_max_wait_s <= 0:
             raise ValueError(f"batch_max_wait_s must be > 0, got {batch_max_wait_s}")
         if not 1 <= group_max_batches <= GROUP_MAX_BATCHES:
@@ -722,6 +785,10 @@ class Sink:
         self.settings = settings
         self.topic = settings.kafka_topic
         self.batch_max_rows = batch_max_rows
+        self.batch_max_bytes = batch_max_bytes
+        # How many records the next poll may return, and the largest value seen lately and when (_poll_records).
+        self._poll_cap = min(batch_max_rows, _FIRST_POLL_RECORDS)
+        self._large_value: tuple[int, float] = (0, -math.inf)
         self.batch_max_wait_s = batch_max_wait_s
         self.retry_max_s = retry_max_s
         self.instance_id = instance_id
@@ -763,6 +830,7 @@ class Sink:
         self._rows = 0
         self._dead = 0
         self._dead_by_reason: dict[str, int] = {}
+        self._dead_unpublished = 0
         self._batches = 0
         self._consumed = 0
         self._retries = 0
@@ -866,6 +934,7 @@ class Sink:
                 rows_inserted=self._rows,
                 dead_letters=self._dead,
                 dead_letters_by_reason=dict(self._dead_by_reason),
+                dead_letters_unpublished=self._dead_unpublished,
                 batches=self._batches,
                 rows_per_s=self._window.rate(now, self._started),
                 lag=dict(self._lag),
@@ -923,7 +992,9 @@ class Sink:
         try:
             self._consumer = KafkaConsumer(**cfg)
             record_decoder.install(self._consumer)  # ~2x faster than kafka-python's own record decoder
-            self._producer = KafkaProducer(**topics.client_config(self.settings, linger_ms=5))
+            # Not idempotent: an idempotent producer takes a record refused as too large for a fatal error and then
+            # refuses every later one; the dead-letter topic is at-least-once anyway (a retried round re-sends).
+            self._producer = KafkaProducer(**topics.client_config(self.settings, linger_ms=5, enable_idempotence=False))
         except KafkaError as exc:
             if self._consumer is not None:
                 self._consumer.close(autocommit=False)
@@ -933,12 +1004,13 @@ class Sink:
         self._await_partitions(self._consumer)
         self._consumer.subscribe([self.topic], listener=_Listener(self))
         logger.info(
-            "sink %s -> %s.events: group %s, epoch %s, batches of <= %d rows / %.2f s",
+            "sink %s -> %s.events: group %s, epoch %s, batches of <= %d rows / %d MiB / %.2f s",
             self.topic,
             self._store.database,
             self.settings.kafka_group_id,
             self.epoch,
             self.batch_max_rows,
+            self.batch_max_bytes // (1024 * 1024),
             self.batch_max_wait_s,
         )
 
@@ -1059,9 +1131,13 @@ class Sink:
                 timeout_ms = max(timeout_ms, _JOIN_POLL_MS)  # eager rebalance: nothing is assigned meanwhile
             self._fresh.clear()
             unpark_resumed_records(consumer)
-            records = consumer.poll(timeout_ms=timeout_ms, max_records=self.batch_max_rows)
+            try:
+                records = consumer.poll(timeout_ms=timeout_ms, max_records=self._poll_records())
+            except FencedInstanceIdError as exc:
+                raise self._fenced(exc) from exc
             changed = self._apply_rebalances()
             now = time.monotonic()
+            self._note_large_values(records, now)
             if changed:
                 last_activity = now
                 joined = joined or self._joined
@@ -1121,7 +1197,8 @@ class Sink:
 
         ``limit`` caps the records taken, except that a recorded range is always rebuilt whole: cutting it would
         give its rows a different token and store them twice. Outside a recorded range the records go to the open
-        batch in runs that fill it to ``batch_max_rows`` exactly, which is where the one-by-one rule would cut too.
+        batch in runs that fill it to ``batch_max_rows`` exactly, which is where the one-by-one rule would cut too;
+        a batch also closes at the record that brings its values to ``batch_max_bytes``.
         """
         n = 0
         i = 0
@@ -1160,15 +1237,36 @@ class Sink:
             if limit is not None:
                 room = min(room, limit - n)
             run = records[i : i + room]
-            batch.add_records(run)
-            i += len(run)
-            n += len(run)
-            state.next_offset = run[-1].offset + 1
-            if len(batch) >= self.batch_max_rows:
+            taken = batch.add_records(run, self.batch_max_bytes)
+            i += taken
+            n += taken
+            state.next_offset = run[taken - 1].offset + 1
+            if len(batch) >= self.batch_max_rows or batch.nbytes >= self.batch_max_bytes:
                 self._seal(state)
         with self._lock:
             self._consumed += n
         return n
+
+    def _poll_records(self) -> int:
+        """How many records the next poll may return (``batch_max_rows`` once ordinary events are flowing).
+
+        A poll decompresses and keeps every record it returns. The first returns at most
+        :data:`_FIRST_POLL_RECORDS`, each later one at most twice as many as the one before, and after a value of
+        ``L`` bytes at most ``batch_max_bytes / L`` (at least one) until :data:`_LARGE_VALUE_MEMORY_S` passed without
+        a value that large.
+        """
+        return self._poll_cap
+
+    def _note_large_values(self, records: Mapping[TopicPartition, list[Any]], now: float) -> None:
+        """Set the next poll's size from this poll's values (see :meth:`_poll_records`)."""
+        if not records:
+            return
+        largest = max((len(r.value) for recs in records.values() for r in recs if r.value is not None), default=0)
+        size, seen = self._large_value
+        if largest >= size or now - seen > _LARGE_VALUE_MEMORY_S:
+            size, seen = self._large_value = (largest, now)
+        fit = self.batch_max_bytes // size if size > 0 else self.batch_max_rows
+        self._poll_cap = max(1, min(self.batch_max_rows, 2 * self._poll_cap, fit))
 
     def _seal(self, state: _PartitionState) -> None:
         """Close the open batch (its range is final) and queue it for the store."""
@@ -1272,6 +1370,18 @@ class Sink:
                     for b in batches:
                         b.precommitted = True
         except _DeliveryError as exc:
+            if exc.metadata_too_large and self._grouped(batches) and not self._round_precommitted:
+                # Nothing was recorded, so nothing was inserted: the batches may go in smaller groups.
+                self.group_max_batches = max(1, len(batches) // 2)
+                self._round = None
+                logger.warning(
+                    "%s: the pre-commit of a group insert of %d batches names every range; inserting at most %d "
+                    "batches together from now on",
+                    exc,
+                    len(batches),
+                    self.group_max_batches,
+                )
+                return
             self._round_failed(exc)
             return
         self._inflight = (batches, self._inserter.submit(self._store_batches, batches))
@@ -1292,7 +1402,16 @@ class Sink:
         oldest = [s.sealed[0] for s in sealed]
         # A rebuilt recorded batch may already be in the store under its own token: it is inserted alone, with it.
         replayed = [b for b in oldest if b.replayed]
-        return replayed[:1] or oldest[: self.group_max_batches]
+        if replayed:
+            return replayed[:1]
+        round_: list[_Batch] = []
+        nbytes = 0
+        for b in oldest[: self.group_max_batches]:
+            if round_ and nbytes + b.nbytes > self.batch_max_bytes:
+                break  # one insert holds at most batch_max_bytes of values (or one batch)
+            round_.append(b)
+            nbytes += b.nbytes
+        return round_
 
     def _grouped(self, batches: list[_Batch]) -> bool:
         """Whether the round's batches go to the store as one group insert (else each under its own token)."""
@@ -1374,6 +1493,12 @@ class Sink:
         return True
 
     def _round_failed(self, exc: _DeliveryError) -> None:
+        if exc.metadata_too_large:
+            # A single range's record (~50 bytes) does not fit: no commit of this sink can succeed.
+            raise SinkError(
+                f"{exc} even for a single batch; raise offset.metadata.max.bytes on the brokers (Kafka's default is "
+                "4096)"
+            ) from exc
         if exc.fenced:
             logger.warning("%s — abandoning uncommitted batches; the partitions' next owner rebuilds them", exc)
             self._rewind()
@@ -1385,10 +1510,30 @@ class Sink:
         assert consumer is not None
         try:
             consumer.commit(offsets, timeout_ms=10_000)
+        except FencedInstanceIdError as exc:
+            raise self._fenced(exc) from exc
+        except OffsetMetadataTooLargeError as exc:
+            longest = max(len(o.metadata or "") for o in offsets.values())
+            raise _DeliveryError(
+                f"offset commit refused: its metadata ({longest} bytes) is over the broker's offset.metadata.max.bytes",
+                metadata_too_large=True,
+            ) from exc
         except _FENCED as exc:
             raise _DeliveryError(f"offset commit refused by the group ({type(exc).__name__})", fenced=True) from exc
         except KafkaError as exc:
             raise _DeliveryError(f"offset commit failed ({type(exc).__name__}: {exc})") from exc
+
+    def _fenced(self, exc: KafkaError) -> SinkError:
+        """The error that stops the sink when another member joined with its ``group.instance.id``.
+
+        The group hands this member's partitions to the newcomer and refuses this member's commits and joins for
+        good; what it has not committed is rebuilt by the newcomer from the recorded ranges.
+        """
+        return SinkError(
+            f"another consumer joined group {self.settings.kafka_group_id} with this sink's instance id "
+            f"{self.instance_id!r} and took over its partitions ({type(exc).__name__}); stopping — give each "
+            "consumer its own --instance-id"
+        )
 
     def _group_token(self, batches: list[_Batch]) -> str:
         return self._token_of_group([b.member for b in batches])
@@ -1402,35 +1547,93 @@ class Sink:
         )
 
     def _send_dead_letters(self, batches: list[_Batch]) -> None:
+        """Send the batches' dead letters to the dead-letter topic; raises :class:`_DeliveryError` to retry.
+
+        Each record is settled on its own: acknowledged, or refused for good (:data:`_DLQ_NEVER_CLEARS`: too large,
+        not authorized, invalid topic). A size refusal is answered with the same record without its value (the
+        headers say it was cut and how large it was); a record refused for good is given up — its dead letter is in
+        the ``dead_letters`` table — counted in ``dead_letters_unpublished`` and logged, and the partition moves on.
+        Any other error retries the round after a backoff, re-sending only the records not settled yet.
+        """
         producer = self._producer
         assert producer is not None
         pending = [b for b in batches if b.dead and not b.dlq_sent]
         if not pending:
             return
         topic = self.settings.dead_letter_topic
-        try:
-            futures = []
-            for b in pending:
-                for raw, reason, detail, offset, kafka_ms, key in b.dead:
-                    headers = [
-                        ("reason", reason.encode()),
-                        ("detail", detail.encode("utf-8", "replace")),
-                        ("source_topic", self.topic.encode()),
-                        ("source_partition", str(b.partition).encode()),
-                        ("source_offset", str(offset).encode()),
-                        ("source_timestamp_ms", str(kafka_ms).encode()),
-                    ]
-                    futures.append(producer.send(topic, value=raw, key=key, headers=headers))
+        todo: list[tuple[_Batch, int, bool]] = []  # (batch, index into its dead letters, with the value)
+        for b in pending:
+            if b.dlq_left is None:
+                b.dlq_left = set(range(len(b.dead)))
+            todo += [(b, i, True) for i in sorted(b.dlq_left)]
+        retry: str | None = None
+        while todo:
+            sent: list[tuple[_Batch, int, bool, Any]] = []
+            for b, i, with_value in todo:
+                try:
+                    sent.append((b, i, with_value, self._send_dead_letter(producer, topic, b, i, with_value)))
+                except KafkaError as exc:  # refused before sending, e.g. over max_request_size
+                    sent.append((b, i, with_value, exc))
             # kafka-python's own flush() fails with "Future not done" after a broker-forced batch split.
             deadline = time.monotonic() + DLQ_FLUSH_TIMEOUT_S
-            producer_flush(producer, DLQ_FLUSH_TIMEOUT_S)
-            for f in futures:
-                f.get(timeout=max(0.1, deadline - time.monotonic()))
-        except KafkaError as exc:
-            # A retry re-sends the batch's dead letters: the topic is at-least-once; the table is exactly-once.
-            raise _DeliveryError(f"sending dead letters to {topic} failed ({type(exc).__name__}: {exc})") from exc
+            if any(not isinstance(f, KafkaError) for *_, f in sent):
+                producer_flush(producer, DLQ_FLUSH_TIMEOUT_S)
+            todo = []
+            for b, i, with_value, f in sent:
+                try:
+                    if isinstance(f, KafkaError):
+                        raise f
+                    f.get(timeout=max(0.1, deadline - time.monotonic()))
+                except _DLQ_NEVER_CLEARS as exc:
+                    if with_value and isinstance(exc, _DLQ_SIZE_ERRORS) and b.dead[i][0]:
+                        todo.append((b, i, False))  # what the topic can take: the headers
+                        continue
+                    self._dead_letter_unpublished(topic, b, i, exc)
+                except KafkaError as exc:
+                    retry = retry or f"{type(exc).__name__}: {exc}"
+                    continue
+                assert b.dlq_left is not None
+                b.dlq_left.discard(i)
         for b in pending:
-            b.dlq_sent = True
+            b.dlq_sent = not b.dlq_left
+        if retry is not None:
+            # A retry re-sends what was not acknowledged: the topic is at-least-once; the table is exactly-once.
+            raise _DeliveryError(f"sending dead letters to {topic} failed ({retry})")
+
+    def _send_dead_letter(self, producer: KafkaProducer, topic: str, b: _Batch, i: int, with_value: bool) -> Any:
+        raw, reason, detail, offset, kafka_ms, key = b.dead[i]
+        headers = [
+            ("reason", reason.encode()),
+            ("detail", detail.encode("utf-8", "replace")),
+            ("source_topic", self.topic.encode()),
+            ("source_partition", str(b.partition).encode()),
+            ("source_offset", str(offset).encode()),
+            ("source_timestamp_ms", str(kafka_ms).encode()),
+        ]
+        value = raw if with_value else b""
+        if len(value) > DEAD_LETTER_TOPIC_MAX_VALUE_BYTES:
+            value = value[:DEAD_LETTER_TOPIC_MAX_VALUE_BYTES]
+        if len(value) < len(raw):
+            headers += [("truncated", b"1"), ("original_size", str(len(raw)).encode())]
+        return producer.send(topic, value=value, key=key, headers=headers)
+
+    def _dead_letter_unpublished(self, topic: str, b: _Batch, i: int, exc: KafkaError) -> None:
+        """A dead letter the topic refused for good: kept in the table only, counted, logged."""
+        assert b.dlq_left is not None
+        b.dlq_left.discard(i)
+        _raw, reason, _detail, offset, _kafka_ms, _key = b.dead[i]
+        logger.error(
+            "dead letter %s:%d@%d (%s) could not be sent to %s (%s: %s); it is in the dead_letters table",
+            self.topic,
+            b.partition,
+            offset,
+            reason,
+            topic,
+            type(exc).__name__,
+            exc,
+        )
+        with self._lock:
+            self._dead_unpublished += 1
 
     def _failed(self, message: str) -> None:
         self._attempt += 1

@@ -8,6 +8,7 @@ Every error says what went wrong and what to do about it::
      │    └── QueryError      an unknown query name, filter or parameter value (analytics queries)
      ├── BrokerUnavailable    Kafka cannot be reached (retriable)
      ├── StackError           the local Kafka broker cannot be installed, started or stopped
+     ├── SinkError            the sink met a Kafka error no retry clears (its --instance-id taken over) and stopped
      ├── StoreError           ClickHouse failed or refused
      │    └── StoreLocked     the embedded chdb directory is held by another process
      ├── InvalidEvent         a message is not a valid clickstream event
@@ -51,6 +52,10 @@ class BrokerUnavailable(ClickstreamError):
 
 class StackError(ClickstreamError):
     """The local service stack (the Kafka broker process) failed."""
+
+
+class SinkError(ClickstreamError):
+    """The sink stopped on an error that retrying cannot clear; the message says which and what to do."""
 
 
 class StoreError(ClickstreamError):

@@ -56,7 +56,13 @@ class Pipeline:
         self.sink_options = dict(sink_options or {})
         self.n_users: int | None = None
         self.scenarios: dict[str, bool] = {}
-        self._done: dict[str, float] = {"sent": 0, "acked": 0, "rows_inserted": 0, "dead_letters": 0}
+        self._done: dict[str, float] = {
+            "sent": 0,
+            "acked": 0,
+            "rows_inserted": 0,
+            "dead_letters": 0,
+            "dead_letters_unpublished": 0,
+        }
         self._dead_by_reason: dict[str, int] = {}
         self.producer = self._new_producer()
         self.sink = self._new_sink()
@@ -108,6 +114,7 @@ class Pipeline:
             s = self.sink.stats()
             self._done["rows_inserted"] += field_of(s, "rows_inserted") or 0
             self._done["dead_letters"] += field_of(s, "dead_letters") or 0
+            self._done["dead_letters_unpublished"] += field_of(s, "dead_letters_unpublished") or 0
             for reason, n in (field_of(s, "dead_letters_by_reason") or {}).items():
                 self._dead_by_reason[reason] = self._dead_by_reason.get(reason, 0) + int(n)
             self.sink = self._new_sink()
@@ -167,6 +174,9 @@ class Pipeline:
             "latency_p99_ms": field_of(s, "latency_event_p99_ms"),
             "dead_letters": int(self._done["dead_letters"] + (field_of(s, "dead_letters") or 0)),
             "dead_letters_by_reason": reasons,
+            "dead_letters_unpublished": int(
+                self._done["dead_letters_unpublished"] + (field_of(s, "dead_letters_unpublished") or 0)
+            ),
             "last_error": field_of(s, "last_error") or "",
         }
 

@@ -115,15 +115,25 @@ class StackStatus:
 class KafkaStack:
     """Start, stop and inspect the local Kafka broker described by ``settings``.
 
+    ``properties`` are extra ``server.properties`` entries written over the stack's own (e.g. a small
+    ``offset.metadata.max.bytes`` in a test).
+
     Example:
         >>> stack = KafkaStack(Settings.from_env())
         >>> stack.up()        # downloads jars once, formats storage once, waits until ready
         >>> stack.down()
     """
 
-    def __init__(self, settings: Settings, home: Path | None = None, secure: SecureListener | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        home: Path | None = None,
+        secure: SecureListener | None = None,
+        properties: Mapping[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.secure = secure
+        self.properties = dict(properties or {})  # extra server.properties, over the stack's own
         self.home = Path(home) if home else Path(settings.data_dir) / "kafka"
         servers = parse_bootstrap(settings.kafka_broker_url)
         self.host, self.port = servers[0]
@@ -245,6 +255,7 @@ class KafkaStack:
         }
         if self.secure:
             props.update(self._secure_props(self.secure))
+        props.update(self.properties)
         self.properties_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         log4j = f"""\
 status = warn

@@ -3,6 +3,7 @@
 Settings come from the environment (tests.conftest.base_env plus KAFKA_*/CLICKHOUSE_*/CLICKSTREAM_DATA_DIR).
 
     python -m tests.integration.sink_worker run [--until-idle S] [--instance-id ID] [--kill-at-batch N]
+        [--batch-max-rows N] [--batch-max-wait S] [--batch-max-bytes N]   # stdout: final stats + peak_rss_mb
     python -m tests.integration.sink_worker count        # JSON: rows, distinct event ids, dead letters
 
 ``--kill-at-batch N`` SIGKILLs this process from the ``on_batch_stored`` hook of the N-th batch: its rows are in
@@ -137,6 +138,14 @@ def count(env: dict[str, str]) -> dict[str, Any]:
     return dict(json.loads(out.stdout.decode().strip().splitlines()[-1]))
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (VmHWM), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 # --- the worker ------------------------------------------------------------------------------------------------
 
 
@@ -148,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-at-batch", type=int, default=0)
     parser.add_argument("--batch-max-rows", type=int, default=5_000)
     parser.add_argument("--batch-max-wait", type=float, default=0.5)
+    parser.add_argument("--batch-max-bytes", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.ERROR)
@@ -175,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         settings,
         store,
         batch_max_rows=args.batch_max_rows,
+        **({"batch_max_bytes": args.batch_max_bytes} if args.batch_max_bytes else {}),
         batch_max_wait_s=args.batch_max_wait,
         instance_id=args.instance_id,
         consumer_config={"session_timeout_ms": 10_000, "heartbeat_interval_ms": 1_000},
@@ -182,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     signal.signal(signal.SIGTERM, lambda *_: sink.request_stop())
     stats = sink.run(until_idle=args.until_idle)
-    print(json.dumps(stats.as_dict()), flush=True)
+    print(json.dumps({**stats.as_dict(), "peak_rss_mb": peak_rss_mb()}), flush=True)
     return 0
 
 

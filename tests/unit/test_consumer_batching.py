@@ -34,6 +34,7 @@ from clickstream_lib.consumer import (
     encode_pending,
     group_token,
 )
+from clickstream_lib.errors import SinkError
 from clickstream_lib.settings import Settings
 
 T0 = 1_795_000_000_000  # 2026-11-18, a Kafka record timestamp
@@ -222,6 +223,8 @@ def test_sink_rejects_nonsense_limits() -> None:
         Sink(settings, batch_max_rows=0)
     with pytest.raises(ValueError, match="batch_max_wait_s"):
         Sink(settings, batch_max_wait_s=0)
+    with pytest.raises(ValueError, match="batch_max_bytes"):
+        Sink(settings, batch_max_bytes=0)
     assert consumer.DEFAULT_BATCH_MAX_ROWS >= 10_000 or consumer.DEFAULT_BATCH_MAX_WAIT_S <= 1.0
 
 
@@ -608,3 +611,95 @@ def test_a_rebuilt_recorded_batch_is_inserted_alone_under_its_own_token() -> Non
     assert log[-3].startswith(f"insert events {token} 6 rows")
     assert sink._inserter is not None
     sink._inserter.shutdown()
+
+
+# --- bounded in bytes -------------------------------------------------------------------------------------------
+
+
+def test_a_batch_closes_at_the_record_that_reaches_batch_max_bytes() -> None:
+    sink = Sink(Settings(), batch_max_rows=100, batch_max_bytes=1_000)
+    sink.epoch = "e1"
+    state = _PartitionState(TopicPartition(sink.topic, 2), 100, None)
+    records = [_Record(100 + i, T0, None, b"x" * (300 if i % 2 else 100)) for i in range(12)]  # 100, 300, 100...
+    assert sink._take(state, records[:5], 0.0) == 5
+    assert sink._take(state, records[5:], 0.0) == 7
+    # 100+300+100+300+100+300 = 1200 >= 1000 at the 6th record; the next batch likewise.
+    assert _ranges(state) == [(100, 105, 6), (106, 111, 6)]
+    assert [b.nbytes for b in state.sealed] == [1_200, 1_200]
+    # A recorded range is rebuilt exactly, whatever its bytes: replay reads its end from the commit metadata.
+    replay = _PartitionState(TopicPartition(sink.topic, 2), 100, (100, 109))
+    assert sink._take(replay, records, 0.0) == 12
+    assert _ranges(replay) == [(100, 109, 10), (110, 111, 2)]
+
+
+def test_a_round_holds_at_most_batch_max_bytes_of_values() -> None:
+    sink = Sink(Settings(), batch_max_rows=100, batch_max_bytes=1_000)
+    sink.epoch = "e1"
+    for p in range(4):
+        state = sink._states[p] = _PartitionState(TopicPartition(sink.topic, p), 0, None)
+        sink._take(state, [_Record(i, T0, None, b"x" * 200) for i in range(2)], 0.0)  # 400 bytes, open
+    assert [b.partition for b in sink._compose_round()] == [0, 1]  # 800; a third would make 1200
+    sink._round = None
+
+
+def test_polls_start_small_grow_with_ordinary_events_and_shrink_for_large_values() -> None:
+    sink = Sink(Settings(), batch_max_rows=20_000, batch_max_bytes=64 * 1024 * 1024)
+    tp = TopicPartition(sink.topic, 0)
+    small = {tp: [_Record(0, T0, None, b"{}" * 200)]}
+    assert sink._poll_records() == consumer._FIRST_POLL_RECORDS
+    caps = []
+    for _ in range(12):
+        sink._note_large_values(small, time.monotonic())
+        caps.append(sink._poll_records())
+    assert caps[:3] == [32, 64, 128] and caps[-1] == 20_000  # doubling up to batch_max_rows
+    sink._note_large_values({tp: [_Record(1, T0, None, b"x" * 5_000_000)]}, time.monotonic())
+    assert sink._poll_records() == 13  # 64 MiB / 5 MB
+    sink._note_large_values(small, time.monotonic())
+    assert sink._poll_records() == 13  # a 5 MB value was seen lately
+    sink._large_value = (5_000_000, time.monotonic() - consumer._LARGE_VALUE_MEMORY_S - 1)
+    sink._note_large_values(small, time.monotonic())
+    assert sink._poll_records() == 26  # grows again once it is forgotten
+
+
+class _MetadataLimitConsumer(_FakeConsumer):
+    """Refuses an offset commit whose metadata is over ``limit`` bytes, as a broker's offset.metadata.max.bytes."""
+
+    limit = 32
+
+    def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], timeout_ms: int) -> None:
+        from kafka.errors import OffsetMetadataTooLargeError
+
+        if any(len(om.metadata) > self.limit for om in offsets.values()):
+            self.log.append("refused")
+            raise OffsetMetadataTooLargeError()
+        super().commit(offsets, timeout_ms)
+
+
+def test_a_refused_group_pre_commit_falls_back_to_smaller_groups() -> None:
+    log: list[str] = []
+    sink, fake_store = _grouping_sink(log, partitions=(0, 1, 2, 3))
+    sink._consumer = _MetadataLimitConsumer(log)  # type: ignore[assignment]
+    fake_store.release.set()
+    while any(s.open is not None or s.sealed for s in sink._states.values()):
+        sink._deliver_round()
+    # 4 -> 2 -> 1 batches per insert: each batch then inserted alone under its own token (its record: 27 bytes).
+    assert sink.group_max_batches == 1
+    assert log.count("refused") == 2
+    ids = {"database": sink.database, "group": sink.settings.kafka_group_id}
+    assert sorted(line for line in log if line.startswith("insert")) == [
+        f"insert events {batch_token(sink.topic, 'e1', p, 10 * p, 10 * p + 2, **ids)} 3 rows on inserter_0"
+        for p in range(4)
+    ]
+    assert sink.stats().rows_inserted == 12
+    sink._inserter.shutdown()  # type: ignore[union-attr]
+
+
+def test_a_refused_single_batch_pre_commit_stops_the_sink() -> None:
+    log: list[str] = []
+    sink, fake_store = _grouping_sink(log, partitions=(0,))
+    sink._consumer = _MetadataLimitConsumer(log)  # type: ignore[assignment]
+    sink._consumer.limit = 10  # type: ignore[attr-defined]
+    fake_store.release.set()
+    with pytest.raises(SinkError, match=r"offset\.metadata\.max\.bytes"):
+        sink._deliver_round()
+    sink._inserter.shutdown()  # type: ignore[union-attr]

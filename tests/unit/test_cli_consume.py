@@ -1,0 +1,33 @@
+"""`clickstream consume` options, parsed without any service."""
+
+from __future__ import annotations
+
+import pytest
+
+from clickstream_lib.cli import build_parser
+from clickstream_lib.consumer import DEFAULT_BATCH_MAX_BYTES, SinkStats
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("65536", 65_536), ("512KiB", 512 * 1024), ("16MiB", 16 * 1024**2), ("1GiB", 1024**3)]
+)
+def test_batch_max_bytes_takes_bytes_or_binary_units(text: str, size: int) -> None:
+    assert build_parser().parse_args(["consume", "--batch-max-bytes", text]).batch_max_bytes == size
+
+
+def test_batch_max_bytes_defaults_to_the_sinks_and_refuses_nonsense(capsys: pytest.CaptureFixture[str]) -> None:
+    assert build_parser().parse_args(["consume"]).batch_max_bytes == DEFAULT_BATCH_MAX_BYTES == 64 * 1024**2
+    for bad in ("lots", "12TB", "-1", "MiB"):
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args(["consume", "--batch-max-bytes", bad])
+        assert exc.value.code == 2
+    assert "is not a size" in capsys.readouterr().err
+
+
+def test_stats_line_and_summary_name_unpublished_dead_letters() -> None:
+    from clickstream_lib.cli_commands import _format_sink_stats
+
+    st = SinkStats(dead_letters=3, dead_letters_by_reason={"too_large": 3}, dead_letters_unpublished=2)
+    assert "dead=3 (too_large=3) dead-unpublished=2 " in _format_sink_stats(st)
+    assert "dead-unpublished" not in _format_sink_stats(SinkStats())
+    assert st.as_dict()["dead_letters_unpublished"] == 2
