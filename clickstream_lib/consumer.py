@@ -102,10 +102,8 @@ DEFAULT_BATCH_MAX_ROWS = 20_000
 # large (a 20 000-row batch of 64 KiB values would hold 1.3 GB). 64 MiB is ~200 000 live events, so it never cuts a
 # batch of ordinary events.
 DEFAULT_BATCH_MAX_BYTES = 64 * 1024 * 1024
-# A poll decompresses and keeps every record it returns, and a 5 MB value can arrive as a few KiB of lz4: the first
-# poll returns at most this many records, each later one at most twice as many as the one before and no more than fit
-# in batch_max_bytes at the largest value seen in the last _LARGE_VALUE_MEMORY_S.
-_FIRST_POLL_RECORDS = 16
+# A poll decompresses and keeps every record it returns, and a 5 MB value can arrive as a few KiB of lz4: after a value
+# of L bytes a poll returns at most batch_max_bytes / L records, for this long after the largest such value was seen.
 _LARGE_VALUE_MEMORY_S = 60.0
 DEFAULT_BATCH_MAX_WAIT_S = 1.0
 DEFAULT_RETRY_BASE_S = 0.25
@@ -787,8 +785,9 @@ class Sink:
         self.batch_max_rows = batch_max_rows
         self.batch_max_bytes = batch_max_bytes
         # How many records the next poll may return, and the largest value seen lately and when (_poll_records).
-        self._poll_cap = min(batch_max_rows, _FIRST_POLL_RECORDS)
+        self._poll_cap = batch_max_rows
         self._large_value: tuple[int, float] = (0, -math.inf)
+        self._bytes_since_gc = 0  # bytes of values polled since the last collection for large values
         self.batch_max_wait_s = batch_max_wait_s
         self.retry_max_s = retry_max_s
         self.instance_id = instance_id
@@ -1250,10 +1249,9 @@ class Sink:
     def _poll_records(self) -> int:
         """How many records the next poll may return (``batch_max_rows`` once ordinary events are flowing).
 
-        A poll decompresses and keeps every record it returns. The first returns at most
-        :data:`_FIRST_POLL_RECORDS`, each later one at most twice as many as the one before, and after a value of
-        ``L`` bytes at most ``batch_max_bytes / L`` (at least one) until :data:`_LARGE_VALUE_MEMORY_S` passed without
-        a value that large.
+        A poll decompresses and keeps every record it returns. After a value of ``L`` bytes a poll returns at most
+        ``batch_max_bytes / L`` records (at least one), and at most twice as many as the poll before, until
+        :data:`_LARGE_VALUE_MEMORY_S` passed without a value that large.
         """
         return self._poll_cap
 
@@ -1261,7 +1259,22 @@ class Sink:
         """Set the next poll's size from this poll's values (see :meth:`_poll_records`)."""
         if not records:
             return
-        largest = max((len(r.value) for recs in records.values() for r in recs if r.value is not None), default=0)
+        largest = total = 0
+        for recs in records.values():
+            for r in recs:
+                if r.value is not None:
+                    n = len(r.value)
+                    total += n
+                    largest = max(largest, n)
+        if largest * self.batch_max_rows > self.batch_max_bytes:
+            # Values this large make cyclic garbage costly: the fetch path leaves garbage in reference cycles that
+            # keeps fetched buffers until the cycle collector runs, and while a sink runs that waits for
+            # GC_YOUNG_THRESHOLD new objects — hundreds of 5 MB values (300 of them: peak RSS 2.3-2.5 GB; 1.4 GB with
+            # Python's own threshold; 1.2 GB collecting every batch_max_bytes, docs/sink.md).
+            self._bytes_since_gc += total
+            if self._bytes_since_gc >= self.batch_max_bytes:
+                self._bytes_since_gc = 0
+                gc.collect(1)
         size, seen = self._large_value
         if largest >= size or now - seen > _LARGE_VALUE_MEMORY_S:
             size, seen = self._large_value = (largest, now)

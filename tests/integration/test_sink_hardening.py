@@ -250,7 +250,7 @@ def _send_huge_lz4(settings: Settings, n: int, size: int = HUGE) -> None:
 
 
 # The sink process's peak RSS draining 100 values of 5 MB and 1 000 events at the default batch_max_bytes (64 MiB):
-# 1.35-1.38 GB in four runs (1 000 events alone: 0.5 GB); without a byte bound 1.56-2.24 GB (docs/sink.md).
+# 1 356 MiB (1 000 events alone: 505 MiB); without a byte bound 1.56-2.24 GB, growing with the stream (docs/sink.md).
 RSS_BOUND_MB = 1_500
 
 

@@ -642,23 +642,23 @@ def test_a_round_holds_at_most_batch_max_bytes_of_values() -> None:
     sink._round = None
 
 
-def test_polls_start_small_grow_with_ordinary_events_and_shrink_for_large_values() -> None:
+def test_polls_shrink_for_large_values_and_grow_back_once_they_are_forgotten() -> None:
     sink = Sink(Settings(), batch_max_rows=20_000, batch_max_bytes=64 * 1024 * 1024)
     tp = TopicPartition(sink.topic, 0)
     small = {tp: [_Record(0, T0, None, b"{}" * 200)]}
-    assert sink._poll_records() == consumer._FIRST_POLL_RECORDS
-    caps = []
-    for _ in range(12):
-        sink._note_large_values(small, time.monotonic())
-        caps.append(sink._poll_records())
-    assert caps[:3] == [32, 64, 128] and caps[-1] == 20_000  # doubling up to batch_max_rows
+    assert sink._poll_records() == 20_000
+    sink._note_large_values(small, time.monotonic())
+    assert sink._poll_records() == 20_000  # ordinary events
     sink._note_large_values({tp: [_Record(1, T0, None, b"x" * 5_000_000)]}, time.monotonic())
     assert sink._poll_records() == 13  # 64 MiB / 5 MB
     sink._note_large_values(small, time.monotonic())
     assert sink._poll_records() == 13  # a 5 MB value was seen lately
     sink._large_value = (5_000_000, time.monotonic() - consumer._LARGE_VALUE_MEMORY_S - 1)
-    sink._note_large_values(small, time.monotonic())
-    assert sink._poll_records() == 26  # grows again once it is forgotten
+    caps = []
+    for _ in range(12):
+        sink._note_large_values(small, time.monotonic())
+        caps.append(sink._poll_records())
+    assert caps[:3] == [26, 52, 104] and caps[-1] == 20_000  # doubling back up to batch_max_rows
 
 
 class _MetadataLimitConsumer(_FakeConsumer):
@@ -703,3 +703,16 @@ def test_a_refused_single_batch_pre_commit_stops_the_sink() -> None:
     with pytest.raises(SinkError, match=r"offset\.metadata\.max\.bytes"):
         sink._deliver_round()
     sink._inserter.shutdown()  # type: ignore[union-attr]
+
+
+def test_large_values_are_collected_every_batch_max_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    collected: list[int] = []
+    monkeypatch.setattr(consumer.gc, "collect", lambda generation=2: collected.append(generation) or 0)
+    sink = Sink(Settings(), batch_max_rows=20_000, batch_max_bytes=16 * 1024 * 1024)
+    tp = TopicPartition(sink.topic, 0)
+    for i in range(200):  # ordinary events: the raised GC threshold is left alone
+        sink._note_large_values({tp: [_Record(i, T0, None, b"{}" * 200)] * 100}, time.monotonic())
+    assert collected == []
+    for i in range(8):  # 8 x 5 MB: a collection each time 16 MiB of them went by (after the 4th and the 8th)
+        sink._note_large_values({tp: [_Record(i, T0, None, b"x" * 5_000_000)]}, time.monotonic())
+    assert collected == [1, 1]
