@@ -30,7 +30,16 @@ import orjson
 
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
+# The known interaction types: the funnel's steps (in order) and the generator's default output. Any other type that
+# matches INTERACTION_TYPE_PATTERN is valid too (see docs/events.md), e.g. the case study's open_app or login.
 INTERACTION_TYPES = ("view", "click", "add_to_cart", "purchase")
+MAX_INTERACTION_TYPE_LEN = 64
+# Words of ASCII letters, digits and _ - . : / $, separated by single spaces: snake_case (open_app), dotted
+# (cart.item_added), PostHog's $pageview and Segment's "Order Completed" pass; control characters, other whitespace,
+# quotes and empty strings do not. One spelling for Python and the JSON Schema (ECMA-262): (?!\n) stops Python's $
+# from accepting a trailing newline.
+INTERACTION_TYPE_PATTERN = r"^[A-Za-z0-9_$.:/-]+(?: [A-Za-z0-9_$.:/-]+)*(?!\n)$"
+_INTERACTION_TYPE_RE = re.compile(INTERACTION_TYPE_PATTERN)
 _INTERACTIONS = frozenset(INTERACTION_TYPES)
 
 # The fixed, documented set of reasons a message is rejected (dead-lettered).
@@ -39,7 +48,7 @@ INVALID_UTF8 = "invalid_utf8"
 NOT_OBJECT = "not_object"
 MISSING_FIELD = "missing_field"
 WRONG_TYPE = "wrong_type"
-UNKNOWN_INTERACTION_TYPE = "unknown_interaction_type"
+INVALID_INTERACTION_TYPE = "invalid_interaction_type"
 TIMESTAMP_UNPARSABLE = "timestamp_unparsable"
 TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 TOO_LARGE = "too_large"
@@ -49,7 +58,7 @@ REASONS: tuple[str, ...] = (
     NOT_OBJECT,
     MISSING_FIELD,
     WRONG_TYPE,
-    UNKNOWN_INTERACTION_TYPE,
+    INVALID_INTERACTION_TYPE,
     TIMESTAMP_UNPARSABLE,
     TIMESTAMP_OUT_OF_RANGE,
     TOO_LARGE,
@@ -102,6 +111,25 @@ class Rejection(NamedTuple):
 
     reason: str
     detail: str
+
+
+def is_interaction_type(value: object) -> bool:
+    """Whether ``value`` is a valid interaction type (a known one or any name matching the pattern)."""
+    return type(value) is str and (
+        value in _INTERACTIONS
+        or (len(value) <= MAX_INTERACTION_TYPE_LEN and _INTERACTION_TYPE_RE.match(value) is not None)
+    )
+
+
+def interaction_type_problem(value: str) -> str:
+    """Why ``value`` is not a valid interaction type ("" when it is one)."""
+    if is_interaction_type(value):
+        return ""
+    if not value:
+        return "interaction_type is empty"
+    if len(value) > MAX_INTERACTION_TYPE_LEN:
+        return f"interaction_type has {len(value)} characters; at most {MAX_INTERACTION_TYPE_LEN}"
+    return f"{value[:40]!r} is not a name of letters, digits and _ - . : / $ (words separated by single spaces)"
 
 
 def derived_event_id(topic: str, partition: int, offset: int) -> str:
@@ -170,11 +198,14 @@ def validate(obj: dict[str, Any], reference_ms: int | None = None) -> dict[str, 
     item_id = obj["item_id"]
     itype = obj["interaction_type"]
     ts = obj["timestamp"]
-    for name, value in (("user_id", user_id), ("item_id", item_id), ("interaction_type", itype)):
+    for name, value in (("user_id", user_id), ("item_id", item_id)):
         if not isinstance(value, str) or not value or len(value) > _MAX_ID_LEN:
             return Rejection(WRONG_TYPE, f"{name} must be a non-empty string of at most {_MAX_ID_LEN} characters")
-    if itype not in _INTERACTIONS:
-        return Rejection(UNKNOWN_INTERACTION_TYPE, f"{itype[:40]!r} is not one of {', '.join(INTERACTION_TYPES)}")
+    if not isinstance(itype, str):
+        return Rejection(WRONG_TYPE, "interaction_type must be a string")
+    problem = interaction_type_problem(itype)
+    if problem:
+        return Rejection(INVALID_INTERACTION_TYPE, problem)
     if not isinstance(ts, str):
         return Rejection(WRONG_TYPE, "timestamp must be an ISO-8601 string")
     ts_ms = parse_timestamp(ts)
@@ -281,7 +312,10 @@ def _plain_row(obj: dict[str, Any], reference_ms: int | None) -> tuple[Any, ...]
         or not item_id
         or len(user_id) > _MAX_ID_LEN
         or len(item_id) > _MAX_ID_LEN
-        or itype not in _INTERACTIONS
+        or not (
+            itype in _INTERACTIONS
+            or (len(itype) <= MAX_INTERACTION_TYPE_LEN and _INTERACTION_TYPE_RE.match(itype) is not None)
+        )
     ):
         return None
     ts_ms = parse_timestamp(ts)

@@ -1382,8 +1382,8 @@ class Generator:
             value = orjson.dumps({k: v for k, v in good.items() if k != "user_id"})
         elif reason == events.WRONG_TYPE:
             value = orjson.dumps({**good, "item_id": 7})
-        elif reason == events.UNKNOWN_INTERACTION_TYPE:
-            value = orjson.dumps({**good, "interaction_type": "hover"})
+        elif reason == events.INVALID_INTERACTION_TYPE:
+            value = orjson.dumps({**good, "interaction_type": "view\n"})
         elif reason == events.TIMESTAMP_UNPARSABLE:
             value = orjson.dumps({**good, "timestamp": "yesterday at noon"})
         elif reason == events.TIMESTAMP_OUT_OF_RANGE:

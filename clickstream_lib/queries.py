@@ -32,8 +32,8 @@ import pandas as pd
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from .errors import QueryError
-from .events import INTERACTION_TYPES
-from .schema import HLL_PRECISION, SEGMENT_HLL_PRECISION, TYPE_COLUMNS, USER_TOTAL_SQL
+from .events import interaction_type_problem
+from .schema import COUNT_COLUMNS, HLL_PRECISION, SEGMENT_HLL_PRECISION, TYPE_COLUMNS, USER_TOTAL_SQL
 from .store import Store, empty_frame, store_error
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ class Rollup:
     dims: frozenset[str]
     time_type: str = "DateTime"
     hll_k: int = HLL_PRECISION  # uniqCombined precision of its users/items states
-    wide: bool = False  # a count column per interaction type (schema.TYPE_COLUMNS) instead of a type key
+    # A count column per known interaction type plus one for all others (schema.COUNT_COLUMNS) instead of a type key.
+    wide: bool = False
 
     @property
     def uniq(self) -> str:
@@ -156,6 +157,9 @@ class Query:
             grain = rollup.seconds * 1000
             missing = [c for c in (*self.filters, *need) if c not in rollup.dims]
             why = [f"it has no column {c!r}" for c in missing]
+            others = [t for t in self.filters.get("interaction_type", ()) if t not in TYPE_COLUMNS]
+            if rollup.wide and others:
+                why.append(f"it counts {others[0]!r} together with every other type outside {', '.join(TYPE_COLUMNS)}")
             if max_grain_s is not None and rollup.seconds > max_grain_s:
                 why.append(f"its grain is {rollup.seconds} s")
             why += [
@@ -173,8 +177,14 @@ class Query:
         return None
 
     def type_columns(self) -> list[str]:
-        """A wide rollup's count columns for the interaction types this query keeps (validated names)."""
-        kept = self.filters.get("interaction_type", tuple(TYPE_COLUMNS))
+        """A wide rollup's count columns for the interaction types this query keeps (validated names).
+
+        Without a type filter: every count column, the other types' included. With one, the known types' columns
+        (:meth:`pick` leaves a wide rollup out when the filter names another type).
+        """
+        kept = self.filters.get("interaction_type")
+        if kept is None:
+            return list(COUNT_COLUMNS)
         return [TYPE_COLUMNS[t] for t in TYPE_COLUMNS if t in kept]
 
     def table(self, name: str) -> str:
@@ -284,8 +294,8 @@ def _filter_values(name: str, value: Any) -> tuple[str, ...] | None:
             raise QueryError(name, f"expected strings, got {type(v).__name__}")
         if len(v) > _MAX_VALUE_LEN:
             raise QueryError(name, f"a value of {len(v)} characters is too long; expected at most {_MAX_VALUE_LEN}")
-        if name == "interaction_type" and v not in INTERACTION_TYPES:
-            raise QueryError(name, f"{v[:40]!r} is not one of {', '.join(INTERACTION_TYPES)}")
+        if name == "interaction_type" and interaction_type_problem(v):
+            raise QueryError(name, interaction_type_problem(v))
     return tuple(dict.fromkeys(values))
 
 
@@ -457,7 +467,7 @@ def _top(column: str, rollup: Rollup) -> Builder:
         if q.pick(rollup):
             src, where = q.table(rollup.table), q.where(rollup=rollup)
             kept = q.type_columns()
-            if len(kept) == len(TYPE_COLUMNS):
+            if len(kept) == len(COUNT_COLUMNS):
                 # Every row has an event of some type. Spelled as in users_by_day's user_totals projection, which
                 # the optimizer then reads when there is no day filter.
                 count = f"sum({USER_TOTAL_SQL})"
@@ -617,7 +627,10 @@ def _item_performance(q: Query) -> str:
         revenue = "toFloat64(sum(revenue))" if "purchases" in kept else "toFloat64(0)"
         sel += f", {revenue} AS revenue"
         src, where = q.table(ITEM_ROLLUP.table), q.where(rollup=ITEM_ROLLUP)
-        having = f"HAVING {' + '.join(kept)} > 0"  # items with events of the kept types, as in the raw query
+        # Items with events of the kept types (other types included when unfiltered), as in the raw query. The known
+        # types' sums are selected under their column names; the other types' sum is not selected.
+        known = TYPE_COLUMNS.values()
+        having = f"HAVING {' + '.join(c if c in known else f'sum({c})' for c in kept)} > 0"
     else:
         sel = ", ".join(f"countIf(interaction_type = '{t}') AS {c}" for t, c in TYPE_COLUMNS.items())
         sel += f", {_PURCHASE_REVENUE} AS revenue"

@@ -61,8 +61,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         1,
         "events and dead letters",
         (
-            schema.table_ddl(schema.EVENTS, dedup_window=DEDUP_WINDOW, projections=False),
-            schema.table_ddl(schema.DEAD_LETTERS, dedup_window=DEDUP_WINDOW, projections=False),
+            schema.table_ddl(schema.EVENTS, dedup_window=DEDUP_WINDOW, projections=False, at=1),
+            schema.table_ddl(schema.DEAD_LETTERS, dedup_window=DEDUP_WINDOW, projections=False, at=1),
         ),
     ),
     Migration(2, "rollups (schema.ROLLUPS) and the views that keep them", schema.rollup_statements()),
@@ -70,6 +70,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         3,
         "projections: events by user (per-user passes), users_by_day totals per user (top users)",
         schema.projection_statements(),
+    ),
+    Migration(
+        schema.OPEN_TYPES_MIGRATION,
+        "open interaction types: the wide rollups count other types (items_by_hour, users_by_day, user_totals)",
+        schema.open_types_statements(),
     ),
 )
 

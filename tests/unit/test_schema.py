@@ -62,7 +62,8 @@ def test_migrations_are_versioned_and_templated() -> None:
             assert (
                 "IF NOT EXISTS" in stmt
                 or stmt.startswith("INSERT INTO {db}.")
-                or re.match(r"ALTER TABLE \{db\}\.\w+ (MODIFY SETTING|MATERIALIZE PROJECTION) ", stmt)
+                or "IF EXISTS" in stmt
+                or re.match(r"ALTER TABLE \{db\}\.\w+ (MODIFY SETTING|MATERIALIZE PROJECTION|MODIFY QUERY) ", stmt)
             ), stmt
     rollups = MIGRATIONS[1].statements
     # Backfills run before the views exist, so a re-run never counts a row twice.
@@ -125,11 +126,14 @@ def test_projections_come_in_their_own_migration() -> None:
     third = MIGRATIONS[2].statements
     tables = [t for t in (schema.EVENTS, schema.DEAD_LETTERS, *schema.ROLLUPS) if t.projections]
     assert {t.name for t in tables} == {"events", "users_by_day"}
+    fourth = MIGRATIONS[3].statements  # replaces user_totals with one that counts the other types too
     for t in tables:
         for p in t.projections:
             add = f"ALTER TABLE {{db}}.{t.name} ADD PROJECTION IF NOT EXISTS {p.name} ({p.select})"
             build = f"ALTER TABLE {{db}}.{t.name} MATERIALIZE PROJECTION {p.name}"
-            assert third.index(add) < third.index(build)
+            stmts = fourth if t is schema.USERS_BY_DAY else third
+            assert stmts.index(add) < stmts.index(build)
+            assert any(f"ADD PROJECTION IF NOT EXISTS {p.name} " in x for x in third)
         for k, v in t.settings:
             setting = f"ALTER TABLE {{db}}.{t.name} MODIFY SETTING {k} = {v}"
             # An AggregatingMergeTree accepts a projection only once the merge mode is set.
@@ -154,3 +158,18 @@ def test_projections_are_rendered_in_both_dialects() -> None:
     # top_users' all-types sum is spelled as in the user_totals projection, so the optimizer can match it.
     (totals,) = schema.USERS_BY_DAY.projections
     assert f"sum({schema.USER_TOTAL_SQL})" in totals.select
+
+
+def test_open_types_migration_leaves_earlier_migrations_as_applied() -> None:
+    """Migrations 1-3 render the tables, views and projection without other_types; migration 4 adds them."""
+    col = schema.OTHER_TYPES_COLUMN
+    for m in MIGRATIONS[:3]:
+        assert not any(col in stmt for stmt in m.statements), m.version
+    fourth = MIGRATIONS[3].statements
+    for t in (schema.ITEMS_BY_HOUR, schema.USERS_BY_DAY):
+        assert any(x.startswith(f"ALTER TABLE {{db}}.{t.name} ADD COLUMN IF NOT EXISTS {col} ") for x in fourth)
+    for v in schema.VIEWS:
+        if v.target in ("items_by_hour", "users_by_day"):
+            assert f"ALTER TABLE {{db}}.{v.name} MODIFY QUERY {v.select.replace('{src}', '{db}.events')}" in fourth
+    # Every total of a wide rollup counts every column, the other types included.
+    assert schema.USER_TOTAL_SQL.split(" + ") == list(schema.COUNT_COLUMNS)
