@@ -66,6 +66,25 @@ REASONS: tuple[str, ...] = (
 
 REQUIRED_FIELDS = ("user_id", "item_id", "interaction_type", "timestamp")
 _OPTIONAL_STR = ("session_id", "page", "referrer", "device", "country", "currency")
+EXPERIMENT_FIELDS = ("experiment_name", "experiment_variation")
+# Event properties: a message may carry a ``metadata`` or ``properties`` object (the case study nests
+# experiment_name, experiment_variation, session_id and device_name in ``metadata``). Its keys named here fill the
+# event's own field when the message does not set that field itself; every other key is kept in the ``properties``
+# column (a JSON object). A key in both objects takes its value from ``properties``.
+PROPERTY_OBJECTS = ("metadata", "properties")
+PROPERTY_FIELDS: dict[str, str] = {
+    "session_id": "session_id",
+    "device_name": "device",
+    "device": "device",
+    "page": "page",
+    "referrer": "referrer",
+    "country": "country",
+    "currency": "currency",
+    "experiment_name": "experiment_name",
+    "experiment_variation": "experiment_variation",
+    "price": "price",
+}
+_MAX_STR_LEN = 2048
 MIN_TIME_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_FUTURE_MS = 86_400_000  # one day ahead of the reference time
 _MAX_ID_LEN = 256
@@ -85,6 +104,9 @@ FIELDS = (
     "price",
     "currency",
     "schema_version",
+    "experiment_name",
+    "experiment_variation",
+    "properties",  # JSON object text of the other property keys ("{}" when none)
 )
 
 _EVENT_ID_NAMESPACE = uuid.UUID("6f1c1e43-5d2a-4c53-9a55-0c1c7e1b2f00")
@@ -223,16 +245,24 @@ def validate(obj: dict[str, Any], reference_ms: int | None = None) -> dict[str, 
                 event_id = str(uuid.UUID(event_id))
             except ValueError:
                 return Rejection(WRONG_TYPE, "event_id is not a UUID")
+    split = split_properties(obj)
+    if isinstance(split, str):
+        return Rejection(WRONG_TYPE, split)
+    known, properties = split
     optional: dict[str, str] = {}
-    for name in _OPTIONAL_STR:
+    for name in (*_OPTIONAL_STR, *EXPERIMENT_FIELDS):
         value = obj.get(name)
         if value is None:
+            value = known.get(name)
+        if value is None:
             optional[name] = ""
-        elif isinstance(value, str) and len(value) <= 2048:
+        elif isinstance(value, str) and len(value) <= _MAX_STR_LEN:
             optional[name] = value
         else:
-            return Rejection(WRONG_TYPE, f"{name} must be a string of at most 2048 characters")
+            return Rejection(WRONG_TYPE, f"{name} must be a string of at most {_MAX_STR_LEN} characters")
     price = obj.get("price")
+    if price is None:
+        price = known.get("price")
     if price is None:
         price = 0.0
     elif isinstance(price, (int, float)) and not isinstance(price, bool) and 0 <= price < 1e10:
@@ -256,7 +286,44 @@ def validate(obj: dict[str, Any], reference_ms: int | None = None) -> dict[str, 
         "price": price,
         "currency": optional["currency"],
         "schema_version": version,
+        "experiment_name": optional["experiment_name"],
+        "experiment_variation": optional["experiment_variation"],
+        "properties": properties,
     }
+
+
+_NO_PROPERTIES = "{}"
+_NO_KNOWN: dict[str, Any] = {}
+
+
+def split_properties(obj: dict[str, Any]) -> tuple[dict[str, Any], str] | str:
+    """The message's ``metadata``/``properties`` objects as (event fields they fill, JSON text of the other keys).
+
+    Returns the detail of a ``wrong_type`` rejection instead when one of them is not an object. The values of the
+    fields are returned as sent (the caller checks their types); null values are left out (a JSON null is no value).
+    """
+    known: dict[str, Any] | None = None
+    other: dict[str, Any] | None = None
+    for name in PROPERTY_OBJECTS:
+        props = obj.get(name)
+        if props is None:
+            continue
+        if type(props) is not dict:
+            return f"{name} must be an object"
+        for key, value in props.items():
+            if value is None:
+                continue
+            field_name = PROPERTY_FIELDS.get(key)
+            if field_name is None:
+                if other is None:
+                    other = {}
+                other[key] = value
+            else:
+                if known is None:
+                    known = {}
+                known[field_name] = value
+    text = orjson.dumps(other).decode() if other else _NO_PROPERTIES
+    return (known if known is not None else _NO_KNOWN), text
 
 
 # --- the sink's fast path ---------------------------------------------------------------------------------------
@@ -327,15 +394,26 @@ def _plain_row(obj: dict[str, Any], reference_ms: int | None) -> tuple[Any, ...]
     event_id = get("event_id")
     if event_id is not None and (type(event_id) is not str or not _CANONICAL_UUID.match(event_id)):
         return None
+    if "metadata" in obj or "properties" in obj:
+        split = split_properties(obj)
+        if isinstance(split, str):
+            return None
+        known, properties = split
+        if "price" in known:
+            return None  # rare: validate() checks it
+    else:
+        known, properties = _NO_KNOWN, _NO_PROPERTIES
     optional = []
-    for name in _OPTIONAL_STR:  # session_id, page, referrer, device, country, currency
+    for name in _OPTIONAL_AND_EXPERIMENT:  # session_id, page, referrer, device, country, currency, experiment_*
         value = get(name)
         if value is None:
-            value = ""
-        elif type(value) is not str or len(value) > 2048:
+            value = known.get(name) if known else None
+            if value is None:
+                value = ""
+        if type(value) is not str or len(value) > _MAX_STR_LEN:
             return None
         optional.append(value)
-    session_id, page, referrer, device, country, currency = optional
+    session_id, page, referrer, device, country, currency, experiment_name, experiment_variation = optional
     price = get("price")
     if price is None:
         price = 0.0
@@ -360,12 +438,22 @@ def _plain_row(obj: dict[str, Any], reference_ms: int | None) -> tuple[Any, ...]
         price,
         currency,
         version,
+        experiment_name,
+        experiment_variation,
+        properties,
     )
 
 
+_OPTIONAL_AND_EXPERIMENT = (*_OPTIONAL_STR, *EXPERIMENT_FIELDS)
+
+
 def encode(event: dict[str, Any]) -> bytes:
-    """Serialise an event dict for the wire (orjson). ``timestamp_ms`` becomes the ISO ``timestamp`` field."""
-    if "timestamp_ms" in event:
+    """Serialise an event dict for the wire (orjson). ``timestamp_ms`` becomes the ISO ``timestamp`` field, and a
+    ``properties`` JSON text (as :func:`parse` returns it) the object it holds."""
+    if "timestamp_ms" in event or isinstance(event.get("properties"), str):
         event = dict(event)
-        event["timestamp"] = format_timestamp(event.pop("timestamp_ms"))
+        if "timestamp_ms" in event:
+            event["timestamp"] = format_timestamp(event.pop("timestamp_ms"))
+        if isinstance(event.get("properties"), str):
+            event["properties"] = orjson.Fragment(event["properties"])
     return orjson.dumps(event)

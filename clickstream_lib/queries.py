@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,7 +39,22 @@ from .store import Store, empty_frame, store_error
 
 logger = logging.getLogger(__name__)
 
-FILTERS: tuple[str, ...] = ("interaction_type", "device", "country", "referrer", "item_id")
+FILTERS: tuple[str, ...] = (
+    "interaction_type",
+    "device",
+    "country",
+    "referrer",
+    "item_id",
+    "experiment_name",
+    "experiment_variation",
+)
+# A filter or breakdown on an event property (events' ``properties`` column) is named ``prop.<key>``, e.g.
+# ``prop.plan`` or ``prop.utm.source`` (a dotted key is a path into nested objects). Keys are validated against this
+# pattern and formatted into the SQL as quoted identifiers (the engine's JSON type needs the path in the text: bound
+# as a parameter, getSubcolumn read every key of every row); values are always bound as parameters.
+PROPERTY_PREFIX = "prop."
+PROPERTY_KEY_PATTERN = r"^[A-Za-z0-9_$-]{1,64}(?:\.[A-Za-z0-9_$-]{1,64}){0,7}\Z"
+_PROPERTY_KEY_RE = re.compile(PROPERTY_KEY_PATTERN)
 SOURCES: tuple[str, ...] = ("auto", "raw", "rollup")
 FUNNEL_STEPS: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
 BUCKETS: dict[str, str] = {
@@ -104,6 +120,7 @@ class Param:
     minimum: int = 0
     maximum: int = 10**9
     help: str = ""
+    properties: bool = False  # a str option that also takes prop.<key> (see PROPERTY_PREFIX)
 
     def coerce(self, value: Any) -> Any:
         if value is None:
@@ -121,6 +138,9 @@ class Param:
             return int(value)
         if self.kind is datetime:
             return _as_utc(value, self.name)
+        if self.properties and isinstance(value, str) and value.startswith(PROPERTY_PREFIX):
+            property_key(value, self.name)
+            return value
         if not isinstance(value, str) or (self.choices and value not in self.choices):
             raise QueryError(self.name, f"{str(value)[:40]!r} is not one of {', '.join(self.choices)}")
         return value
@@ -210,16 +230,17 @@ class Query:
                 hour_op = ">=" if op == ">=" else "<="
                 conds.append(f"toStartOfHour(event_time) {hour_op} toStartOfHour({bound})")
         if use_filters:
-            for name, values in self.filters.items():
+            for i, (name, values) in enumerate(self.filters.items()):
                 if rollup is not None and rollup.wide and name == "interaction_type":
                     continue  # a wide rollup filters types by choosing columns (see type_columns)
-                key = f"f_{name}"
+                key = f"f_{name}" if name in FILTERS else f"f_prop{i}"
+                expr = column_expr(name)
                 if len(values) == 1:
                     self.params[key] = values[0]
-                    conds.append(f"{name} = {{{key}:String}}")
+                    conds.append(f"{expr} = {{{key}:String}}")
                 else:
                     self.params[key] = list(values)
-                    conds.append(f"{name} IN {{{key}:Array(String)}}")
+                    conds.append(f"{expr} IN {{{key}:Array(String)}}")
         return ("WHERE " + " AND ".join(conds)) if conds else ""
 
 
@@ -275,6 +296,26 @@ def _ms(value: datetime | None) -> int | None:
     return (value - _EPOCH) // timedelta(milliseconds=1)  # exact integer arithmetic, no float rounding
 
 
+def property_key(name: str, param: str | None = None) -> str:
+    """The key of ``prop.<key>``, validated (:data:`PROPERTY_KEY_PATTERN`); raises QueryError naming ``param``."""
+    key = name[len(PROPERTY_PREFIX) :]
+    if len(key) > 128 or not _PROPERTY_KEY_RE.match(key):
+        raise QueryError(
+            param or name[:80],
+            f"{key[:40]!r} is not a property key: letters, digits, _ $ - (dots for nested keys), at most 128 chars",
+        )
+    return key
+
+
+def column_expr(name: str) -> str:
+    """The SQL of a filter or breakdown column: the column itself (:data:`FILTERS`) or a property as a String
+    (``properties.`plan`::String``; '' where an event does not have the key). ``name`` must be validated."""
+    if name in FILTERS:
+        return name
+    path = ".".join(f"`{part}`" for part in property_key(name).split("."))
+    return f"properties.{path}::String"
+
+
 def _filter_values(name: str, value: Any) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -322,18 +363,23 @@ def plan(
     filters: dict[str, tuple[str, ...]] = {}
     options: dict[str, Any] = {}
     for key, value in kwargs.items():
-        if key in FILTERS:
+        if key in FILTERS or key.startswith(PROPERTY_PREFIX):
+            if key.startswith(PROPERTY_PREFIX):
+                property_key(key)
             vals = _filter_values(key, value)
             if vals is None:
                 continue
-            if key not in nq.filters:
+            # Every query that takes the event filters takes property filters too.
+            if key not in nq.filters and not (key.startswith(PROPERTY_PREFIX) and nq.filters):
                 honoured = ", ".join(nq.filters) or "none"
                 raise QueryError(key, f"{name} does not take this filter (filters it takes: {honoured})")
             filters[key] = vals
         elif key in known:
             options[key] = known[key].coerce(value)
         else:
-            allowed = ", ".join([*known, *nq.filters, "start", "end", "source"])
+            allowed = ", ".join(
+                [*known, *nq.filters, *(["prop.<key>"] if nq.filters else []), "start", "end", "source"]
+            )
             raise QueryError(key, f"is not a parameter of {name}; expected one of {allowed}")
     for p in nq.params:
         options.setdefault(p.name, p.default)
@@ -427,7 +473,8 @@ def _kpis(q: Query) -> str:
 
 
 def _breakdown(q: Query) -> str:
-    by = q.options["by"]  # one of FILTERS (validated): a column name, safe to format
+    by = q.options["by"]  # one of FILTERS or prop.<key> (validated): safe to format
+    expr = column_expr(by)
     rollup = q.pick(ITEM_ROLLUP, need=[by]) if by == "item_id" else q.pick(*EVENT_ROLLUPS, need=[by])
     having = ""
     if rollup and rollup.wide:
@@ -438,8 +485,8 @@ def _breakdown(q: Query) -> str:
     else:
         src, count, where = q.table("events"), "count()", q.where()
     return (
-        f"SELECT {by}, {count} AS events, events / sum(events) OVER () AS share "
-        f"FROM {src} {where} GROUP BY {by} {having} ORDER BY events DESC, {by}"
+        f"SELECT {expr} AS `{by}`, {count} AS events, events / sum(events) OVER () AS share "
+        f"FROM {src} {where} GROUP BY `{by}` {having} ORDER BY events DESC, `{by}`"
     )
 
 
@@ -725,7 +772,7 @@ QUERIES: dict[str, NamedQuery] = {
             "breakdown",
             "events and share per value of one column",
             _breakdown,
-            (Param("by", str, "interaction_type", choices=FILTERS),),
+            (Param("by", str, "interaction_type", choices=FILTERS, properties=True),),
         ),
         NamedQuery(
             "timeseries",

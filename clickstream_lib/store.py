@@ -76,6 +76,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "open interaction types: the wide rollups count other types (items_by_hour, users_by_day, user_totals)",
         schema.open_types_statements(),
     ),
+    Migration(
+        schema.PROPERTIES_MIGRATION,
+        "event properties: experiment_name, experiment_variation and properties (JSON) on events",
+        schema.properties_statements(),
+    ),
 )
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 
@@ -72,6 +73,9 @@ def make_events(n_sessions: int = 700, seed: int = 7, n_users: int = 250, n_item
     df["event_id"] = [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in range(n)]
     df["event_time"] = pd.to_datetime(BASE) + pd.to_timedelta(df.pop("t"), unit="ms")
     df["schema_version"] = 1
+    df["experiment_name"] = ""
+    df["experiment_variation"] = ""
+    df["properties"] = "{}"
     df["kafka_topic"] = "clicks"
     df["kafka_partition"] = np.arange(n) % 3
     df["kafka_offset"] = np.arange(n) // 3
@@ -126,10 +130,43 @@ def with_open_types(df: pd.DataFrame, share: float = 0.4, seed: int = 3) -> pd.D
     return df
 
 
-def to_columns(part: pd.DataFrame) -> list[list[Any]]:
-    """An events frame as the columnar lists Store.insert takes, in EVENT_COLUMNS order."""
+PLANS = ("free", "pro", "team")
+
+
+def with_properties(df: pd.DataFrame, seed: int = 5) -> pd.DataFrame:
+    """``df`` with an experiment per user and event properties: plan (most events), seats (a number), utm.source
+    (nested), and a key only a few events have; the frame keeps the parsed keys as columns for pandas."""
+    rng = np.random.default_rng(seed)
+    df = df.copy()
+    n = len(df)
+    users = df["user_id"].str[-4:].astype(int).to_numpy()
+    df["experiment_name"] = np.where(users % 5 == 0, "", np.where(users % 2 == 0, "checkout_button", "onboarding"))
+    df["experiment_variation"] = np.where(df["experiment_name"] == "", "", np.where(users % 3 == 0, "control", "b"))
+    plan = np.where(rng.random(n) < 0.8, rng.choice(PLANS, n), "")
+    seats = rng.integers(1, 50, n)
+    source = rng.choice(["ads", "email", ""], n)
+    rare = rng.random(n) < 0.02
+    props = []
+    for p, k, u, r in zip(plan, seats.tolist(), source, rare, strict=True):
+        d: dict[str, Any] = {"seats": k}
+        if p:
+            d["plan"] = str(p)
+        if u:
+            d["utm"] = {"source": str(u)}
+        if r:
+            d["beta-flag"] = "on"
+        props.append(orjson.dumps(d).decode())
+    df["properties"] = props
+    df["prop.plan"], df["prop.seats"] = plan, seats.astype(str)
+    df["prop.utm.source"], df["prop.beta-flag"] = source, np.where(rare, "on", "")
+    df["prop.nokey"] = ""
+    return df
+
+
+def to_columns(part: pd.DataFrame, columns: tuple[str, ...] = EVENT_COLUMNS) -> list[list[Any]]:
+    """An events frame as the columnar lists Store.insert takes, in ``columns`` order."""
     cols: list[list[Any]] = []
-    for c in EVENT_COLUMNS:
+    for c in columns:
         s = part[c]
         if c in ("event_time", "kafka_timestamp", "ingest_time"):
             cols.append(list(s.dt.to_pydatetime()))
@@ -141,10 +178,13 @@ def to_columns(part: pd.DataFrame) -> list[list[Any]]:
 
 
 def insert_events(store: Store, df: pd.DataFrame, chunk: int = 100_000) -> int:
-    """Columnar insert of an events frame (as :func:`make_events` builds it)."""
+    """Columnar insert of an events frame (as :func:`make_events` builds it), of the columns the table has (a store
+    at an older schema version gets what the sink of that version wrote)."""
+    have = {r[0] for r in store.query_rows(f"DESCRIBE TABLE {store.database}.events")}
+    columns = tuple(c for c in EVENT_COLUMNS if c in have)
     written = 0
     for lo in range(0, len(df), chunk):
-        written += store.insert("events", to_columns(df.iloc[lo : lo + chunk]), EVENT_COLUMNS)
+        written += store.insert("events", to_columns(df.iloc[lo : lo + chunk], columns), columns)
     return written
 
 
@@ -537,3 +577,45 @@ def test_empty_store_gives_empty_frames(store: Store) -> None:
     assert queries.freshness(store)["newest_event_time"].isna().all()
     panels = queries.live_panels(store)
     assert set(panels) == set(queries.LIVE_PANELS)
+
+
+def test_property_and_experiment_filters_and_breakdowns_equal_pandas(store: Store) -> None:
+    df = with_properties(with_open_types(make_events(n_sessions=400, seed=41)))
+    insert_events(store, df)
+    cases: list[dict[str, Any]] = [
+        {"prop.plan": "pro"},
+        {"prop.plan": ["pro", "team"], "device": "mobile"},
+        {"prop.seats": "7"},  # a number, compared as its text
+        {"prop.utm.source": "ads", "interaction_type": ["view", "open_app"]},
+        {"prop.beta-flag": "on"},
+        {"prop.nokey": "x"},  # no event has it: empty, not an error
+        {"prop.plan": "", "experiment_name": "onboarding"},  # '' matches events without the key
+        {"experiment_name": "checkout_button", "experiment_variation": "control"},
+    ]
+    for filters in cases:
+        sel = select(df, **filters)
+        k = queries.kpis(store, **filters)
+        assert k.attrs["source"] == ("raw" if any(f.startswith("prop.") for f in filters) else k.attrs["source"])
+        assert int(k["total_interactions"][0]) == len(sel), filters
+        top = queries.top_users(store, limit=5, **filters)
+        counts = sel.groupby("user_id").size().reset_index(name="n").sort_values(["n", "user_id"], ascending=[0, 1])
+        assert list(top["interactions"].astype(int)) == list(counts["n"][:5]), filters
+        assert int(queries.sessions(store, **filters)["sessions"][0]) >= (1 if len(sel) else 0)
+    for by in ("prop.plan", "prop.utm.source", "prop.seats", "experiment_name", "experiment_variation"):
+        for filters in ({}, {"interaction_type": "login"}, {"prop.plan": ["free", "team"]}):
+            b = queries.breakdown(store, by=by, **filters)
+            want = select(df, **filters).groupby(by).size()
+            assert b.set_index(by)["events"].astype(int).to_dict() == want.to_dict(), (by, filters)
+
+
+def test_property_keys_are_validated_and_values_bound(store: Store) -> None:
+    insert_events(store, with_properties(make_events(n_sessions=50, seed=43)))
+    for bad in ("prop.", "prop.a`b", "prop.a b", "prop.a..b", "prop.x') OR 1=1 --", "prop." + "k" * 129):
+        with pytest.raises(QueryError, match="is not a property key"):
+            queries.kpis(store, **{bad: "x"})
+        with pytest.raises(QueryError, match="is not a property key"):
+            queries.breakdown(store, by=bad)
+    with pytest.raises(QueryError, match="dead_letters does not take this filter"):
+        queries.run(store, "dead_letters", **{"prop.plan": "pro"})
+    # A value is data, whatever it holds.
+    assert int(queries.kpis(store, **{"prop.plan": "pro' OR '1'='1"})["total_interactions"][0]) == 0

@@ -24,6 +24,9 @@ EVENTS_COLUMNS = {
     "price": "Decimal(12, 2)",
     "currency": "LowCardinality(String)",
     "schema_version": "UInt8",
+    "experiment_name": "LowCardinality(String)",
+    "experiment_variation": "LowCardinality(String)",
+    "properties": "JSON",
     "kafka_topic": "LowCardinality(String)",
     "kafka_partition": "UInt32",
     "kafka_offset": "UInt64",
@@ -46,7 +49,15 @@ def test_events_columns_are_the_sink_contract() -> None:
     assert dict(schema.EVENTS.columns) == EVENTS_COLUMNS
     first = MIGRATIONS[0]
     assert first.version == 1
-    assert columns_of(first.statements[0]) == EVENTS_COLUMNS
+    added = dict(schema.EVENTS.added)
+    assert columns_of(first.statements[0]) == {k: v for k, v in EVENTS_COLUMNS.items() if k not in added}
+    # Migration 5 adds the property columns in their place (AFTER), so every store has the same column order.
+    fifth = MIGRATIONS[4].statements
+    assert set(added.values()) == {5} and len(fifth) == len(added)
+    for stmt, (name, _) in zip(fifth, schema.EVENTS.added, strict=True):
+        assert stmt.startswith(
+            f"ALTER TABLE {{db}}.events ADD COLUMN IF NOT EXISTS {name} {EVENTS_COLUMNS[name]} AFTER "
+        )
     assert f"non_replicated_deduplication_window = {DEDUP_WINDOW}" in first.statements[0]
     assert f"non_replicated_deduplication_window = {DEDUP_WINDOW}" in first.statements[1]
 
