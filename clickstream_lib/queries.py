@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -695,6 +696,105 @@ def _item_performance_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
     return df
 
 
+# --- experiments (A/B) and the case study's daily facts ----------------------------------------------------------
+
+CONTROL_VARIATION = "control"
+_Z95 = 1.959963984540054  # the standard normal's 97.5th percentile: two-sided 95%
+_EXPERIMENT_COUNTS = (
+    "uniqExact(user_id) AS users, count() AS interactions, countIf(interaction_type = 'view') AS views, "
+    "countIf(interaction_type = 'click') AS clicks, countIf(interaction_type = 'purchase') AS purchases"
+)
+
+
+def _experiments(q: Query) -> str:
+    where = q.where()
+    where = f"{where} AND experiment_name != ''" if where else "WHERE experiment_name != ''"
+    return (
+        f"SELECT experiment_name, experiment_variation, {_EXPERIMENT_COUNTS}, "
+        "uniqExactIf(user_id, interaction_type = 'purchase') AS purchasers "
+        f"FROM {q.table('events')} {where} "
+        "GROUP BY experiment_name, experiment_variation ORDER BY experiment_name, experiment_variation"
+    )
+
+
+def _normal_sf2(z: float) -> float:
+    """Two-sided tail probability of a standard normal beyond ``|z|``."""
+    return math.erfc(abs(z) / math.sqrt(2))
+
+
+def compare_proportions(x1: int, n1: int, x0: int, n0: int) -> tuple[float, float, float, float]:
+    """Variation (``x1`` of ``n1``) against control (``x0`` of ``n0``): difference of the proportions, its 95%
+    confidence interval (Wald, unpooled standard error) and the two-sided p-value of the two-proportion z-test
+    (pooled standard error). NaN where a proportion is undefined (no users) or the test has no variance."""
+    if not n1 or not n0:
+        return math.nan, math.nan, math.nan, math.nan
+    p1, p0 = x1 / n1, x0 / n0
+    diff = p1 - p0
+    se = math.sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0)
+    pooled = (x1 + x0) / (n1 + n0)
+    se_pooled = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n0))
+    p_value = _normal_sf2(diff / se_pooled) if se_pooled > 0 else math.nan
+    return diff, diff - _Z95 * se, diff + _Z95 * se, p_value
+
+
+def _experiments_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
+    df = df.astype({c: "int64" for c in ("users", "interactions", "views", "clicks", "purchases", "purchasers")})
+    df["conversion_rate"] = df["purchasers"] / df["users"].replace(0, np.nan)
+    rows = []
+    for _, g in df.groupby("experiment_name", sort=True):
+        names = list(g["experiment_variation"])
+        control = CONTROL_VARIATION if CONTROL_VARIATION in names else names[0]
+        c = g[g["experiment_variation"] == control].iloc[0]
+        for _, r in g.iterrows():
+            diff, lo, hi, p = compare_proportions(
+                int(r["purchasers"]), int(r["users"]), int(c["purchasers"]), int(c["users"])
+            )
+            rows.append((control, diff, lo, hi, p))
+    stats = pd.DataFrame(rows, columns=["control", "diff_vs_control", "ci_low", "ci_high", "p_value"], index=df.index)
+    return pd.concat([df, stats], axis=1) if len(df) else df.assign(**{c: [] for c in stats.columns})
+
+
+def _experiment_daily(q: Query) -> str:
+    where = q.where()
+    where = f"{where} AND experiment_name != ''" if where else "WHERE experiment_name != ''"
+    return (
+        f"SELECT toDate(event_time) AS day, experiment_name, experiment_variation, {_EXPERIMENT_COUNTS} "
+        f"FROM {q.table('events')} {where} "
+        "GROUP BY day, experiment_name, experiment_variation ORDER BY day, experiment_name, experiment_variation"
+    )
+
+
+def _daily(key: str, rollup: Rollup, day_expr: str) -> Builder:
+    """Per day and ``key`` (user_id / item_id): interactions, views, clicks, purchases (the case study's fct_user
+    and fct_item). The wide rollup answers when no type filter narrows it (its columns are those counts)."""
+
+    def build(q: Query) -> str:
+        q.params["limit"] = q.options["limit"]
+        types = q.filters.get("interaction_type")
+        if types is None and q.pick(rollup):
+            src, where = q.table(rollup.table), q.where(rollup=rollup)
+            # views, clicks and purchases name the sums selected after it (an alias is the query's, not its column's)
+            others = " + ".join(f"sum({c})" for c in COUNT_COLUMNS if c not in ("views", "clicks", "purchases"))
+            sel = f"views + clicks + purchases + {others} AS interactions, sum(views) AS views, "
+            sel += "sum(clicks) AS clicks, sum(purchases) AS purchases"
+            day = day_expr
+        else:
+            if types is not None and q.source == "rollup":
+                raise QueryError("source", f"{q.name} with an interaction_type filter reads events")
+            q.used = "raw"
+            src, where, day = q.table("events"), q.where(), "toDate(event_time)"
+            sel = (
+                "count() AS interactions, countIf(interaction_type = 'view') AS views, "
+                "countIf(interaction_type = 'click') AS clicks, countIf(interaction_type = 'purchase') AS purchases"
+            )
+        return (
+            f"SELECT {day} AS day, {key}, {sel} FROM {src} {where} GROUP BY day, {key} "
+            f"HAVING interactions > 0 ORDER BY day, {key} LIMIT {{limit:UInt32}}"
+        )
+
+    return build
+
+
 def _ingestion_partitions(q: Query) -> str:
     return (
         "SELECT kafka_topic AS topic, kafka_partition AS partition, count() AS events, "
@@ -762,6 +862,7 @@ def _freshness_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
 
 
 _LIMIT = Param("limit", int, 10, minimum=1, maximum=100_000, help="rows to return")
+_DAILY_LIMIT = Param("limit", int, 100_000, minimum=1, maximum=10_000_000, help="rows to return")
 _NOW = Param("now", datetime, None, help="the reference 'now' (default: the wall clock, UTC)")
 
 QUERIES: dict[str, NamedQuery] = {
@@ -830,6 +931,30 @@ QUERIES: dict[str, NamedQuery] = {
             _item_performance,
             (Param("limit", int, 20, minimum=1, maximum=100_000),),
             post=_item_performance_post,
+        ),
+        NamedQuery(
+            "experiments",
+            "per experiment and variation: users, interactions, views, clicks, purchases, conversion, "
+            "difference to control with 95% CI and z-test p-value",
+            _experiments,
+            post=_experiments_post,
+        ),
+        NamedQuery(
+            "experiment_daily",
+            "per day, experiment and variation: users, interactions, views, clicks, purchases (fct_experiment)",
+            _experiment_daily,
+        ),
+        NamedQuery(
+            "user_daily",
+            "per day and user: interactions, views, clicks, purchases (fct_user)",
+            _daily("user_id", USER_ROLLUP, "day"),
+            (_DAILY_LIMIT,),
+        ),
+        NamedQuery(
+            "item_daily",
+            "per day and item: interactions, views, clicks, purchases (fct_item)",
+            _daily("item_id", ITEM_ROLLUP, "toDate(hour)"),
+            (_DAILY_LIMIT,),
         ),
         NamedQuery(
             "ingestion_partitions",
@@ -920,6 +1045,20 @@ def retention(store: Store, days: int = 7, **kwargs: Any) -> pd.DataFrame:
 def item_performance(store: Store, limit: int = 20, **kwargs: Any) -> pd.DataFrame:
     """Per item, by revenue: views, clicks, add_to_carts, purchases, revenue, click_through, conversion."""
     return run(store, "item_performance", limit=limit, **kwargs)
+
+
+def experiments(store: Store, **kwargs: Any) -> pd.DataFrame:
+    """Per experiment and variation (events with an experiment_name): users, interactions, views, clicks, purchases,
+    purchasers (users with a purchase), conversion_rate (purchasers / users), and against the experiment's control
+    (the variation named ``control``, else the first in order): diff_vs_control, its 95% CI (ci_low, ci_high) and
+    the two-proportion z-test p_value. Takes start, end and the filters."""
+    return run(store, "experiments", **kwargs)
+
+
+def experiment_daily(store: Store, **kwargs: Any) -> pd.DataFrame:
+    """The case study's fct_experiment: per day, experiment and variation, users, interactions, views, clicks and
+    purchases."""
+    return run(store, "experiment_daily", **kwargs)
 
 
 class IngestionHealth(NamedTuple):

@@ -7,6 +7,7 @@ sums and exact distincts, within the stated HLL error for distincts read from ro
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -619,3 +620,108 @@ def test_property_keys_are_validated_and_values_bound(store: Store) -> None:
         queries.run(store, "dead_letters", **{"prop.plan": "pro"})
     # A value is data, whatever it holds.
     assert int(queries.kpis(store, **{"prop.plan": "pro' OR '1'='1"})["total_interactions"][0]) == 0
+
+
+def fct_experiment(df: pd.DataFrame) -> pd.DataFrame:
+    """The case study's fct_experiment in pandas: per day, experiment and variation, users, interactions, views,
+    clicks, purchases (events without an experiment left out)."""
+    e = df[df["experiment_name"] != ""].assign(day=lambda d: d["event_time"].dt.tz_convert("UTC").dt.date)
+    keys = ["day", "experiment_name", "experiment_variation"]
+    out = e.groupby(keys).agg(
+        users=("user_id", "nunique"),
+        interactions=("user_id", "size"),
+        views=("interaction_type", lambda s: int((s == "view").sum())),
+        clicks=("interaction_type", lambda s: int((s == "click").sum())),
+        purchases=("interaction_type", lambda s: int((s == "purchase").sum())),
+    )
+    return out.reset_index().sort_values(keys).reset_index(drop=True)
+
+
+def experiments_truth(df: pd.DataFrame) -> pd.DataFrame:
+    """experiments in pandas; the test statistic from the 2x2 chi-square (without continuity correction), which is
+    the square of the two-proportion z statistic: a second route to the same p-value."""
+    e = df[df["experiment_name"] != ""]
+    keys = ["experiment_name", "experiment_variation"]
+    out = e.groupby(keys).agg(
+        users=("user_id", "nunique"),
+        interactions=("user_id", "size"),
+        purchases=("interaction_type", lambda s: int((s == "purchase").sum())),
+    )
+    out["purchasers"] = e[e["interaction_type"] == "purchase"].groupby(keys)["user_id"].nunique()
+    out = out.fillna({"purchasers": 0}).astype({"purchasers": int}).reset_index()
+    out["conversion_rate"] = out["purchasers"] / out["users"]
+    rows = []
+    for name, g in out.groupby("experiment_name"):
+        control = "control" if "control" in set(g["experiment_variation"]) else sorted(g["experiment_variation"])[0]
+        c = g[g["experiment_variation"] == control].iloc[0]
+        for _, r in g.iterrows():
+            table = np.array([[r.purchasers, r.users - r.purchasers], [c.purchasers, c.users - c.purchasers]], float)
+            expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+            chi2 = ((table - expected) ** 2 / expected).sum() if (expected > 0).all() else np.nan
+            diff = r.conversion_rate - c.conversion_rate
+            se = np.sqrt(
+                r.conversion_rate * (1 - r.conversion_rate) / r.users
+                + c.conversion_rate * (1 - c.conversion_rate) / c.users
+            )
+            p = np.nan if np.isnan(chi2) else float(np.vectorize(math.erfc)(np.sqrt(chi2 / 2)))
+            rows.append((name, r.experiment_variation, control, diff, diff - 1.96 * se, diff + 1.96 * se, p))
+    stats = pd.DataFrame(rows, columns=[*keys, "control", "diff_vs_control", "ci_low", "ci_high", "p_value"])
+    return out.merge(stats, on=keys).sort_values(keys).reset_index(drop=True)
+
+
+def test_experiments_equal_pandas(store: Store) -> None:
+    df = with_properties(with_open_types(make_events(n_sessions=900, seed=61)))
+    # One experiment without a variation named control: the first in order is the control.
+    onboarding_control = (df["experiment_name"] == "onboarding") & (df["experiment_variation"] == "control")
+    df.loc[onboarding_control, "experiment_variation"] = "a"
+    insert_events(store, df)
+    got = queries.experiments(store)
+    want = experiments_truth(df)
+    assert list(got[["experiment_name", "experiment_variation"]].itertuples(index=False, name=None)) == list(
+        want[["experiment_name", "experiment_variation"]].itertuples(index=False, name=None)
+    )
+    for col in ("users", "interactions", "purchases", "purchasers"):
+        assert list(got[col].astype(int)) == list(want[col]), col
+    assert list(got["control"]) == list(want["control"]) == ["control", "control", "a", "a"]
+    for col in ("conversion_rate", "diff_vs_control", "p_value"):
+        assert np.allclose(got[col].astype(float), want[col].astype(float), equal_nan=True, rtol=1e-9), col
+    for col in ("ci_low", "ci_high"):  # 1.96 here, the exact 97.5th percentile there
+        assert np.allclose(got[col].astype(float), want[col].astype(float), equal_nan=True, atol=1e-4), col
+    control = got[got["experiment_variation"] == got["control"]]
+    assert (control["diff_vs_control"] == 0).all() and (control["p_value"].isna() | (control["p_value"] == 1)).all()
+    # Filters and windows apply as everywhere; fct_experiment per day.
+    mobile = queries.experiments(store, device="mobile", **{"prop.plan": "pro"})
+    sel = select(df, device="mobile", **{"prop.plan": "pro"})
+    assert list(mobile["users"].astype(int)) == list(experiments_truth(sel)["users"])
+    daily = queries.experiment_daily(store)
+    want_daily = fct_experiment(df)
+    assert len(daily) == len(want_daily) > 0
+    for col in ("experiment_name", "experiment_variation", "users", "interactions", "views", "clicks", "purchases"):
+        assert list(daily[col]) == list(want_daily[col]), col
+    assert list(pd.to_datetime(daily["day"]).dt.date) == list(want_daily["day"])
+
+
+@pytest.mark.parametrize("source", ["raw", "auto"])
+def test_user_and_item_daily_equal_pandas(store: Store, source: str) -> None:
+    df = with_open_types(make_events(n_sessions=400, seed=43))
+    insert_events(store, df)
+    window = {"start": BASE + timedelta(days=1), "end": BASE + timedelta(days=3)}
+    for name, key in (("user_daily", "user_id"), ("item_daily", "item_id")):
+        for filters in ({}, {"interaction_type": ["view", "login"]}):
+            got = queries.run(store, name, source=source, **window, **filters)
+            if source == "auto" and not filters:
+                assert got.attrs["source"] == ("users_by_day" if key == "user_id" else "items_by_hour")
+            sel = select(df, **window, **filters).assign(day=lambda d: d["event_time"].dt.date)
+            want = (
+                sel.groupby(["day", key])
+                .agg(
+                    interactions=(key, "size"),
+                    views=("interaction_type", lambda s: int((s == "view").sum())),
+                    clicks=("interaction_type", lambda s: int((s == "click").sum())),
+                    purchases=("interaction_type", lambda s: int((s == "purchase").sum())),
+                )
+                .reset_index()
+            )
+            assert list(pd.to_datetime(got["day"]).dt.date) == list(want["day"]), (name, filters)
+            for col in (key, "interactions", "views", "clicks", "purchases"):
+                assert list(got[col]) == list(want[col]), (name, col, filters)
