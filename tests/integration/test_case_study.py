@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,7 @@ from clickstream_lib import queries, topics
 from clickstream_lib.consumer import Sink
 from clickstream_lib.settings import Settings
 from clickstream_lib.store import Store
+from tests.integration.sink_worker import ROOT, worker_env
 from tests.integration.test_queries import experiments_truth, fct_experiment
 
 pytestmark = pytest.mark.integration
@@ -131,3 +135,25 @@ def test_case_study_producer_through_the_sink(settings: Settings, store: Store) 
     items = queries.run(store, "item_daily")
     assert int(items["interactions"].sum()) == len(messages)
     assert int(items["purchases"].sum()) == int((sent["interaction_type"] == "purchase").sum())
+
+
+def test_produce_case_study_profile_demo_shape(settings: Settings, store: Store, tmp_path: Path) -> None:
+    """`clickstream produce --profile case-study` sends the case study's shape; the sink stores it all."""
+    env = worker_env(settings, tmp_path / "cli")
+    args = ["produce", "--profile", "case-study", "--events", "3000", "--rate", "0", "--seed", "3", "--no-progress"]
+    done = subprocess.run(
+        [sys.executable, "-m", "clickstream_lib", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    Sink(settings, store).run(until_idle=2)
+    db = store.database
+    assert int(store.scalar(f"SELECT count() FROM {db}.dead_letters")) == 0
+    assert int(store.scalar(f"SELECT count() FROM {db}.events")) == 3_000
+    types = {r[0] for r in store.query_rows(f"SELECT DISTINCT interaction_type FROM {db}.events")}
+    assert types == set(CASE_STUDY_TYPES)
+    exp = queries.experiments(store)
+    assert len(exp) == 5 and int(exp["interactions"].sum()) == 3_000
