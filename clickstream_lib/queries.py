@@ -108,6 +108,9 @@ SEGMENT_DAY_ROLLUP = Rollup("segments_by_day", "day", 86400, _DIMS, hll_k=SEGMEN
 EVENT_ROLLUPS = (DAY_ROLLUP, SEGMENT_DAY_ROLLUP, MINUTE_ROLLUP, SEGMENT_HOUR_ROLLUP)
 ITEM_ROLLUP = Rollup("items_by_hour", "hour", 3600, frozenset({"interaction_type", "item_id"}), wide=True)
 USER_ROLLUP = Rollup("users_by_day", "day", 86400, frozenset({"interaction_type"}), time_type="Date", wide=True)
+EXPERIMENT_ROLLUP = Rollup(
+    "experiment_users_by_day", "day", 86400, frozenset({"experiment_name", "experiment_variation"}), time_type="Date"
+)
 
 
 @dataclass(frozen=True)
@@ -706,15 +709,32 @@ _EXPERIMENT_COUNTS = (
 )
 
 
-def _experiments(q: Query) -> str:
+def _experiment_sql(q: Query, keys: str) -> str:
+    """Per ``keys`` (experiment and variation, with ``day`` for the daily series): users, interactions, views,
+    clicks, purchases and purchasers (users with a purchase). From the experiments' rollup when it answers exactly
+    (no type or other filter; whole days), in two steps: per user, then per key, so each user counts once."""
+    rollup = q.pick(EXPERIMENT_ROLLUP)
+    if rollup:
+        where = q.where(rollup=rollup)
+        return (
+            f"SELECT {keys}, count() AS users, sum(i) AS interactions, sum(v) AS views, sum(c) AS clicks, "
+            "sum(p) AS purchases, countIf(p > 0) AS purchasers FROM ("
+            f" SELECT {keys}, user_id, sum(interactions) AS i, sum(views) AS v, sum(clicks) AS c, sum(purchases) AS p"
+            f" FROM {q.table(rollup.table)} {where} GROUP BY {keys}, user_id"
+            f") GROUP BY {keys} ORDER BY {keys}"
+        )
     where = q.where()
     where = f"{where} AND experiment_name != ''" if where else "WHERE experiment_name != ''"
+    day = "toDate(event_time) AS day, " if keys.startswith("day") else ""
     return (
-        f"SELECT experiment_name, experiment_variation, {_EXPERIMENT_COUNTS}, "
+        f"SELECT {day}experiment_name, experiment_variation, {_EXPERIMENT_COUNTS}, "
         "uniqExactIf(user_id, interaction_type = 'purchase') AS purchasers "
-        f"FROM {q.table('events')} {where} "
-        "GROUP BY experiment_name, experiment_variation ORDER BY experiment_name, experiment_variation"
+        f"FROM {q.table('events')} {where} GROUP BY {keys} ORDER BY {keys}"
     )
+
+
+def _experiments(q: Query) -> str:
+    return _experiment_sql(q, "experiment_name, experiment_variation")
 
 
 def _normal_sf2(z: float) -> float:
@@ -755,13 +775,7 @@ def _experiments_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
 
 
 def _experiment_daily(q: Query) -> str:
-    where = q.where()
-    where = f"{where} AND experiment_name != ''" if where else "WHERE experiment_name != ''"
-    return (
-        f"SELECT toDate(event_time) AS day, experiment_name, experiment_variation, {_EXPERIMENT_COUNTS} "
-        f"FROM {q.table('events')} {where} "
-        "GROUP BY day, experiment_name, experiment_variation ORDER BY day, experiment_name, experiment_variation"
-    )
+    return _experiment_sql(q, "day, experiment_name, experiment_variation")
 
 
 def _daily(key: str, rollup: Rollup, day_expr: str) -> Builder:
@@ -941,7 +955,8 @@ QUERIES: dict[str, NamedQuery] = {
         ),
         NamedQuery(
             "experiment_daily",
-            "per day, experiment and variation: users, interactions, views, clicks, purchases (fct_experiment)",
+            "per day, experiment and variation: users, interactions, views, clicks, purchases, purchasers "
+            "(fct_experiment)",
             _experiment_daily,
         ),
         NamedQuery(

@@ -81,6 +81,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "event properties: experiment_name, experiment_variation and properties (JSON) on events",
         schema.properties_statements(),
     ),
+    Migration(
+        schema.EXPERIMENTS_MIGRATION,
+        "experiments rollup: experiment_users_by_day and its view, backfilled from stored events",
+        schema.experiment_rollup_statements(),
+    ),
 )
 
 

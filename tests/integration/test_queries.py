@@ -669,13 +669,15 @@ def experiments_truth(df: pd.DataFrame) -> pd.DataFrame:
     return out.merge(stats, on=keys).sort_values(keys).reset_index(drop=True)
 
 
-def test_experiments_equal_pandas(store: Store) -> None:
+@pytest.mark.parametrize("source", ["raw", "auto"])
+def test_experiments_equal_pandas(store: Store, source: str) -> None:
     df = with_properties(with_open_types(make_events(n_sessions=900, seed=61)))
     # One experiment without a variation named control: the first in order is the control.
     onboarding_control = (df["experiment_name"] == "onboarding") & (df["experiment_variation"] == "control")
     df.loc[onboarding_control, "experiment_variation"] = "a"
     insert_events(store, df)
-    got = queries.experiments(store)
+    got = queries.experiments(store, source=source)
+    assert got.attrs["source"] == ("raw" if source == "raw" else "experiment_users_by_day")
     want = experiments_truth(df)
     assert list(got[["experiment_name", "experiment_variation"]].itertuples(index=False, name=None)) == list(
         want[["experiment_name", "experiment_variation"]].itertuples(index=False, name=None)
@@ -690,10 +692,17 @@ def test_experiments_equal_pandas(store: Store) -> None:
     control = got[got["experiment_variation"] == got["control"]]
     assert (control["diff_vs_control"] == 0).all() and (control["p_value"].isna() | (control["p_value"] == 1)).all()
     # Filters and windows apply as everywhere; fct_experiment per day.
-    mobile = queries.experiments(store, device="mobile", **{"prop.plan": "pro"})
+    mobile = queries.experiments(store, source=source, device="mobile", **{"prop.plan": "pro"})
     sel = select(df, device="mobile", **{"prop.plan": "pro"})
     assert list(mobile["users"].astype(int)) == list(experiments_truth(sel)["users"])
-    daily = queries.experiment_daily(store)
+    window = {"start": BASE + timedelta(days=1), "end": BASE + timedelta(days=2)}
+    part = queries.experiments(store, source=source, experiment_name="onboarding", **window)
+    assert part.attrs["source"] == got.attrs["source"]
+    truth = experiments_truth(select(df, experiment_name="onboarding", **window))
+    assert list(part["users"].astype(int)) == list(truth["users"])
+    assert list(part["purchasers"].astype(int)) == list(truth["purchasers"])
+    daily = queries.experiment_daily(store, source=source)
+    assert daily.attrs["source"] == got.attrs["source"]
     want_daily = fct_experiment(df)
     assert len(daily) == len(want_daily) > 0
     for col in ("experiment_name", "experiment_variation", "users", "interactions", "views", "clicks", "purchases"):

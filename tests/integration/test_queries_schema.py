@@ -16,6 +16,7 @@ from tests.integration.test_queries import (
     make_events,
     to_columns,
     with_open_types,
+    with_properties,
 )
 
 
@@ -235,4 +236,22 @@ def test_a_store_at_version_3_upgrades_with_its_data_and_counts_every_type(base_
         assert "ReadFromMergeTree (user_totals)" in plan_reads(store, "top_users")
     finally:
         store.client.command("DROP DATABASE IF EXISTS test_open_types_upgrade_q SYNC")
+        store.close()
+
+
+def test_the_experiments_rollup_is_backfilled_from_stored_events(base_settings: Settings) -> None:
+    """Migration 6 on a store holding events with experiments: the rollup answers as the raw events do."""
+    store = _store_at_version(base_settings, "test_experiment_rollup_q", 5)
+    try:
+        insert_events(store, with_properties(make_events(n_sessions=300, seed=61)))
+        raw = queries.run(store, "experiments", source="raw")
+        assert len(raw) == 4
+        assert store.migrate() == [6]
+        for stmt in MIGRATIONS[5].statements:  # a re-run (half-applied migration) does not count twice
+            store.client.command(stmt.format(db=store.database))
+        for name in ("experiments", "experiment_daily"):
+            rolled = queries.run(store, name, source="rollup")
+            pd.testing.assert_frame_equal(rolled, queries.run(store, name, source="raw"), check_dtype=False, obj=name)
+    finally:
+        store.client.command("DROP DATABASE IF EXISTS test_experiment_rollup_q SYNC")
         store.close()
