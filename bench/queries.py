@@ -4,9 +4,11 @@
     .venv/bin/python bench/queries.py --sizes 1000000 5000000 --repeat 5 --json out.json
     .venv/bin/python bench/queries.py --data-dir /tmp/bq --reuse --memory-limit-mb 0    # again on the same data,
     .venv/bin/python bench/queries.py --data-dir /tmp/bq --reuse --memory-limit-mb 1024 # with another engine limit
+    .venv/bin/python bench/queries.py --sizes 10000000 --data-dir /tmp/bq --reuse --only experiments,device --repeat 3
 
 For each size a child process generates events with the project's generator (``Generator.backfill`` over the last
-7 days, so the live panels have data "now"; 1M events per call, ``size / 100`` users) and loads them into a fresh
+7 days, so the live panels have data "now"; 1M events per call, ``size / 100`` users; two of three users in one of two
+A/B experiments, every event with properties ``plan`` and ``device``) and loads them into a fresh
 database of an embedded store (through a Parquet file and ``INSERT ... SELECT``, so the materialized views fill
 the rollups as they would from the sink). The child exits (chdb: one process per data directory); then another
 child per size runs every query ``--repeat`` times after one warm-up and reports the median, raw events vs the
@@ -104,10 +106,23 @@ def load(size: int, database: str, seed: int, days: int, reuse: bool = False) ->
             out["it"] = out["kt"] + rng.integers(5, 2_000, m)
             out.to_parquet(path)
             # The file is this process's own temporary file; its path is not user input.
+            # Two of three users are in one of two A/B experiments (a variation per user), and every event has
+            # properties: the user's plan and a copy of its device (for a property filter against the same filter on
+            # the typed column).
             store.client.command(
-                f"INSERT INTO {store.database}.events SELECT toUUID(event_id), user_id, session_id, item_id, "
+                f"INSERT INTO {store.database}.events (event_id, user_id, session_id, item_id, interaction_type, "
+                "event_time, page, referrer, device, country, price, currency, schema_version, experiment_name, "
+                "experiment_variation, properties, kafka_topic, kafka_partition, kafka_offset, kafka_timestamp, "
+                "ingest_time) "
+                "SELECT toUUID(event_id), user_id, session_id, item_id, "
                 "interaction_type, fromUnixTimestamp64Milli(t, 'UTC'), page, referrer, device, country, "
-                "toDecimal64(price, 2), currency, schema_version, 'clickstream_topic', kafka_partition, kafka_offset, "
+                "toDecimal64(price, 2), currency, schema_version, "
+                "['', 'checkout_button', 'homepage_banner'][cityHash64(user_id) % 3 + 1], "
+                "if(cityHash64(user_id) % 3 = 0, '', ['control', 'variant_a', 'variant_b'][intDiv(cityHash64(user_id), "
+                "3) % 3 + 1]), "
+                "toJSONString(map('plan', ['free', 'pro', 'team'][cityHash64(user_id, 'plan') % 3 + 1], "
+                "'device', device))::JSON, "
+                "'clickstream_topic', kafka_partition, kafka_offset, "
                 "fromUnixTimestamp64Milli(kt, 'UTC'), fromUnixTimestamp64Milli(it, 'UTC') "
                 f"FROM file('{path}', Parquet)"
             )
@@ -177,13 +192,20 @@ def cases(now: datetime) -> list[tuple[str, str, dict[str, Any]]]:
         ("sessions last 24 h", "sessions", dict(last_day)),
         ("session_durations", "session_durations", {}),
         ("retention 7 days", "retention", {"days": 7}),
+        ("experiments", "experiments", {}),
+        ("experiments last 24 h", "experiments", dict(last_day)),
+        ("experiment_daily", "experiment_daily", {}),
+        ("kpis prop.device=mobile", "kpis", {"prop.device": "mobile"}),
+        ("breakdown device", "breakdown", {"by": "device"}),
+        ("breakdown prop.device", "breakdown", {"by": "prop.device"}),
+        ("user_daily", "user_daily", {}),
         ("ingestion_latency", "ingestion_latency", {}),
         ("ingestion_partitions", "ingestion_partitions", {}),
         ("freshness", "freshness", {}),
     ]
 
 
-def measure(database: str, repeat: int) -> dict[str, Any]:
+def measure(database: str, repeat: int, only: str = "") -> dict[str, Any]:
     from clickstream_lib import queries, schema
     from clickstream_lib.settings import Settings
     from clickstream_lib.store import connect
@@ -196,6 +218,8 @@ def measure(database: str, repeat: int) -> dict[str, Any]:
     with PeakRSS() as rss:
         count = int(store.scalar(f"SELECT count() FROM {database}.events"))
         for label, name, kwargs in cases(now):
+            if only and not any(part and part in label for part in only.split(",")):
+                continue
             raw_ms, _ = median_ms(lambda n=name, k=kwargs: queries.run(store, n, source="raw", **k), repeat)
             row: dict[str, Any] = {"raw_ms": raw_ms}
             auto_ms, df = median_ms(lambda n=name, k=kwargs: queries.run(store, n, **k), repeat)
@@ -203,7 +227,7 @@ def measure(database: str, repeat: int) -> dict[str, Any]:
                 row.update(rollup_ms=auto_ms, rollup=df.attrs["source"], speedup=raw_ms / auto_ms)
             rows[label] = row
         panels = {}
-        for label, window in (("all time", {}), ("last hour", {"start": hour_ago})):
+        for label, window in (("all time", {}), ("last hour", {"start": hour_ago})) if not only else ():
             raw_ms, _ = median_ms(lambda w=window: queries.live_panels(store, source="raw", **w), repeat)
             auto_ms, _ = median_ms(lambda w=window: queries.live_panels(store, **w), repeat)
             panels[label] = {"raw_ms": raw_ms, "rollup_ms": auto_ms, "speedup": raw_ms / auto_ms}
@@ -274,6 +298,11 @@ def main() -> int:
         type=int,
         help="CLICKSTREAM_MEMORY_LIMIT_MB of the measuring process (default: the product's default; 0 = none)",
     )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="measure only the queries whose label contains one of these comma-separated parts (e.g. experiments,prop)",
+    )
     parser.add_argument("--load", nargs=2, metavar=("SIZE", "DATABASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
@@ -305,12 +334,12 @@ def main() -> int:
             measure_env["CLICKSTREAM_MEMORY_LIMIT_MB"] = str(args.memory_limit_mb)
         code = (
             "import json, sys; sys.path.insert(0, sys.argv[1]); from bench.queries import measure; "
-            "print(json.dumps(measure(sys.argv[3], int(sys.argv[2]))))"
+            "print(json.dumps(measure(sys.argv[3], int(sys.argv[2]), sys.argv[4])))"
         )
         for size in args.sizes:
             print(f"measuring {size:,} ...", file=sys.stderr, flush=True)
             proc = subprocess.run(
-                [sys.executable, "-c", code, str(ROOT), str(args.repeat), f"bench_{size}"],
+                [sys.executable, "-c", code, str(ROOT), str(args.repeat), f"bench_{size}", args.only],
                 env=measure_env,
                 check=True,
                 capture_output=True,

@@ -47,12 +47,21 @@ def _refresh_arg(text: str) -> float:
 def _add_generator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="the same seed gives the same events (default: random)")
     p.add_argument(
+        "--profile",
+        choices=("default", "case-study"),
+        default="default",
+        help="default: sessions walking the view -> click -> add_to_cart -> purchase funnel; case-study: the original "
+        "case study's six types (open_app 40%%, login 25%%, view, click, payment_initiated, purchase) with a nested "
+        "metadata (experiment_name, experiment_variation, session_id, device_name), users and items uniform",
+    )
+    p.add_argument(
         "--users",
         type=int,
-        default=10_000,
-        help="number of users (default 10000); live sessions 30 minutes apart need about 540 per event/s",
+        default=None,
+        help="number of users (default 10000; case-study 9999); live sessions 30 minutes apart need about 540 per "
+        "event/s",
     )
-    p.add_argument("--items", type=int, default=1_000, help="catalogue size (default 1000)")
+    p.add_argument("--items", type=int, default=None, help="catalogue size (default 1000; case-study 50)")
     p.add_argument(
         "--scenario",
         action="append",
@@ -65,9 +74,21 @@ def _add_generator_args(p: argparse.ArgumentParser) -> None:
 
 
 def _make_generator(args: argparse.Namespace) -> object:
-    from .generator import Generator
+    from .generator import CaseStudyGenerator, Generator
 
-    gen = Generator(seed=args.seed, n_users=args.users, n_items=args.items)
+    if args.profile == "case-study":
+        # The case study's own sizes (user_0000..user_9998, item_0000..item_0049) unless given.
+        users = args.users if args.users is not None else 9_999
+        items = args.items if args.items is not None else 50
+        case = CaseStudyGenerator(seed=args.seed, n_users=users, n_items=items)
+        for name, params in args.scenario:
+            case.set_scenario(name, True, **params)
+        return case
+    gen = Generator(
+        seed=args.seed,
+        n_users=args.users if args.users is not None else 10_000,
+        n_items=args.items if args.items is not None else 1_000,
+    )
     for name, params in args.scenario:
         gen.set_scenario(name, True, **params)
     return gen
@@ -103,12 +124,12 @@ def _cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 
     from . import events as ev
     from .errors import ConfigError
-    from .generator import Generator
+    from .generator import CaseStudyGenerator, Generator
 
     if args.events < 0:
         raise ConfigError("--events", f"{args.events} must be >= 0")
     gen = _make_generator(args)
-    assert isinstance(gen, Generator)
+    assert isinstance(gen, (Generator, CaseStudyGenerator))
     start_ms = end_ms = None
     if args.start or args.end:
         if not args.start:
@@ -216,7 +237,7 @@ def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     import sys
 
     from .errors import ConfigError
-    from .generator import Generator
+    from .generator import CaseStudyGenerator, Generator
     from .producer import Producer, ProducerStats
 
     if args.events is not None and args.events < 0:
@@ -226,8 +247,10 @@ def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     if args.workers < 1:
         raise ConfigError("--workers", f"{args.workers} must be at least 1")
     rate, batch_size = _produce_rate(args)
+    if args.workers != 1 and args.profile != "default":
+        raise ConfigError("--workers", f"the {args.profile} profile produces from one process; drop --workers")
     gen = _make_generator(args)
-    assert isinstance(gen, Generator)
+    assert isinstance(gen, (Generator, CaseStudyGenerator))
     bar = None
     if not args.no_progress and sys.stderr.isatty():
         from tqdm import tqdm
@@ -256,7 +279,11 @@ def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
             rate=rate,
             events=args.events,
             duration=args.duration,
-            generator={"seed": args.seed, "n_users": args.users, "n_items": args.items},
+            generator={
+                "seed": args.seed,
+                "n_users": args.users if args.users is not None else 10_000,
+                "n_items": args.items if args.items is not None else 1_000,
+            },
             scenarios=args.scenario,
             batch_size=batch_size,
             progress=progress,

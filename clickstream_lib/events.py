@@ -30,7 +30,16 @@ import orjson
 
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
+# The known interaction types: the funnel's steps (in order) and the generator's default output. Any other type that
+# matches INTERACTION_TYPE_PATTERN is valid too (see docs/events.md), e.g. the case study's open_app or login.
 INTERACTION_TYPES = ("view", "click", "add_to_cart", "purchase")
+MAX_INTERACTION_TYPE_LEN = 64
+# Words of ASCII letters, digits and _ - . : / $, separated by single spaces: snake_case (open_app), dotted
+# (cart.item_added), PostHog's $pageview and Segment's "Order Completed" pass; control characters, other whitespace,
+# quotes and empty strings do not. One spelling for Python and the JSON Schema (ECMA-262): (?!\n) stops Python's $
+# from accepting a trailing newline.
+INTERACTION_TYPE_PATTERN = r"^[A-Za-z0-9_$.:/-]+(?: [A-Za-z0-9_$.:/-]+)*(?!\n)$"
+_INTERACTION_TYPE_RE = re.compile(INTERACTION_TYPE_PATTERN)
 _INTERACTIONS = frozenset(INTERACTION_TYPES)
 
 # The fixed, documented set of reasons a message is rejected (dead-lettered).
@@ -39,7 +48,7 @@ INVALID_UTF8 = "invalid_utf8"
 NOT_OBJECT = "not_object"
 MISSING_FIELD = "missing_field"
 WRONG_TYPE = "wrong_type"
-UNKNOWN_INTERACTION_TYPE = "unknown_interaction_type"
+INVALID_INTERACTION_TYPE = "invalid_interaction_type"
 TIMESTAMP_UNPARSABLE = "timestamp_unparsable"
 TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 TOO_LARGE = "too_large"
@@ -49,7 +58,7 @@ REASONS: tuple[str, ...] = (
     NOT_OBJECT,
     MISSING_FIELD,
     WRONG_TYPE,
-    UNKNOWN_INTERACTION_TYPE,
+    INVALID_INTERACTION_TYPE,
     TIMESTAMP_UNPARSABLE,
     TIMESTAMP_OUT_OF_RANGE,
     TOO_LARGE,
@@ -57,6 +66,25 @@ REASONS: tuple[str, ...] = (
 
 REQUIRED_FIELDS = ("user_id", "item_id", "interaction_type", "timestamp")
 _OPTIONAL_STR = ("session_id", "page", "referrer", "device", "country", "currency")
+EXPERIMENT_FIELDS = ("experiment_name", "experiment_variation")
+# Event properties: a message may carry a ``metadata`` or ``properties`` object (the case study nests
+# experiment_name, experiment_variation, session_id and device_name in ``metadata``). Its keys named here fill the
+# event's own field when the message does not set that field itself; every other key is kept in the ``properties``
+# column (a JSON object). A key in both objects takes its value from ``properties``.
+PROPERTY_OBJECTS = ("metadata", "properties")
+PROPERTY_FIELDS: dict[str, str] = {
+    "session_id": "session_id",
+    "device_name": "device",
+    "device": "device",
+    "page": "page",
+    "referrer": "referrer",
+    "country": "country",
+    "currency": "currency",
+    "experiment_name": "experiment_name",
+    "experiment_variation": "experiment_variation",
+    "price": "price",
+}
+_MAX_STR_LEN = 2048
 MIN_TIME_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_FUTURE_MS = 86_400_000  # one day ahead of the reference time
 _MAX_ID_LEN = 256
@@ -76,6 +104,9 @@ FIELDS = (
     "price",
     "currency",
     "schema_version",
+    "experiment_name",
+    "experiment_variation",
+    "properties",  # JSON object text of the other property keys ("{}" when none)
 )
 
 _EVENT_ID_NAMESPACE = uuid.UUID("6f1c1e43-5d2a-4c53-9a55-0c1c7e1b2f00")
@@ -102,6 +133,25 @@ class Rejection(NamedTuple):
 
     reason: str
     detail: str
+
+
+def is_interaction_type(value: object) -> bool:
+    """Whether ``value`` is a valid interaction type (a known one or any name matching the pattern)."""
+    return type(value) is str and (
+        value in _INTERACTIONS
+        or (len(value) <= MAX_INTERACTION_TYPE_LEN and _INTERACTION_TYPE_RE.match(value) is not None)
+    )
+
+
+def interaction_type_problem(value: str) -> str:
+    """Why ``value`` is not a valid interaction type ("" when it is one)."""
+    if is_interaction_type(value):
+        return ""
+    if not value:
+        return "interaction_type is empty"
+    if len(value) > MAX_INTERACTION_TYPE_LEN:
+        return f"interaction_type has {len(value)} characters; at most {MAX_INTERACTION_TYPE_LEN}"
+    return f"{value[:40]!r} is not a name of letters, digits and _ - . : / $ (words separated by single spaces)"
 
 
 def derived_event_id(topic: str, partition: int, offset: int) -> str:
@@ -170,11 +220,14 @@ def validate(obj: dict[str, Any], reference_ms: int | None = None) -> dict[str, 
     item_id = obj["item_id"]
     itype = obj["interaction_type"]
     ts = obj["timestamp"]
-    for name, value in (("user_id", user_id), ("item_id", item_id), ("interaction_type", itype)):
+    for name, value in (("user_id", user_id), ("item_id", item_id)):
         if not isinstance(value, str) or not value or len(value) > _MAX_ID_LEN:
             return Rejection(WRONG_TYPE, f"{name} must be a non-empty string of at most {_MAX_ID_LEN} characters")
-    if itype not in _INTERACTIONS:
-        return Rejection(UNKNOWN_INTERACTION_TYPE, f"{itype[:40]!r} is not one of {', '.join(INTERACTION_TYPES)}")
+    if not isinstance(itype, str):
+        return Rejection(WRONG_TYPE, "interaction_type must be a string")
+    problem = interaction_type_problem(itype)
+    if problem:
+        return Rejection(INVALID_INTERACTION_TYPE, problem)
     if not isinstance(ts, str):
         return Rejection(WRONG_TYPE, "timestamp must be an ISO-8601 string")
     ts_ms = parse_timestamp(ts)
@@ -192,16 +245,24 @@ def validate(obj: dict[str, Any], reference_ms: int | None = None) -> dict[str, 
                 event_id = str(uuid.UUID(event_id))
             except ValueError:
                 return Rejection(WRONG_TYPE, "event_id is not a UUID")
+    split = split_properties(obj)
+    if isinstance(split, str):
+        return Rejection(WRONG_TYPE, split)
+    known, properties = split
     optional: dict[str, str] = {}
-    for name in _OPTIONAL_STR:
+    for name in (*_OPTIONAL_STR, *EXPERIMENT_FIELDS):
         value = obj.get(name)
         if value is None:
+            value = known.get(name)
+        if value is None:
             optional[name] = ""
-        elif isinstance(value, str) and len(value) <= 2048:
+        elif isinstance(value, str) and len(value) <= _MAX_STR_LEN:
             optional[name] = value
         else:
-            return Rejection(WRONG_TYPE, f"{name} must be a string of at most 2048 characters")
+            return Rejection(WRONG_TYPE, f"{name} must be a string of at most {_MAX_STR_LEN} characters")
     price = obj.get("price")
+    if price is None:
+        price = known.get("price")
     if price is None:
         price = 0.0
     elif isinstance(price, (int, float)) and not isinstance(price, bool) and 0 <= price < 1e10:
@@ -225,7 +286,44 @@ def validate(obj: dict[str, Any], reference_ms: int | None = None) -> dict[str, 
         "price": price,
         "currency": optional["currency"],
         "schema_version": version,
+        "experiment_name": optional["experiment_name"],
+        "experiment_variation": optional["experiment_variation"],
+        "properties": properties,
     }
+
+
+_NO_PROPERTIES = "{}"
+_NO_KNOWN: dict[str, Any] = {}
+
+
+def split_properties(obj: dict[str, Any]) -> tuple[dict[str, Any], str] | str:
+    """The message's ``metadata``/``properties`` objects as (event fields they fill, JSON text of the other keys).
+
+    Returns the detail of a ``wrong_type`` rejection instead when one of them is not an object. The values of the
+    fields are returned as sent (the caller checks their types); null values are left out (a JSON null is no value).
+    """
+    known: dict[str, Any] | None = None
+    other: dict[str, Any] | None = None
+    for name in PROPERTY_OBJECTS:
+        props = obj.get(name)
+        if props is None:
+            continue
+        if type(props) is not dict:
+            return f"{name} must be an object"
+        for key, value in props.items():
+            if value is None:
+                continue
+            field_name = PROPERTY_FIELDS.get(key)
+            if field_name is None:
+                if other is None:
+                    other = {}
+                other[key] = value
+            else:
+                if known is None:
+                    known = {}
+                known[field_name] = value
+    text = orjson.dumps(other).decode() if other else _NO_PROPERTIES
+    return (known if known is not None else _NO_KNOWN), text
 
 
 # --- the sink's fast path ---------------------------------------------------------------------------------------
@@ -281,7 +379,10 @@ def _plain_row(obj: dict[str, Any], reference_ms: int | None) -> tuple[Any, ...]
         or not item_id
         or len(user_id) > _MAX_ID_LEN
         or len(item_id) > _MAX_ID_LEN
-        or itype not in _INTERACTIONS
+        or not (
+            itype in _INTERACTIONS
+            or (len(itype) <= MAX_INTERACTION_TYPE_LEN and _INTERACTION_TYPE_RE.match(itype) is not None)
+        )
     ):
         return None
     ts_ms = parse_timestamp(ts)
@@ -293,15 +394,26 @@ def _plain_row(obj: dict[str, Any], reference_ms: int | None) -> tuple[Any, ...]
     event_id = get("event_id")
     if event_id is not None and (type(event_id) is not str or not _CANONICAL_UUID.match(event_id)):
         return None
+    if "metadata" in obj or "properties" in obj:
+        split = split_properties(obj)
+        if isinstance(split, str):
+            return None
+        known, properties = split
+        if "price" in known:
+            return None  # rare: validate() checks it
+    else:
+        known, properties = _NO_KNOWN, _NO_PROPERTIES
     optional = []
-    for name in _OPTIONAL_STR:  # session_id, page, referrer, device, country, currency
+    for name in _OPTIONAL_AND_EXPERIMENT:  # session_id, page, referrer, device, country, currency, experiment_*
         value = get(name)
         if value is None:
-            value = ""
-        elif type(value) is not str or len(value) > 2048:
+            value = known.get(name) if known else None
+            if value is None:
+                value = ""
+        if type(value) is not str or len(value) > _MAX_STR_LEN:
             return None
         optional.append(value)
-    session_id, page, referrer, device, country, currency = optional
+    session_id, page, referrer, device, country, currency, experiment_name, experiment_variation = optional
     price = get("price")
     if price is None:
         price = 0.0
@@ -326,12 +438,22 @@ def _plain_row(obj: dict[str, Any], reference_ms: int | None) -> tuple[Any, ...]
         price,
         currency,
         version,
+        experiment_name,
+        experiment_variation,
+        properties,
     )
 
 
+_OPTIONAL_AND_EXPERIMENT = (*_OPTIONAL_STR, *EXPERIMENT_FIELDS)
+
+
 def encode(event: dict[str, Any]) -> bytes:
-    """Serialise an event dict for the wire (orjson). ``timestamp_ms`` becomes the ISO ``timestamp`` field."""
-    if "timestamp_ms" in event:
+    """Serialise an event dict for the wire (orjson). ``timestamp_ms`` becomes the ISO ``timestamp`` field, and a
+    ``properties`` JSON text (as :func:`parse` returns it) the object it holds."""
+    if "timestamp_ms" in event or isinstance(event.get("properties"), str):
         event = dict(event)
-        event["timestamp"] = format_timestamp(event.pop("timestamp_ms"))
+        if "timestamp_ms" in event:
+            event["timestamp"] = format_timestamp(event.pop("timestamp_ms"))
+        if isinstance(event.get("properties"), str):
+            event["properties"] = orjson.Fragment(event["properties"])
     return orjson.dumps(event)

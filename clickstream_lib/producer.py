@@ -48,7 +48,7 @@ from kafka.record.memory_records import MemoryRecordsBuilder
 from kafka.record.util import encode_varint
 
 from .errors import ConfigError
-from .generator import Generator
+from .generator import CaseStudyGenerator, Generator
 from .settings import Settings
 from .topics import DEFAULT_CONNECT_TIMEOUT_S, client_config, ensure_topic, unreachable
 
@@ -589,14 +589,14 @@ class Producer:
         *,
         rate: float | None = 10_000.0,
         seed: int | None = None,
-        generator: Generator | None = None,
+        generator: Generator | CaseStudyGenerator | None = None,
         batch_size: int | None = None,
         bulk: bool = True,
         **config: Any,
     ) -> None:
         self.settings = settings
         self.topic = settings.kafka_topic
-        self.generator = generator if generator is not None else Generator(seed=seed)
+        self.generator: Generator | CaseStudyGenerator = generator if generator is not None else Generator(seed=seed)
         self._rate = _check_rate(rate)
         if batch_size is not None and batch_size < 1:
             raise ConfigError("batch_size", f"{batch_size} must be at least 1")

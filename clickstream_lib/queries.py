@@ -22,6 +22,8 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,13 +34,28 @@ import pandas as pd
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from .errors import QueryError
-from .events import INTERACTION_TYPES
-from .schema import HLL_PRECISION, SEGMENT_HLL_PRECISION, TYPE_COLUMNS, USER_TOTAL_SQL
+from .events import interaction_type_problem
+from .schema import COUNT_COLUMNS, HLL_PRECISION, SEGMENT_HLL_PRECISION, TYPE_COLUMNS, USER_TOTAL_SQL
 from .store import ServedStore, Store, empty_frame, store_error
 
 logger = logging.getLogger(__name__)
 
-FILTERS: tuple[str, ...] = ("interaction_type", "device", "country", "referrer", "item_id")
+FILTERS: tuple[str, ...] = (
+    "interaction_type",
+    "device",
+    "country",
+    "referrer",
+    "item_id",
+    "experiment_name",
+    "experiment_variation",
+)
+# A filter or breakdown on an event property (events' ``properties`` column) is named ``prop.<key>``, e.g.
+# ``prop.plan`` or ``prop.utm.source`` (a dotted key is a path into nested objects). Keys are validated against this
+# pattern and formatted into the SQL as quoted identifiers (the engine's JSON type needs the path in the text: bound
+# as a parameter, getSubcolumn read every key of every row); values are always bound as parameters.
+PROPERTY_PREFIX = "prop."
+PROPERTY_KEY_PATTERN = r"^[A-Za-z0-9_$-]{1,64}(?:\.[A-Za-z0-9_$-]{1,64}){0,7}\Z"
+_PROPERTY_KEY_RE = re.compile(PROPERTY_KEY_PATTERN)
 SOURCES: tuple[str, ...] = ("auto", "raw", "rollup")
 FUNNEL_STEPS: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
 BUCKETS: dict[str, str] = {
@@ -74,7 +91,8 @@ class Rollup:
     dims: frozenset[str]
     time_type: str = "DateTime"
     hll_k: int = HLL_PRECISION  # uniqCombined precision of its users/items states
-    wide: bool = False  # a count column per interaction type (schema.TYPE_COLUMNS) instead of a type key
+    # A count column per known interaction type plus one for all others (schema.COUNT_COLUMNS) instead of a type key.
+    wide: bool = False
 
     @property
     def uniq(self) -> str:
@@ -90,6 +108,9 @@ SEGMENT_DAY_ROLLUP = Rollup("segments_by_day", "day", 86400, _DIMS, hll_k=SEGMEN
 EVENT_ROLLUPS = (DAY_ROLLUP, SEGMENT_DAY_ROLLUP, MINUTE_ROLLUP, SEGMENT_HOUR_ROLLUP)
 ITEM_ROLLUP = Rollup("items_by_hour", "hour", 3600, frozenset({"interaction_type", "item_id"}), wide=True)
 USER_ROLLUP = Rollup("users_by_day", "day", 86400, frozenset({"interaction_type"}), time_type="Date", wide=True)
+EXPERIMENT_ROLLUP = Rollup(
+    "experiment_users_by_day", "day", 86400, frozenset({"experiment_name", "experiment_variation"}), time_type="Date"
+)
 
 
 @dataclass(frozen=True)
@@ -103,6 +124,7 @@ class Param:
     minimum: int = 0
     maximum: int = 10**9
     help: str = ""
+    properties: bool = False  # a str option that also takes prop.<key> (see PROPERTY_PREFIX)
 
     def coerce(self, value: Any) -> Any:
         if value is None:
@@ -120,6 +142,9 @@ class Param:
             return int(value)
         if self.kind is datetime:
             return _as_utc(value, self.name)
+        if self.properties and isinstance(value, str) and value.startswith(PROPERTY_PREFIX):
+            property_key(value, self.name)
+            return value
         if not isinstance(value, str) or (self.choices and value not in self.choices):
             raise QueryError(self.name, f"{str(value)[:40]!r} is not one of {', '.join(self.choices)}")
         return value
@@ -156,6 +181,9 @@ class Query:
             grain = rollup.seconds * 1000
             missing = [c for c in (*self.filters, *need) if c not in rollup.dims]
             why = [f"it has no column {c!r}" for c in missing]
+            others = [t for t in self.filters.get("interaction_type", ()) if t not in TYPE_COLUMNS]
+            if rollup.wide and others:
+                why.append(f"it counts {others[0]!r} together with every other type outside {', '.join(TYPE_COLUMNS)}")
             if max_grain_s is not None and rollup.seconds > max_grain_s:
                 why.append(f"its grain is {rollup.seconds} s")
             why += [
@@ -173,8 +201,14 @@ class Query:
         return None
 
     def type_columns(self) -> list[str]:
-        """A wide rollup's count columns for the interaction types this query keeps (validated names)."""
-        kept = self.filters.get("interaction_type", tuple(TYPE_COLUMNS))
+        """A wide rollup's count columns for the interaction types this query keeps (validated names).
+
+        Without a type filter: every count column, the other types' included. With one, the known types' columns
+        (:meth:`pick` leaves a wide rollup out when the filter names another type).
+        """
+        kept = self.filters.get("interaction_type")
+        if kept is None:
+            return list(COUNT_COLUMNS)
         return [TYPE_COLUMNS[t] for t in TYPE_COLUMNS if t in kept]
 
     def table(self, name: str) -> str:
@@ -200,16 +234,17 @@ class Query:
                 hour_op = ">=" if op == ">=" else "<="
                 conds.append(f"toStartOfHour(event_time) {hour_op} toStartOfHour({bound})")
         if use_filters:
-            for name, values in self.filters.items():
+            for i, (name, values) in enumerate(self.filters.items()):
                 if rollup is not None and rollup.wide and name == "interaction_type":
                     continue  # a wide rollup filters types by choosing columns (see type_columns)
-                key = f"f_{name}"
+                key = f"f_{name}" if name in FILTERS else f"f_prop{i}"
+                expr = column_expr(name)
                 if len(values) == 1:
                     self.params[key] = values[0]
-                    conds.append(f"{name} = {{{key}:String}}")
+                    conds.append(f"{expr} = {{{key}:String}}")
                 else:
                     self.params[key] = list(values)
-                    conds.append(f"{name} IN {{{key}:Array(String)}}")
+                    conds.append(f"{expr} IN {{{key}:Array(String)}}")
         return ("WHERE " + " AND ".join(conds)) if conds else ""
 
 
@@ -265,6 +300,26 @@ def _ms(value: datetime | None) -> int | None:
     return (value - _EPOCH) // timedelta(milliseconds=1)  # exact integer arithmetic, no float rounding
 
 
+def property_key(name: str, param: str | None = None) -> str:
+    """The key of ``prop.<key>``, validated (:data:`PROPERTY_KEY_PATTERN`); raises QueryError naming ``param``."""
+    key = name[len(PROPERTY_PREFIX) :]
+    if len(key) > 128 or not _PROPERTY_KEY_RE.match(key):
+        raise QueryError(
+            param or name[:80],
+            f"{key[:40]!r} is not a property key: letters, digits, _ $ - (dots for nested keys), at most 128 chars",
+        )
+    return key
+
+
+def column_expr(name: str) -> str:
+    """The SQL of a filter or breakdown column: the column itself (:data:`FILTERS`) or a property as a String
+    (``properties.`plan`::String``; '' where an event does not have the key). ``name`` must be validated."""
+    if name in FILTERS:
+        return name
+    path = ".".join(f"`{part}`" for part in property_key(name).split("."))
+    return f"properties.{path}::String"
+
+
 def _filter_values(name: str, value: Any) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -284,8 +339,8 @@ def _filter_values(name: str, value: Any) -> tuple[str, ...] | None:
             raise QueryError(name, f"expected strings, got {type(v).__name__}")
         if len(v) > _MAX_VALUE_LEN:
             raise QueryError(name, f"a value of {len(v)} characters is too long; expected at most {_MAX_VALUE_LEN}")
-        if name == "interaction_type" and v not in INTERACTION_TYPES:
-            raise QueryError(name, f"{v[:40]!r} is not one of {', '.join(INTERACTION_TYPES)}")
+        if name == "interaction_type" and interaction_type_problem(v):
+            raise QueryError(name, interaction_type_problem(v))
     return tuple(dict.fromkeys(values))
 
 
@@ -312,18 +367,23 @@ def plan(
     filters: dict[str, tuple[str, ...]] = {}
     options: dict[str, Any] = {}
     for key, value in kwargs.items():
-        if key in FILTERS:
+        if key in FILTERS or key.startswith(PROPERTY_PREFIX):
+            if key.startswith(PROPERTY_PREFIX):
+                property_key(key)
             vals = _filter_values(key, value)
             if vals is None:
                 continue
-            if key not in nq.filters:
+            # Every query that takes the event filters takes property filters too.
+            if key not in nq.filters and not (key.startswith(PROPERTY_PREFIX) and nq.filters):
                 honoured = ", ".join(nq.filters) or "none"
                 raise QueryError(key, f"{name} does not take this filter (filters it takes: {honoured})")
             filters[key] = vals
         elif key in known:
             options[key] = known[key].coerce(value)
         else:
-            allowed = ", ".join([*known, *nq.filters, "start", "end", "source"])
+            allowed = ", ".join(
+                [*known, *nq.filters, *(["prop.<key>"] if nq.filters else []), "start", "end", "source"]
+            )
             raise QueryError(key, f"is not a parameter of {name}; expected one of {allowed}")
     for p in nq.params:
         options.setdefault(p.name, p.default)
@@ -421,7 +481,8 @@ def _kpis(q: Query) -> str:
 
 
 def _breakdown(q: Query) -> str:
-    by = q.options["by"]  # one of FILTERS (validated): a column name, safe to format
+    by = q.options["by"]  # one of FILTERS or prop.<key> (validated): safe to format
+    expr = column_expr(by)
     rollup = q.pick(ITEM_ROLLUP, need=[by]) if by == "item_id" else q.pick(*EVENT_ROLLUPS, need=[by])
     having = ""
     if rollup and rollup.wide:
@@ -432,8 +493,8 @@ def _breakdown(q: Query) -> str:
     else:
         src, count, where = q.table("events"), "count()", q.where()
     return (
-        f"SELECT {by}, {count} AS events, events / sum(events) OVER () AS share "
-        f"FROM {src} {where} GROUP BY {by} {having} ORDER BY events DESC, {by}"
+        f"SELECT {expr} AS `{by}`, {count} AS events, events / sum(events) OVER () AS share "
+        f"FROM {src} {where} GROUP BY `{by}` {having} ORDER BY events DESC, `{by}`"
     )
 
 
@@ -461,7 +522,7 @@ def _top(column: str, rollup: Rollup) -> Builder:
         if q.pick(rollup):
             src, where = q.table(rollup.table), q.where(rollup=rollup)
             kept = q.type_columns()
-            if len(kept) == len(TYPE_COLUMNS):
+            if len(kept) == len(COUNT_COLUMNS):
                 # Every row has an event of some type. Spelled as in users_by_day's user_totals projection, which
                 # the optimizer then reads when there is no day filter.
                 count = f"sum({USER_TOTAL_SQL})"
@@ -621,7 +682,10 @@ def _item_performance(q: Query) -> str:
         revenue = "toFloat64(sum(revenue))" if "purchases" in kept else "toFloat64(0)"
         sel += f", {revenue} AS revenue"
         src, where = q.table(ITEM_ROLLUP.table), q.where(rollup=ITEM_ROLLUP)
-        having = f"HAVING {' + '.join(kept)} > 0"  # items with events of the kept types, as in the raw query
+        # Items with events of the kept types (other types included when unfiltered), as in the raw query. The known
+        # types' sums are selected under their column names; the other types' sum is not selected.
+        known = TYPE_COLUMNS.values()
+        having = f"HAVING {' + '.join(c if c in known else f'sum({c})' for c in kept)} > 0"
     else:
         sel = ", ".join(f"countIf(interaction_type = '{t}') AS {c}" for t, c in TYPE_COLUMNS.items())
         sel += f", {_PURCHASE_REVENUE} AS revenue"
@@ -637,6 +701,116 @@ def _item_performance_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
     df["click_through"] = df["clicks"].astype(float) / views
     df["conversion"] = df["purchases"].astype(float) / views
     return df
+
+
+# --- experiments (A/B) and the case study's daily facts ----------------------------------------------------------
+
+CONTROL_VARIATION = "control"
+_Z95 = 1.959963984540054  # the standard normal's 97.5th percentile: two-sided 95%
+_EXPERIMENT_COUNTS = (
+    "uniqExact(user_id) AS users, count() AS interactions, countIf(interaction_type = 'view') AS views, "
+    "countIf(interaction_type = 'click') AS clicks, countIf(interaction_type = 'purchase') AS purchases"
+)
+
+
+def _experiment_sql(q: Query, keys: str) -> str:
+    """Per ``keys`` (experiment and variation, with ``day`` for the daily series): users, interactions, views,
+    clicks, purchases and purchasers (users with a purchase). From the experiments' rollup when it answers exactly
+    (no type or other filter; whole days), in two steps: per user, then per key, so each user counts once."""
+    rollup = q.pick(EXPERIMENT_ROLLUP)
+    if rollup:
+        where = q.where(rollup=rollup)
+        return (
+            f"SELECT {keys}, count() AS users, sum(i) AS interactions, sum(v) AS views, sum(c) AS clicks, "
+            "sum(p) AS purchases, countIf(p > 0) AS purchasers FROM ("
+            f" SELECT {keys}, user_id, sum(interactions) AS i, sum(views) AS v, sum(clicks) AS c, sum(purchases) AS p"
+            f" FROM {q.table(rollup.table)} {where} GROUP BY {keys}, user_id"
+            f") GROUP BY {keys} ORDER BY {keys}"
+        )
+    where = q.where()
+    where = f"{where} AND experiment_name != ''" if where else "WHERE experiment_name != ''"
+    day = "toDate(event_time) AS day, " if keys.startswith("day") else ""
+    return (
+        f"SELECT {day}experiment_name, experiment_variation, {_EXPERIMENT_COUNTS}, "
+        "uniqExactIf(user_id, interaction_type = 'purchase') AS purchasers "
+        f"FROM {q.table('events')} {where} GROUP BY {keys} ORDER BY {keys}"
+    )
+
+
+def _experiments(q: Query) -> str:
+    return _experiment_sql(q, "experiment_name, experiment_variation")
+
+
+def _normal_sf2(z: float) -> float:
+    """Two-sided tail probability of a standard normal beyond ``|z|``."""
+    return math.erfc(abs(z) / math.sqrt(2))
+
+
+def compare_proportions(x1: int, n1: int, x0: int, n0: int) -> tuple[float, float, float, float]:
+    """Variation (``x1`` of ``n1``) against control (``x0`` of ``n0``): difference of the proportions, its 95%
+    confidence interval (Wald, unpooled standard error) and the two-sided p-value of the two-proportion z-test
+    (pooled standard error). NaN where a proportion is undefined (no users) or the test has no variance."""
+    if not n1 or not n0:
+        return math.nan, math.nan, math.nan, math.nan
+    p1, p0 = x1 / n1, x0 / n0
+    diff = p1 - p0
+    se = math.sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0)
+    pooled = (x1 + x0) / (n1 + n0)
+    se_pooled = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n0))
+    p_value = _normal_sf2(diff / se_pooled) if se_pooled > 0 else math.nan
+    return diff, diff - _Z95 * se, diff + _Z95 * se, p_value
+
+
+def _experiments_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
+    df = df.astype({c: "int64" for c in ("users", "interactions", "views", "clicks", "purchases", "purchasers")})
+    df["conversion_rate"] = df["purchasers"] / df["users"].replace(0, np.nan)
+    rows = []
+    for _, g in df.groupby("experiment_name", sort=True):
+        names = list(g["experiment_variation"])
+        control = CONTROL_VARIATION if CONTROL_VARIATION in names else names[0]
+        c = g[g["experiment_variation"] == control].iloc[0]
+        for _, r in g.iterrows():
+            diff, lo, hi, p = compare_proportions(
+                int(r["purchasers"]), int(r["users"]), int(c["purchasers"]), int(c["users"])
+            )
+            rows.append((control, diff, lo, hi, p))
+    stats = pd.DataFrame(rows, columns=["control", "diff_vs_control", "ci_low", "ci_high", "p_value"], index=df.index)
+    return pd.concat([df, stats], axis=1) if len(df) else df.assign(**{c: [] for c in stats.columns})
+
+
+def _experiment_daily(q: Query) -> str:
+    return _experiment_sql(q, "day, experiment_name, experiment_variation")
+
+
+def _daily(key: str, rollup: Rollup, day_expr: str) -> Builder:
+    """Per day and ``key`` (user_id / item_id): interactions, views, clicks, purchases (the case study's fct_user
+    and fct_item). The wide rollup answers when no type filter narrows it (its columns are those counts)."""
+
+    def build(q: Query) -> str:
+        q.params["limit"] = q.options["limit"]
+        types = q.filters.get("interaction_type")
+        if types is None and q.pick(rollup):
+            src, where = q.table(rollup.table), q.where(rollup=rollup)
+            # views, clicks and purchases name the sums selected after it (an alias is the query's, not its column's)
+            others = " + ".join(f"sum({c})" for c in COUNT_COLUMNS if c not in ("views", "clicks", "purchases"))
+            sel = f"views + clicks + purchases + {others} AS interactions, sum(views) AS views, "
+            sel += "sum(clicks) AS clicks, sum(purchases) AS purchases"
+            day = day_expr
+        else:
+            if types is not None and q.source == "rollup":
+                raise QueryError("source", f"{q.name} with an interaction_type filter reads events")
+            q.used = "raw"
+            src, where, day = q.table("events"), q.where(), "toDate(event_time)"
+            sel = (
+                "count() AS interactions, countIf(interaction_type = 'view') AS views, "
+                "countIf(interaction_type = 'click') AS clicks, countIf(interaction_type = 'purchase') AS purchases"
+            )
+        return (
+            f"SELECT {day} AS day, {key}, {sel} FROM {src} {where} GROUP BY day, {key} "
+            f"HAVING interactions > 0 ORDER BY day, {key} LIMIT {{limit:UInt32}}"
+        )
+
+    return build
 
 
 def _ingestion_partitions(q: Query) -> str:
@@ -706,6 +880,7 @@ def _freshness_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
 
 
 _LIMIT = Param("limit", int, 10, minimum=1, maximum=100_000, help="rows to return")
+_DAILY_LIMIT = Param("limit", int, 100_000, minimum=1, maximum=10_000_000, help="rows to return")
 _NOW = Param("now", datetime, None, help="the reference 'now' (default: the wall clock, UTC)")
 
 QUERIES: dict[str, NamedQuery] = {
@@ -716,7 +891,7 @@ QUERIES: dict[str, NamedQuery] = {
             "breakdown",
             "events and share per value of one column",
             _breakdown,
-            (Param("by", str, "interaction_type", choices=FILTERS),),
+            (Param("by", str, "interaction_type", choices=FILTERS, properties=True),),
         ),
         NamedQuery(
             "timeseries",
@@ -774,6 +949,31 @@ QUERIES: dict[str, NamedQuery] = {
             _item_performance,
             (Param("limit", int, 20, minimum=1, maximum=100_000),),
             post=_item_performance_post,
+        ),
+        NamedQuery(
+            "experiments",
+            "per experiment and variation: users, interactions, views, clicks, purchases, conversion, "
+            "difference to control with 95% CI and z-test p-value",
+            _experiments,
+            post=_experiments_post,
+        ),
+        NamedQuery(
+            "experiment_daily",
+            "per day, experiment and variation: users, interactions, views, clicks, purchases, purchasers "
+            "(fct_experiment)",
+            _experiment_daily,
+        ),
+        NamedQuery(
+            "user_daily",
+            "per day and user: interactions, views, clicks, purchases (fct_user)",
+            _daily("user_id", USER_ROLLUP, "day"),
+            (_DAILY_LIMIT,),
+        ),
+        NamedQuery(
+            "item_daily",
+            "per day and item: interactions, views, clicks, purchases (fct_item)",
+            _daily("item_id", ITEM_ROLLUP, "toDate(hour)"),
+            (_DAILY_LIMIT,),
         ),
         NamedQuery(
             "ingestion_partitions",
@@ -864,6 +1064,20 @@ def retention(store: Store, days: int = 7, **kwargs: Any) -> pd.DataFrame:
 def item_performance(store: Store, limit: int = 20, **kwargs: Any) -> pd.DataFrame:
     """Per item, by revenue: views, clicks, add_to_carts, purchases, revenue, click_through, conversion."""
     return run(store, "item_performance", limit=limit, **kwargs)
+
+
+def experiments(store: Store, **kwargs: Any) -> pd.DataFrame:
+    """Per experiment and variation (events with an experiment_name): users, interactions, views, clicks, purchases,
+    purchasers (users with a purchase), conversion_rate (purchasers / users), and against the experiment's control
+    (the variation named ``control``, else the first in order): diff_vs_control, its 95% CI (ci_low, ci_high) and
+    the two-proportion z-test p_value. Takes start, end and the filters."""
+    return run(store, "experiments", **kwargs)
+
+
+def experiment_daily(store: Store, **kwargs: Any) -> pd.DataFrame:
+    """The case study's fct_experiment: per day, experiment and variation, users, interactions, views, clicks and
+    purchases."""
+    return run(store, "experiment_daily", **kwargs)
 
 
 class IngestionHealth(NamedTuple):

@@ -98,8 +98,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         1,
         "events and dead letters",
         (
-            schema.table_ddl(schema.EVENTS, dedup_window=DEDUP_WINDOW, projections=False),
-            schema.table_ddl(schema.DEAD_LETTERS, dedup_window=DEDUP_WINDOW, projections=False),
+            schema.table_ddl(schema.EVENTS, dedup_window=DEDUP_WINDOW, projections=False, at=1),
+            schema.table_ddl(schema.DEAD_LETTERS, dedup_window=DEDUP_WINDOW, projections=False, at=1),
         ),
     ),
     Migration(2, "rollups (schema.ROLLUPS) and the views that keep them", schema.rollup_statements()),
@@ -119,6 +119,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             "message String, updated_at DateTime64(3, 'UTC')) "
             "ENGINE = ReplacingMergeTree(updated_at) ORDER BY (rule, key, fired_at)",
         ),
+    ),
+    Migration(
+        schema.OPEN_TYPES_MIGRATION,
+        "open interaction types: the wide rollups count other types (items_by_hour, users_by_day, user_totals)",
+        schema.open_types_statements(),
+    ),
+    Migration(
+        schema.PROPERTIES_MIGRATION,
+        "event properties: experiment_name, experiment_variation and properties (JSON) on events",
+        schema.properties_statements(),
+    ),
+    Migration(
+        schema.EXPERIMENTS_MIGRATION,
+        "experiments rollup: experiment_users_by_day and its view, backfilled from stored events",
+        schema.experiment_rollup_statements(),
     ),
 )
 

@@ -7,11 +7,13 @@ sums and exact distincts, within the stated HLL error for distincts read from ro
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 
@@ -72,6 +74,9 @@ def make_events(n_sessions: int = 700, seed: int = 7, n_users: int = 250, n_item
     df["event_id"] = [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in range(n)]
     df["event_time"] = pd.to_datetime(BASE) + pd.to_timedelta(df.pop("t"), unit="ms")
     df["schema_version"] = 1
+    df["experiment_name"] = ""
+    df["experiment_variation"] = ""
+    df["properties"] = "{}"
     df["kafka_topic"] = "clicks"
     df["kafka_partition"] = np.arange(n) % 3
     df["kafka_offset"] = np.arange(n) // 3
@@ -113,10 +118,56 @@ def from_generator(n: int = 4000, seed: int = 21) -> pd.DataFrame:
     return df[list(EVENT_COLUMNS)]
 
 
-def to_columns(part: pd.DataFrame) -> list[list[Any]]:
-    """An events frame as the columnar lists Store.insert takes, in EVENT_COLUMNS order."""
+# Event types outside the four known ones (events are open): the case study's, counted in the rollups' other_types.
+OPEN_TYPES = ("open_app", "login", "payment_initiated")
+
+
+def with_open_types(df: pd.DataFrame, share: float = 0.4, seed: int = 3) -> pd.DataFrame:
+    """``df`` with a ``share`` of its events turned into other types (purchases stay, so revenue has a truth)."""
+    rng = np.random.default_rng(seed)
+    df = df.copy()
+    pick = (rng.random(len(df)) < share) & (df["interaction_type"] != "purchase").to_numpy()
+    df.loc[pick, "interaction_type"] = rng.choice(OPEN_TYPES, int(pick.sum()))
+    return df
+
+
+PLANS = ("free", "pro", "team")
+
+
+def with_properties(df: pd.DataFrame, seed: int = 5) -> pd.DataFrame:
+    """``df`` with an experiment per user and event properties: plan (most events), seats (a number), utm.source
+    (nested), and a key only a few events have; the frame keeps the parsed keys as columns for pandas."""
+    rng = np.random.default_rng(seed)
+    df = df.copy()
+    n = len(df)
+    users = df["user_id"].str[-4:].astype(int).to_numpy()
+    df["experiment_name"] = np.where(users % 5 == 0, "", np.where(users % 2 == 0, "checkout_button", "onboarding"))
+    df["experiment_variation"] = np.where(df["experiment_name"] == "", "", np.where(users % 3 == 0, "control", "b"))
+    plan = np.where(rng.random(n) < 0.8, rng.choice(PLANS, n), "")
+    seats = rng.integers(1, 50, n)
+    source = rng.choice(["ads", "email", ""], n)
+    rare = rng.random(n) < 0.02
+    props = []
+    for p, k, u, r in zip(plan, seats.tolist(), source, rare, strict=True):
+        d: dict[str, Any] = {"seats": k}
+        if p:
+            d["plan"] = str(p)
+        if u:
+            d["utm"] = {"source": str(u)}
+        if r:
+            d["beta-flag"] = "on"
+        props.append(orjson.dumps(d).decode())
+    df["properties"] = props
+    df["prop.plan"], df["prop.seats"] = plan, seats.astype(str)
+    df["prop.utm.source"], df["prop.beta-flag"] = source, np.where(rare, "on", "")
+    df["prop.nokey"] = ""
+    return df
+
+
+def to_columns(part: pd.DataFrame, columns: tuple[str, ...] = EVENT_COLUMNS) -> list[list[Any]]:
+    """An events frame as the columnar lists Store.insert takes, in ``columns`` order."""
     cols: list[list[Any]] = []
-    for c in EVENT_COLUMNS:
+    for c in columns:
         s = part[c]
         if c in ("event_time", "kafka_timestamp", "ingest_time"):
             cols.append(list(s.dt.to_pydatetime()))
@@ -128,16 +179,22 @@ def to_columns(part: pd.DataFrame) -> list[list[Any]]:
 
 
 def insert_events(store: Store, df: pd.DataFrame, chunk: int = 100_000) -> int:
-    """Columnar insert of an events frame (as :func:`make_events` builds it)."""
+    """Columnar insert of an events frame (as :func:`make_events` builds it), of the columns the table has (a store
+    at an older schema version gets what the sink of that version wrote)."""
+    have = {r[0] for r in store.query_rows(f"DESCRIBE TABLE {store.database}.events")}
+    columns = tuple(c for c in EVENT_COLUMNS if c in have)
     written = 0
     for lo in range(0, len(df), chunk):
-        written += store.insert("events", to_columns(df.iloc[lo : lo + chunk]), EVENT_COLUMNS)
+        written += store.insert("events", to_columns(df.iloc[lo : lo + chunk], columns), columns)
     return written
 
 
-@pytest.fixture(scope="module", params=["walks", "generator"])
+@pytest.fixture(scope="module", params=["walks", "generator", "open_types"])
 def events(request: pytest.FixtureRequest) -> pd.DataFrame:
-    """Two seeded datasets: hand-made funnel walks (with same-millisecond ties) and the project's generator."""
+    """Three seeded datasets: hand-made funnel walks (with same-millisecond ties), the project's generator, and the
+    walks with 40% of the events of other types (open_app, login, payment_initiated)."""
+    if request.param == "open_types":
+        return with_open_types(make_events())
     return make_events() if request.param == "walks" else from_generator()
 
 
@@ -182,6 +239,7 @@ FILTER_SETS = [
     {"interaction_type": ["click", "purchase"], "country": "DE"},
     {"item_id": "item_007"},
     {"interaction_type": ["view", "purchase"]},  # wide rollups: type filter by choosing columns
+    {"interaction_type": ["open_app", "click"]},  # another type: not from a wide rollup (it counts them together)
     {"referrer": "search", "device": ["desktop", "tablet"]},
 ]
 
@@ -245,6 +303,10 @@ def test_auto_reads_rollups_only_when_exact(loaded: Store, events: pd.DataFrame)
     assert queries.kpis(loaded, item_id="item_001").attrs["source"] == "raw"  # no event rollup has an item column
     assert queries.kpis(loaded, start=BASE + timedelta(seconds=30)).attrs["source"] == "raw"
     assert queries.top_items(loaded, **aligned).attrs["source"] == "items_by_hour"
+    assert queries.top_items(loaded, interaction_type="view", **aligned).attrs["source"] == "items_by_hour"
+    assert queries.top_items(loaded, interaction_type="login", **aligned).attrs["source"] == "raw"
+    with pytest.raises(QueryError, match="counts 'login' together with every other type"):
+        queries.top_users(loaded, interaction_type="login", source="rollup")
     assert queries.top_users(loaded, **aligned).attrs["source"] == "users_by_day"
     assert queries.top_users(loaded, device="mobile").attrs["source"] == "raw"
     assert queries.timeseries(loaded, bucket="second").attrs["source"] == "raw"
@@ -282,6 +344,8 @@ def funnel_truth(df: pd.DataFrame, window_ms: int) -> list[int]:
         for t, grp in g.groupby("t", sort=True):
             updates = []
             for itype in grp["interaction_type"]:
+                if itype not in steps:  # another type is no step of the funnel
+                    continue
                 i = steps[itype]
                 if i == 0:
                     updates.append((0, (t, t)))
@@ -378,6 +442,7 @@ def test_item_performance_equals_pandas(loaded: Store, events: pd.DataFrame) -> 
         ("auto", {}),
         ("auto", {"interaction_type": "click"}),
         ("auto", {"interaction_type": ["view", "purchase"]}),
+        ("auto", {"interaction_type": ["login", "purchase"]}),
     ):
         got = queries.item_performance(loaded, limit=15, source=source, **filters)
         sel = select(events, **filters)
@@ -481,8 +546,8 @@ def test_validation_errors_name_the_parameter(store: Store) -> None:
         queries.run(store, "nope")
     with pytest.raises(QueryError, match=r"^colour: is not a parameter of kpis"):
         queries.run(store, "kpis", colour="red")
-    with pytest.raises(QueryError, match=r"^interaction_type: 'hover' is not one of view"):
-        queries.kpis(store, interaction_type="hover")
+    with pytest.raises(QueryError, match=r"^interaction_type: 'hover\\n' is not a name of letters, digits"):
+        queries.kpis(store, interaction_type="hover\n")
     with pytest.raises(QueryError, match=r"^limit: 0 is out of range"):
         queries.top_users(store, limit=0)
     with pytest.raises(QueryError, match=r"^start: 'yesterday' is not an ISO-8601 time"):
@@ -513,3 +578,159 @@ def test_empty_store_gives_empty_frames(store: Store) -> None:
     assert queries.freshness(store)["newest_event_time"].isna().all()
     panels = queries.live_panels(store)
     assert set(panels) == set(queries.LIVE_PANELS)
+
+
+def test_property_and_experiment_filters_and_breakdowns_equal_pandas(store: Store) -> None:
+    df = with_properties(with_open_types(make_events(n_sessions=400, seed=41)))
+    insert_events(store, df)
+    cases: list[dict[str, Any]] = [
+        {"prop.plan": "pro"},
+        {"prop.plan": ["pro", "team"], "device": "mobile"},
+        {"prop.seats": "7"},  # a number, compared as its text
+        {"prop.utm.source": "ads", "interaction_type": ["view", "open_app"]},
+        {"prop.beta-flag": "on"},
+        {"prop.nokey": "x"},  # no event has it: empty, not an error
+        {"prop.plan": "", "experiment_name": "onboarding"},  # '' matches events without the key
+        {"experiment_name": "checkout_button", "experiment_variation": "control"},
+    ]
+    for filters in cases:
+        sel = select(df, **filters)
+        k = queries.kpis(store, **filters)
+        assert k.attrs["source"] == ("raw" if any(f.startswith("prop.") for f in filters) else k.attrs["source"])
+        assert int(k["total_interactions"][0]) == len(sel), filters
+        top = queries.top_users(store, limit=5, **filters)
+        counts = sel.groupby("user_id").size().reset_index(name="n").sort_values(["n", "user_id"], ascending=[0, 1])
+        assert list(top["interactions"].astype(int)) == list(counts["n"][:5]), filters
+        assert int(queries.sessions(store, **filters)["sessions"][0]) >= (1 if len(sel) else 0)
+    for by in ("prop.plan", "prop.utm.source", "prop.seats", "experiment_name", "experiment_variation"):
+        for filters in ({}, {"interaction_type": "login"}, {"prop.plan": ["free", "team"]}):
+            b = queries.breakdown(store, by=by, **filters)
+            want = select(df, **filters).groupby(by).size()
+            assert b.set_index(by)["events"].astype(int).to_dict() == want.to_dict(), (by, filters)
+
+
+def test_property_keys_are_validated_and_values_bound(store: Store) -> None:
+    insert_events(store, with_properties(make_events(n_sessions=50, seed=43)))
+    for bad in ("prop.", "prop.a`b", "prop.a b", "prop.a..b", "prop.x') OR 1=1 --", "prop." + "k" * 129):
+        with pytest.raises(QueryError, match="is not a property key"):
+            queries.kpis(store, **{bad: "x"})
+        with pytest.raises(QueryError, match="is not a property key"):
+            queries.breakdown(store, by=bad)
+    with pytest.raises(QueryError, match="dead_letters does not take this filter"):
+        queries.run(store, "dead_letters", **{"prop.plan": "pro"})
+    # A value is data, whatever it holds.
+    assert int(queries.kpis(store, **{"prop.plan": "pro' OR '1'='1"})["total_interactions"][0]) == 0
+
+
+def fct_experiment(df: pd.DataFrame) -> pd.DataFrame:
+    """The case study's fct_experiment in pandas: per day, experiment and variation, users, interactions, views,
+    clicks, purchases (events without an experiment left out)."""
+    e = df[df["experiment_name"] != ""].assign(day=lambda d: d["event_time"].dt.tz_convert("UTC").dt.date)
+    keys = ["day", "experiment_name", "experiment_variation"]
+    out = e.groupby(keys).agg(
+        users=("user_id", "nunique"),
+        interactions=("user_id", "size"),
+        views=("interaction_type", lambda s: int((s == "view").sum())),
+        clicks=("interaction_type", lambda s: int((s == "click").sum())),
+        purchases=("interaction_type", lambda s: int((s == "purchase").sum())),
+    )
+    return out.reset_index().sort_values(keys).reset_index(drop=True)
+
+
+def experiments_truth(df: pd.DataFrame) -> pd.DataFrame:
+    """experiments in pandas; the test statistic from the 2x2 chi-square (without continuity correction), which is
+    the square of the two-proportion z statistic: a second route to the same p-value."""
+    e = df[df["experiment_name"] != ""]
+    keys = ["experiment_name", "experiment_variation"]
+    out = e.groupby(keys).agg(
+        users=("user_id", "nunique"),
+        interactions=("user_id", "size"),
+        purchases=("interaction_type", lambda s: int((s == "purchase").sum())),
+    )
+    out["purchasers"] = e[e["interaction_type"] == "purchase"].groupby(keys)["user_id"].nunique()
+    out = out.fillna({"purchasers": 0}).astype({"purchasers": int}).reset_index()
+    out["conversion_rate"] = out["purchasers"] / out["users"]
+    rows = []
+    for name, g in out.groupby("experiment_name"):
+        control = "control" if "control" in set(g["experiment_variation"]) else sorted(g["experiment_variation"])[0]
+        c = g[g["experiment_variation"] == control].iloc[0]
+        for _, r in g.iterrows():
+            table = np.array([[r.purchasers, r.users - r.purchasers], [c.purchasers, c.users - c.purchasers]], float)
+            expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+            chi2 = ((table - expected) ** 2 / expected).sum() if (expected > 0).all() else np.nan
+            diff = r.conversion_rate - c.conversion_rate
+            se = np.sqrt(
+                r.conversion_rate * (1 - r.conversion_rate) / r.users
+                + c.conversion_rate * (1 - c.conversion_rate) / c.users
+            )
+            p = np.nan if np.isnan(chi2) else float(np.vectorize(math.erfc)(np.sqrt(chi2 / 2)))
+            rows.append((name, r.experiment_variation, control, diff, diff - 1.96 * se, diff + 1.96 * se, p))
+    stats = pd.DataFrame(rows, columns=[*keys, "control", "diff_vs_control", "ci_low", "ci_high", "p_value"])
+    return out.merge(stats, on=keys).sort_values(keys).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("source", ["raw", "auto"])
+def test_experiments_equal_pandas(store: Store, source: str) -> None:
+    df = with_properties(with_open_types(make_events(n_sessions=900, seed=61)))
+    # One experiment without a variation named control: the first in order is the control.
+    onboarding_control = (df["experiment_name"] == "onboarding") & (df["experiment_variation"] == "control")
+    df.loc[onboarding_control, "experiment_variation"] = "a"
+    insert_events(store, df)
+    got = queries.experiments(store, source=source)
+    assert got.attrs["source"] == ("raw" if source == "raw" else "experiment_users_by_day")
+    want = experiments_truth(df)
+    assert list(got[["experiment_name", "experiment_variation"]].itertuples(index=False, name=None)) == list(
+        want[["experiment_name", "experiment_variation"]].itertuples(index=False, name=None)
+    )
+    for col in ("users", "interactions", "purchases", "purchasers"):
+        assert list(got[col].astype(int)) == list(want[col]), col
+    assert list(got["control"]) == list(want["control"]) == ["control", "control", "a", "a"]
+    for col in ("conversion_rate", "diff_vs_control", "p_value"):
+        assert np.allclose(got[col].astype(float), want[col].astype(float), equal_nan=True, rtol=1e-9), col
+    for col in ("ci_low", "ci_high"):  # 1.96 here, the exact 97.5th percentile there
+        assert np.allclose(got[col].astype(float), want[col].astype(float), equal_nan=True, atol=1e-4), col
+    control = got[got["experiment_variation"] == got["control"]]
+    assert (control["diff_vs_control"] == 0).all() and (control["p_value"].isna() | (control["p_value"] == 1)).all()
+    # Filters and windows apply as everywhere; fct_experiment per day.
+    mobile = queries.experiments(store, source=source, device="mobile", **{"prop.plan": "pro"})
+    sel = select(df, device="mobile", **{"prop.plan": "pro"})
+    assert list(mobile["users"].astype(int)) == list(experiments_truth(sel)["users"])
+    window = {"start": BASE + timedelta(days=1), "end": BASE + timedelta(days=2)}
+    part = queries.experiments(store, source=source, experiment_name="onboarding", **window)
+    assert part.attrs["source"] == got.attrs["source"]
+    truth = experiments_truth(select(df, experiment_name="onboarding", **window))
+    assert list(part["users"].astype(int)) == list(truth["users"])
+    assert list(part["purchasers"].astype(int)) == list(truth["purchasers"])
+    daily = queries.experiment_daily(store, source=source)
+    assert daily.attrs["source"] == got.attrs["source"]
+    want_daily = fct_experiment(df)
+    assert len(daily) == len(want_daily) > 0
+    for col in ("experiment_name", "experiment_variation", "users", "interactions", "views", "clicks", "purchases"):
+        assert list(daily[col]) == list(want_daily[col]), col
+    assert list(pd.to_datetime(daily["day"]).dt.date) == list(want_daily["day"])
+
+
+@pytest.mark.parametrize("source", ["raw", "auto"])
+def test_user_and_item_daily_equal_pandas(store: Store, source: str) -> None:
+    df = with_open_types(make_events(n_sessions=400, seed=43))
+    insert_events(store, df)
+    window = {"start": BASE + timedelta(days=1), "end": BASE + timedelta(days=3)}
+    for name, key in (("user_daily", "user_id"), ("item_daily", "item_id")):
+        for filters in ({}, {"interaction_type": ["view", "login"]}):
+            got = queries.run(store, name, source=source, **window, **filters)
+            if source == "auto" and not filters:
+                assert got.attrs["source"] == ("users_by_day" if key == "user_id" else "items_by_hour")
+            sel = select(df, **window, **filters).assign(day=lambda d: d["event_time"].dt.date)
+            want = (
+                sel.groupby(["day", key])
+                .agg(
+                    interactions=(key, "size"),
+                    views=("interaction_type", lambda s: int((s == "view").sum())),
+                    clicks=("interaction_type", lambda s: int((s == "click").sum())),
+                    purchases=("interaction_type", lambda s: int((s == "purchase").sum())),
+                )
+                .reset_index()
+            )
+            assert list(pd.to_datetime(got["day"]).dt.date) == list(want["day"]), (name, filters)
+            for col in (key, "interactions", "views", "clicks", "purchases"):
+                assert list(got[col]) == list(want[col]), (name, col, filters)

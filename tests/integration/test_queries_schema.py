@@ -9,12 +9,20 @@ import pandas as pd
 from clickstream_lib import queries, schema
 from clickstream_lib.settings import Settings
 from clickstream_lib.store import MIGRATIONS, Store, connect
-from tests.integration.test_queries import BASE, EVENT_COLUMNS, insert_events, make_events, to_columns
+from tests.integration.test_queries import (
+    BASE,
+    EVENT_COLUMNS,
+    insert_events,
+    make_events,
+    to_columns,
+    with_open_types,
+    with_properties,
+)
 
 
 def rollup_events(store: Store, db: str, table: schema.Table) -> int:
     """Events counted by a rollup: its ``events`` column, or the per-type columns of a wide one."""
-    cols = "events" if "events" in table.column_names else " + ".join(schema.TYPE_COLUMNS.values())
+    cols = "events" if "events" in table.column_names else " + ".join(schema.COUNT_COLUMNS)
     return int(store.scalar(f"SELECT sum({cols}) FROM {db}.{table.name}"))
 
 
@@ -89,13 +97,16 @@ def test_rollups_are_backfilled_when_added_to_a_database_with_events(base_settin
         db = store.database
         df = make_events(n_sessions=200, seed=5)
         insert_events(store, df)
-        assert store.migrate() == [m.version for m in MIGRATIONS[1:]]
+        # Migration 2 applied twice (a half-applied migration re-runs before the later ones): no double count.
+        for _ in range(2):
+            for stmt in MIGRATIONS[1].statements:
+                store.client.command(stmt.format(db=db))
+        assert int(store.scalar(f"SELECT sum(events) FROM {db}.events_by_minute")) == len(df)
+        m2 = MIGRATIONS[1]
+        store.client.insert(f"{db}.schema_migrations", [[m2.version, m2.name]], column_names=["version", "name"])
+        assert store.migrate() == [m.version for m in MIGRATIONS[2:]]
         for rollup in schema.ROLLUPS:
             assert rollup_events(store, db, rollup) == len(df)
-        # Re-running the migration's statements (a half-applied migration) does not double count.
-        for stmt in MIGRATIONS[1].statements:
-            store.client.command(stmt.format(db=db))
-        assert int(store.scalar(f"SELECT sum(events) FROM {db}.events_by_minute")) == len(df)
         insert_events(store, df.iloc[:10])  # and the views keep them from now on
         assert int(store.scalar(f"SELECT sum(events) FROM {db}.events_by_minute")) == len(df) + 10
     finally:
@@ -167,8 +178,9 @@ def test_a_store_upgraded_to_the_projections_answers_as_before(base_settings: Se
         db = store.database
         df = make_events(n_sessions=200, seed=23)
         insert_events(store, df)
-        before = {n: queries.run(store, n) for n in ("funnel", "sessions", "retention", "top_users")}
-        assert store.migrate() == [3]
+        # Read as the code of that version could: today's rollup queries expect today's columns.
+        before = {n: queries.run(store, n, source="raw") for n in ("funnel", "sessions", "retention", "top_users")}
+        assert store.migrate() == [m.version for m in MIGRATIONS[2:]]
         assert store.migrate() == []
         for n, frame in before.items():
             pd.testing.assert_frame_equal(queries.run(store, n), frame, check_dtype=False)
@@ -182,4 +194,65 @@ def test_a_store_upgraded_to_the_projections_answers_as_before(base_settings: Se
             pd.testing.assert_frame_equal(queries.run(store, n), frame, check_dtype=False)
     finally:
         store.client.command("DROP DATABASE IF EXISTS test_projection_upgrade_q SYNC")
+        store.close()
+
+
+def test_a_store_at_version_3_upgrades_with_its_data_and_counts_every_type(base_settings: Settings) -> None:
+    """A store as released before open types (migrations 1-3) with events: migrate, answers unchanged, then other
+    types count in every rollup."""
+    store = _store_at_version(base_settings, "test_open_types_upgrade_q", 3)
+    try:
+        db = store.database
+        df = make_events(n_sessions=200, seed=29)
+        insert_events(store, df)
+        names = ("kpis", "breakdown", "top_users", "top_items", "item_performance", "funnel", "sessions")
+        # Read from the raw table: today's rollup queries expect the columns schema.OPEN_TYPES_MIGRATION adds.
+        before = {n: queries.run(store, n, source="raw") for n in names}
+        assert store.migrate() == [m.version for m in MIGRATIONS[3:]]
+        assert store.migrate() == []
+        for n, frame in before.items():
+            for s in ("raw", "auto"):
+                got = queries.run(store, n, source=s)
+                pd.testing.assert_frame_equal(got, frame, check_dtype=False, obj=f"{n} {s}")
+        # Old rows have no experiment and no properties, which is what the sink stored of them.
+        blank = f"SELECT count() FROM {db}.events WHERE experiment_name = '' AND toString(properties) = '{{}}'"
+        assert int(store.scalar(blank)) == len(df)
+        # Re-running the migrations' statements (a half-applied migration) changes nothing.
+        for m in MIGRATIONS[3:]:
+            for stmt in m.statements:
+                store.client.command(stmt.format(db=db))
+        # Events of other types from now on: every rollup total counts them, as the raw table does.
+        more = with_open_types(make_events(n_sessions=200, seed=31), share=0.5)
+        insert_events(store, more)
+        for rollup in schema.ROLLUPS:
+            assert rollup_events(store, db, rollup) == len(df) + len(more), rollup.name
+        for n in ("kpis", "top_users", "top_items", "breakdown"):
+            raw = queries.run(store, n, source="raw", limit=1000) if n.startswith("top") else queries.run(store, n)
+            rolled = (
+                queries.run(store, n, source="rollup", limit=1000) if n.startswith("top") else queries.run(store, n)
+            )
+            count = [c for c in raw.columns if c in ("total_interactions", "events", "interactions")]
+            pd.testing.assert_frame_equal(raw[count].astype(int), rolled[count].astype(int), obj=n)
+        assert "ReadFromMergeTree (user_totals)" in plan_reads(store, "top_users")
+    finally:
+        store.client.command("DROP DATABASE IF EXISTS test_open_types_upgrade_q SYNC")
+        store.close()
+
+
+def test_the_experiments_rollup_is_backfilled_from_stored_events(base_settings: Settings) -> None:
+    """The experiments migration on a store holding events with experiments: the rollup answers as raw events do."""
+    version = schema.EXPERIMENTS_MIGRATION
+    store = _store_at_version(base_settings, "test_experiment_rollup_q", version - 1)
+    try:
+        insert_events(store, with_properties(make_events(n_sessions=300, seed=61)))
+        raw = queries.run(store, "experiments", source="raw")
+        assert len(raw) == 4
+        assert store.migrate() == [version]
+        for stmt in MIGRATIONS[version - 1].statements:  # a re-run (half-applied migration) does not count twice
+            store.client.command(stmt.format(db=store.database))
+        for name in ("experiments", "experiment_daily"):
+            rolled = queries.run(store, name, source="rollup")
+            pd.testing.assert_frame_equal(rolled, queries.run(store, name, source="raw"), check_dtype=False, obj=name)
+    finally:
+        store.client.command("DROP DATABASE IF EXISTS test_experiment_rollup_q SYNC")
         store.close()

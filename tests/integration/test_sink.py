@@ -81,7 +81,7 @@ def _poison(now_ms: int) -> list[tuple[bytes | None, str]]:
         (b"[1, 2, 3]", events.NOT_OBJECT),
         (orjson.dumps({k: v for k, v in ok.items() if k != "item_id"}), events.MISSING_FIELD),
         (with_(user_id=42), events.WRONG_TYPE),
-        (with_(interaction_type="hover"), events.UNKNOWN_INTERACTION_TYPE),
+        (with_(interaction_type="hover\n"), events.INVALID_INTERACTION_TYPE),
         (with_(timestamp="yesterday at noon"), events.TIMESTAMP_UNPARSABLE),
         (with_(timestamp="1999-12-31T23:59:59Z"), events.TIMESTAMP_OUT_OF_RANGE),
         (with_(timestamp=events.format_timestamp(now_ms + 3 * 86_400_000)), events.TIMESTAMP_OUT_OF_RANGE),

@@ -65,11 +65,13 @@ from clickstream_lib.settings import Settings
 from clickstream_lib.store import connect
 from clickstream_lib.producer import Producer
 from clickstream_lib.consumer import Sink
+from clickstream_lib.generator import CaseStudyGenerator
 settings = Settings.from_env()
 store = connect(settings)
 sink = Sink(settings, store)
 sink.start()
-producer = Producer(settings, rate={rate}, seed={seed})
+generator = CaseStudyGenerator(seed={seed}) if {profile!r} == "case-study" else None
+producer = Producer(settings, rate={rate}, seed={seed}, generator=generator)
 producer.start(events={n})
 acked = producer.wait(300).acked
 deadline = time.monotonic() + 300  # generous: CI machines are shared
@@ -82,12 +84,13 @@ print(json.dumps({{"count": count, "acked": acked, "rows_inserted": sink.stats()
 """
 
 
-def load_events(settings: Settings, n: int, seed: int = 7, rate: float = 5000.0) -> int:
-    """Produce ``n`` events to Kafka and sink them into the store of ``settings`` (in a subprocess).
+def load_events(settings: Settings, n: int, seed: int = 7, rate: float = 5000.0, profile: str = "default") -> int:
+    """Produce ``n`` events (of the generator ``profile``) to Kafka and sink them into the store of ``settings``
+    (in a subprocess).
 
     Returns the number of stored events; fails with the producer's and sink's counts if they disagree.
     """
-    got = run_python(settings, LOAD_EVENTS.format(n=n, seed=seed, rate=rate), timeout=700)
+    got = run_python(settings, LOAD_EVENTS.format(n=n, seed=seed, rate=rate, profile=profile), timeout=700)
     assert got["acked"] == n and got["count"] == n, f"loading {n} events: {got}"
     return int(got["count"])
 

@@ -84,6 +84,27 @@ def test_report_numbers_equal_the_named_queries(browser: Any, own_settings: Sett
     assert not [url for url in blocked if "plot" in url], blocked
 
 
+def test_report_experiments_panel_equals_the_query(own_settings: Settings, tmp_path: Path) -> None:
+    """The case study's events (experiments in metadata): the report's A/B panel is the experiments query."""
+    assert load_events(own_settings, 3000, profile="case-study") == 3000
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [CLI, "report", "--param", "interaction_type=", "--out", str(out)],
+        env=env_for(own_settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = recorded(nbformat.read(out / "report.ipynb", as_version=4))
+    want = query_json(own_settings, {"experiments": ("experiments", {})})
+    assert got["experiments"] == want["experiments"]
+    assert len(got["experiments"]) == 5  # checkout_button: 2 variations, homepage_banner: 3
+    assert sum(row["interactions"] for row in got["experiments"]) == 3000
+    assert "Conversion rate by variation" in (out / "report.html").read_text()
+
+
 def test_a_failing_report_exits_1_and_keeps_the_executed_notebook(own_settings: Settings, tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(

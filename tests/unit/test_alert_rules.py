@@ -83,7 +83,7 @@ BASE = 'kind = "threshold"\nquery = "kpis"\nvalue = "total_interactions"\nthresh
         ('kind = "threshold"\nquery = "no_such"\nvalue = "x"\nthreshold = 1', "unknown query 'no_such'"),
         (BASE + "\nparams = { limit = 5 }", "unknown parameter 'limit' of query kpis"),
         (BASE + "\nfilters = { colour = 'red' }", "unknown filter 'colour'"),
-        (BASE + "\nfilters = { interaction_type = 'buy' }", "'buy' is not one of"),
+        (BASE + "\nfilters = { interaction_type = 'buy!!' }", "'buy!!' is not a name of letters"),
         (BASE + "\nthreshhold = 5", "unknown field 'threshhold'"),
         (BASE + "\nparams = { start = '2026-01-01' }", "params.start is set by the alert engine"),
         (BASE + '\nseverity = "loud"', "severity 'loud' is not one of info, warning, critical"),

@@ -157,17 +157,19 @@ def test_a_replayed_range_gives_the_same_rows_and_decisions() -> None:
     assert len(first) == 6
 
 
-def test_columns_match_the_tables_of_migration_1() -> None:
+def test_columns_match_the_tables_of_the_migrations() -> None:
     ddl = " ".join(store.MIGRATIONS[0].statements)
+    added = " ".join(s for m in store.MIGRATIONS for s in m.statements if "{db}.events ADD COLUMN" in s)
 
     def columns(table: str) -> list[str]:
         body = ddl.split(f"{{db}}.{table}")[1].split("ENGINE")[0]
         return re.findall(r"^\s*([a-z_]+)\s+[A-Z]", body, flags=re.M)
 
-    assert set(EVENT_COLUMNS) | {"ingest_time"} == set(columns("events"))
+    later = re.findall(r"ADD COLUMN IF NOT EXISTS ([a-z_]+) ", added)  # the property columns
+    assert set(EVENT_COLUMNS) | {"ingest_time"} == set(columns("events")) | set(later)
     assert set(DEAD_LETTER_COLUMNS) | {"ingest_time"} == set(columns("dead_letters"))
     # The parsed fields are the event columns in order (timestamp_ms is stored as event_time).
-    assert [("event_time" if f == "timestamp_ms" else f) for f in events.FIELDS] == list(EVENT_COLUMNS[:13])
+    assert [("event_time" if f == "timestamp_ms" else f) for f in events.FIELDS] == list(EVENT_COLUMNS[:16])
 
 
 def test_window_rate_and_percentiles() -> None:

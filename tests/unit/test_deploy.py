@@ -18,7 +18,7 @@ import nbformat
 import pytest
 import yaml
 
-from clickstream_lib.schema import ROLLUPS, TABLES
+from clickstream_lib.schema import TABLES, VIEW_TARGETS
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD_VARS = ("CLICKHOUSE_ADMIN_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD", "CLICKHOUSE_DASHBOARD_PASSWORD")
@@ -191,7 +191,7 @@ def test_ingest_user_may_only_insert_into_the_pipeline_tables(users_xml: ET.Elem
     assert grants and all(g.startswith("GRANT INSERT ON clickstream.") for g in grants), grants
     tables = {g.rsplit(".", 1)[1] for g in grants}
     # The pipeline writes events and dead letters; materialized views write the rollups on the same INSERT.
-    assert tables == {"events", "dead_letters"} | {t.name for t in ROLLUPS}
+    assert tables == {"events", "dead_letters"} | {t.name for t in VIEW_TARGETS}
     assert tables <= set(TABLES)
     assert users_xml.findtext("users/ingest/access_management") in (None, "0")
 

@@ -35,6 +35,21 @@ FULL = {
 }
 
 
+# The case study's final producer: six types and a nested metadata object.
+CASE_STUDY_METADATA = {
+    "user_id": "user_0042",
+    "item_id": "item_0007",
+    "interaction_type": "open_app",
+    "timestamp": "2026-11-29 10:00:00",
+    "metadata": {
+        "experiment_name": "checkout_button",
+        "experiment_variation": "variant_b",
+        "session_id": "5f1c9a",
+        "device_name": "iPhone 15",
+    },
+}
+
+
 def _without(name: str) -> bytes:
     return orjson.dumps({k: v for k, v in FULL.items() if k != name})
 
@@ -60,8 +75,19 @@ INVALID: list[tuple[bytes | str, str]] = [
     (orjson.dumps({**FULL, "event_id": "not-a-uuid"}), events.WRONG_TYPE),
     (orjson.dumps({**FULL, "schema_version": True}), events.WRONG_TYPE),
     (orjson.dumps({**FULL, "device": ["mobile"]}), events.WRONG_TYPE),
-    (orjson.dumps({**FULL, "interaction_type": "hover"}), events.UNKNOWN_INTERACTION_TYPE),
-    (orjson.dumps({**FULL, "interaction_type": "Click"}), events.UNKNOWN_INTERACTION_TYPE),
+    (orjson.dumps({**FULL, "interaction_type": 7}), events.WRONG_TYPE),
+    (orjson.dumps({**FULL, "metadata": ["a"]}), events.WRONG_TYPE),
+    (orjson.dumps({**FULL, "properties": "plan=pro"}), events.WRONG_TYPE),
+    (orjson.dumps({**FULL, "device": None, "metadata": {"device_name": 5}}), events.WRONG_TYPE),
+    (orjson.dumps({**FULL, "experiment_name": ["a"]}), events.WRONG_TYPE),
+    (orjson.dumps({**FULL, "metadata": {"experiment_variation": "v" * 2049}}), events.WRONG_TYPE),
+    (orjson.dumps({**FULL, "interaction_type": ""}), events.INVALID_INTERACTION_TYPE),
+    (orjson.dumps({**FULL, "interaction_type": "view\n"}), events.INVALID_INTERACTION_TYPE),
+    (orjson.dumps({**FULL, "interaction_type": "open\x00app"}), events.INVALID_INTERACTION_TYPE),
+    (orjson.dumps({**FULL, "interaction_type": " login"}), events.INVALID_INTERACTION_TYPE),
+    (orjson.dumps({**FULL, "interaction_type": "order  completed"}), events.INVALID_INTERACTION_TYPE),
+    (orjson.dumps({**FULL, "interaction_type": "a" * 65}), events.INVALID_INTERACTION_TYPE),
+    (orjson.dumps({**FULL, "interaction_type": "caf\u00e9"}), events.INVALID_INTERACTION_TYPE),
     (orjson.dumps({**FULL, "timestamp": "yesterday"}), events.TIMESTAMP_UNPARSABLE),
     (orjson.dumps({**FULL, "timestamp": "2026-13-01T00:00:00Z"}), events.TIMESTAMP_UNPARSABLE),
     (orjson.dumps({**FULL, "timestamp": "1999-12-31T23:59:59.999Z"}), events.TIMESTAMP_OUT_OF_RANGE),
@@ -69,6 +95,39 @@ INVALID: list[tuple[bytes | str, str]] = [
     (orjson.dumps({**FULL, "page": "/" + "x" * events.MAX_MESSAGE_BYTES}), events.TOO_LARGE),
     ("{" + " " * events.MAX_MESSAGE_BYTES + "}", events.TOO_LARGE),
 ]
+
+
+# Event names seen in real clickstreams: the case study's, dotted, PostHog's and Segment's spellings.
+OPEN_TYPES = ("open_app", "login", "payment_initiated", "cart.item_added", "$pageview", "Order Completed", "a" * 64)
+
+
+@pytest.mark.parametrize("itype", OPEN_TYPES)
+def test_any_sane_interaction_type_is_valid(itype: str) -> None:
+    event = parse(orjson.dumps({**FULL, "interaction_type": itype}), reference_ms=REF)
+    assert not isinstance(event, Rejection), event
+    assert event["interaction_type"] == itype
+    assert events.parse_row(orjson.dumps({**FULL, "interaction_type": itype}), REF) == tuple(event.values())
+
+
+def test_metadata_fills_the_known_columns_and_keeps_the_rest_as_properties() -> None:
+    event = parse(orjson.dumps(CASE_STUDY_METADATA), reference_ms=REF)
+    assert not isinstance(event, Rejection), event
+    assert list(event) == list(events.FIELDS)
+    assert (event["experiment_name"], event["experiment_variation"]) == ("checkout_button", "variant_b")
+    assert (event["session_id"], event["device"], event["properties"]) == ("5f1c9a", "iPhone 15", "{}")
+    # Other keys (any JSON value, nested ones too) are kept; a field the message sets itself wins over metadata.
+    msg = {
+        **FULL,
+        "device": "desktop",
+        "metadata": {"device_name": "iPhone", "plan": "pro", "seats": 3, "utm": {"source": "ads"}, "gone": None},
+        "properties": {"plan": "team", "experiment_name": "e1"},
+    }
+    event = parse(orjson.dumps(msg), reference_ms=REF)
+    assert not isinstance(event, Rejection), event
+    assert event["device"] == "desktop" and event["experiment_name"] == "e1"
+    assert orjson.loads(event["properties"]) == {"plan": "team", "seats": 3, "utm": {"source": "ads"}}
+    assert events.parse_row(orjson.dumps(msg), REF) == tuple(event.values())
+    assert parse(events.encode(event), reference_ms=REF) == event
 
 
 def test_case_study_message_parses_as_it_is() -> None:
@@ -192,10 +251,17 @@ def test_json_schema_file_agrees_with_parse() -> None:
     validator = jsonschema.Draft202012Validator(schema)
     assert validator.is_valid(orjson.loads(CASE_STUDY))
     assert validator.is_valid(FULL)
-    assert set(schema["properties"]) == {"timestamp" if f == "timestamp_ms" else f for f in events.FIELDS}
-    assert schema["properties"]["interaction_type"]["enum"] == list(events.INTERACTION_TYPES)
+    assert set(schema["properties"]) == {"timestamp" if f == "timestamp_ms" else f for f in events.FIELDS} | {
+        "metadata"
+    }
+    assert validator.is_valid(CASE_STUDY_METADATA)
+    assert validator.is_valid({**FULL, "properties": {"plan": "pro", "seats": 3}})
+    itype = schema["properties"]["interaction_type"]
+    assert (itype["pattern"], itype["maxLength"]) == (events.INTERACTION_TYPE_PATTERN, events.MAX_INTERACTION_TYPE_LEN)
+    for name in (*events.INTERACTION_TYPES, *OPEN_TYPES):
+        assert validator.is_valid({**FULL, "interaction_type": name}), name
     # What a schema can express, it rejects too.
-    schema_reasons = {events.MISSING_FIELD, events.WRONG_TYPE, events.UNKNOWN_INTERACTION_TYPE}
+    schema_reasons = {events.MISSING_FIELD, events.WRONG_TYPE, events.INVALID_INTERACTION_TYPE}
     checked = 0
     for raw, reason in INVALID:
         unparsable_text = reason == events.TIMESTAMP_UNPARSABLE and isinstance(raw, bytes) and b"yesterday" in raw
@@ -244,6 +310,12 @@ def test_parse_row_gives_the_rows_of_parse() -> None:
         orjson.dumps({**FULL, "timestamp": "2026-11-29 10:00:00.5"}),
         orjson.dumps({**FULL, "timestamp": "2026-11-29"}),
         orjson.dumps({**FULL, "extra": {"nested": [1, 2]}}),
+        orjson.dumps(CASE_STUDY_METADATA),
+        orjson.dumps({**FULL, "metadata": {"plan": "pro", "price": 3.5}, "price": None}),  # price from metadata
+        orjson.dumps({**FULL, "metadata": {"price": "3"}, "price": None}),
+        orjson.dumps({**FULL, "metadata": {}, "properties": None}),
+        orjson.dumps({**FULL, "metadata": {"device_name": None, "k": [1, {"a": None}]}}),
+        orjson.dumps({**FULL, "properties": 5}),
         orjson.dumps({**FULL, "user_id": "u" * 256, "page": "p" * 2048}),
         orjson.dumps({**FULL, "user_id": "u" * 257}),
         orjson.dumps({**FULL, "page": "p" * 2049}),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
+from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -52,7 +53,9 @@ def test_every_message_validates_against_the_schema_and_parses() -> None:
     for (key, value), wire, row in zip(batch.to_messages(), dicts, frame.itertuples(index=False), strict=True):
         obj = orjson.loads(value)
         assert obj == wire
-        assert set(obj) == {"timestamp" if f == "timestamp_ms" else f for f in events.FIELDS}
+        # The default profile sends no experiment and no other properties.
+        without = {"experiment_name", "experiment_variation", "properties"}
+        assert set(obj) == {"timestamp" if f == "timestamp_ms" else f for f in events.FIELDS} - without
         validator.validate(obj)
         parsed = events.parse(value, reference_ms=NOW)
         assert not isinstance(parsed, events.Rejection), parsed
@@ -414,3 +417,56 @@ def test_bot_burst_share_too_large_for_the_shards_is_a_config_error() -> None:
 def test_a_bad_shard_is_a_config_error(shard: tuple[int, int]) -> None:
     with pytest.raises(ConfigError, match="shard"):
         Generator(seed=1, n_users=600, shard=shard)
+
+
+def test_case_study_profile_has_its_types_weights_and_metadata() -> None:
+    from clickstream_lib.generator import CASE_STUDY_EXPERIMENTS, CASE_STUDY_TYPES, CaseStudyGenerator
+
+    gen = CaseStudyGenerator(seed=4)
+    batch = gen.batch(20_000, now_ms=NOW)
+    validator = jsonschema.Draft202012Validator(events.json_schema())
+    frame = batch.to_frame()
+    assert list(frame.columns) == list(events.FIELDS)
+    for (key, value), row in zip(batch.to_messages(), frame.itertuples(index=False), strict=True):
+        obj = orjson.loads(value)
+        validator.validate(obj)
+        assert set(obj) == {"user_id", "item_id", "interaction_type", "timestamp", "metadata"}
+        assert set(obj["metadata"]) == {"experiment_name", "experiment_variation", "session_id", "device_name"}
+        assert key == obj["user_id"].encode()
+        parsed = events.parse(value, reference_ms=NOW)
+        assert not isinstance(parsed, events.Rejection), parsed
+        assert parsed == {f: getattr(row, f) for f in events.FIELDS}
+    shares = frame["interaction_type"].value_counts(normalize=True)
+    for itype, weight in CASE_STUDY_TYPES.items():
+        assert abs(shares[itype] - weight) < 0.015, itype
+    assert frame["user_id"].str.fullmatch(r"user_\d{4}").all() and frame["item_id"].nunique() == 50
+    # One experiment and variation per user, every variation in use.
+    per_user = frame.groupby("user_id")[["experiment_name", "experiment_variation"]].nunique()
+    assert (per_user == 1).all().all()
+    pairs = set(zip(frame["experiment_name"], frame["experiment_variation"], strict=True))
+    assert pairs == {(e, v) for e, vs in CASE_STUDY_EXPERIMENTS.items() for v in vs}
+    # Deterministic under a seed; a backfill spreads times in order.
+    assert (
+        CaseStudyGenerator(seed=4).batch(100, now_ms=NOW).to_messages()
+        == CaseStudyGenerator(seed=4).batch(100, now_ms=NOW).to_messages()
+    )
+    times = gen.backfill(NOW - DAY, NOW, 1_000).to_frame()["timestamp_ms"]
+    assert times.is_monotonic_increasing and times.min() >= NOW - DAY and times.max() < NOW
+
+
+def test_cli_generate_case_study_profile(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "case.jsonl"
+    args = ["generate", "--profile", "case-study", "--events", "500", "--out", str(out), "--seed", "1"]
+    subprocess.run(
+        [sys.executable, "-m", "clickstream_lib", *args],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    lines = out.read_bytes().splitlines()
+    assert len(lines) == 500
+    assert {orjson.loads(x)["interaction_type"] for x in lines} >= {"open_app", "login", "view"}
+    assert all(not isinstance(events.parse(x), events.Rejection) for x in lines)

@@ -24,6 +24,9 @@ EVENTS_COLUMNS = {
     "price": "Decimal(12, 2)",
     "currency": "LowCardinality(String)",
     "schema_version": "UInt8",
+    "experiment_name": "LowCardinality(String)",
+    "experiment_variation": "LowCardinality(String)",
+    "properties": "JSON",
     "kafka_topic": "LowCardinality(String)",
     "kafka_partition": "UInt32",
     "kafka_offset": "UInt64",
@@ -46,7 +49,15 @@ def test_events_columns_are_the_sink_contract() -> None:
     assert dict(schema.EVENTS.columns) == EVENTS_COLUMNS
     first = MIGRATIONS[0]
     assert first.version == 1
-    assert columns_of(first.statements[0]) == EVENTS_COLUMNS
+    added = dict(schema.EVENTS.added)
+    assert columns_of(first.statements[0]) == {k: v for k, v in EVENTS_COLUMNS.items() if k not in added}
+    # The properties migration adds its columns in their place (AFTER): every store has the same column order.
+    fifth = MIGRATIONS[schema.PROPERTIES_MIGRATION - 1].statements
+    assert set(added.values()) == {schema.PROPERTIES_MIGRATION} and len(fifth) == len(added)
+    for stmt, (name, _) in zip(fifth, schema.EVENTS.added, strict=True):
+        assert stmt.startswith(
+            f"ALTER TABLE {{db}}.events ADD COLUMN IF NOT EXISTS {name} {EVENTS_COLUMNS[name]} AFTER "
+        )
     assert f"non_replicated_deduplication_window = {DEDUP_WINDOW}" in first.statements[0]
     assert f"non_replicated_deduplication_window = {DEDUP_WINDOW}" in first.statements[1]
 
@@ -62,7 +73,8 @@ def test_migrations_are_versioned_and_templated() -> None:
             assert (
                 "IF NOT EXISTS" in stmt
                 or stmt.startswith("INSERT INTO {db}.")
-                or re.match(r"ALTER TABLE \{db\}\.\w+ (MODIFY SETTING|MATERIALIZE PROJECTION) ", stmt)
+                or "IF EXISTS" in stmt
+                or re.match(r"ALTER TABLE \{db\}\.\w+ (MODIFY SETTING|MATERIALIZE PROJECTION|MODIFY QUERY) ", stmt)
             ), stmt
     rollups = MIGRATIONS[1].statements
     # Backfills run before the views exist, so a re-run never counts a row twice.
@@ -125,11 +137,14 @@ def test_projections_come_in_their_own_migration() -> None:
     third = MIGRATIONS[2].statements
     tables = [t for t in (schema.EVENTS, schema.DEAD_LETTERS, *schema.ROLLUPS) if t.projections]
     assert {t.name for t in tables} == {"events", "users_by_day"}
+    fourth = MIGRATIONS[schema.OPEN_TYPES_MIGRATION - 1].statements  # user_totals again, counting other types
     for t in tables:
         for p in t.projections:
             add = f"ALTER TABLE {{db}}.{t.name} ADD PROJECTION IF NOT EXISTS {p.name} ({p.select})"
             build = f"ALTER TABLE {{db}}.{t.name} MATERIALIZE PROJECTION {p.name}"
-            assert third.index(add) < third.index(build)
+            stmts = fourth if t is schema.USERS_BY_DAY else third
+            assert stmts.index(add) < stmts.index(build)
+            assert any(f"ADD PROJECTION IF NOT EXISTS {p.name} " in x for x in third)
         for k, v in t.settings:
             setting = f"ALTER TABLE {{db}}.{t.name} MODIFY SETTING {k} = {v}"
             # An AggregatingMergeTree accepts a projection only once the merge mode is set.
@@ -154,3 +169,18 @@ def test_projections_are_rendered_in_both_dialects() -> None:
     # top_users' all-types sum is spelled as in the user_totals projection, so the optimizer can match it.
     (totals,) = schema.USERS_BY_DAY.projections
     assert f"sum({schema.USER_TOTAL_SQL})" in totals.select
+
+
+def test_open_types_migration_leaves_earlier_migrations_as_applied() -> None:
+    """Migrations 1-3 render the tables, views and projection without other_types; OPEN_TYPES_MIGRATION adds them."""
+    col = schema.OTHER_TYPES_COLUMN
+    for m in MIGRATIONS[:3]:
+        assert not any(col in stmt for stmt in m.statements), m.version
+    fourth = MIGRATIONS[schema.OPEN_TYPES_MIGRATION - 1].statements
+    for t in (schema.ITEMS_BY_HOUR, schema.USERS_BY_DAY):
+        assert any(x.startswith(f"ALTER TABLE {{db}}.{t.name} ADD COLUMN IF NOT EXISTS {col} ") for x in fourth)
+    for v in schema.VIEWS:
+        if v.target in ("items_by_hour", "users_by_day"):
+            assert f"ALTER TABLE {{db}}.{v.name} MODIFY QUERY {v.select.replace('{src}', '{db}.events')}" in fourth
+    # Every total of a wide rollup counts every column, the other types included.
+    assert schema.USER_TOTAL_SQL.split(" + ") == list(schema.COUNT_COLUMNS)
