@@ -14,7 +14,19 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .errors import BrokerUnavailable, ClickstreamError, ConfigError, InvalidEvent, StoreError, StoreLocked
+from .errors import (
+    BrokerUnavailable,
+    ClickstreamError,
+    ConfigError,
+    InvalidEvent,
+    KafkaSecurityError,
+    NotebookError,
+    QueryError,
+    SinkError,
+    StackError,
+    StoreError,
+    StoreLocked,
+)
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -36,12 +48,17 @@ __all__ = [
     "Dashboard",
     "Generator",
     "InvalidEvent",
+    "KafkaSecurityError",
     "KafkaStack",
+    "NotebookError",
     "Producer",
     "ProducerStats",
+    "QueryError",
     "Settings",
     "Sink",
+    "SinkError",
     "SinkStats",
+    "StackError",
     "Store",
     "StoreError",
     "StoreLocked",
