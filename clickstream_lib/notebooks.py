@@ -650,9 +650,11 @@ class OwnerProcess:
             )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout_s
+        # poll(), not select(): the calling process may hold more than 1024 descriptors, which select() cannot watch.
+        poller = select.poll()
+        poller.register(self.proc.stdout, select.POLLIN | select.POLLHUP)
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
-            line = self.proc.stdout.readline().decode() if ready else ""
+            line = self.proc.stdout.readline().decode() if poller.poll(500) else ""
             if line.startswith("serving: "):
                 self.socket = line.split(" ", 1)[1].strip()
                 logger.info("store owner (pid %d) serving on %s; log %s", self.proc.pid, self.socket, self.log_file)

@@ -26,9 +26,11 @@ def start_owner(env: dict[str, str], *args: str, log: Path, timeout_s: float = 1
         )
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout_s
+    # poll(), not select(): a test process may hold more than 1024 descriptors, which select() cannot watch.
+    poller = select.poll()
+    poller.register(proc.stdout, select.POLLIN | select.POLLHUP)
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if ready:
+        if poller.poll(500):
             line = proc.stdout.readline()
             if line.startswith("serving: "):
                 return proc

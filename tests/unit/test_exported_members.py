@@ -46,3 +46,18 @@ def test_import_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_the_wheel_lists_every_subpackage() -> None:
+    # pyproject.toml names the packages one by one (notebooks/ is mapped in): a new subpackage must be listed too.
+    import tomllib
+    from pathlib import Path
+
+    root = Path(clickstream_lib.__file__).resolve().parent
+    listed = set(tomllib.loads((root.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {
+        "clickstream_lib." + ".".join(p.parent.relative_to(root).parts)
+        for p in root.rglob("__init__.py")
+        if p.parent != root
+    }
+    assert on_disk <= listed, f"not in pyproject.toml's packages: {sorted(on_disk - listed)}"
