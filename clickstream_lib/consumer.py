@@ -805,6 +805,9 @@ class Sink:
         self._rebalances: list[tuple[str, set[TopicPartition]]] = []
         self._joined = False
         self._fresh: set[int] = set()  # partitions (re)assigned during the current poll
+        # Records taken into batches that a rebalance or rewind then dropped uncommitted: they no longer count
+        # towards run(max_events=...), which must store exactly that many (see _dropped_records).
+        self._dropped = 0
         self._rebalance_lock = threading.Lock()
         self._stop = threading.Event()
         self._stop_deadline: float | None = None
@@ -1124,6 +1127,7 @@ class Sink:
         started = last_activity = time.monotonic()
         taken = 0
         joined = False
+        self._dropped = 0
         while not self._stop.is_set():
             timeout_ms = self._poll_timeout_ms()
             if join_in_progress(consumer):
@@ -1135,6 +1139,7 @@ class Sink:
             except FencedInstanceIdError as exc:
                 raise self._fenced(exc) from exc
             changed = self._apply_rebalances()
+            taken -= self._dropped_records()
             now = time.monotonic()
             self._note_large_values(records, now)
             if changed:
@@ -1164,6 +1169,7 @@ class Sink:
                     # 0.85 s this way, ~1 s when overlapped).
                     self._finish_round()
             self._update_lag()
+            taken -= self._dropped_records()  # a refused commit rewinds
             if max_events is not None and taken >= max_events and not self._busy():
                 return
             # Idle only counts once the group assigned this member its partitions (possibly none): joining can take
@@ -1719,6 +1725,8 @@ class Sink:
             if kind == "revoked":
                 for tp in tps:
                     state = self._states.pop(tp.partition, None)
+                    if state is not None:
+                        self._drop(state)
                     if state and (state.open is not None or state.sealed):
                         logger.info("partition %d revoked: unfinished batches abandoned uncommitted", tp.partition)
             else:
@@ -1734,6 +1742,20 @@ class Sink:
                 self._lag = {p: v for p, v in self._lag.items() if p in self._states}
             self._paused_for_failure = False
         return bool(changes)
+
+    def _drop(self, state: _PartitionState) -> None:
+        """Count the records of a partition state about to be forgotten with its batches, uncommitted."""
+        self._dropped += sum(len(b) for b in state.sealed) + (len(state.open) if state.open is not None else 0)
+
+    def _dropped_records(self) -> int:
+        """Records dropped uncommitted since the last call (:meth:`_drop`); the loop's ``taken`` excludes them.
+
+        A rebalance that revokes a partition, or re-assigns one that stays (its state is rebuilt from the committed
+        offset), drops the records read past that offset; the partition's next owner, or this sink, reads them
+        again. Counted as taken, they would end ``run(max_events=n)`` with fewer than ``n`` records stored.
+        """
+        n, self._dropped = self._dropped, 0
+        return n
 
     def _assign(self, tps: list[TopicPartition]) -> None:
         consumer = self._consumer
@@ -1768,6 +1790,9 @@ class Sink:
                 replay = None  # stale: the range is below the committed offset
             if offset is None:
                 offset = starts.get(tp.partition)  # after what the store holds (not committed until stored)
+            old = self._states.get(tp.partition)
+            if old is not None:
+                self._drop(old)
             self._states[tp.partition] = _PartitionState(tp, offset, replay)
             self._fresh.add(tp.partition)
             # kafka-python keeps the fetch position (and pause flag) of a partition that stays assigned across a
@@ -2002,6 +2027,8 @@ class Sink:
         consumer = self._consumer
         assert consumer is not None
         tps = [s.tp for s in self._states.values()]
+        for state in self._states.values():
+            self._drop(state)
         self._states.clear()
         self._round = None
         try:

@@ -663,6 +663,21 @@ def test_polls_shrink_for_large_values_and_grow_back_once_they_are_forgotten() -
     assert caps[:3] == [26, 52, 104] and caps[-1] == 20_000  # doubling back up to batch_max_rows
 
 
+def test_records_a_revocation_drops_no_longer_count_towards_max_events() -> None:
+    """run(max_events=n) stores exactly n: records of batches a rebalance dropped uncommitted are read again."""
+    sink = _sink(5)
+    log: list[str] = []
+    sink._consumer = _FakeConsumer(log)  # type: ignore[assignment]
+    kept = sink._states[1] = _PartitionState(TopicPartition(sink.topic, 1), 100, None)
+    gone = sink._states[2] = _PartitionState(TopicPartition(sink.topic, 2), 100, None)
+    assert sink._take(kept, _records(100, 3), 0.0) == 3
+    assert sink._take(gone, _records(100, 7), 0.0) == 7  # a sealed batch of 5 and an open one of 2
+    sink._queue_rebalance("revoked", {gone.tp})
+    assert sink._apply_rebalances()
+    assert sink._dropped_records() == 7 and sink._dropped_records() == 0
+    assert list(sink._states) == [1]
+
+
 class _MetadataLimitConsumer(_FakeConsumer):
     """Refuses an offset commit whose metadata is over ``limit`` bytes, as a broker's offset.metadata.max.bytes."""
 
