@@ -1683,10 +1683,12 @@ class Sink:
         consumer = self._consumer
         if consumer is None:
             return
+        deadline = self._stop_deadline or (time.monotonic() + DEFAULT_STOP_TIMEOUT_S)
+        if self._stop.is_set():
+            self._finish_replays(min(deadline, time.monotonic() + DEFAULT_STOP_TIMEOUT_S / 2))
         self._seal_for_stop()
         if self._inflight is not None:
             self._finish_round()
-        deadline = self._stop_deadline or (time.monotonic() + DEFAULT_STOP_TIMEOUT_S)
         while any(s.sealed for s in self._states.values()):
             if time.monotonic() >= deadline:
                 left = sum(len(b) for s in self._states.values() for b in s.sealed)
@@ -1699,6 +1701,31 @@ class Sink:
                 continue
             self._deliver_round()
         self._update_lag()
+
+    def _finish_replays(self, until: float) -> None:
+        """On a requested stop: read the rest of every recorded range being rebuilt, until ``until`` at most.
+
+        A partition re-assigned with a recorded range (e.g. after a rebalance abandoned its insert, which may have
+        stored it) holds its records back until the range is rebuilt. Left unfinished, the range stays stored but
+        uncommitted until a later run rebuilds it; finishing it lets the stop commit what the store holds. Only the
+        ranges' records are taken; anything polled past them is read again by the next run.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        while any(s.replay is not None for s in self._states.values()) and time.monotonic() < until:
+            self._fresh.clear()
+            unpark_resumed_records(consumer)
+            try:
+                records = consumer.poll(timeout_ms=200, max_records=self._poll_records())
+            except FencedInstanceIdError as exc:
+                raise self._fenced(exc) from exc
+            self._apply_rebalances()
+            now = time.monotonic()
+            self._note_large_values(records, now)
+            for tp, recs in records.items():
+                state = self._states.get(tp.partition)
+                if state is not None and state.replay is not None and tp.partition not in self._fresh:
+                    self._take(state, recs, now, limit=0)
 
     def _seal_for_stop(self) -> None:
         for state in self._states.values():

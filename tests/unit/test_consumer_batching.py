@@ -678,6 +678,36 @@ def test_records_a_revocation_drops_no_longer_count_towards_max_events() -> None
     assert list(sink._states) == [1]
 
 
+class _PollingConsumer(_FakeConsumer):
+    """Returns the given polls in turn, then nothing."""
+
+    def __init__(self, log: list[str], polls: list[dict[TopicPartition, list[_Record]]]) -> None:
+        super().__init__(log)
+        self.polls = polls
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[_Record]]:
+        return self.polls.pop(0) if self.polls else {}
+
+
+def test_a_stop_finishes_the_recorded_ranges_being_rebuilt() -> None:
+    """A range re-read after a rebalance is rebuilt before the stop seals: what the store holds gets committed."""
+    sink = _sink(100)
+    tp1, tp2 = TopicPartition(sink.topic, 1), TopicPartition(sink.topic, 2)
+    replaying = sink._states[1] = _PartitionState(tp1, 100, (100, 111))
+    other = sink._states[2] = _PartitionState(tp2, 50, None)
+    records = _records(100, 20)
+    polls = [{tp1: records[:5], tp2: _records(50, 3)}, {tp1: records[5:]}]
+    sink._consumer = _PollingConsumer([], polls)  # type: ignore[assignment]
+    sink._finish_replays(time.monotonic() + 5)
+    assert replaying.replay is None and _ranges(replaying) == [(100, 111, 12)]  # only the range's records
+    assert replaying.sealed[0].replayed
+    assert _ranges(other) == []  # read again by the next run
+    sink._consumer = _PollingConsumer([], [])  # type: ignore[assignment]
+    sink._states[1] = _PartitionState(tp1, 100, (100, 111))
+    sink._finish_replays(time.monotonic() + 0.3)  # gives up at the deadline: the next run rebuilds it
+    assert sink._states[1].replay == (100, 111)
+
+
 class _MetadataLimitConsumer(_FakeConsumer):
     """Refuses an offset commit whose metadata is over ``limit`` bytes, as a broker's offset.metadata.max.bytes."""
 
