@@ -105,6 +105,9 @@ DEFAULT_BATCH_MAX_BYTES = 64 * 1024 * 1024
 # A poll decompresses and keeps every record it returns, and a 5 MB value can arrive as a few KiB of lz4: after a value
 # of L bytes a poll returns at most batch_max_bytes / L records, for this long after the largest such value was seen.
 _LARGE_VALUE_MEMORY_S = 60.0
+# The first poll after a start knows no value yet: it returns at most this many records (16 x 5 MB = 80 MB), the next
+# ones batch_max_rows at once when values are ordinary, else at most twice as many as the poll before.
+_FIRST_POLL_RECORDS = 16
 DEFAULT_BATCH_MAX_WAIT_S = 1.0
 DEFAULT_RETRY_BASE_S = 0.25
 DEFAULT_RETRY_MAX_S = 5.0
@@ -785,7 +788,7 @@ class Sink:
         self.batch_max_rows = batch_max_rows
         self.batch_max_bytes = batch_max_bytes
         # How many records the next poll may return, and the largest value seen lately and when (_poll_records).
-        self._poll_cap = batch_max_rows
+        self._poll_cap = min(batch_max_rows, _FIRST_POLL_RECORDS)
         self._large_value: tuple[int, float] = (0, -math.inf)
         self._bytes_since_gc = 0  # bytes of values polled since the last collection for large values
         self.batch_max_wait_s = batch_max_wait_s
@@ -1255,9 +1258,11 @@ class Sink:
     def _poll_records(self) -> int:
         """How many records the next poll may return (``batch_max_rows`` once ordinary events are flowing).
 
-        A poll decompresses and keeps every record it returns. After a value of ``L`` bytes a poll returns at most
-        ``batch_max_bytes / L`` records (at least one), and at most twice as many as the poll before, until
-        :data:`_LARGE_VALUE_MEMORY_S` passed without a value that large.
+        A poll decompresses and keeps every record it returns. The first after a start returns at most
+        :data:`_FIRST_POLL_RECORDS`. After a value of ``L`` bytes too large for ``batch_max_rows`` of them to fit in
+        ``batch_max_bytes``, a poll returns at most ``batch_max_bytes / L`` records (at least one), and at most twice
+        as many as the poll before, until :data:`_LARGE_VALUE_MEMORY_S` passed without a value that large; with
+        ordinary values the next poll returns ``batch_max_rows``.
         """
         return self._poll_cap
 
@@ -1284,8 +1289,10 @@ class Sink:
         size, seen = self._large_value
         if largest >= size or now - seen > _LARGE_VALUE_MEMORY_S:
             size, seen = self._large_value = (largest, now)
-        fit = self.batch_max_bytes // size if size > 0 else self.batch_max_rows
-        self._poll_cap = max(1, min(self.batch_max_rows, 2 * self._poll_cap, fit))
+        if size * self.batch_max_rows <= self.batch_max_bytes:
+            self._poll_cap = self.batch_max_rows  # ordinary values: the start's small first poll costs nothing more
+        else:
+            self._poll_cap = max(1, min(self.batch_max_rows, 2 * self._poll_cap, self.batch_max_bytes // size))
 
     def _seal(self, state: _PartitionState) -> None:
         """Close the open batch (its range is final) and queue it for the store."""

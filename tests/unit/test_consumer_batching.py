@@ -648,9 +648,9 @@ def test_polls_shrink_for_large_values_and_grow_back_once_they_are_forgotten() -
     sink = Sink(Settings(), batch_max_rows=20_000, batch_max_bytes=64 * 1024 * 1024)
     tp = TopicPartition(sink.topic, 0)
     small = {tp: [_Record(0, T0, None, b"{}" * 200)]}
-    assert sink._poll_records() == 20_000
+    assert sink._poll_records() == 16  # the first poll knows no value yet
     sink._note_large_values(small, time.monotonic())
-    assert sink._poll_records() == 20_000  # ordinary events
+    assert sink._poll_records() == 20_000  # ordinary events: at once
     sink._note_large_values({tp: [_Record(1, T0, None, b"x" * 5_000_000)]}, time.monotonic())
     assert sink._poll_records() == 13  # 64 MiB / 5 MB
     sink._note_large_values(small, time.monotonic())
@@ -660,7 +660,13 @@ def test_polls_shrink_for_large_values_and_grow_back_once_they_are_forgotten() -
     for _ in range(12):
         sink._note_large_values(small, time.monotonic())
         caps.append(sink._poll_records())
-    assert caps[:3] == [26, 52, 104] and caps[-1] == 20_000  # doubling back up to batch_max_rows
+    assert caps == [20_000] * 12  # forgotten: ordinary values again
+    large = Sink(Settings(), batch_max_rows=20_000, batch_max_bytes=64 * 1024 * 1024)
+    caps = []
+    for _ in range(4):  # a backlog of 1 MB values at start: 16, then doubling up to 64 MiB / 1 MB
+        caps.append(large._poll_records())
+        large._note_large_values({tp: [_Record(1, T0, None, b"x" * 1_000_000)]}, time.monotonic())
+    assert caps == [16, 32, 64, 67]
 
 
 def test_records_a_revocation_drops_no_longer_count_towards_max_events() -> None:
