@@ -105,6 +105,9 @@ DEFAULT_BATCH_MAX_BYTES = 64 * 1024 * 1024
 # A poll decompresses and keeps every record it returns, and a 5 MB value can arrive as a few KiB of lz4: after a value
 # of L bytes a poll returns at most batch_max_bytes / L records, for this long after the largest such value was seen.
 _LARGE_VALUE_MEMORY_S = 60.0
+# The first poll after a start knows no value yet: it returns at most this many records (16 x 5 MB = 80 MB), the next
+# ones batch_max_rows at once when values are ordinary, else at most twice as many as the poll before.
+_FIRST_POLL_RECORDS = 16
 DEFAULT_BATCH_MAX_WAIT_S = 1.0
 DEFAULT_RETRY_BASE_S = 0.25
 DEFAULT_RETRY_MAX_S = 5.0
@@ -785,7 +788,7 @@ class Sink:
         self.batch_max_rows = batch_max_rows
         self.batch_max_bytes = batch_max_bytes
         # How many records the next poll may return, and the largest value seen lately and when (_poll_records).
-        self._poll_cap = batch_max_rows
+        self._poll_cap = min(batch_max_rows, _FIRST_POLL_RECORDS)
         self._large_value: tuple[int, float] = (0, -math.inf)
         self._bytes_since_gc = 0  # bytes of values polled since the last collection for large values
         self.batch_max_wait_s = batch_max_wait_s
@@ -805,6 +808,9 @@ class Sink:
         self._rebalances: list[tuple[str, set[TopicPartition]]] = []
         self._joined = False
         self._fresh: set[int] = set()  # partitions (re)assigned during the current poll
+        # Records taken into batches that a rebalance or rewind then dropped uncommitted: they no longer count
+        # towards run(max_events=...), which must store exactly that many (see _dropped_records).
+        self._dropped = 0
         self._rebalance_lock = threading.Lock()
         self._stop = threading.Event()
         self._stop_deadline: float | None = None
@@ -1124,6 +1130,7 @@ class Sink:
         started = last_activity = time.monotonic()
         taken = 0
         joined = False
+        self._dropped = 0
         while not self._stop.is_set():
             timeout_ms = self._poll_timeout_ms()
             if join_in_progress(consumer):
@@ -1135,6 +1142,7 @@ class Sink:
             except FencedInstanceIdError as exc:
                 raise self._fenced(exc) from exc
             changed = self._apply_rebalances()
+            taken -= self._dropped_records()
             now = time.monotonic()
             self._note_large_values(records, now)
             if changed:
@@ -1164,6 +1172,7 @@ class Sink:
                     # 0.85 s this way, ~1 s when overlapped).
                     self._finish_round()
             self._update_lag()
+            taken -= self._dropped_records()  # a refused commit rewinds
             if max_events is not None and taken >= max_events and not self._busy():
                 return
             # Idle only counts once the group assigned this member its partitions (possibly none): joining can take
@@ -1249,9 +1258,11 @@ class Sink:
     def _poll_records(self) -> int:
         """How many records the next poll may return (``batch_max_rows`` once ordinary events are flowing).
 
-        A poll decompresses and keeps every record it returns. After a value of ``L`` bytes a poll returns at most
-        ``batch_max_bytes / L`` records (at least one), and at most twice as many as the poll before, until
-        :data:`_LARGE_VALUE_MEMORY_S` passed without a value that large.
+        A poll decompresses and keeps every record it returns. The first after a start returns at most
+        :data:`_FIRST_POLL_RECORDS`. After a value of ``L`` bytes too large for ``batch_max_rows`` of them to fit in
+        ``batch_max_bytes``, a poll returns at most ``batch_max_bytes / L`` records (at least one), and at most twice
+        as many as the poll before, until :data:`_LARGE_VALUE_MEMORY_S` passed without a value that large; with
+        ordinary values the next poll returns ``batch_max_rows``.
         """
         return self._poll_cap
 
@@ -1278,8 +1289,10 @@ class Sink:
         size, seen = self._large_value
         if largest >= size or now - seen > _LARGE_VALUE_MEMORY_S:
             size, seen = self._large_value = (largest, now)
-        fit = self.batch_max_bytes // size if size > 0 else self.batch_max_rows
-        self._poll_cap = max(1, min(self.batch_max_rows, 2 * self._poll_cap, fit))
+        if size * self.batch_max_rows <= self.batch_max_bytes:
+            self._poll_cap = self.batch_max_rows  # ordinary values: the start's small first poll costs nothing more
+        else:
+            self._poll_cap = max(1, min(self.batch_max_rows, 2 * self._poll_cap, self.batch_max_bytes // size))
 
     def _seal(self, state: _PartitionState) -> None:
         """Close the open batch (its range is final) and queue it for the store."""
@@ -1677,10 +1690,12 @@ class Sink:
         consumer = self._consumer
         if consumer is None:
             return
+        deadline = self._stop_deadline or (time.monotonic() + DEFAULT_STOP_TIMEOUT_S)
+        if self._stop.is_set():
+            self._finish_replays(min(deadline, time.monotonic() + DEFAULT_STOP_TIMEOUT_S / 2))
         self._seal_for_stop()
         if self._inflight is not None:
             self._finish_round()
-        deadline = self._stop_deadline or (time.monotonic() + DEFAULT_STOP_TIMEOUT_S)
         while any(s.sealed for s in self._states.values()):
             if time.monotonic() >= deadline:
                 left = sum(len(b) for s in self._states.values() for b in s.sealed)
@@ -1693,6 +1708,31 @@ class Sink:
                 continue
             self._deliver_round()
         self._update_lag()
+
+    def _finish_replays(self, until: float) -> None:
+        """On a requested stop: read the rest of every recorded range being rebuilt, until ``until`` at most.
+
+        A partition re-assigned with a recorded range (e.g. after a rebalance abandoned its insert, which may have
+        stored it) holds its records back until the range is rebuilt. Left unfinished, the range stays stored but
+        uncommitted until a later run rebuilds it; finishing it lets the stop commit what the store holds. Only the
+        ranges' records are taken; anything polled past them is read again by the next run.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        while any(s.replay is not None for s in self._states.values()) and time.monotonic() < until:
+            self._fresh.clear()
+            unpark_resumed_records(consumer)
+            try:
+                records = consumer.poll(timeout_ms=200, max_records=self._poll_records())
+            except FencedInstanceIdError as exc:
+                raise self._fenced(exc) from exc
+            self._apply_rebalances()
+            now = time.monotonic()
+            self._note_large_values(records, now)
+            for tp, recs in records.items():
+                state = self._states.get(tp.partition)
+                if state is not None and state.replay is not None and tp.partition not in self._fresh:
+                    self._take(state, recs, now, limit=0)
 
     def _seal_for_stop(self) -> None:
         for state in self._states.values():
@@ -1719,6 +1759,8 @@ class Sink:
             if kind == "revoked":
                 for tp in tps:
                     state = self._states.pop(tp.partition, None)
+                    if state is not None:
+                        self._drop(state)
                     if state and (state.open is not None or state.sealed):
                         logger.info("partition %d revoked: unfinished batches abandoned uncommitted", tp.partition)
             else:
@@ -1734,6 +1776,20 @@ class Sink:
                 self._lag = {p: v for p, v in self._lag.items() if p in self._states}
             self._paused_for_failure = False
         return bool(changes)
+
+    def _drop(self, state: _PartitionState) -> None:
+        """Count the records of a partition state about to be forgotten with its batches, uncommitted."""
+        self._dropped += sum(len(b) for b in state.sealed) + (len(state.open) if state.open is not None else 0)
+
+    def _dropped_records(self) -> int:
+        """Records dropped uncommitted since the last call (:meth:`_drop`); the loop's ``taken`` excludes them.
+
+        A rebalance that revokes a partition, or re-assigns one that stays (its state is rebuilt from the committed
+        offset), drops the records read past that offset; the partition's next owner, or this sink, reads them
+        again. Counted as taken, they would end ``run(max_events=n)`` with fewer than ``n`` records stored.
+        """
+        n, self._dropped = self._dropped, 0
+        return n
 
     def _assign(self, tps: list[TopicPartition]) -> None:
         consumer = self._consumer
@@ -1768,6 +1824,9 @@ class Sink:
                 replay = None  # stale: the range is below the committed offset
             if offset is None:
                 offset = starts.get(tp.partition)  # after what the store holds (not committed until stored)
+            old = self._states.get(tp.partition)
+            if old is not None:
+                self._drop(old)
             self._states[tp.partition] = _PartitionState(tp, offset, replay)
             self._fresh.add(tp.partition)
             # kafka-python keeps the fetch position (and pause flag) of a partition that stays assigned across a
@@ -2002,6 +2061,8 @@ class Sink:
         consumer = self._consumer
         assert consumer is not None
         tps = [s.tp for s in self._states.values()]
+        for state in self._states.values():
+            self._drop(state)
         self._states.clear()
         self._round = None
         try:

@@ -648,9 +648,9 @@ def test_polls_shrink_for_large_values_and_grow_back_once_they_are_forgotten() -
     sink = Sink(Settings(), batch_max_rows=20_000, batch_max_bytes=64 * 1024 * 1024)
     tp = TopicPartition(sink.topic, 0)
     small = {tp: [_Record(0, T0, None, b"{}" * 200)]}
-    assert sink._poll_records() == 20_000
+    assert sink._poll_records() == 16  # the first poll knows no value yet
     sink._note_large_values(small, time.monotonic())
-    assert sink._poll_records() == 20_000  # ordinary events
+    assert sink._poll_records() == 20_000  # ordinary events: at once
     sink._note_large_values({tp: [_Record(1, T0, None, b"x" * 5_000_000)]}, time.monotonic())
     assert sink._poll_records() == 13  # 64 MiB / 5 MB
     sink._note_large_values(small, time.monotonic())
@@ -660,7 +660,58 @@ def test_polls_shrink_for_large_values_and_grow_back_once_they_are_forgotten() -
     for _ in range(12):
         sink._note_large_values(small, time.monotonic())
         caps.append(sink._poll_records())
-    assert caps[:3] == [26, 52, 104] and caps[-1] == 20_000  # doubling back up to batch_max_rows
+    assert caps == [20_000] * 12  # forgotten: ordinary values again
+    large = Sink(Settings(), batch_max_rows=20_000, batch_max_bytes=64 * 1024 * 1024)
+    caps = []
+    for _ in range(4):  # a backlog of 1 MB values at start: 16, then doubling up to 64 MiB / 1 MB
+        caps.append(large._poll_records())
+        large._note_large_values({tp: [_Record(1, T0, None, b"x" * 1_000_000)]}, time.monotonic())
+    assert caps == [16, 32, 64, 67]
+
+
+def test_records_a_revocation_drops_no_longer_count_towards_max_events() -> None:
+    """run(max_events=n) stores exactly n: records of batches a rebalance dropped uncommitted are read again."""
+    sink = _sink(5)
+    log: list[str] = []
+    sink._consumer = _FakeConsumer(log)  # type: ignore[assignment]
+    kept = sink._states[1] = _PartitionState(TopicPartition(sink.topic, 1), 100, None)
+    gone = sink._states[2] = _PartitionState(TopicPartition(sink.topic, 2), 100, None)
+    assert sink._take(kept, _records(100, 3), 0.0) == 3
+    assert sink._take(gone, _records(100, 7), 0.0) == 7  # a sealed batch of 5 and an open one of 2
+    sink._queue_rebalance("revoked", {gone.tp})
+    assert sink._apply_rebalances()
+    assert sink._dropped_records() == 7 and sink._dropped_records() == 0
+    assert list(sink._states) == [1]
+
+
+class _PollingConsumer(_FakeConsumer):
+    """Returns the given polls in turn, then nothing."""
+
+    def __init__(self, log: list[str], polls: list[dict[TopicPartition, list[_Record]]]) -> None:
+        super().__init__(log)
+        self.polls = polls
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[_Record]]:
+        return self.polls.pop(0) if self.polls else {}
+
+
+def test_a_stop_finishes_the_recorded_ranges_being_rebuilt() -> None:
+    """A range re-read after a rebalance is rebuilt before the stop seals: what the store holds gets committed."""
+    sink = _sink(100)
+    tp1, tp2 = TopicPartition(sink.topic, 1), TopicPartition(sink.topic, 2)
+    replaying = sink._states[1] = _PartitionState(tp1, 100, (100, 111))
+    other = sink._states[2] = _PartitionState(tp2, 50, None)
+    records = _records(100, 20)
+    polls = [{tp1: records[:5], tp2: _records(50, 3)}, {tp1: records[5:]}]
+    sink._consumer = _PollingConsumer([], polls)  # type: ignore[assignment]
+    sink._finish_replays(time.monotonic() + 5)
+    assert replaying.replay is None and _ranges(replaying) == [(100, 111, 12)]  # only the range's records
+    assert replaying.sealed[0].replayed
+    assert _ranges(other) == []  # read again by the next run
+    sink._consumer = _PollingConsumer([], [])  # type: ignore[assignment]
+    sink._states[1] = _PartitionState(tp1, 100, (100, 111))
+    sink._finish_replays(time.monotonic() + 0.3)  # gives up at the deadline: the next run rebuilds it
+    assert sink._states[1].replay == (100, 111)
 
 
 class _MetadataLimitConsumer(_FakeConsumer):
