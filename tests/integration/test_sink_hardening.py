@@ -163,7 +163,9 @@ def test_commit_metadata_over_the_brokers_limit_falls_back_to_smaller_group_inse
             prod.send(small.kafka_topic, v, partition=i % 6)  # every partition in every group insert
         prod.flush(timeout=60)
         prod.close()
-        sink = Sink(small, store, batch_max_rows=500)
+        # Batches close by time, not by rows (1 000 records a partition < batch_max_rows), so each round seals the
+        # open batches of several partitions at once: a group insert, whose record names every range.
+        sink = Sink(small, store, batch_max_rows=5_000, batch_max_wait_s=1.0)
         with caplog.at_level("WARNING", logger="clickstream_lib.consumer"):
             stats = sink.run(until_idle=2)
     finally:
