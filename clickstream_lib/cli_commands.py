@@ -376,6 +376,13 @@ def _add_consume(sub: argparse._SubParsersAction) -> None:
         help=f"longest wait before a batch is inserted (default {DEFAULT_BATCH_MAX_WAIT_S})",
     )
     p.add_argument("--instance-id", help="static group membership id: a restart takes its partitions back at once")
+    p.add_argument(
+        "--session-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long the group waits for a silent member (a stopped or cut-off process) before its partitions go "
+        "to others; the broker accepts 6..1800 by default (default 45)",
+    )
     p.set_defaults(handler=_cmd_consume)
 
 
@@ -428,6 +435,13 @@ def _cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--until-idle", f"{args.until_idle} must be more than 0 seconds")
     if args.batch_max_rows < 1 or args.batch_max_wait <= 0 or args.batch_max_bytes < 1:
         raise ConfigError("--batch-max-rows/--batch-max-bytes/--batch-max-wait", "must be positive")
+    consumer_config: dict[str, int] = {}
+    if args.session_timeout is not None:
+        if not 1 <= args.session_timeout <= 3600:
+            raise ConfigError("--session-timeout", f"{args.session_timeout} is out of range; expected 1..3600 seconds")
+        session_ms = int(args.session_timeout * 1000)
+        # Heartbeats at a third of the session (kafka-python's 3 s default is too slow for a session under 9 s).
+        consumer_config = {"session_timeout_ms": session_ms, "heartbeat_interval_ms": min(3000, session_ms // 3)}
     from .store import StoreLocked, find_owner
 
     owner = find_owner(settings)
@@ -443,6 +457,7 @@ def _cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
         batch_max_wait_s=args.batch_max_wait,
         instance_id=args.instance_id,
         from_beginning=args.from_beginning,
+        consumer_config=consumer_config,
     )
     interrupted = {"n": 0}
 

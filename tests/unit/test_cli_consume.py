@@ -31,3 +31,11 @@ def test_stats_line_and_summary_name_unpublished_dead_letters() -> None:
     assert "dead=3 (too_large=3) dead-unpublished=2 " in _format_sink_stats(st)
     assert "dead-unpublished" not in _format_sink_stats(SinkStats())
     assert st.as_dict()["dead_letters_unpublished"] == 2
+
+
+def test_session_timeout_out_of_range_names_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    from clickstream_lib.cli import main
+
+    assert build_parser().parse_args(["consume", "--session-timeout", "10"]).session_timeout == 10.0
+    assert main(["consume", "--session-timeout", "0.5"]) == 2
+    assert "--session-timeout: 0.5 is out of range; expected 1..3600 seconds" in capsys.readouterr().err
