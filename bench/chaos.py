@@ -636,6 +636,8 @@ class Campaign:
         rng = self.side_rng
         deadline = time.monotonic() + rng.uniform(*self.args.ranges.durations["rebalance"])
         joined = 0
+        started = [0]
+        count_lock = threading.Lock()
         threads: list[threading.Thread] = []
 
         def member(stay_s: float, n: int) -> None:
@@ -653,6 +655,8 @@ class Campaign:
             except Exception as exc:
                 logger.info("joiner %d did not start: %s", n, exc)
                 return
+            with count_lock:
+                started[0] += 1
             try:
                 end = time.monotonic() + stay_s
                 while time.monotonic() < end:
@@ -672,7 +676,7 @@ class Campaign:
             time.sleep(rng.uniform(1.0, 4.0))
         for th in threads:
             th.join(timeout=60)
-        f.detail = f"{joined} members joined and left"
+        f.detail = f"{started[0]} of {joined} members joined and left"
 
     def fault_poison(self, f: Fault) -> None:
         rng = self.side_rng
