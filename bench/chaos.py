@@ -1,11 +1,13 @@
 """Chaos campaign: a live pipeline, faults injected at random times drawn from a seed, and an oracle (docs/chaos.md).
 
 A throwaway Kafka broker (temporary directory, free loopback ports), a producer process that keeps a ledger of what
-it sent and what the broker acknowledged, the sink as ``clickstream consume`` process(es), and two fault lanes:
+it sent and what the broker acknowledged, the sink as ``clickstream consume`` process(es), and three fault lanes:
 
-- main lane (one at a time, each followed by a wait for recovery): kill_sink, stop_sink, kill_broker, stop_broker,
-  disk_full;
-- side lane (concurrently with the main lane): kill_producer, rebalance, poison.
+- sink lane: kill_sink, stop_sink, disk_full;
+- broker lane: kill_broker, stop_broker;
+- side lane: kill_producer, rebalance, poison.
+
+Faults of one lane come one at a time, each followed by a wait for recovery; the lanes run at once.
 
 After the campaign the producer stops, the sink drains and stops, and the oracle reads the store: every acknowledged
 event stored exactly once (by event id), nothing stored that was never sent, every poison message in dead_letters
@@ -57,9 +59,14 @@ from clickstream_lib.settings import Settings  # noqa: E402
 
 logger = logging.getLogger("chaos")
 
-MAIN_LANE = ("kill_sink", "stop_sink", "kill_broker", "stop_broker", "disk_full")
-SIDE_LANE = ("kill_producer", "rebalance", "poison")
-FAULTS = (*MAIN_LANE, *SIDE_LANE)
+# Faults of one lane run one after another; the lanes run at once, so faults of different lanes overlap.
+LANES: dict[str, tuple[str, ...]] = {
+    "sink": ("kill_sink", "stop_sink", "disk_full"),
+    "broker": ("kill_broker", "stop_broker"),
+    "side": ("kill_producer", "rebalance", "poison"),
+}
+LANE_GAPS: dict[str, tuple[float, float]] = {"sink": (2.0, 6.0), "broker": (5.0, 15.0), "side": (3.0, 10.0)}
+FAULTS = tuple(k for kinds in LANES.values() for k in kinds)
 TOPIC = "chaos_events"
 GROUP = "chaos-sink"
 PARTITIONS = 6
@@ -452,8 +459,7 @@ def parse_range(text: str) -> tuple[float, float]:
 class Campaign:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.rng = random.Random(args.seed)
-        self.side_rng = random.Random(f"{args.seed}/side")
+        self.rngs = {lane: random.Random(f"{args.seed}/{lane}") for lane in LANES}
         self.faults_wanted = list(args.faults)
         self.run = uuid.UUID(int=random.Random(f"run/{args.seed}/{time.time_ns()}").getrandbits(128)).hex
         self.work = Path(tempfile.mkdtemp(prefix=f"chaos-{args.seed}-", dir=args.work_dir))
@@ -463,8 +469,8 @@ class Campaign:
         self.ledger = self.work / "ledger.txt"
         self.faults: list[Fault] = []
         self.poisons: list[Poison] = []
-        self.stop_side = threading.Event()
-        self.side_thread: threading.Thread | None = None
+        self.halt = threading.Event()
+        self.errors: list[str] = []  # faults that raised (a lane stops at its first)
         self.broker_stopped = False
         self.t0 = time.monotonic()
         self.incarnation = 0
@@ -561,17 +567,17 @@ class Campaign:
     def pick_sink(self, rng: random.Random) -> Proc:
         return rng.choice(self.sinks)
 
-    def fault_kill_sink(self, f: Fault) -> None:
-        sink = self.pick_sink(self.rng)
+    def fault_kill_sink(self, f: Fault, rng: random.Random) -> None:
+        sink = self.pick_sink(rng)
         with sink.lock:
             sink.kill()
-            time.sleep(self.rng.uniform(0.0, 2.0))
+            time.sleep(rng.uniform(0.0, 2.0))
             sink.start()
         f.detail = f"{sink.name} SIGKILL, restarted"
 
-    def fault_stop_sink(self, f: Fault) -> None:
-        sink = self.pick_sink(self.rng)
-        hold = self.rng.uniform(*self.args.ranges.durations["stop_sink"])
+    def fault_stop_sink(self, f: Fault, rng: random.Random) -> None:
+        sink = self.pick_sink(rng)
+        hold = rng.uniform(*self.args.ranges.durations["stop_sink"])
         with sink.lock:
             sink.signal(signal.SIGSTOP)
             try:
@@ -580,16 +586,16 @@ class Campaign:
                 sink.signal(signal.SIGCONT)
         f.detail = f"{sink.name} SIGSTOP {hold:.1f} s (session timeout {SESSION_TIMEOUT_S:.0f} s)"
 
-    def fault_kill_broker(self, f: Fault) -> None:
+    def fault_kill_broker(self, f: Fault, rng: random.Random) -> None:
         self.stack.kill()
-        time.sleep(self.rng.uniform(0.0, 3.0))
+        time.sleep(rng.uniform(0.0, 3.0))
         t = time.monotonic()
         self.stack.up(timeout_s=180)
         f.detail = f"broker SIGKILL, restarted in {time.monotonic() - t:.1f} s"
 
-    def fault_stop_broker(self, f: Fault) -> None:
+    def fault_stop_broker(self, f: Fault, rng: random.Random) -> None:
         pid = self.broker_pid()
-        hold = self.rng.uniform(*self.args.ranges.durations["stop_broker"])
+        hold = rng.uniform(*self.args.ranges.durations["stop_broker"])
         if pid is None:
             f.detail = "broker not running"
             return
@@ -602,8 +608,8 @@ class Campaign:
             self.broker_stopped = False
         f.detail = f"broker SIGSTOP {hold:.1f} s"
 
-    def fault_disk_full(self, f: Fault) -> None:
-        hold = self.rng.uniform(*self.args.ranges.durations["disk_full"])
+    def fault_disk_full(self, f: Fault, rng: random.Random) -> None:
+        hold = rng.uniform(*self.args.ranges.durations["disk_full"])
         filler = self.store_dir / "chaos-filler"
         written = 0
         chunk = b"\0" * (1 << 20)
@@ -623,17 +629,16 @@ class Campaign:
 
     # --- faults (side lane) ---
 
-    def fault_kill_producer(self, f: Fault) -> None:
+    def fault_kill_producer(self, f: Fault, rng: random.Random) -> None:
         assert self.producer is not None
         with self.producer.lock:
             self.producer.kill()
-            time.sleep(self.side_rng.uniform(0.0, 2.0))
+            time.sleep(rng.uniform(0.0, 2.0))
             self.producer.start()
         f.detail = f"producer SIGKILL, restarted as incarnation {self.incarnation}"
 
-    def fault_rebalance(self, f: Fault) -> None:
+    def fault_rebalance(self, f: Fault, rng: random.Random) -> None:
         """Plain consumers join the sink's group for a few seconds each and leave without committing."""
-        rng = self.side_rng
         deadline = time.monotonic() + rng.uniform(*self.args.ranges.durations["rebalance"])
         joined = 0
         started = [0]
@@ -678,9 +683,17 @@ class Campaign:
             th.join(timeout=60)
         f.detail = f"{started[0]} of {joined} members joined and left"
 
-    def fault_poison(self, f: Fault) -> None:
-        rng = self.side_rng
-        prod = KafkaProducer(**topics.client_config(self.settings, timeout_s=5), max_block_ms=5_000)
+    def fault_poison(self, f: Fault, rng: random.Random) -> None:
+        prod = None
+        deadline = time.monotonic() + 120
+        while prod is None:
+            try:
+                prod = KafkaProducer(**topics.client_config(self.settings, timeout_s=5), max_block_ms=5_000)
+            except Exception as exc:  # the broker is away (another lane's fault): a foreign producer retries
+                if time.monotonic() > deadline:
+                    raise
+                logger.info("poison producer not created (%s); retrying", exc)
+                time.sleep(1.0)
         sent: list[tuple[Poison, Any]] = []
         try:
             for _ in range(rng.randint(3, 8)):
@@ -726,10 +739,10 @@ class Campaign:
 
     # --- lanes ---
 
-    def inject(self, kind: str, lane: str) -> Fault:
+    def inject(self, kind: str, lane: str, rng: random.Random) -> Fault:
         f = Fault(kind, lane, self.now())
         logger.info("[%7.1f s] %s: %s ...", f.start, lane, kind)
-        getattr(self, f"fault_{kind}")(f)
+        getattr(self, f"fault_{kind}")(f, rng)
         f.end = self.now()
         healed = self.t0 + f.end
         f.recovery_s = self.monitor.wait_recovered(
@@ -750,24 +763,21 @@ class Campaign:
         while True:
             yield rng.choice(kinds)
 
-    def lane(
-        self,
-        name: str,
-        kinds: list[str],
-        rng: random.Random,
-        gap: tuple[float, float],
-        stop: threading.Event,
-        budget_end: float,
-    ) -> None:
+    def lane(self, name: str, kinds: list[str], budget_end: float) -> None:
+        rng = self.rngs[name]
         done: set[str] = set()
-        for kind in self.schedule(kinds, rng):
-            if stop.is_set() or (time.monotonic() >= budget_end and done >= set(kinds)):
-                return
-            self.supervise()
-            self.inject(kind, name)
-            done.add(kind)
-            if stop.wait(rng.uniform(*gap)):
-                return
+        try:
+            for kind in self.schedule(kinds, rng):
+                if self.halt.is_set() or (time.monotonic() >= budget_end and done >= set(kinds)):
+                    return
+                self.supervise()
+                self.inject(kind, name, rng)
+                done.add(kind)
+                if self.halt.wait(rng.uniform(*LANE_GAPS[name])):
+                    return
+        except Exception as exc:
+            logger.exception("lane %s failed", name)
+            self.errors.append(f"lane {name}: {type(exc).__name__}: {exc}")
 
     # --- run ---
 
@@ -797,28 +807,17 @@ class Campaign:
 
     def campaign(self) -> None:
         budget_end = time.monotonic() + self.args.minutes * 60
-        main_kinds = [k for k in self.faults_wanted if k in MAIN_LANE]
-        side_kinds = [k for k in self.faults_wanted if k in SIDE_LANE]
-        if side_kinds:
-            self.side_thread = threading.Thread(
-                target=self.lane,
-                args=("side", side_kinds, self.side_rng, (3.0, 10.0), self.stop_side, budget_end),
-                name="side-lane",
-                daemon=True,
-            )
-            self.side_thread.start()
-        if main_kinds:
-            self.lane("main", main_kinds, self.rng, (2.0, 6.0), threading.Event(), budget_end)
-        else:
-            while time.monotonic() < budget_end:
-                time.sleep(1)
-        if self.side_thread is not None:
-            # The side lane finishes its kinds once each, then stops at its next gap.
-            while self.side_thread.is_alive() and time.monotonic() < budget_end:
-                time.sleep(0.5)
-            self.side_thread.join(timeout=600)
-            self.stop_side.set()
-            self.side_thread.join(timeout=120)
+        threads = []
+        for name, lane_kinds in LANES.items():
+            kinds = [k for k in self.faults_wanted if k in lane_kinds]
+            if kinds:
+                th = threading.Thread(target=self.lane, args=(name, kinds, budget_end), name=name, daemon=True)
+                th.start()
+                threads.append(th)
+        # Each lane injects every kind it was given at least once, then stops at its first gap after the budget.
+        while any(th.is_alive() for th in threads):
+            self.supervise()
+            time.sleep(1.0)
 
     def drain(self) -> tuple[dict[int, int], dict[int, int]]:
         assert self.producer is not None
@@ -839,7 +838,7 @@ class Campaign:
             return self.monitor.offsets(client)
 
     def cleanup(self) -> None:
-        self.stop_side.set()
+        self.halt.set()
         pid = None
         with contextlib.suppress(Exception):
             pid = self.broker_pid()
@@ -1082,6 +1081,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sinks must be 1..3")
     if args.sinks > 1 and not os.environ.get("CLICKHOUSE_URL"):
         parser.error("--sinks > 1 needs CLICKHOUSE_URL (a ClickHouse server): chdb allows one process per directory")
+    if os.environ.get("CLICKHOUSE_URL") and "disk_full" in args.faults:
+        parser.error("--faults: disk_full fills the embedded store's tmpfs; leave it out with CLICKHOUSE_URL")
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1_000_000)
     args.ranges = Ranges()
@@ -1117,6 +1118,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         c.start()
         c.campaign()
+        failures += c.errors
         end, committed = c.drain()
         report.update(oracle(c, end, committed))
         failures += report.pop("failures")

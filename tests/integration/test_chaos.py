@@ -40,6 +40,7 @@ def test_short_campaign_every_fault_kind_nothing_lost_or_doubled(tmp_path: Path)
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     log = proc.stderr[-6000:]
+    print(log[-2500:])  # the campaign's table, shown with -s or on failure
     assert proc.returncode == 0, log
     report = json.loads(report_file.read_text())
     assert report["passed"] and report["failures"] == [], log
