@@ -638,10 +638,16 @@ class Campaign:
         f.detail = f"producer SIGKILL, restarted as incarnation {self.incarnation}"
 
     def fault_rebalance(self, f: Fault, rng: random.Random) -> None:
-        """Plain consumers join the sink's group for a few seconds each and leave without committing."""
+        """Plain consumers join the sink's group for a few seconds each and leave without committing.
+
+        The storm lasts its drawn length, and longer (up to 90 s) until a member was given partitions: with the
+        broker away (another lane's fault) nobody can join.
+        """
         deadline = time.monotonic() + rng.uniform(*self.args.ranges.durations["rebalance"])
+        give_up = deadline + 90
         joined = 0
         started = [0]
+        assigned = [0]
         count_lock = threading.Lock()
         threads: list[threading.Thread] = []
 
@@ -664,15 +670,20 @@ class Campaign:
                 started[0] += 1
             try:
                 end = time.monotonic() + stay_s
+                got = False
                 while time.monotonic() < end:
                     c.poll(timeout_ms=200)
+                    if not got and c.assignment():
+                        got = True
+                        with count_lock:
+                            assigned[0] += 1
             except Exception as exc:
                 logger.info("joiner %d: %s", n, exc)
             finally:
                 with contextlib.suppress(Exception):
                     c.close(autocommit=False)
 
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline or (not assigned[0] and time.monotonic() < give_up):
             for _ in range(rng.randint(1, 3)):
                 joined += 1
                 th = threading.Thread(target=member, args=(rng.uniform(1.0, 6.0), joined), daemon=True)
@@ -681,7 +692,9 @@ class Campaign:
             time.sleep(rng.uniform(1.0, 4.0))
         for th in threads:
             th.join(timeout=60)
-        f.detail = f"{started[0]} of {joined} members joined and left"
+        f.detail = f"{joined} members, {started[0]} connected, {assigned[0]} given partitions, left"
+        if not assigned[0]:
+            raise RuntimeError(f"rebalance: no member was given partitions in {give_up - deadline + 90:.0f} s")
 
     def fault_poison(self, f: Fault, rng: random.Random) -> None:
         prod = None
