@@ -983,6 +983,8 @@ def oracle(c: Campaign, end: dict[int, int], committed: dict[int, int]) -> dict[
             offsets[part] = {"end": end.get(part), "committed": committed.get(part), "stored": n, "distinct": u}
             if committed.get(part) != end.get(part):
                 failures.append(f"partition {part}: committed {committed.get(part)} != end offset {end.get(part)}")
+            if n != u:
+                failures.append(f"partition {part}: {n} rows stored for {u} offsets")
             if u != end.get(part) or m + 1 != end.get(part):
                 failures.append(f"partition {part}: {u} distinct offsets stored (max {m}), end offset {end.get(part)}")
 
