@@ -389,13 +389,14 @@ class Store:
     the same time — call :meth:`fork` to get a sibling client for another thread.
     """
 
+    _property_columns: frozenset[str] | None = None  # read once, by property_columns()
+
     def __init__(self, settings: Settings, client: Client, database: str) -> None:
         self.settings = settings
         self.client = client
         self.database = database
         self._lock = threading.Lock()
         self._read_only: Client | None = None
-        self._property_columns: frozenset[str] | None = None
         self._dedup_settings: dict[str, Any] | None = None
 
     @property
@@ -444,12 +445,12 @@ class Store:
         """
         if self._property_columns is None:
             try:
-                rows = self.client.query(
+                rows = self.query_rows(
                     "SELECT name FROM system.columns WHERE database = {db:String} AND table = {table:String} "
                     "AND default_kind = 'MATERIALIZED' AND startsWith(name, {prefix:String})",
-                    parameters={"db": self.database, "table": "events", "prefix": schema.PROPERTY_COLUMN_PREFIX},
-                ).result_rows
-            except ClickHouseError as exc:  # e.g. a server user without access to system.columns
+                    {"db": self.database, "table": "events", "prefix": schema.PROPERTY_COLUMN_PREFIX},
+                )
+            except (ClickHouseError, StoreError) as exc:  # e.g. a server user without access to system.columns
                 logger.info(
                     "property columns of %s.events unknown (%s); reading properties from JSON", self.database, exc
                 )
@@ -1069,6 +1070,16 @@ class ServedStore(Store):
 
     def migrate(self) -> list[int]:
         return []  # the owner migrated when it opened the store
+
+    def add_property_columns(self, keys: Sequence[str]) -> list[str]:
+        missing = [k for k in keys if k not in self.property_columns()]
+        if missing:
+            raise StoreError(
+                f"property columns for {', '.join(map(repr, missing))} are added by the owner of "
+                f"{self.settings.store_url.path} when it starts: set CLICKSTREAM_PROPERTY_COLUMNS for "
+                "`clickstream serve` and restart it"
+            )
+        return []
 
     def dedup_window(self, table: str = "events") -> int:
         ddl = str(self.scalar(f"SHOW CREATE TABLE {self.table(table)}"))
