@@ -469,8 +469,15 @@ class Store:
             if key in have:
                 continue
             t0 = time.monotonic()
-            for stmt in schema.property_column_statements(key, self.database):
-                self.client.command(stmt)
+            try:
+                for stmt in schema.property_column_statements(key, self.database):
+                    self.client.command(stmt)
+            except ClickHouseError as exc:
+                raise StoreError(
+                    f"CLICKSTREAM_PROPERTY_COLUMNS: cannot add the property column for {key!r} to "
+                    f"{self.database}.events ({str(exc).splitlines()[0][:300]}); on a cluster add it by hand "
+                    "(docs/analytics.md, Property columns) and leave the variable unset"
+                ) from None
             added.append(key)
             logger.info(
                 "property column for %r added to %s.events in %.1f s", key, self.database, time.monotonic() - t0
