@@ -1,8 +1,10 @@
 """Benchmark: a property filter against the same filter on a typed column, paired in one process.
 
 Runs on a store that ``bench/queries.py --data-dir DIR`` loaded (its events carry ``properties.device``, a copy of
-the ``device`` column). Each round runs, from the raw events table, the named query with ``device=mobile`` and
-then with ``prop.device=mobile``, alternating, so both see the same machine; prints the medians and their ratio.
+the ``device`` column). Each round runs, from the raw events table, the named query with ``device=mobile``, then
+``prop.device=mobile`` read from the JSON column's path, then ``prop.device=mobile`` read from the property's
+LowCardinality column (``CLICKSTREAM_PROPERTY_COLUMNS=device``; added and filled first if the store lacks it, timed),
+alternating, so all three see the same machine; prints the medians and the ratios to the typed filter.
 
     .venv/bin/python bench/properties_filter.py --data-dir /tmp/bq [--size 10000000] [--rounds 9]
 """
@@ -32,16 +34,29 @@ def main() -> None:
     from clickstream_lib.store import connect
 
     store = connect(Settings.from_env(clickhouse_database=f"bench_{args.size}"))
+    t0 = time.perf_counter()
+    if store.add_property_columns(["device"]):
+        print(f"added and filled the property column for 'device' in {time.perf_counter() - t0:.1f} s")
+    forms = {  # label: (filter, property columns the plan may read)
+        "device": ("device", frozenset[str]()),
+        "prop JSON": ("prop.device", frozenset[str]()),
+        "prop column": ("prop.device", frozenset({"device"})),
+    }
     for name, extra in (("kpis", {}), ("top_items", {"limit": 10}), ("breakdown", {"by": "country"})):
-        times: dict[str, list[float]] = {"device": [], "prop.device": []}
+        times: dict[str, list[float]] = {label: [] for label in forms}
         for _ in range(args.rounds + 1):  # the first round warms up
-            for key in times:
+            for label, (key, columns) in forms.items():
+                _, q, sql = queries.plan(
+                    name, store.database, source="raw", property_columns=columns, **extra, **{key: "mobile"}
+                )
                 t0 = time.perf_counter()
-                queries.run(store, name, source="raw", **extra, **{key: "mobile"})
-                times[key].append((time.perf_counter() - t0) * 1000)
-        typed, prop = (statistics.median(v[1:]) for v in times.values())
+                store.query_df(sql, q.params)
+                times[label].append((time.perf_counter() - t0) * 1000)
+        med = {label: statistics.median(v[1:]) for label, v in times.items()}
+        typed = med["device"]
         print(
-            f"{name:10s} device=mobile {typed:7.1f} ms   prop.device=mobile {prop:7.1f} ms   ratio {prop / typed:4.2f}"
+            f"{name:10s} device=mobile {typed:7.1f} ms   "
+            + "   ".join(f"{label} {ms:7.1f} ms ({ms / typed:4.2f}x)" for label, ms in med.items() if label != "device")
         )
     store.close()
 

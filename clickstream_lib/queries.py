@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -35,7 +35,16 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from .errors import QueryError
 from .events import interaction_type_problem
-from .schema import COUNT_COLUMNS, HLL_PRECISION, SEGMENT_HLL_PRECISION, TYPE_COLUMNS, USER_TOTAL_SQL
+from .schema import (
+    COUNT_COLUMNS,
+    HLL_PRECISION,
+    PROPERTY_KEY_PATTERN,
+    SEGMENT_HLL_PRECISION,
+    TYPE_COLUMNS,
+    USER_TOTAL_SQL,
+    property_column,
+    property_expr,
+)
 from .store import ServedStore, Store, empty_frame, store_error
 
 logger = logging.getLogger(__name__)
@@ -50,11 +59,12 @@ FILTERS: tuple[str, ...] = (
     "experiment_variation",
 )
 # A filter or breakdown on an event property (events' ``properties`` column) is named ``prop.<key>``, e.g.
-# ``prop.plan`` or ``prop.utm.source`` (a dotted key is a path into nested objects). Keys are validated against this
-# pattern and formatted into the SQL as quoted identifiers (the engine's JSON type needs the path in the text: bound
-# as a parameter, getSubcolumn read every key of every row); values are always bound as parameters.
+# ``prop.plan`` or ``prop.utm.source`` (a dotted key is a path into nested objects). Keys are validated against
+# schema.PROPERTY_KEY_PATTERN and formatted into the SQL as quoted identifiers (the engine's JSON type needs the path
+# in the text: bound as a parameter, getSubcolumn read every key of every row); values are always bound as
+# parameters. A key with a property column (CLICKSTREAM_PROPERTY_COLUMNS, schema.property_column_statements) is read
+# from that LowCardinality column, which holds the same values as the JSON path.
 PROPERTY_PREFIX = "prop."
-PROPERTY_KEY_PATTERN = r"^[A-Za-z0-9_$-]{1,64}(?:\.[A-Za-z0-9_$-]{1,64}){0,7}\Z"
 _PROPERTY_KEY_RE = re.compile(PROPERTY_KEY_PATTERN)
 SOURCES: tuple[str, ...] = ("auto", "raw", "rollup")
 FUNNEL_STEPS: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
@@ -167,6 +177,8 @@ class Query:
     settings: dict[str, int] = field(default_factory=dict)
     # The SQL without those settings: what run() falls back to if the engine refuses them.
     plain_sql: str = ""
+    # Property keys the events table has a property column for (Store.property_columns).
+    property_columns: frozenset[str] = frozenset()
 
     def pick(self, *candidates: Rollup, need: Iterable[str] = (), max_grain_s: int | None = None) -> Rollup | None:
         """The first rollup that answers this query exactly, or None (read raw events).
@@ -238,7 +250,7 @@ class Query:
                 if rollup is not None and rollup.wide and name == "interaction_type":
                     continue  # a wide rollup filters types by choosing columns (see type_columns)
                 key = f"f_{name}" if name in FILTERS else f"f_prop{i}"
-                expr = column_expr(name)
+                expr = column_expr(name, self.property_columns)
                 if len(values) == 1:
                     self.params[key] = values[0]
                     conds.append(f"{expr} = {{{key}:String}}")
@@ -311,13 +323,16 @@ def property_key(name: str, param: str | None = None) -> str:
     return key
 
 
-def column_expr(name: str) -> str:
-    """The SQL of a filter or breakdown column: the column itself (:data:`FILTERS`) or a property as a String
-    (``properties.`plan`::String``; '' where an event does not have the key). ``name`` must be validated."""
+def column_expr(name: str, property_columns: Collection[str] = ()) -> str:
+    """The SQL of a filter or breakdown column: the column itself (:data:`FILTERS`), a property's column when its key
+    is in ``property_columns``, else the property as a String from the JSON column (``properties.`plan`::String``;
+    '' where an event does not have the key). ``name`` must be validated."""
     if name in FILTERS:
         return name
-    path = ".".join(f"`{part}`" for part in property_key(name).split("."))
-    return f"properties.{path}::String"
+    key = property_key(name)
+    if key in property_columns:
+        return f"`{property_column(key)}`"
+    return property_expr(key)
 
 
 def _filter_values(name: str, value: Any) -> tuple[str, ...] | None:
@@ -351,9 +366,13 @@ def plan(
     start: Any = None,
     end: Any = None,
     source: str = "auto",
+    property_columns: Collection[str] = (),
     **kwargs: Any,
 ) -> tuple[NamedQuery, Query, str]:
     """Validate a call and build its SQL without running it: ``(named_query, query, sql)``.
+
+    ``property_columns`` are the property keys the events table has a column for (:meth:`Store.property_columns`);
+    a filter or breakdown on one of them reads that column.
 
     Raises:
         QueryError: unknown query, filter or option, or a bad value.
@@ -394,6 +413,7 @@ def plan(
     if start_dt and end_dt and end_dt < start_dt:
         raise QueryError("end", f"{end_dt.isoformat()} is before start {start_dt.isoformat()}")
     q = Query(name, database, _ms(start_dt), _ms(end_dt), filters, options, source)
+    q.property_columns = frozenset(property_columns)
     sql = q.plain_sql = nq.build(q)
     if q.settings:
         sql += " SETTINGS " + ", ".join(f"{k} = {int(v)}" for k, v in q.settings.items())
@@ -419,7 +439,8 @@ def run(
     """
     if isinstance(store, ServedStore):  # the owner of the embedded store runs it (this same function, there)
         return store.run_query(name, start=start, end=end, source=source, **kwargs)
-    nq, q, sql = plan(name, store.database, start=start, end=end, source=source, **kwargs)
+    columns = store.property_columns()
+    nq, q, sql = plan(name, store.database, start=start, end=end, source=source, property_columns=columns, **kwargs)
     try:
         try:
             df = store.query_df(sql, q.params)
@@ -482,7 +503,7 @@ def _kpis(q: Query) -> str:
 
 def _breakdown(q: Query) -> str:
     by = q.options["by"]  # one of FILTERS or prop.<key> (validated): safe to format
-    expr = column_expr(by)
+    expr = column_expr(by, q.property_columns)
     rollup = q.pick(ITEM_ROLLUP, need=[by]) if by == "item_id" else q.pick(*EVENT_ROLLUPS, need=[by])
     having = ""
     if rollup and rollup.wide:

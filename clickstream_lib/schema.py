@@ -536,3 +536,57 @@ def ttl_statement(database: str, days: int) -> str:
     if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 36_500:
         raise ValueError(f"retention days {days!r} is out of range; expected an integer 1..36500")
     return f"ALTER TABLE {db}.events MODIFY TTL toDateTime(event_time) + INTERVAL {days} DAY"
+
+
+# --- property columns: a LowCardinality copy of a frequently filtered event property ---------------------------
+
+# A property key (``prop.<key>`` in queries, CLICKSTREAM_PROPERTY_COLUMNS): letters, digits, _ $ -, with dots for a
+# path into nested objects. Keys that match are safe to format into SQL as quoted identifiers.
+PROPERTY_KEY_PATTERN = r"^[A-Za-z0-9_$-]{1,64}(?:\.[A-Za-z0-9_$-]{1,64}){0,7}\Z"
+PROPERTY_KEY_RE = re.compile(PROPERTY_KEY_PATTERN)
+# Property columns are named ``prop/<key>`` with each dot written as ``/`` (a key never holds a slash, so two keys
+# never share a name); the name is quoted with backticks wherever it is used.
+PROPERTY_COLUMN_PREFIX = "prop/"
+
+
+def property_expr(key: str) -> str:
+    """A property as a String from the ``properties`` JSON column ('' where an event lacks the key); ``key`` must
+    match :data:`PROPERTY_KEY_PATTERN`."""
+    _check_property_key(key)
+    path = ".".join(f"`{part}`" for part in key.split("."))
+    return f"properties.{path}::String"
+
+
+def property_column(key: str) -> str:
+    """The name of ``key``'s property column (unquoted)."""
+    _check_property_key(key)
+    return PROPERTY_COLUMN_PREFIX + key.replace(".", "/")
+
+
+def property_key_of_column(column: str) -> str | None:
+    """The key a property column holds, or None when ``column`` is not one."""
+    if not column.startswith(PROPERTY_COLUMN_PREFIX):
+        return None
+    key = column[len(PROPERTY_COLUMN_PREFIX) :].replace("/", ".")
+    return key if PROPERTY_KEY_RE.match(key) else None
+
+
+def property_column_statements(key: str, db: str = "{db}") -> tuple[str, ...]:
+    """Add ``key``'s property column to events and fill it in the parts stored before (a mutation, waited for).
+
+    The column is ``MATERIALIZED`` from exactly the expression a query on ``prop.<key>`` reads (:func:`property_expr`),
+    so reading it gives the same values; as ``LowCardinality(String)`` a filter compares dictionary positions instead
+    of each row's string, and a breakdown groups by them (bench/properties_filter.py measures both forms).
+    ``MATERIALIZED`` columns are not part of ``SELECT *`` nor of inserts, so the sink and user SQL see no change.
+    """
+    column = f"`{property_column(key)}`"
+    return (
+        f"ALTER TABLE {db}.{EVENTS.name} ADD COLUMN IF NOT EXISTS {column} LowCardinality(String) "
+        f"MATERIALIZED {property_expr(key)}",
+        f"ALTER TABLE {db}.{EVENTS.name} MATERIALIZE COLUMN {column} SETTINGS mutations_sync = 2",
+    )
+
+
+def _check_property_key(key: str) -> None:
+    if not PROPERTY_KEY_RE.match(key):
+        raise ValueError(f"{key[:40]!r} is not a property key")

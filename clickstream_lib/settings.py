@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from .errors import ConfigError
+from .schema import PROPERTY_KEY_RE
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -166,6 +167,7 @@ ENV_VARS: dict[str, str] = {
     "CLICKSTREAM_KAFKA_CONTROLLER_PORT": "kafka_controller_port",
     "CLICKSTREAM_KAFKA_HEAP_MB": "kafka_heap_mb",
     "CLICKSTREAM_MEMORY_LIMIT_MB": "memory_limit_mb",
+    "CLICKSTREAM_PROPERTY_COLUMNS": "property_columns",
     "CLICKSTREAM_ALERT_RULES": "alert_rules",
     "CLICKSTREAM_ALERT_WEBHOOK_URL": "alert_webhook_url",
     "CLICKSTREAM_ALERT_SLACK_CHANNEL": "alert_slack_channel",
@@ -217,6 +219,9 @@ class Settings:
     # The embedded engine's memory limit (ClickHouse max_server_memory_usage); 0 = the engine's default, 90% of RAM.
     # Server mode ignores it: a server's limits are its own configuration (the user profile's max_memory_usage).
     memory_limit_mb: int = 1024
+    # Event property keys (comma-separated, e.g. "plan,utm.source") that get a LowCardinality column of their own,
+    # added and filled when the store is opened with migrations: prop.<key> filters and breakdowns read it.
+    property_columns: str = ""
     # Alerts (clickstream_lib.alerts, docs/alerts.md): the rules file, and where firings are posted.
     alert_rules: str = ""
     alert_webhook_url: str = field(default="", repr=False)
@@ -284,6 +289,7 @@ class Settings:
             raise ConfigError("CLICKSTREAM_KAFKA_CONTROLLER_PORT", f"{self.kafka_controller_port} is out of range")
         if not 128 <= self.kafka_heap_mb <= 512:
             raise ConfigError("CLICKSTREAM_KAFKA_HEAP_MB", f"{self.kafka_heap_mb} is out of range; expected 128..512")
+        self.property_keys  # noqa: B018 -- validates CLICKSTREAM_PROPERTY_COLUMNS
         if self.memory_limit_mb != 0 and not MEMORY_LIMIT_MIN_MB <= self.memory_limit_mb <= MEMORY_LIMIT_MAX_MB:
             raise ConfigError(
                 "CLICKSTREAM_MEMORY_LIMIT_MB",
@@ -340,6 +346,21 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     # --- derived values -----------------------------------------------------------------------------------------
+
+    @property
+    def property_keys(self) -> tuple[str, ...]:
+        """The keys of CLICKSTREAM_PROPERTY_COLUMNS, in order, without repeats."""
+        if not self.property_columns.strip():
+            return ()
+        keys = [k.strip() for k in self.property_columns.split(",")]
+        for key in keys:
+            if len(key) > 128 or not PROPERTY_KEY_RE.match(key):
+                raise ConfigError(
+                    "CLICKSTREAM_PROPERTY_COLUMNS",
+                    f"{key[:40]!r} is not a property key; expected comma-separated keys of letters, digits, _ $ - "
+                    "(dots for nested keys), e.g. plan,utm.source",
+                )
+        return tuple(dict.fromkeys(keys))
 
     @property
     def bootstrap_servers(self) -> list[str]:

@@ -389,6 +389,8 @@ class Store:
     the same time — call :meth:`fork` to get a sibling client for another thread.
     """
 
+    _property_columns: frozenset[str] | None = None  # read once, by property_columns()
+
     def __init__(self, settings: Settings, client: Client, database: str) -> None:
         self.settings = settings
         self.client = client
@@ -434,6 +436,54 @@ class Store:
             applied.append(m.version)
             logger.info("applied schema migration %d (%s) to %s", m.version, m.name, db)
         return applied
+
+    def property_columns(self) -> frozenset[str]:
+        """The property keys events has a property column for (:func:`schema.property_column_statements`).
+
+        Read once per Store: a column added later by another process is missed until the next Store, which only
+        means that queries read the JSON path instead (same values, slower). Columns are never dropped.
+        """
+        if self._property_columns is None:
+            try:
+                rows = self.query_rows(
+                    "SELECT name FROM system.columns WHERE database = {db:String} AND table = {table:String} "
+                    "AND default_kind = 'MATERIALIZED' AND startsWith(name, {prefix:String})",
+                    {"db": self.database, "table": "events", "prefix": schema.PROPERTY_COLUMN_PREFIX},
+                )
+            except (ClickHouseError, StoreError) as exc:  # e.g. a server user without access to system.columns
+                logger.info(
+                    "property columns of %s.events unknown (%s); reading properties from JSON", self.database, exc
+                )
+                rows = []
+            keys = (schema.property_key_of_column(str(r[0])) for r in rows)
+            self._property_columns = frozenset(k for k in keys if k is not None)
+        return self._property_columns
+
+    def add_property_columns(self, keys: Sequence[str]) -> list[str]:
+        """Give each property key in ``keys`` a property column, filled for the events stored so far; returns the
+        keys added (empty when every one had its column). Safe to re-run: an interrupted fill is redone."""
+        self._property_columns = None
+        have = self.property_columns()
+        added = []
+        for key in keys:
+            if key in have:
+                continue
+            t0 = time.monotonic()
+            try:
+                for stmt in schema.property_column_statements(key, self.database):
+                    self.client.command(stmt)
+            except ClickHouseError as exc:
+                raise StoreError(
+                    f"CLICKSTREAM_PROPERTY_COLUMNS: cannot add the property column for {key!r} to "
+                    f"{self.database}.events ({str(exc).splitlines()[0][:300]}); on a cluster add it by hand "
+                    "(docs/analytics.md, Property columns) and leave the variable unset"
+                ) from None
+            added.append(key)
+            logger.info(
+                "property column for %r added to %s.events in %.1f s", key, self.database, time.monotonic() - t0
+            )
+        self._property_columns = None
+        return added
 
     def dedup_window(self, table: str = "events") -> int:
         """The table's ``non_replicated_deduplication_window`` (0 means dedup tokens are ignored)."""
@@ -627,7 +677,11 @@ def _current_server_store(settings: Settings, url: StoreURL, database: str) -> S
         client.close()
     if int(version or 0) < MIGRATIONS[-1].version:
         return None
-    return Store(settings, open_client(url, database), database)
+    store = Store(settings, open_client(url, database), database)
+    if not set(settings.property_keys) <= store.property_columns():
+        store.close()
+        return None  # property columns to add: the DDL path
+    return store
 
 
 def connect(settings: Settings, migrate: bool = True, discover: bool = True) -> Store:
@@ -675,6 +729,7 @@ def connect(settings: Settings, migrate: bool = True, discover: bool = True) -> 
     store = Store(settings, client, database)
     if migrate:
         store.migrate()
+        store.add_property_columns(settings.property_keys)
     return store
 
 
@@ -1022,6 +1077,16 @@ class ServedStore(Store):
 
     def migrate(self) -> list[int]:
         return []  # the owner migrated when it opened the store
+
+    def add_property_columns(self, keys: Sequence[str]) -> list[str]:
+        missing = [k for k in keys if k not in self.property_columns()]
+        if missing:
+            raise StoreError(
+                f"property columns for {', '.join(map(repr, missing))} are added by the owner of "
+                f"{self.settings.store_url.path} when it starts: set CLICKSTREAM_PROPERTY_COLUMNS for "
+                "`clickstream serve` and restart it"
+            )
+        return []
 
     def dedup_window(self, table: str = "events") -> int:
         ddl = str(self.scalar(f"SHOW CREATE TABLE {self.table(table)}"))

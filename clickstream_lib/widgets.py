@@ -482,6 +482,7 @@ class Dashboard(_AutoRefresh):
         store: Store | None = None,
     ) -> None:
         from . import events
+        from .panels.experiments import ExperimentsPanel
 
         self.settings = settings
         self.refresh_s = refresh_seconds(refresh_s)
@@ -512,6 +513,7 @@ class Dashboard(_AutoRefresh):
             "referrer": _bar_figure("By referrer", height=260),
         }
         self.tables: dict[str, w.HTML] = {"items": w.HTML(""), "sessions": w.HTML("")}
+        self.experiments = ExperimentsPanel()
         try:
             self.store = store or connect(settings)
         except StoreLocked as exc:
@@ -556,6 +558,7 @@ class Dashboard(_AutoRefresh):
                 self.tables["items"],
                 w.HTML("<b>Sessions</b>"),
                 self.tables["sessions"],
+                self.experiments.widget,
                 w.HBox([f["device"], f["country"], f["referrer"]]),
             ]
         )
@@ -604,7 +607,9 @@ class Dashboard(_AutoRefresh):
         self.header.value = EMPTY_HTML if total == 0 else ""
         self.header.layout.display = "" if total == 0 else "none"
         f = self.figures
-        _set_bar(f["breakdown"], self._q("breakdown", by="interaction_type", **args))
+        by_type = self._q("breakdown", by="interaction_type", **args)
+        _set_bar(f["breakdown"], by_type)
+        self.filters.set_choices("interaction_type", _label_value(by_type)[0])  # events are open: the data's types
         series = self._q("timeseries", bucket="minute", **args)
         if series.empty or series["time"].nunique() < 3:  # a young store: per-second buckets show its shape
             series = self._q("timeseries", bucket="second", **args)
@@ -620,6 +625,7 @@ class Dashboard(_AutoRefresh):
                 self.filters.set_choices(dim, _label_value(df)[0])
         self.tables["items"].value = table_html(self._q("item_performance", limit=self.top_n, **args), "items")
         self.tables["sessions"].value = table_html(self._q("sessions", **args), "sessions")
+        self.experiments.update(self._q("experiments", **args))
         for chart in self.charts.values():
             chart.render()
 

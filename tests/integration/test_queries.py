@@ -22,7 +22,8 @@ from clickstream_lib.consumer import EVENT_COLUMNS as SINK_COLUMNS
 from clickstream_lib.errors import QueryError
 from clickstream_lib.generator import Generator
 from clickstream_lib.schema import HLL_RELATIVE_ERROR
-from clickstream_lib.store import Store
+from clickstream_lib.settings import Settings
+from clickstream_lib.store import Store, connect
 
 BASE = datetime(2026, 11, 26, tzinfo=UTC)
 NOW = BASE + timedelta(days=3)
@@ -607,6 +608,61 @@ def test_property_and_experiment_filters_and_breakdowns_equal_pandas(store: Stor
             b = queries.breakdown(store, by=by, **filters)
             want = select(df, **filters).groupby(by).size()
             assert b.set_index(by)["events"].astype(int).to_dict() == want.to_dict(), (by, filters)
+
+
+PROPERTY_COLUMN_KEYS = ("plan", "seats", "utm.source", "beta-flag")
+
+
+def property_answers(store: Store) -> dict[str, Any]:
+    """kpis and breakdowns with property filters, as plain values, to compare across forms of the same store."""
+    out: dict[str, Any] = {}
+    for filters in (
+        {"prop.plan": "pro"},
+        {"prop.seats": "7"},
+        {"prop.utm.source": ["ads", ""]},
+        {"prop.beta-flag": "on"},
+    ):
+        out[repr(filters)] = queries.kpis(store, **filters).to_dict("records")
+    for by in ("prop.plan", "prop.seats", "prop.utm.source"):
+        out[by] = queries.breakdown(store, by=by, **{"prop.plan": ["free", "team"]}).to_dict("records")
+    return out
+
+
+def test_property_columns_upgrade_a_store_with_data_and_answer_the_same(settings: Settings, store: Store) -> None:
+    df = with_properties(with_open_types(make_events(n_sessions=300, seed=47)))
+    first, later = df.iloc[: len(df) // 2], df.iloc[len(df) // 2 :]
+    insert_events(store, first)
+    before = property_answers(store)
+    assert store.property_columns() == frozenset()
+    # Opening the store with CLICKSTREAM_PROPERTY_COLUMNS adds the columns and fills them for the stored events.
+    upgraded = connect(settings.replace(property_columns=",".join(PROPERTY_COLUMN_KEYS)))
+    try:
+        assert upgraded.property_columns() == frozenset(PROPERTY_COLUMN_KEYS)
+        written = upgraded.query_rows(
+            "SELECT DISTINCT column FROM system.parts_columns WHERE database = {db:String} AND table = 'events' "
+            "AND active AND startsWith(column, 'prop/')",
+            {"db": store.database},
+        )
+        assert {r[0] for r in written} == {"prop/plan", "prop/seats", "prop/utm/source", "prop/beta-flag"}
+        _, _, sql = queries.plan(
+            "kpis", store.database, property_columns=upgraded.property_columns(), **{"prop.utm.source": "ads"}
+        )
+        assert "`prop/utm/source` = {f_prop0:String}" in sql and "properties." not in sql
+        assert property_answers(upgraded) == before
+        assert upgraded.add_property_columns(PROPERTY_COLUMN_KEYS) == []  # re-running adds nothing
+        # Events stored after the upgrade fill the columns as they are inserted; answers still equal pandas.
+        insert_events(upgraded, later)
+        for filters in ({"prop.plan": "pro"}, {"prop.seats": "7", "device": "mobile"}, {"prop.beta-flag": "on"}):
+            assert int(queries.kpis(upgraded, **filters)["total_interactions"][0]) == len(select(df, **filters))
+        for by in ("prop.plan", "prop.utm.source"):
+            b = queries.breakdown(upgraded, by=by, **{"prop.seats": ["7", "8"]})
+            want = select(df, **{"prop.seats": ["7", "8"]}).groupby(by).size()
+            assert b.set_index(by)["events"].astype(int).to_dict() == want.to_dict(), by
+        # The columns stay out of SELECT * and out of what the sink inserts.
+        star = upgraded.query_df(f"SELECT * FROM {store.database}.events LIMIT 1")
+        assert not [c for c in star.columns if c.startswith("prop/")]
+    finally:
+        upgraded.close()
 
 
 def test_property_keys_are_validated_and_values_bound(store: Store) -> None:

@@ -32,7 +32,7 @@ from clickstream_lib.store import MIGRATIONS, ServedStore, ServePaths, connect, 
 from tests.conftest import base_env
 from tests.integration.owner import ROOT, start_owner, stop_owner
 from tests.integration.sink_worker import make_values, produce, worker_env
-from tests.integration.test_queries import NOW, make_events
+from tests.integration.test_queries import NOW, make_events, with_properties
 
 pytestmark = [pytest.mark.integration]
 
@@ -325,6 +325,36 @@ def test_the_workbench_drives_the_owners_pipeline(settings: Settings, tmp_path: 
         assert _count(store) == (600, 600)
         stats = store.pipeline().stats()
         assert stats["sink"] == "running" and stats["acked"] == 600
+        store.close()
+    finally:
+        assert stop_owner(proc) == 0
+
+
+def test_the_owner_adds_property_columns_and_serves_filters_on_them(tmp_path: Path) -> None:
+    env = base_env(CLICKSTREAM_DATA_DIR=str(tmp_path / "data"))
+    fill = (
+        "from clickstream_lib.settings import Settings\n"
+        "from clickstream_lib.store import connect\n"
+        "from tests.integration.test_queries import insert_events, make_events, with_properties\n"
+        "store = connect(Settings.from_env())\n"
+        f"insert_events(store, with_properties(make_events(n_sessions={SESSIONS}, seed={SEED})))\n"
+        "store.close()\nprint('ok')\n"
+    )
+    python(env, fill)
+    events = with_properties(make_events(n_sessions=SESSIONS, seed=SEED))
+    proc = start_owner({**env, "CLICKSTREAM_PROPERTY_COLUMNS": "plan"}, "--no-sink", log=tmp_path / "owner.log")
+    try:
+        store = connect(Settings.from_env(env))
+        assert isinstance(store, ServedStore)
+        assert store.property_columns() == frozenset({"plan"})
+        for plan in ("pro", ""):
+            got = queries.kpis(store, **{"prop.plan": plan})
+            assert int(got["total_interactions"][0]) == int((events["prop.plan"] == plan).sum())
+        b = queries.breakdown(store, by="prop.plan")
+        assert b.set_index("prop.plan")["events"].astype(int).to_dict() == events.groupby("prop.plan").size().to_dict()
+        # A client cannot add columns to a directory the owner holds; the error says how.
+        with pytest.raises(StoreError, match="CLICKSTREAM_PROPERTY_COLUMNS for `clickstream serve` and restart it"):
+            store.add_property_columns(["seats"])
         store.close()
     finally:
         assert stop_owner(proc) == 0

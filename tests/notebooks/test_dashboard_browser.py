@@ -129,6 +129,7 @@ def test_an_empty_store_shows_a_friendly_message(browser, own_settings: Settings
             assert "No events yet" in msg.inner_text() and "clickstream demo" in msg.inner_text()
             assert kpi(page, "total") == 0
             assert page.locator(".cs-dashboard .jp-RenderedPlotly").count() == 8  # empty charts, not errors
+            assert page.locator(".cs-experiments").count() == 1 and not page.locator(".cs-experiments").is_visible()
             assert "Traceback" not in page.content() and 'data-message="error"' not in page.content()
         finally:
             page.close(run_before_unload=True)

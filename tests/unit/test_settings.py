@@ -117,6 +117,9 @@ def test_sasl_settings_reach_kafka_python() -> None:
         ({"CLICKSTREAM_MEMORY_LIMIT_MB": "64"}, "CLICKSTREAM_MEMORY_LIMIT_MB"),
         ({"CLICKSTREAM_MEMORY_LIMIT_MB": "-1"}, "CLICKSTREAM_MEMORY_LIMIT_MB"),
         ({"CLICKSTREAM_MEMORY_LIMIT_MB": "2000000"}, "CLICKSTREAM_MEMORY_LIMIT_MB"),
+        ({"CLICKSTREAM_PROPERTY_COLUMNS": "plan,,device"}, "CLICKSTREAM_PROPERTY_COLUMNS"),
+        ({"CLICKSTREAM_PROPERTY_COLUMNS": "plan`) DROP"}, "CLICKSTREAM_PROPERTY_COLUMNS"),
+        ({"CLICKSTREAM_PROPERTY_COLUMNS": "utm..source"}, "CLICKSTREAM_PROPERTY_COLUMNS"),
     ],
 )
 def test_every_bad_value_names_its_variable(env: dict[str, str], variable: str) -> None:
@@ -133,6 +136,14 @@ def test_memory_limit_default_range_and_off() -> None:
     assert Settings.from_env({**HOME_ENV, "CLICKSTREAM_MEMORY_LIMIT_MB": "0"}).memory_limit_mb == 0  # engine default
     with pytest.raises(ConfigError, match=r"CLICKSTREAM_MEMORY_LIMIT_MB: 64 is out of range; expected megabytes 128"):
         Settings.from_env({**HOME_ENV, "CLICKSTREAM_MEMORY_LIMIT_MB": "64"})
+
+
+def test_property_columns_are_keys_in_order_without_repeats() -> None:
+    assert Settings.from_env(HOME_ENV).property_keys == ()
+    env = {**HOME_ENV, "CLICKSTREAM_PROPERTY_COLUMNS": " plan, utm.source,plan ,beta-flag"}
+    assert Settings.from_env(env).property_keys == ("plan", "utm.source", "beta-flag")
+    with pytest.raises(ConfigError, match=r"CLICKSTREAM_PROPERTY_COLUMNS: 'a b' is not a property key; expected"):
+        Settings.from_env({**HOME_ENV, "CLICKSTREAM_PROPERTY_COLUMNS": "a b"})
 
 
 def test_unknown_override_is_an_error() -> None:
