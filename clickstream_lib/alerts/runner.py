@@ -41,6 +41,8 @@ class Evaluation:
     transitions: list[Transition] = field(default_factory=list)
     firing: list[Firing] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    #: (rule, key) -> since when its condition holds, for rules with `for` (firing keys included)
+    pending: dict[tuple[str, str], datetime] = field(default_factory=dict)
 
     @property
     def fired(self) -> list[Transition]:
@@ -85,6 +87,9 @@ class AlertRunner:
             still_open = history.restore(store, self.engine, [r.name for r in self.rules])
             if still_open:
                 logger.info("%d alert(s) still firing from earlier evaluations", still_open)
+            waiting = history.restore_pending(store, self.engine, [r.name for r in self.rules if r.for_])
+            if waiting:
+                logger.info("%d alert key(s) pending (waiting out `for`) from earlier evaluations", waiting)
 
     def evaluate(self, now: datetime | None = None) -> Evaluation:
         """Evaluate every rule once at ``now`` (default: the clock).
@@ -94,6 +99,7 @@ class AlertRunner:
         """
         now = self.clock() if now is None else now
         result = Evaluation(now)
+        pending_changes: list[tuple[str, str, datetime | None]] = []
         for rule in self.rules:
             try:
                 observations = self._measure(self.store, rule, now)
@@ -103,13 +109,25 @@ class AlertRunner:
                 result.errors[rule.name] = str(exc)
                 logger.error("alert rule %r not evaluated: %s", rule.name, exc)
                 continue
+            before = self.engine.pending(rule.name) if rule.for_ else {}
             result.transitions.extend(self.engine.observe(rule, now, observations))
+            if rule.for_:
+                after = self.engine.pending(rule.name)
+                result.pending.update({(rule.name, k): since for k, since in after.items()})
+                pending_changes += [(rule.name, k, s) for k, s in after.items() if before.get(k) != s]
+                pending_changes += [(rule.name, k, None) for k in before if k not in after]
         if self.record and result.transitions:
             try:
                 history.record(self.store, result.transitions)
             except ClickstreamError as exc:  # delivery goes on; the history has a gap, said here
                 result.errors["alert_events"] = str(exc)
                 logger.error("alert events not stored: %s", exc)
+        if self.record and pending_changes:
+            try:
+                history.record_pending(self.store, pending_changes, now)
+            except ClickstreamError as exc:
+                result.errors["alert_pending"] = str(exc)
+                logger.error("pending alert keys not stored: %s", exc)
         if self.dispatcher is not None:
             for t in result.transitions:
                 if not t.rule.muted:
