@@ -286,7 +286,9 @@ class StoreService:
         # Delivery runs in the dispatcher's own threads: a dead receiver never holds up evaluation, the sink or a
         # client's query. The evaluating thread has an engine client of its own, as the sink does.
         self._alert_dispatcher = Dispatcher(notifiers_from_settings(self.settings))
-        self.alerts = AlertRunner(self.store.fork(), self._rules, dispatcher=self._alert_dispatcher)
+        self.alerts = AlertRunner(
+            self.store.fork(), self._rules, dispatcher=self._alert_dispatcher, rules_path=self.alert_rules
+        )
         self.alerts.start(self.alert_interval_s)
         logger.info(
             "evaluating %d alert rule(s) of %s every %g s; delivering to %s",

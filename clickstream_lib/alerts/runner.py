@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -25,7 +26,7 @@ from .delivery import Dispatcher
 from .engine import FIRED, Engine, Firing, Transition
 from .format import slack_body
 from .measure import measure
-from .rules import Rule, RuleSet, utc_now
+from .rules import Rule, RuleSet, load_rules, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class AlertRunner:
         dispatcher: where firings and resolutions go (None: nowhere); muted rules are stored, not delivered.
         clock: "now" for each evaluation (default: the wall clock, UTC).
         record: store transitions in ``alert_events`` and take up open firings from it (off for backtests).
+        rules_path: the file ``rules`` came from; the schedule (:meth:`run`) re-reads it when it changes (the
+            workbench's form adds and mutes rules in it), keeping the rules it has when the new file does not load.
     """
 
     def __init__(
@@ -73,9 +76,12 @@ class AlertRunner:
         clock: Clock = utc_now,
         record: bool = True,
         measure_fn: Measure = measure,
+        rules_path: str | Path | None = None,
     ) -> None:
         self.store = store
         self.rules = tuple(rules)
+        self.rules_path = Path(rules_path) if rules_path else None
+        self._rules_stamp = self._stamp()
         self.dispatcher = dispatcher
         self.clock = clock
         self.record = record
@@ -90,6 +96,35 @@ class AlertRunner:
             waiting = history.restore_pending(store, self.engine, [r.name for r in self.rules if r.for_])
             if waiting:
                 logger.info("%d alert key(s) pending (waiting out `for`) from earlier evaluations", waiting)
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.rules_path.stat() if self.rules_path else None
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size) if st else None
+
+    def reload(self) -> bool:
+        """Re-read :attr:`rules_path` if it changed since it was last read; True when the rules were replaced.
+
+        A file that no longer loads is logged and the current rules stay.
+        """
+        stamp = self._stamp()
+        if self.rules_path is None or stamp is None or stamp == self._rules_stamp:
+            return False
+        self._rules_stamp = stamp
+        try:
+            rules = tuple(load_rules(self.rules_path))
+        except ConfigError as exc:
+            logger.error("alert rules not reloaded, keeping the %d loaded before: %s", len(self.rules), exc)
+            return False
+        added = [r.name for r in rules if r.name not in {old.name for old in self.rules}]
+        self.rules = rules
+        if self.record and added:
+            history.restore(self.store, self.engine, added)
+            history.restore_pending(self.store, self.engine, [r.name for r in rules if r.for_ and r.name in added])
+        logger.info("alert rules reloaded from %s: %d rule(s)", self.rules_path, len(rules))
+        return True
 
     def evaluate(self, now: datetime | None = None) -> Evaluation:
         """Evaluate every rule once at ``now`` (default: the clock).
@@ -143,6 +178,7 @@ class AlertRunner:
         while not stop.is_set():
             started = self.clock()
             try:
+                self.reload()
                 self.evaluate()
             except ConfigError:
                 raise

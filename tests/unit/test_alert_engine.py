@@ -170,3 +170,20 @@ def test_slack_body_names_the_key_value_and_baseline() -> None:
     assert body["blocks"][0]["type"] == "section"
     fields = [f["text"] for f in body["blocks"][1]["fields"]]
     assert fields[:3] == ["*item_id*\nitem_0042", "*events*\n31", "*baseline*\n4.25"]
+
+
+def test_the_schedule_rereads_a_changed_rules_file_and_keeps_its_rules_when_it_breaks(tmp_path: Any) -> None:
+    from clickstream_lib.alerts import load_rules
+    from clickstream_lib.panels.alerts import set_muted
+
+    path = tmp_path / "alerts.toml"
+    text = '[[rule]]\nname = "r"\nkind = "threshold"\nquery = "kpis"\nvalue = "total_interactions"\nthreshold = 1\n'
+    path.write_text(text)
+    runner = AlertRunner(None, load_rules(path), record=False, rules_path=path)  # type: ignore[arg-type]
+    assert not runner.reload()  # unchanged
+    path.write_text(set_muted(text, str(path), "r", True))  # what the workbench's form does
+    assert runner.reload() and runner.rules[0].muted
+    path.write_text(text + "bogus = 1\n")
+    assert not runner.reload() and runner.rules[0].muted and len(runner.rules) == 1
+    path.write_text(text + text.replace('"r"', '"s"'))
+    assert runner.reload() and [r.name for r in runner.rules] == ["r", "s"]
