@@ -161,8 +161,11 @@ def restore(store: Store, engine: Engine, rules: Sequence[str]) -> int:
         raise store_error(exc, "reading alert_events", store.settings) from exc
     still_open = 0
     for rule, key, fired_at, resolved_at, value, baseline in rows:
-        engine.restore(rule, key, _utc(fired_at), _utc(resolved_at) if resolved_at else None, value, baseline)
-        still_open += resolved_at is None
+        # Through an owner (Arrow -> pandas) a NULL time arrives as NaT and a NULL number as NaN, not None.
+        resolved = None if resolved_at is None or pd.isna(resolved_at) else _utc(resolved_at)
+        base = None if baseline is None or pd.isna(baseline) else float(baseline)
+        engine.restore(rule, key, _utc(fired_at), resolved, float(value), base)
+        still_open += resolved is None
     return still_open
 
 
@@ -179,7 +182,7 @@ def restore_pending(store: Store, engine: Engine, rules: Sequence[str]) -> int:
     except ClickHouseError as exc:
         raise store_error(exc, "reading alert_pending", store.settings) from exc
     for rule, key, since in rows:
-        engine.restore_pending(rule, key, _utc(since))
+        engine.restore_pending(rule, key, _utc(since))  # never NULL: the query leaves those out
     return len(rows)
 
 

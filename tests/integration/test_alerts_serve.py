@@ -86,6 +86,21 @@ def test_serve_evaluates_the_rules_beside_its_sink_and_a_dead_webhook_blocks_not
             {"t": settings.kafka_topic},
         )
         assert sale_rows.iloc[0].tolist() == [len(values), len(values)]
+
+        # `alerts check` from cron while the owner runs: it reads through the owner, takes up the open firing
+        # (nothing posted again), and a rule with `for` leaves its pending key in the store through the owner.
+        cron_rules = tmp_path / "cron.toml"
+        cron_rules.write_text(
+            CASE_STUDY_RULE + CASE_STUDY_RULE.replace('"item purchase spike"', '"held"') + 'for = "1h"\n'
+        )
+        check = [sys.executable, "-m", "clickstream_lib", "alerts", "check", "--rules", str(cron_rules)]
+        r = subprocess.run(check, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"FIRING [critical] item purchase spike item_id={ITEM}" in r.stdout and "new FIRING" not in r.stdout
+        assert f"pending held item_id={ITEM}: holds since" in r.stdout
+        pending = store.read_only("SELECT rule, key FROM alert_pending FINAL WHERE pending_since IS NOT NULL")
+        assert pending.values.tolist() == [["held", ITEM]]
+        assert len(receiver.bodies) == 1
     finally:
         if store is not None:
             store.close()
