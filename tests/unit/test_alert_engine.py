@@ -187,3 +187,19 @@ def test_the_schedule_rereads_a_changed_rules_file_and_keeps_its_rules_when_it_b
     assert not runner.reload() and runner.rules[0].muted and len(runner.rules) == 1
     path.write_text(text + text.replace('"r"', '"s"'))
     assert runner.reload() and [r.name for r in runner.rules] == ["r", "s"]
+
+
+def test_an_owner_writes_only_the_alert_tables_for_its_clients() -> None:
+    """The owner's ``alerts.record`` action (history.write_rows) refuses any other table or other columns before
+    it touches the store."""
+    from clickstream_lib.alerts.history import PENDING_COLUMNS, write_rows
+
+    for table, columns in [
+        ("events", ["event_id"]),
+        ("alert_pending", ["rule", "key"]),
+        ("alert_pending", [*PENDING_COLUMNS[:-1], "ingest_time"]),
+    ]:
+        with pytest.raises(StoreError, match="writes the columns of alert_events or alert_pending only"):
+            write_rows(None, table, columns, [[] for _ in columns])  # type: ignore[arg-type]
+    with pytest.raises(StoreError, match="different lengths"):
+        write_rows(None, "alert_pending", list(PENDING_COLUMNS), [["r"], ["k"], [None], []])  # type: ignore[arg-type]
