@@ -300,8 +300,8 @@ class StoreService:
 
     def _stop_alerts(self) -> None:
         if self.alerts is not None:
-            self.alerts.stop()
-            self.alerts.store.close()
+            if self.alerts.stop(30.0):  # an evaluation under way finishes its queries first
+                self.alerts.store.close()
             self.alerts = None
         if self._alert_dispatcher is not None:
             self._alert_dispatcher.close(2.0)  # messages a dead receiver still holds are logged, not waited for

@@ -172,31 +172,43 @@ class AlertRunner:
             logger.info("alert %s: %s", t.kind, slack_body(t)["text"])
         return result
 
-    def run(self, interval_s: float, stop: threading.Event | None = None) -> None:
-        """Evaluate every ``interval_s`` seconds until ``stop`` (or :meth:`stop`) is set."""
+    def run(self, interval_s: float, stop: threading.Event | None = None, keep_going: bool = False) -> None:
+        """Evaluate every ``interval_s`` seconds until ``stop`` (or :meth:`stop`) is set.
+
+        A rule naming a column its query does not return raises ConfigError (``alerts run`` exits 2), unless
+        ``keep_going``: then it is logged and the schedule waits for the rules file to be fixed (it is re-read).
+        """
         stop = stop or self._stop
         while not stop.is_set():
             started = self.clock()
             try:
                 self.reload()
                 self.evaluate()
-            except ConfigError:
-                raise
+            except ConfigError as exc:
+                if not keep_going:
+                    raise
+                logger.error(
+                    "alert rules not evaluated: %s; fix %s (it is re-read when it changes)", exc, self.rules_path
+                )
             except Exception:  # one bad evaluation must not end the schedule
                 logger.exception("alert evaluation failed")
             spent = (self.clock() - started).total_seconds()
             stop.wait(max(0.0, interval_s - spent))
 
     def start(self, interval_s: float) -> threading.Thread:
-        """Run the schedule in a daemon thread (for the process that owns the pipeline)."""
-        self._thread = threading.Thread(target=self.run, args=(interval_s,), name="alerts", daemon=True)
+        """Run the schedule in a daemon thread (for the process that owns the pipeline); it keeps going through a
+        rule that cannot be evaluated (see :meth:`run`)."""
+        self._thread = threading.Thread(target=self.run, args=(interval_s, None, True), name="alerts", daemon=True)
         self._thread.start()
         return self._thread
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        """End the schedule, waiting up to ``timeout_s`` for an evaluation under way; True when it has ended."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+            return not self._thread.is_alive()
+        return True
 
 
 BACKTEST_COLUMNS = ("rule", "key", "severity", "fired_at", "resolved_at", "value", "baseline", "message")

@@ -203,3 +203,28 @@ def test_an_owner_writes_only_the_alert_tables_for_its_clients() -> None:
             write_rows(None, table, columns, [[] for _ in columns])  # type: ignore[arg-type]
     with pytest.raises(StoreError, match="different lengths"):
         write_rows(None, "alert_pending", list(PENDING_COLUMNS), [["r"], ["k"], [None], []])  # type: ignore[arg-type]
+
+
+def test_the_owners_schedule_keeps_going_through_a_rule_it_cannot_evaluate() -> None:
+    import threading
+
+    rule = one(cooldown="5m")
+    calls: list[int] = []
+    third = threading.Event()
+
+    def fake_measure(store: Any, r: Any, at: datetime) -> list[Observation]:
+        calls.append(1)
+        if len(calls) >= 3:
+            third.set()
+        if len(calls) == 1:
+            raise r.error("query breakdown has no column 'evnts'")
+        return [Observation("a", 1.0, 4.0)]
+
+    runner = AlertRunner(None, [rule], record=False, measure_fn=fake_measure)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="has no column"):  # `alerts run`: exit 2
+        runner.run(0.01)
+    runner = AlertRunner(None, [rule], record=False, measure_fn=fake_measure)  # type: ignore[arg-type]
+    calls.clear()
+    runner.start(0.01)  # the owner's thread
+    assert third.wait(10), "the schedule went on after the bad evaluation"
+    assert runner.stop(5)
