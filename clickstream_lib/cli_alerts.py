@@ -102,12 +102,6 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     from .store import connect
 
     rules = _rules(args, settings)
-    for rule in rules:
-        if rule.for_:
-            err(
-                f"clickstream: alerts: {rule.origin}: rule {rule.name!r} has `for`, which counts the evaluations "
-                "of one process: a single check never fires it (use `alerts run`)"
-            )
     at: datetime | None = _as_utc(args.at, "--at") if args.at else None
     dispatcher = Dispatcher([] if args.no_deliver else notifiers_from_settings(settings))
     store = connect(settings)
@@ -120,6 +114,15 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     new = {(t.rule.name, t.key) for t in ev.fired}
     for f in ev.firing:
         out(_line(f, (f.rule.name, f.key) in new))
+    firing_keys = {(f.rule.name, f.key) for f in ev.firing}
+    for (name, key), since in sorted(ev.pending.items()):
+        rule = rules.get(name)
+        if (name, key) not in firing_keys and rule is not None:
+            held = ev.at - since
+            out(
+                f"pending {name}{' ' + rule.key + '=' + key if rule.key else ''}: holds since {since.isoformat()} "
+                f"({held.total_seconds():.0f} s of its `for` {rule.for_.total_seconds():.0f} s)"
+            )
     for t in ev.transitions:
         if t.kind != "fired":
             out(f"resolved {t.rule.name}{' ' + t.rule.key + '=' + t.key if t.rule.key else ''}")

@@ -526,13 +526,35 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, default=200.0, help="events/s of the producer (default 200)")
     p.add_argument("--seed", type=int, default=None, help="the generator's seed (default: random)")
     p.add_argument("--no-sink", action="store_true", help="serve queries only; start the sink later from a client")
+    _alert_args(p)
     p.set_defaults(handler=_cmd_serve)
+
+
+def _alert_args(p: argparse.ArgumentParser) -> None:
+    from .cli_alerts import _duration_arg
+
+    p.add_argument(
+        "--rules",
+        default=None,
+        help="alert rules (docs/alerts.md) the owner evaluates on a schedule (default: CLICKSTREAM_ALERT_RULES)",
+    )
+    p.add_argument(
+        "--alert-interval", type=_duration_arg, default=None, help="seconds between alert evaluations (default 1m)"
+    )
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from .service import StoreService
 
-    service = StoreService(settings, sink=not args.no_sink, produce=args.produce, rate=args.rate, seed=args.seed)
+    service = StoreService(
+        settings,
+        sink=not args.no_sink,
+        produce=args.produce,
+        rate=args.rate,
+        seed=args.seed,
+        alert_rules=args.rules,
+        alert_interval_s=args.alert_interval.total_seconds() if args.alert_interval else 60.0,
+    )
     owner = service.start()
     try:
         out(f"serving: {owner.socket}")
@@ -783,6 +805,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, default=200.0, help="events/s generated (default 200)")
     p.add_argument("--refresh", type=_refresh_arg, default=5.0, help="seconds between dashboard refreshes (default 5)")
     p.add_argument("--keep-broker", action="store_true", help="leave the broker running on exit")
+    _alert_args(p)
     p.set_defaults(handler=_cmd_demo)
 
 
@@ -802,6 +825,8 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         refresh_s=args.refresh,
         on_ready=ready,
         stop_broker=not args.keep_broker,
+        alert_rules=args.rules,
+        alert_interval_s=args.alert_interval.total_seconds() if args.alert_interval else None,
     )
     return 0
 

@@ -616,8 +616,12 @@ class OwnerProcess:
         rate: float = 200.0,
         log_file: str | Path | None = None,
         sink: bool = True,
+        alert_rules: str | None = None,
+        alert_interval_s: float | None = None,
     ) -> None:
         self.settings = settings
+        self.alert_rules = alert_rules
+        self.alert_interval_s = alert_interval_s
         self.produce = produce
         self.sink = sink
         self.rate = float(rate)
@@ -627,7 +631,12 @@ class OwnerProcess:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "clickstream_lib", "serve", "--rate", str(self.rate)]
-        return cmd + (["--produce"] if self.produce else []) + ([] if self.sink else ["--no-sink"])
+        cmd += (["--produce"] if self.produce else []) + ([] if self.sink else ["--no-sink"])
+        if self.alert_rules:
+            cmd += ["--rules", str(self.alert_rules)]
+        if self.alert_interval_s:
+            cmd += ["--alert-interval", f"{self.alert_interval_s:g}"]
+        return cmd
 
     def start(self, timeout_s: float = 120.0) -> str:
         """Start the owner and wait until it serves; returns its socket path.
@@ -691,8 +700,13 @@ def run_demo(
     refresh_s: float = 5.0,
     on_ready: Callable[[str], None] | None = None,
     stop_broker: bool = True,
+    alert_rules: str | None = None,
+    alert_interval_s: float | None = None,
 ) -> None:
     """Start the local broker, the store's owner with the live pipeline, and the dashboard; block until interrupted.
+
+    With ``alert_rules`` (or CLICKSTREAM_ALERT_RULES) the owner also evaluates those rules every
+    ``alert_interval_s`` seconds (default 60) and the dashboard shows a banner while one fires.
 
     The owner (``clickstream serve --produce``) holds the embedded store and runs the producer and the sink; every
     dashboard page is a client of it, shows its pipeline and can pause it. This process never opens chdb. On return
@@ -704,7 +718,7 @@ def run_demo(
     stack = KafkaStack(settings)
     started_broker = not stack.status().running
     stack.up()
-    owner = OwnerProcess(settings, produce=True, rate=rate)
+    owner = OwnerProcess(settings, produce=True, rate=rate, alert_rules=alert_rules, alert_interval_s=alert_interval_s)
     server = VoilaServer(
         settings,
         "dashboard",

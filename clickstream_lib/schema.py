@@ -57,6 +57,8 @@ class Table:
     columns: tuple[tuple[str, str], ...]
     order_by: str
     engine: str = "MergeTree"
+    # Arguments of the engine after the replication path and replica, e.g. a ReplacingMergeTree's version column.
+    engine_args: tuple[str, ...] = ()
     partition_by: str = ""
     # Keep insert_deduplication_token effective (the sink's effectively-once delivery). Rollups need it too: a
     # replayed events block is dropped from events but still pushed through the views, and only a window on the
@@ -93,6 +95,8 @@ class View:
 OPEN_TYPES_MIGRATION = 5  # the migration that added OTHER_TYPES_COLUMN to the wide rollups (store.MIGRATIONS)
 PROPERTIES_MIGRATION = 6  # the migration that added the experiment columns and properties to events
 EXPERIMENTS_MIGRATION = 7  # the migration that added the experiment_users_by_day rollup
+ALERT_EVENTS_MIGRATION = 4  # the migration that added alert_events (clickstream_lib.alerts)
+ALERT_PENDING_MIGRATION = 8  # the migration that added alert_pending (a rule's `for` across processes)
 
 _EVENTS_COLUMNS: tuple[tuple[str, str], ...] = (
     ("event_id", "UUID"),
@@ -351,7 +355,46 @@ EXPERIMENT_ROLLUPS: tuple[Table, ...] = (EXPERIMENT_USERS_BY_DAY,)
 VIEWS = (*VIEWS, _EXPERIMENT_MV)
 # Every table a materialized view writes (the sink's user needs INSERT on each).
 VIEW_TARGETS: tuple[Table, ...] = (*ROLLUPS, *EXPERIMENT_ROLLUPS)
-TABLES: dict[str, Table] = {t.name: t for t in (EVENTS, DEAD_LETTERS, *VIEW_TARGETS)}
+
+# Alerts (clickstream_lib.alerts, docs/alerts.md). Both tables are small: a row per firing, a row per pending key.
+# A newer row of the same key (a resolution; a pending key cleared) replaces the older one: read them with FINAL.
+# On a cluster a rule's rows stay on one shard, so FINAL over the Distributed table sees every version of a row.
+ALERT_EVENTS = Table(
+    name="alert_events",
+    columns=(
+        ("rule", "String"),
+        ("key", "String"),
+        ("severity", "LowCardinality(String)"),
+        ("kind", "LowCardinality(String)"),
+        ("value", "Float64"),
+        ("baseline", "Nullable(Float64)"),
+        ("fired_at", "DateTime64(3, 'UTC')"),
+        ("resolved_at", "Nullable(DateTime64(3, 'UTC'))"),
+        ("message", "String"),
+        ("updated_at", "DateTime64(3, 'UTC')"),
+    ),
+    order_by="(rule, key, fired_at)",
+    engine="ReplacingMergeTree",
+    engine_args=("updated_at",),
+    shard_key="cityHash64(rule)",
+)
+# Where a rule with `for` started to hold, per key, so that separate processes (`alerts check` from cron) count the
+# same `for`: pending_since NULL means the key is not pending.
+ALERT_PENDING = Table(
+    name="alert_pending",
+    columns=(
+        ("rule", "String"),
+        ("key", "String"),
+        ("pending_since", "Nullable(DateTime64(3, 'UTC'))"),
+        ("updated_at", "DateTime64(3, 'UTC')"),
+    ),
+    order_by="(rule, key)",
+    engine="ReplacingMergeTree",
+    engine_args=("updated_at",),
+    shard_key="cityHash64(rule)",
+)
+ALERT_TABLES: tuple[Table, ...] = (ALERT_EVENTS, ALERT_PENDING)
+TABLES: dict[str, Table] = {t.name: t for t in (EVENTS, DEAD_LETTERS, *VIEW_TARGETS, *ALERT_TABLES)}
 
 
 def _check_ident(name: str, what: str) -> str:
@@ -393,7 +436,8 @@ def table_ddl(
     that migration, as migrations 1 and 2 created the table (later ones add them with ``ALTER TABLE``); an applied
     migration's text never changes.
     """
-    body = _body(table, table.engine, "non_replicated_deduplication_window", dedup_window, projections)
+    engine = f"{table.engine}({', '.join(table.engine_args)})" if table.engine_args else table.engine
+    body = _body(table, engine, "non_replicated_deduplication_window", dedup_window, projections)
     return f"CREATE TABLE IF NOT EXISTS {db}.{table.name}\n(\n    {_columns_sql(table, projections, at)}\n)\n{body}"
 
 
@@ -495,7 +539,7 @@ def experiment_rollup_statements(db: str = "{db}") -> tuple[str, ...]:
 def local_ddl(database: str, dedup_window: int = 100_000) -> list[str]:
     """Every statement that builds the schema on one machine, for ``database`` (e.g. to review or apply by hand)."""
     db = _check_ident(database, "database")
-    stmts = [table_ddl(t, db, dedup_window) for t in (EVENTS, DEAD_LETTERS, *VIEW_TARGETS)]
+    stmts = [table_ddl(t, db, dedup_window) for t in (EVENTS, DEAD_LETTERS, *VIEW_TARGETS, *ALERT_TABLES)]
     stmts += [view_ddl(v, db) for v in VIEWS]
     return stmts
 
@@ -518,8 +562,9 @@ def cluster_ddl(database: str, cluster: str = "clickstream", dedup_window: int =
     cl = _check_ident(cluster, "cluster")
     on = f" ON CLUSTER '{cl}'"
     stmts = [f"CREATE DATABASE IF NOT EXISTS {db}{on}"]
-    for t in (EVENTS, DEAD_LETTERS, *VIEW_TARGETS):
-        engine = f"Replicated{t.engine}('/clickhouse/tables/{{shard}}/{db}/{t.name}', '{{replica}}')"
+    for t in (EVENTS, DEAD_LETTERS, *VIEW_TARGETS, *ALERT_TABLES):
+        args = ", ".join((f"'/clickhouse/tables/{{shard}}/{db}/{t.name}'", "'{replica}'", *t.engine_args))
+        engine = f"Replicated{t.engine}({args})"
         body = _body(t, engine, "replicated_deduplication_window", dedup_window)
         stmts.append(f"CREATE TABLE IF NOT EXISTS {db}.{t.name}_local{on}\n(\n    {_columns_sql(t)}\n)\n{body}")
         stmts.append(

@@ -10,7 +10,9 @@ asks for:
   ``{"sql": ..., "parameters": {...}}`` runs :func:`clickstream_lib.queries.read_only`. The answer is an Arrow
   table; the DataFrame's ``attrs`` (``query``, ``source``) travel in the schema metadata.
 * ``do_action`` with a JSON body: ``info`` (pid, database, schema version), ``pipeline.<method>`` (start, stop,
-  start_producer, stop_producer, start_sink, stop_sink, set_rate, set_scenario, stats, state).
+  start_producer, stop_producer, start_sink, stop_sink, set_rate, set_scenario, stats, state), and
+  ``alerts.record`` (rows for ``alert_events`` or ``alert_pending`` only: an ``alerts check`` run by cron while the
+  owner runs).
 
 Clients never send SQL that runs other than read-only. Only the same user is served: the socket and the token file
 live in a 0700 directory, and every call must carry the token (``authorization: Bearer <token>``); a call without
@@ -148,9 +150,10 @@ class _FlightServer(flight.FlightServerBase):
         return [flight.Result(pa.py_buffer(_json(answer)))]
 
     def list_actions(self, context: Any) -> list[tuple[str, str]]:
-        return [("info", "owner pid, database, schema version")] + [
-            (f"pipeline.{m}", f"Pipeline.{m} on the owner's live pipeline") for m in PIPELINE_METHODS
-        ]
+        return [
+            ("info", "owner pid, database, schema version"),
+            ("alerts.record", "store alert firings, resolutions and pending keys (alert_events, alert_pending)"),
+        ] + [(f"pipeline.{m}", f"Pipeline.{m} on the owner's live pipeline") for m in PIPELINE_METHODS]
 
 
 class StoreService:
@@ -164,6 +167,10 @@ class StoreService:
         seed: the generator's seed (None: random).
         query_clients: engine clients that run the clients' queries.
         share_s: identical requests within this many seconds share one run (0: every request runs).
+        alert_rules: a rules file (docs/alerts.md) to evaluate every ``alert_interval_s`` seconds in this process,
+            delivering to the receivers the settings name; None: ``settings.alert_rules`` (CLICKSTREAM_ALERT_RULES),
+            "" for none. Read and validated here, so a bad file fails before anything starts.
+        alert_interval_s: seconds between evaluations of the rules.
 
     Example:
         >>> service = StoreService(Settings.from_env(), produce=True, rate=500)
@@ -181,6 +188,8 @@ class StoreService:
         seed: int | None = None,
         query_clients: int = QUERY_CLIENTS,
         share_s: float = SHARE_S,
+        alert_rules: str | None = None,
+        alert_interval_s: float = 60.0,
     ) -> None:
         url = settings.store_url
         if not url.embedded:
@@ -209,6 +218,19 @@ class StoreService:
         self._shared: dict[str, tuple[float, pa.Table]] = {}
         self._gates: dict[str, threading.Lock] = {}
         self._shared_lock = threading.Lock()
+        self.alert_rules = settings.alert_rules if alert_rules is None else alert_rules
+        if alert_interval_s <= 0:
+            raise ConfigError("--alert-interval", f"{alert_interval_s:g} s must be longer than 0")
+        self.alert_interval_s = float(alert_interval_s)
+        self._rules: Any = None
+        if self.alert_rules:
+            from .alerts import load_rules
+
+            self._rules = load_rules(self.alert_rules)
+            if not len(self._rules):
+                raise ConfigError(self.alert_rules, "has no [[rule]] tables")
+        self.alerts: Any = None  # the AlertRunner while it runs
+        self._alert_dispatcher: Any = None
 
     # --- life cycle --------------------------------------------------------------------------------------------
 
@@ -244,6 +266,8 @@ class StoreService:
                     pipeline.start_sink()
                 if self.start_producer:
                     pipeline.start_producer()
+            if self._rules is not None:
+                self._start_alerts()
             self.owner = OwnerInfo(os.getpid(), str(sock), time.time(), self.paths)
             tmp = self.paths.info.with_suffix(".tmp")
             published = {"pid": self.owner.pid, "socket": self.owner.socket, "started": self.owner.started}
@@ -254,6 +278,34 @@ class StoreService:
             raise
         logger.info("serving %s on %s (pid %d)", self.settings.store_url.path, self.owner.socket, self.owner.pid)
         return self.owner
+
+    def _start_alerts(self) -> None:
+        from .alerts import AlertRunner, Dispatcher, notifiers_from_settings
+
+        assert self.store is not None
+        # Delivery runs in the dispatcher's own threads: a dead receiver never holds up evaluation, the sink or a
+        # client's query. The evaluating thread has an engine client of its own, as the sink does.
+        self._alert_dispatcher = Dispatcher(notifiers_from_settings(self.settings))
+        self.alerts = AlertRunner(
+            self.store.fork(), self._rules, dispatcher=self._alert_dispatcher, rules_path=self.alert_rules
+        )
+        self.alerts.start(self.alert_interval_s)
+        logger.info(
+            "evaluating %d alert rule(s) of %s every %g s; delivering to %s",
+            len(self._rules),
+            self.alert_rules,
+            self.alert_interval_s,
+            ", ".join(self._alert_dispatcher.labels) or "nowhere (no receiver set)",
+        )
+
+    def _stop_alerts(self) -> None:
+        if self.alerts is not None:
+            if self.alerts.stop(30.0):  # an evaluation under way finishes its queries first
+                self.alerts.store.close()
+            self.alerts = None
+        if self._alert_dispatcher is not None:
+            self._alert_dispatcher.close(2.0)  # messages a dead receiver still holds are logged, not waited for
+            self._alert_dispatcher = None
 
     def _take_owner_lock(self) -> None:
         fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
@@ -279,6 +331,10 @@ class StoreService:
         """Stop serving, stop the pipeline (the sink stores and commits what it has), close the engine, clean up."""
         with contextlib.suppress(FileNotFoundError):
             self.paths.info.unlink()  # new clients look elsewhere from now on
+        try:
+            self._stop_alerts()
+        except Exception:
+            logger.exception("stopping the alert evaluation failed")
         if self.pipeline is not None:
             try:
                 self.pipeline.close()
@@ -368,9 +424,16 @@ class StoreService:
                 "store": self.settings.store_url.path,
                 "pipeline": self.pipeline is not None,
             }
+        if name == "alerts.record":
+            from .alerts.history import write_rows
+
+            with self._client() as store:
+                table, columns = str(args.get("table")), list(args.get("columns") or [])
+                rows = write_rows(store, table, columns, list(args.get("rows") or []))
+            return {"rows": rows}
         method = name.removeprefix("pipeline.")
         if not name.startswith("pipeline.") or method not in PIPELINE_METHODS:
-            known = ", ".join(["info", *(f"pipeline.{m}" for m in PIPELINE_METHODS)])
+            known = ", ".join(["info", "alerts.record", *(f"pipeline.{m}" for m in PIPELINE_METHODS)])
             raise ConfigError("action", f"{name!r} is not an action of the store's owner; expected one of {known}")
         with self._pipeline_lock:
             if self.pipeline is None and method in ("stats", "state", "stop", "stop_producer", "stop_sink"):

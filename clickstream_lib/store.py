@@ -109,7 +109,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         schema.projection_statements(),
     ),
     Migration(
-        4,
+        schema.ALERT_EVENTS_MIGRATION,
         "alert_events: every firing and resolution of an alert rule (clickstream_lib.alerts)",
         (
             # A resolution re-inserts its firing's row with resolved_at set and a newer updated_at; read with FINAL.
@@ -134,6 +134,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         schema.EXPERIMENTS_MIGRATION,
         "experiments rollup: experiment_users_by_day and its view, backfilled from stored events",
         schema.experiment_rollup_statements(),
+    ),
+    Migration(
+        schema.ALERT_PENDING_MIGRATION,
+        "alert_pending: where a rule with `for` started to hold, so separate `alerts check` runs count the same `for`",
+        (schema.table_ddl(schema.ALERT_PENDING),),
     ),
 )
 

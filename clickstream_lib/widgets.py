@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as w
@@ -544,9 +545,13 @@ class Dashboard(_AutoRefresh):
         self.filters.on_change(self._on_filter)
         self.charts = {name: Chart(fig, name) for name, fig in self.figures.items()}
         f = {name: _sized(chart.widget, name) for name, chart in self.charts.items()}
+        from .panels.alerts import AlertBanner
+
+        self.alert_banner = AlertBanner(self.store)  # shown while an alert fires
         self.widget = w.VBox(
             [
                 self.header,
+                self.alert_banner.widget,
                 w.HBox(controls),
                 self.status,
                 self.pipeline_status,
@@ -592,6 +597,7 @@ class Dashboard(_AutoRefresh):
         total = int(values["total"])
         values["active_users"] = int(_first_row(self._q("active_users", **args)).get("active_users") or 0)
         self.kpis.value = kpi_html(values)
+        self.alert_banner.refresh()
         self._update_status()
         if self.pipeline:
             stats = self.pipeline.stats()
@@ -713,8 +719,10 @@ class Workbench(_AutoRefresh):
         preview_rows: int = 10,
         store: Store | None = None,
         seed: int | None = None,
+        alert_rules: str | Path | None = None,
     ) -> None:
         from . import events, generator
+        from .panels.alerts import AlertsPanel
 
         self.settings = settings
         self.refresh_s = refresh_seconds(refresh_s)
@@ -774,6 +782,9 @@ class Workbench(_AutoRefresh):
             "breakdown": _bar_figure("Interactions by type"),
             "dead_letters": _bar_figure("Dead letters by reason"),
         }
+        # The rules file the alerts form writes: the one `clickstream alerts` and `serve` read.
+        rules = alert_rules or settings.alert_rules or Path(settings.data_dir) / "alerts.toml"
+        self.alerts = AlertsPanel(self.store, rules)
         b = self.buttons
         self.charts = {name: Chart(fig, name) for name, fig in self.figures.items()}
         f = {name: _sized(chart.widget, name) for name, chart in self.charts.items()}
@@ -788,6 +799,7 @@ class Workbench(_AutoRefresh):
                 f["dead_letters"],
                 w.HTML("<b>Newest events</b>"),
                 self.preview,
+                self.alerts.widget,
             ]
         )
         self.widget.add_class("cs-workbench")
@@ -827,6 +839,7 @@ class Workbench(_AutoRefresh):
             for chart in self.charts.values():
                 chart.render()
             self.preview.value = table_html(self.newest_events(), "preview")
+            self.alerts.refresh()
             self.refreshes += 1
         except Exception as exc:
             logger.exception("workbench refresh failed")

@@ -175,3 +175,13 @@ class Engine:
             st.fired_at = fired_at if resolved_at is None else None
             st.value, st.baseline = value, baseline
             st.fired_value, st.fired_baseline = value, baseline
+
+    def restore_pending(self, rule: str, key: str, since: datetime) -> None:
+        """Take up a key that an earlier evaluation (another process) saw start to hold at ``since``."""
+        st = self.states.setdefault((rule, key), KeyState())
+        if st.pending_since is None or since < st.pending_since:
+            st.pending_since = since
+
+    def pending(self, rule: str) -> dict[str, datetime]:
+        """The keys of ``rule`` whose condition holds, with the time it started to (firing ones included)."""
+        return {k: st.pending_since for (n, k), st in self.states.items() if n == rule and st.pending_since}

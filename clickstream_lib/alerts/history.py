@@ -1,7 +1,12 @@
-"""The ``alert_events`` table: every firing and resolution, and what the dashboard and reports read from it.
+"""The ``alert_events`` and ``alert_pending`` tables: firings, resolutions, and keys waiting out a rule's ``for``.
 
-One row per firing, keyed by (rule, key, fired_at). A resolution re-inserts that row with ``resolved_at`` set and a
-newer ``updated_at`` (a ReplacingMergeTree), so reads use ``FINAL`` — the table holds a row per firing, small.
+``alert_events`` has one row per firing, keyed by (rule, key, fired_at). A resolution re-inserts that row with
+``resolved_at`` set and a newer ``updated_at`` (a ReplacingMergeTree), so reads use ``FINAL`` — the table holds a
+row per firing, small. ``alert_pending`` has one row per rule and key with ``for``: since when its condition holds
+(NULL: it does not), so a cron ``alerts check`` sees where the previous run left off.
+
+A client of an owner (``clickstream serve``) cannot insert; it hands the rows to the owner's ``alerts.record``
+action, which writes only these two tables (:func:`write_rows`).
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from typing import Any
 import pandas as pd
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from .. import schema
+from ..errors import StoreError
 from ..queries import _as_utc
-from ..store import Store, empty_frame, store_error
+from ..store import ServedStore, Store, empty_frame, store_error
 from .engine import FIRED, Engine, Transition
 from .format import text
 
@@ -66,7 +73,49 @@ def record(store: Store, transitions: Sequence[Transition]) -> int:
             strict=True,
         ):
             col.append(v)
-    return store.insert("alert_events", rows, COLUMNS)
+    return _insert(store, "alert_events", rows, COLUMNS)
+
+
+PENDING_COLUMNS: tuple[str, ...] = schema.ALERT_PENDING.column_names
+RECORDED_TABLES = {t.name: t for t in schema.ALERT_TABLES}
+
+
+def record_pending(store: Store, changes: Sequence[tuple[str, str, datetime | None]], at: datetime) -> int:
+    """Store (rule, key, pending_since) changes seen at ``at`` (pending_since None: no longer pending)."""
+    if not changes:
+        return 0
+    rule, key, since = (list(c) for c in zip(*changes, strict=True))
+    return _insert(store, "alert_pending", [rule, key, since, [at] * len(rule)], PENDING_COLUMNS)
+
+
+def _insert(store: Store, table: str, rows: list[list[Any]], columns: Sequence[str]) -> int:
+    if isinstance(store, ServedStore):  # the owner writes; its clients read only
+        answer = store.action("alerts.record", {"table": table, "columns": list(columns), "rows": to_json(rows)})
+        return int(answer["rows"])
+    return store.insert(table, rows, columns)
+
+
+def to_json(rows: list[list[Any]]) -> list[list[Any]]:
+    return [[v.isoformat() if isinstance(v, datetime) else v for v in col] for col in rows]
+
+
+def write_rows(store: Store, table: str, columns: Sequence[str], rows: list[list[Any]]) -> int:
+    """The owner's side of ``alerts.record``: columnar rows from JSON into ``alert_events`` or ``alert_pending``.
+
+    Raises:
+        StoreError: another table, other columns, or columns of different lengths.
+    """
+    spec = RECORDED_TABLES.get(table)
+    if spec is None or list(columns) != list(spec.column_names) or len(rows) != len(columns):
+        raise StoreError(f"alerts.record writes the columns of {' or '.join(RECORDED_TABLES)} only")
+    if len({len(col) for col in rows}) > 1:
+        raise StoreError("alerts.record: columns of different lengths")
+    typed = []
+    for (_, ctype), col in zip(spec.columns, rows, strict=True):
+        if "DateTime64" in ctype:
+            col = [None if v is None else _as_utc(v, "time") for v in col]
+        typed.append(col)
+    return store.insert(table, typed, columns)
 
 
 def events(store: Store, *, start: Any = None, end: Any = None, open_only: bool = False) -> pd.DataFrame:
@@ -112,9 +161,29 @@ def restore(store: Store, engine: Engine, rules: Sequence[str]) -> int:
         raise store_error(exc, "reading alert_events", store.settings) from exc
     still_open = 0
     for rule, key, fired_at, resolved_at, value, baseline in rows:
-        engine.restore(rule, key, _utc(fired_at), _utc(resolved_at) if resolved_at else None, value, baseline)
-        still_open += resolved_at is None
+        # Through an owner (Arrow -> pandas) a NULL time arrives as NaT and a NULL number as NaN, not None.
+        resolved = None if resolved_at is None or pd.isna(resolved_at) else _utc(resolved_at)
+        base = None if baseline is None or pd.isna(baseline) else float(baseline)
+        engine.restore(rule, key, _utc(fired_at), resolved, float(value), base)
+        still_open += resolved is None
     return still_open
+
+
+def restore_pending(store: Store, engine: Engine, rules: Sequence[str]) -> int:
+    """Load the keys still pending (waiting out their rule's ``for``) into ``engine``; returns how many."""
+    if not rules:
+        return 0
+    sql = (
+        f"SELECT rule, key, pending_since FROM {store.table('alert_pending')} FINAL "
+        "WHERE rule IN {rules:Array(String)} AND pending_since IS NOT NULL"
+    )
+    try:
+        rows = store.query_rows(sql, {"rules": list(rules)})
+    except ClickHouseError as exc:
+        raise store_error(exc, "reading alert_pending", store.settings) from exc
+    for rule, key, since in rows:
+        engine.restore_pending(rule, key, _utc(since))  # never NULL: the query leaves those out
+    return len(rows)
 
 
 def _utc(t: datetime) -> datetime:

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -25,7 +26,7 @@ from .delivery import Dispatcher
 from .engine import FIRED, Engine, Firing, Transition
 from .format import slack_body
 from .measure import measure
-from .rules import Rule, RuleSet, utc_now
+from .rules import Rule, RuleSet, load_rules, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class Evaluation:
     transitions: list[Transition] = field(default_factory=list)
     firing: list[Firing] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    #: (rule, key) -> since when its condition holds, for rules with `for` (firing keys included)
+    pending: dict[tuple[str, str], datetime] = field(default_factory=dict)
 
     @property
     def fired(self) -> list[Transition]:
@@ -60,6 +63,8 @@ class AlertRunner:
         dispatcher: where firings and resolutions go (None: nowhere); muted rules are stored, not delivered.
         clock: "now" for each evaluation (default: the wall clock, UTC).
         record: store transitions in ``alert_events`` and take up open firings from it (off for backtests).
+        rules_path: the file ``rules`` came from; the schedule (:meth:`run`) re-reads it when it changes (the
+            workbench's form adds and mutes rules in it), keeping the rules it has when the new file does not load.
     """
 
     def __init__(
@@ -71,9 +76,12 @@ class AlertRunner:
         clock: Clock = utc_now,
         record: bool = True,
         measure_fn: Measure = measure,
+        rules_path: str | Path | None = None,
     ) -> None:
         self.store = store
         self.rules = tuple(rules)
+        self.rules_path = Path(rules_path) if rules_path else None
+        self._rules_stamp = self._stamp()
         self.dispatcher = dispatcher
         self.clock = clock
         self.record = record
@@ -85,6 +93,38 @@ class AlertRunner:
             still_open = history.restore(store, self.engine, [r.name for r in self.rules])
             if still_open:
                 logger.info("%d alert(s) still firing from earlier evaluations", still_open)
+            waiting = history.restore_pending(store, self.engine, [r.name for r in self.rules if r.for_])
+            if waiting:
+                logger.info("%d alert key(s) pending (waiting out `for`) from earlier evaluations", waiting)
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.rules_path.stat() if self.rules_path else None
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size) if st else None
+
+    def reload(self) -> bool:
+        """Re-read :attr:`rules_path` if it changed since it was last read; True when the rules were replaced.
+
+        A file that no longer loads is logged and the current rules stay.
+        """
+        stamp = self._stamp()
+        if self.rules_path is None or stamp is None or stamp == self._rules_stamp:
+            return False
+        self._rules_stamp = stamp
+        try:
+            rules = tuple(load_rules(self.rules_path))
+        except ConfigError as exc:
+            logger.error("alert rules not reloaded, keeping the %d loaded before: %s", len(self.rules), exc)
+            return False
+        added = [r.name for r in rules if r.name not in {old.name for old in self.rules}]
+        self.rules = rules
+        if self.record and added:
+            history.restore(self.store, self.engine, added)
+            history.restore_pending(self.store, self.engine, [r.name for r in rules if r.for_ and r.name in added])
+        logger.info("alert rules reloaded from %s: %d rule(s)", self.rules_path, len(rules))
+        return True
 
     def evaluate(self, now: datetime | None = None) -> Evaluation:
         """Evaluate every rule once at ``now`` (default: the clock).
@@ -94,6 +134,7 @@ class AlertRunner:
         """
         now = self.clock() if now is None else now
         result = Evaluation(now)
+        pending_changes: list[tuple[str, str, datetime | None]] = []
         for rule in self.rules:
             try:
                 observations = self._measure(self.store, rule, now)
@@ -103,13 +144,25 @@ class AlertRunner:
                 result.errors[rule.name] = str(exc)
                 logger.error("alert rule %r not evaluated: %s", rule.name, exc)
                 continue
+            before = self.engine.pending(rule.name) if rule.for_ else {}
             result.transitions.extend(self.engine.observe(rule, now, observations))
+            if rule.for_:
+                after = self.engine.pending(rule.name)
+                result.pending.update({(rule.name, k): since for k, since in after.items()})
+                pending_changes += [(rule.name, k, s) for k, s in after.items() if before.get(k) != s]
+                pending_changes += [(rule.name, k, None) for k in before if k not in after]
         if self.record and result.transitions:
             try:
                 history.record(self.store, result.transitions)
             except ClickstreamError as exc:  # delivery goes on; the history has a gap, said here
                 result.errors["alert_events"] = str(exc)
                 logger.error("alert events not stored: %s", exc)
+        if self.record and pending_changes:
+            try:
+                history.record_pending(self.store, pending_changes, now)
+            except ClickstreamError as exc:
+                result.errors["alert_pending"] = str(exc)
+                logger.error("pending alert keys not stored: %s", exc)
         if self.dispatcher is not None:
             for t in result.transitions:
                 if not t.rule.muted:
@@ -119,30 +172,43 @@ class AlertRunner:
             logger.info("alert %s: %s", t.kind, slack_body(t)["text"])
         return result
 
-    def run(self, interval_s: float, stop: threading.Event | None = None) -> None:
-        """Evaluate every ``interval_s`` seconds until ``stop`` (or :meth:`stop`) is set."""
+    def run(self, interval_s: float, stop: threading.Event | None = None, keep_going: bool = False) -> None:
+        """Evaluate every ``interval_s`` seconds until ``stop`` (or :meth:`stop`) is set.
+
+        A rule naming a column its query does not return raises ConfigError (``alerts run`` exits 2), unless
+        ``keep_going``: then it is logged and the schedule waits for the rules file to be fixed (it is re-read).
+        """
         stop = stop or self._stop
         while not stop.is_set():
             started = self.clock()
             try:
+                self.reload()
                 self.evaluate()
-            except ConfigError:
-                raise
+            except ConfigError as exc:
+                if not keep_going:
+                    raise
+                logger.error(
+                    "alert rules not evaluated: %s; fix %s (it is re-read when it changes)", exc, self.rules_path
+                )
             except Exception:  # one bad evaluation must not end the schedule
                 logger.exception("alert evaluation failed")
             spent = (self.clock() - started).total_seconds()
             stop.wait(max(0.0, interval_s - spent))
 
     def start(self, interval_s: float) -> threading.Thread:
-        """Run the schedule in a daemon thread (for the process that owns the pipeline)."""
-        self._thread = threading.Thread(target=self.run, args=(interval_s,), name="alerts", daemon=True)
+        """Run the schedule in a daemon thread (for the process that owns the pipeline); it keeps going through a
+        rule that cannot be evaluated (see :meth:`run`)."""
+        self._thread = threading.Thread(target=self.run, args=(interval_s, None, True), name="alerts", daemon=True)
         self._thread.start()
         return self._thread
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        """End the schedule, waiting up to ``timeout_s`` for an evaluation under way; True when it has ended."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+            return not self._thread.is_alive()
+        return True
 
 
 BACKTEST_COLUMNS = ("rule", "key", "severity", "fired_at", "resolved_at", "value", "baseline", "message")

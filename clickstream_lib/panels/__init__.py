@@ -1,1 +1,1 @@
-"""Dashboard panels that live in modules of their own; :mod:`clickstream_lib.widgets` wires them in."""
+"""Widget panels that the dashboard and the workbench (:mod:`clickstream_lib.widgets`) are built from."""

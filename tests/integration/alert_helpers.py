@@ -1,7 +1,8 @@
 """Shared by the alert tests: a flash-sale history from the project's Generator, and a local webhook receiver.
 
 ``python -m tests.integration.alert_helpers fill spike|quiet`` fills the store of ``CLICKSTREAM_DATA_DIR`` (for the
-CLI tests, whose store belongs to another process).
+CLI tests, whose store belongs to another process); ``fill day-before <ms>`` fills it with the ordinary day before
+that moment (for tests whose sale goes through the live pipeline at the wall clock's time).
 """
 
 from __future__ import annotations
@@ -76,6 +77,19 @@ def timeline(spike: bool = True) -> list[EventBatch]:
     return parts
 
 
+LIVE_SALE = timedelta(minutes=2)  # the live sale's events are stamped over the 2 minutes before it is produced
+
+
+def live_timeline(now_ms: int) -> tuple[EventBatch, EventBatch]:
+    """Ordinary traffic over the 24 hours before ``now_ms - LIVE_SALE``, and a flash sale of ITEM over the
+    ``LIVE_SALE`` up to ``now_ms`` (the same generator, seed and mix as :func:`timeline`). Deterministic."""
+    gen = Generator(seed=11, n_users=3000, n_items=50)
+    split = now_ms - int(LIVE_SALE.total_seconds() * 1000)
+    day = gen.backfill(split - 24 * 3600 * 1000, split, 60_000)
+    gen.set_scenario("flash_sale", True, item=ITEM, share=0.9)
+    return day, gen.backfill(split, now_ms, 1_000)
+
+
 def history(spike: bool = True) -> pd.DataFrame:
     """:func:`timeline` as the events table holds it."""
     out, offset = [], 0
@@ -142,16 +156,21 @@ class Receiver:
             self._server.server_close()
 
 
-def _fill(kind: str) -> None:
+def _fill(kind: str, *args: str) -> None:
     from clickstream_lib.settings import Settings
     from clickstream_lib.store import connect
 
     store = connect(Settings.from_env())
     try:
-        load(store, spike=kind == "spike")
+        if kind == "day-before":
+            day, _ = live_timeline(int(args[0]))
+            df = as_rows(day.to_frame(), 0)
+            assert insert_events(store, df) == len(df)
+        else:
+            load(store, spike=kind == "spike")
     finally:
         store.close()
 
 
 if __name__ == "__main__":
-    _fill(sys.argv[2])
+    _fill(sys.argv[2], *sys.argv[3:])

@@ -317,3 +317,23 @@ def test_threshold_live_and_anomaly_rules_on_the_store(alert_store: Store) -> No
     assert busy.value == sale and live.value == pytest.approx(sale / 600)
     ev = runner.evaluate(SALE_END + 30 * MIN)
     assert ev.firing == [] and {t.kind for t in ev.transitions} == {"resolved"}
+
+
+def test_for_counts_across_separate_runs_through_the_store(alert_store: Store) -> None:
+    """`for` with cron: each minute a new runner (a new process: nothing in memory) evaluates once; the pending
+    state kept in the store makes them fire exactly when one long-lived runner does, `for` after it began to hold."""
+    want_fired, _ = expected_transitions(load(alert_store))
+    rules = parse_rules(CASE_STUDY_RULE + 'for = "5m"\n')
+    one = AlertRunner(alert_store, rules, record=False)  # the reference: one process evaluating every minute
+    reference = [(t.kind, t.at) for now in MINUTES for t in one.evaluate(now).transitions]
+    assert reference[0] == ("fired", want_fired + 5 * MIN) and [k for k, _ in reference] == ["fired", "resolved"]
+
+    cron = []
+    for now in MINUTES:
+        ev = AlertRunner(alert_store, rules).evaluate(now)
+        cron += [(t.kind, t.at) for t in ev.transitions]
+        if want_fired <= now < want_fired + 5 * MIN:
+            assert ev.firing == [] and ev.pending[("item purchase spike", ITEM)] == want_fired
+    assert cron == reference
+    # Once resolved, nothing of the key is left pending for the next run.
+    assert AlertRunner(alert_store, rules).evaluate(MINUTES[-1]).pending == {}

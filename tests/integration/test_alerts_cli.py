@@ -38,6 +38,11 @@ def quiet_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+def for_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return filled(tmp_path_factory, "spike")
+
+
+@pytest.fixture(scope="module")
 def rules_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("rules") / "alerts.toml"
     path.write_text(CASE_STUDY_RULE)
@@ -154,3 +159,28 @@ def test_report_has_an_alerts_section(spike_env: dict[str, str], rules_file: Pat
     assert got["alerts"][0]["resolved_at"] is None  # `check` ran mid-sale only: still open in the store
     (would,) = got["alerts_backtest"]
     assert would["key"] == ITEM and would["resolved_at"] is not None
+
+
+def test_for_holds_across_check_runs_from_cron(for_env: dict[str, str], tmp_path: Path, receiver: Receiver) -> None:
+    """`alerts check` once a minute (each its own process, `--at` as the clock): a rule with `for = "3m"` fires at
+    the run 3 minutes after the one that first saw it hold, and posts once."""
+    from tests.integration.alert_helpers import MIN, history
+    from tests.integration.test_alerts import expected_transitions
+
+    rules = tmp_path / "alerts.toml"
+    rules.write_text(CASE_STUDY_RULE + 'for = "3m"\n')
+    holds_from, _ = expected_transitions(history())
+    hook = {"CLICKSTREAM_ALERT_WEBHOOK_URL": receiver.url}
+    for minute in range(3):
+        at = (holds_from + minute * MIN).isoformat()
+        r = alerts(for_env, "check", "--rules", str(rules), "--at", at, **hook)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (
+            f"pending item purchase spike item_id={ITEM}: holds since {holds_from.isoformat()} ({minute * 60} s of "
+            in (r.stdout)
+        )
+    assert receiver.bodies == []
+    r = alerts(for_env, "check", "--rules", str(rules), "--at", (holds_from + 3 * MIN).isoformat(), **hook)
+    assert r.returncode == 1, r.stderr
+    assert f"new FIRING [critical] item purchase spike item_id={ITEM}" in r.stdout
+    assert len(receiver.bodies) == 1

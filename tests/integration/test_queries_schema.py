@@ -120,7 +120,8 @@ def test_local_ddl_builds_the_same_schema_as_the_migrations(store: Store) -> Non
     try:
         for stmt in schema.local_ddl(other):
             store.client.command(stmt)
-        for t in (schema.EVENTS, schema.DEAD_LETTERS, *schema.ROLLUPS):
+        # alert_events: migration 4 spells its table out; the definition in schema.py must make the same one.
+        for t in (schema.EVENTS, schema.DEAD_LETTERS, *schema.ROLLUPS, *schema.ALERT_TABLES):
             a = str(store.client.command(f"SHOW CREATE TABLE {store.database}.{t.name}"))
             b = str(store.client.command(f"SHOW CREATE TABLE {other}.{t.name}"))
             assert normalized(a.replace(store.database, "DB")) == normalized(b.replace(other, "DB"))
@@ -247,7 +248,7 @@ def test_the_experiments_rollup_is_backfilled_from_stored_events(base_settings: 
         insert_events(store, with_properties(make_events(n_sessions=300, seed=61)))
         raw = queries.run(store, "experiments", source="raw")
         assert len(raw) == 4
-        assert store.migrate() == [version]
+        assert store.migrate() == [m.version for m in MIGRATIONS[version - 1 :]]
         for stmt in MIGRATIONS[version - 1].statements:  # a re-run (half-applied migration) does not count twice
             store.client.command(stmt.format(db=store.database))
         for name in ("experiments", "experiment_daily"):

@@ -170,3 +170,61 @@ def test_slack_body_names_the_key_value_and_baseline() -> None:
     assert body["blocks"][0]["type"] == "section"
     fields = [f["text"] for f in body["blocks"][1]["fields"]]
     assert fields[:3] == ["*item_id*\nitem_0042", "*events*\n31", "*baseline*\n4.25"]
+
+
+def test_the_schedule_rereads_a_changed_rules_file_and_keeps_its_rules_when_it_breaks(tmp_path: Any) -> None:
+    from clickstream_lib.alerts import load_rules
+    from clickstream_lib.panels.alerts import set_muted
+
+    path = tmp_path / "alerts.toml"
+    text = '[[rule]]\nname = "r"\nkind = "threshold"\nquery = "kpis"\nvalue = "total_interactions"\nthreshold = 1\n'
+    path.write_text(text)
+    runner = AlertRunner(None, load_rules(path), record=False, rules_path=path)  # type: ignore[arg-type]
+    assert not runner.reload()  # unchanged
+    path.write_text(set_muted(text, str(path), "r", True))  # what the workbench's form does
+    assert runner.reload() and runner.rules[0].muted
+    path.write_text(text + "bogus = 1\n")
+    assert not runner.reload() and runner.rules[0].muted and len(runner.rules) == 1
+    path.write_text(text + text.replace('"r"', '"s"'))
+    assert runner.reload() and [r.name for r in runner.rules] == ["r", "s"]
+
+
+def test_an_owner_writes_only_the_alert_tables_for_its_clients() -> None:
+    """The owner's ``alerts.record`` action (history.write_rows) refuses any other table or other columns before
+    it touches the store."""
+    from clickstream_lib.alerts.history import PENDING_COLUMNS, write_rows
+
+    for table, columns in [
+        ("events", ["event_id"]),
+        ("alert_pending", ["rule", "key"]),
+        ("alert_pending", [*PENDING_COLUMNS[:-1], "ingest_time"]),
+    ]:
+        with pytest.raises(StoreError, match="writes the columns of alert_events or alert_pending only"):
+            write_rows(None, table, columns, [[] for _ in columns])  # type: ignore[arg-type]
+    with pytest.raises(StoreError, match="different lengths"):
+        write_rows(None, "alert_pending", list(PENDING_COLUMNS), [["r"], ["k"], [None], []])  # type: ignore[arg-type]
+
+
+def test_the_owners_schedule_keeps_going_through_a_rule_it_cannot_evaluate() -> None:
+    import threading
+
+    rule = one(cooldown="5m")
+    calls: list[int] = []
+    third = threading.Event()
+
+    def fake_measure(store: Any, r: Any, at: datetime) -> list[Observation]:
+        calls.append(1)
+        if len(calls) >= 3:
+            third.set()
+        if len(calls) == 1:
+            raise r.error("query breakdown has no column 'evnts'")
+        return [Observation("a", 1.0, 4.0)]
+
+    runner = AlertRunner(None, [rule], record=False, measure_fn=fake_measure)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="has no column"):  # `alerts run`: exit 2
+        runner.run(0.01)
+    runner = AlertRunner(None, [rule], record=False, measure_fn=fake_measure)  # type: ignore[arg-type]
+    calls.clear()
+    runner.start(0.01)  # the owner's thread
+    assert third.wait(10), "the schedule went on after the bad evaluation"
+    assert runner.stop(5)

@@ -153,3 +153,20 @@ def test_cli_bad_rule_exits_2_with_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, proc.stderr
     assert f"{path}:9: rule 'bad one': unknown parameter 'limit'" in lines[0]
     assert not (tmp_path / "data").exists()  # refused before the store was opened
+
+
+def test_docs_reference_every_field_and_their_examples_load() -> None:
+    """docs/alerts.md: a row per rule field, every TOML example valid for the loader, and both Slack set-ups."""
+    import re
+
+    from clickstream_lib.alerts.rules import FIELDS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "alerts.md").read_text()
+    documented = set(re.findall(r"^\| `(\w+)` \|", doc, flags=re.MULTILINE))
+    assert set().union(*FIELDS.values()) <= documented, sorted(set().union(*FIELDS.values()) - documented)
+    examples = re.findall(r"```toml\n(.*?)```", doc, flags=re.DOTALL)
+    assert len(examples) >= 2
+    names = [r.name for text in examples for r in parse_rules(text, "docs/alerts.md")]
+    assert "item purchase spike" in names
+    for heading in ("### Slack incoming webhook", "### Slack bot (`chat.postMessage`)", "### Secrets"):
+        assert heading in doc

@@ -42,3 +42,24 @@ def test_bad_alert_settings_name_their_variable(env: dict[str, str], variable: s
         Settings.from_env(base_env(**env))
     assert info.value.variable == variable
     assert "secret" not in str(info.value)
+
+
+def test_demo_hands_its_rules_to_the_owner(tmp_path: object) -> None:
+    """`clickstream demo --rules F --alert-interval 30s` starts `clickstream serve --rules F --alert-interval 30`;
+    without --rules the owner's environment carries CLICKSTREAM_ALERT_RULES."""
+    from pathlib import Path
+
+    from clickstream_lib.cli import build_parser
+    from clickstream_lib.notebooks import OwnerProcess, settings_env
+
+    rules = Path(str(tmp_path)) / "alerts.toml"
+    rules.write_text("")
+    args = build_parser().parse_args(["demo", "--rules", str(rules), "--alert-interval", "30s"])
+    assert (args.rules, args.alert_interval.total_seconds()) == (str(rules), 30.0)
+    settings = Settings.from_env(base_env(CLICKSTREAM_ALERT_RULES=str(rules)))
+    cmd = OwnerProcess(settings, alert_rules=args.rules, alert_interval_s=30.0).command()
+    assert cmd[cmd.index("serve") :][-4:] == ["--rules", str(rules), "--alert-interval", "30"]
+    assert "--rules" not in OwnerProcess(settings).command()
+    assert settings_env(settings)["CLICKSTREAM_ALERT_RULES"] == str(rules)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--alert-interval", "0s"])

@@ -18,10 +18,15 @@ import nbformat
 import pytest
 import yaml
 
-from clickstream_lib.schema import TABLES, VIEW_TARGETS
+from clickstream_lib.schema import ALERT_TABLES, TABLES, VIEW_TARGETS
 
 ROOT = Path(__file__).resolve().parents[2]
-PASSWORD_VARS = ("CLICKHOUSE_ADMIN_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD", "CLICKHOUSE_DASHBOARD_PASSWORD")
+PASSWORD_VARS = (
+    "CLICKHOUSE_ADMIN_PASSWORD",
+    "CLICKHOUSE_INGEST_PASSWORD",
+    "CLICKHOUSE_DASHBOARD_PASSWORD",
+    "CLICKHOUSE_ALERTS_PASSWORD",
+)
 
 
 # --- docker compose ---------------------------------------------------------------------------------------------
@@ -48,7 +53,7 @@ def compose_config(env_file: Path | None, extra_env: dict[str, str] | None = Non
     env.update(extra_env or {})
     cmd = [*compose_command(), "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml")]
     cmd += ["--env-file", str(env_file)] if env_file else []
-    cmd += ["--profile", "demo", "config", "--format", "json"]
+    cmd += ["--profile", "demo", "--profile", "alerts", "config", "--format", "json"]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False)
 
 
@@ -194,6 +199,20 @@ def test_ingest_user_may_only_insert_into_the_pipeline_tables(users_xml: ET.Elem
     assert tables == {"events", "dead_letters"} | {t.name for t in VIEW_TARGETS}
     assert tables <= set(TABLES)
     assert users_xml.findtext("users/ingest/access_management") in (None, "0")
+
+
+def test_alerts_user_reads_and_writes_only_the_alert_tables(users_xml: ET.Element, compose: dict[str, Any]) -> None:
+    grants = _grants(users_xml, "alerts")
+    assert grants[0] == "GRANT SELECT ON clickstream.*"  # measures the named queries, reads alert_events
+    written = {g.removeprefix("GRANT INSERT ON clickstream.") for g in grants[1:]}
+    assert all(g.startswith("GRANT INSERT ON clickstream.") for g in grants[1:])
+    assert written == {t.name for t in ALERT_TABLES} and written <= set(TABLES)
+    assert users_xml.findtext("users/alerts/access_management") in (None, "0")
+    service = compose["services"]["alerts"]
+    assert service["environment"]["CLICKHOUSE_USER"] == "alerts"
+    assert service["environment"]["CLICKHOUSE_PASSWORD"] == "change-me-alerts"
+    assert service["command"][:3] == ["clickstream", "alerts", "run"]
+    assert service["profiles"] == ["alerts"]
 
 
 def test_dashboard_user_is_read_only_with_limits(users_xml: ET.Element) -> None:

@@ -117,6 +117,24 @@ def test_cluster_ddl_is_replicated_and_distributed_from_the_same_definitions() -
         assert re.search(r"TO analytics\.\w+_local AS SELECT", v)
 
 
+def test_the_alert_tables_are_in_both_dialects() -> None:
+    local = schema.local_ddl("analytics")
+    cluster = schema.cluster_ddl("analytics", cluster="prod")
+    for t in schema.ALERT_TABLES:
+        mine = next(s for s in local if s.startswith(f"CREATE TABLE IF NOT EXISTS analytics.{t.name}\n"))
+        assert columns_of(mine) == dict(t.columns) and "ENGINE = ReplacingMergeTree(updated_at)" in mine
+        replicated = next(s for s in cluster if s.startswith(f"CREATE TABLE IF NOT EXISTS analytics.{t.name}_local "))
+        assert columns_of(replicated) == dict(t.columns)
+        assert (
+            f"ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/analytics/{t.name}', '{{replica}}', "
+            "updated_at)" in replicated
+        )
+        dist = next(s for s in cluster if s.startswith(f"CREATE TABLE IF NOT EXISTS analytics.{t.name} "))
+        # A rule's rows on one shard: FINAL over the Distributed table then sees every version of a row.
+        assert f"ENGINE = Distributed('prod', 'analytics', '{t.name}_local', cityHash64(rule))" in dist
+    assert MIGRATIONS[schema.ALERT_PENDING_MIGRATION - 1].statements == (schema.table_ddl(schema.ALERT_PENDING),)
+
+
 def test_identifiers_are_validated() -> None:
     for bad in ("db; DROP TABLE x", "a-b", "", "1db", "x" * 65):
         with pytest.raises(ValueError, match="not a valid identifier"):
