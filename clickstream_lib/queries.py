@@ -8,9 +8,14 @@ a ``ValueError``) and always bound as ClickHouse query parameters (``{name:Type}
 
 Where a rollup (see :mod:`clickstream_lib.schema`) can answer exactly the same question — its time grain divides
 the window and it keeps every filtered column — ``source="auto"`` reads the rollup, otherwise the raw ``events``
-table. Counts and sums are equal either way; distinct users/items from a rollup are ``uniqCombined`` estimates
-(~0.8% standard error, exact for small sets), from raw events they are exact. ``df.attrs["source"]`` says which
-was used.
+table. Every figure is exact either way: counts and sums, and distinct users/items, which a rollup merges from
+exact sets (``uniqExact`` states). Only ``source="approx"`` gives estimates: distinct counts from the rollups'
+``uniqCombined`` states (HyperLogLog-style) where a rollup answers. ``df.attrs["source"]`` says which table was
+read, ``df.attrs["estimated"]`` whether a figure is an estimate, and ``df.attrs["error_bound"]`` its relative error
+bound (three standard errors; 0 when exact).
+
+An empty dimension value (an event without device, country, referrer, experiment or property) is shown as
+:data:`NONE_LABEL` in breakdowns, and the same label as a filter value selects those events.
 
 Example::
 
@@ -35,7 +40,15 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from .errors import QueryError
 from .events import interaction_type_problem
-from .schema import COUNT_COLUMNS, HLL_PRECISION, SEGMENT_HLL_PRECISION, TYPE_COLUMNS, USER_TOTAL_SQL
+from .schema import (
+    COUNT_COLUMNS,
+    EXACT_COLUMNS,
+    EXACT_MERGE,
+    HLL_PRECISION,
+    SEGMENT_HLL_PRECISION,
+    TYPE_COLUMNS,
+    USER_TOTAL_SQL,
+)
 from .store import ServedStore, Store, empty_frame, store_error
 
 logger = logging.getLogger(__name__)
@@ -56,7 +69,11 @@ FILTERS: tuple[str, ...] = (
 PROPERTY_PREFIX = "prop."
 PROPERTY_KEY_PATTERN = r"^[A-Za-z0-9_$-]{1,64}(?:\.[A-Za-z0-9_$-]{1,64}){0,7}\Z"
 _PROPERTY_KEY_RE = re.compile(PROPERTY_KEY_PATTERN)
-SOURCES: tuple[str, ...] = ("auto", "raw", "rollup")
+SOURCES: tuple[str, ...] = ("auto", "raw", "rollup", "approx")
+# What breakdowns show for an empty dimension value, and the filter value that selects it (interaction types and item
+# ids are never empty).
+NONE_LABEL = "(none)"
+_NEVER_EMPTY = frozenset({"interaction_type", "item_id"})
 FUNNEL_STEPS: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
 BUCKETS: dict[str, str] = {
     "second": "toDateTime({col}, 'UTC')",
@@ -90,13 +107,20 @@ class Rollup:
     seconds: int
     dims: frozenset[str]
     time_type: str = "DateTime"
-    hll_k: int = HLL_PRECISION  # uniqCombined precision of its users/items states
+    hll_k: int = HLL_PRECISION  # uniqCombined precision of its users/items states (source="approx")
     # A count column per known interaction type plus one for all others (schema.COUNT_COLUMNS) instead of a type key.
     wide: bool = False
 
+    def distinct(self, what: str, approx: bool) -> str:
+        """The SQL merging the rollup's ``users`` or ``items`` states: exact, or the HLL estimate when ``approx``."""
+        if approx:
+            return f"uniqCombinedMerge({self.hll_k})({what})"
+        return f"{EXACT_MERGE}({EXACT_COLUMNS[what]})"
+
     @property
-    def uniq(self) -> str:
-        return f"uniqCombinedMerge({self.hll_k})"
+    def error_bound(self) -> float:
+        """Relative error bound of its HLL distinct counts: three standard errors (1.04 / sqrt(2^k) each)."""
+        return 3 * 1.04 / math.sqrt(2**self.hll_k)
 
 
 _DIMS = frozenset({"interaction_type", "device", "country", "referrer"})
@@ -167,6 +191,8 @@ class Query:
     settings: dict[str, int] = field(default_factory=dict)
     # The SQL without those settings: what run() falls back to if the engine refuses them.
     plain_sql: str = ""
+    # Set by a builder that returns estimates (source="approx" from a rollup): their relative error bound.
+    error_bound: float = 0.0
 
     def pick(self, *candidates: Rollup, need: Iterable[str] = (), max_grain_s: int | None = None) -> Rollup | None:
         """The first rollup that answers this query exactly, or None (read raw events).
@@ -341,6 +367,8 @@ def _filter_values(name: str, value: Any) -> tuple[str, ...] | None:
             raise QueryError(name, f"a value of {len(v)} characters is too long; expected at most {_MAX_VALUE_LEN}")
         if name == "interaction_type" and interaction_type_problem(v):
             raise QueryError(name, interaction_type_problem(v))
+    if name not in _NEVER_EMPTY:
+        values = tuple("" if v == NONE_LABEL else v for v in values)  # the label of an empty value selects it
     return tuple(dict.fromkeys(values))
 
 
@@ -410,7 +438,9 @@ def run(
         name: the query name.
         start: window start (inclusive), a datetime (naive = UTC) or ISO string; None = from the beginning.
         end: window end (exclusive); None = up to now and beyond.
-        source: "auto" (rollup when exact, else raw), "raw", or "rollup" (error if the rollup cannot answer).
+        source: "auto" (a rollup where it answers exactly, else raw), "raw", "rollup" (error if no rollup can
+            answer), or "approx" (as "auto", but distinct counts from a rollup are HLL estimates: faster on long
+            windows; ``df.attrs["estimated"]`` and ``df.attrs["error_bound"]`` say so).
         **kwargs: filters (:data:`FILTERS`) and the query's options (see ``QUERIES[name].params``).
 
     Raises:
@@ -437,7 +467,7 @@ def run(
         raise store_error(exc, f"query {name} on {store.database}", store.settings) from exc
     if nq.post is not None:
         df = nq.post(df, q)
-    df.attrs.update(query=name, source=q.used)
+    df.attrs.update(query=name, source=q.used, estimated=q.error_bound > 0, error_bound=q.error_bound)
     logger.debug("query %s from %s: %d rows", name, q.used, len(df))
     return df
 
@@ -468,9 +498,12 @@ _PURCHASE_REVENUE = "toFloat64(sumIf(price, interaction_type = 'purchase'))"
 def _kpis(q: Query) -> str:
     rollup = q.pick(*EVENT_ROLLUPS)
     if rollup:
+        approx = q.source == "approx"
+        if approx:
+            q.error_bound = rollup.error_bound
         return (
-            f"SELECT sum(events) AS total_interactions, {rollup.uniq}(users) AS unique_users, "
-            f"{rollup.uniq}(items) AS unique_items, toFloat64(sum(revenue)) AS revenue "
+            f"SELECT sum(events) AS total_interactions, {rollup.distinct('users', approx)} AS unique_users, "
+            f"{rollup.distinct('items', approx)} AS unique_items, toFloat64(sum(revenue)) AS revenue "
             f"FROM {q.table(rollup.table)} {q.where(rollup=rollup)}"
         )
     return (
@@ -492,10 +525,19 @@ def _breakdown(q: Query) -> str:
         src, count, where = q.table(rollup.table), "sum(events)", q.where(rollup=rollup)
     else:
         src, count, where = q.table("events"), "count()", q.where()
+    label = expr
+    if by not in _NEVER_EMPTY:
+        q.params["none_label"] = NONE_LABEL
+        label = f"if({expr} = '', {{none_label:String}}, {expr})"
+    # A label alias of its own: named after the column, it would replace the column in the WHERE clause's filters.
     return (
-        f"SELECT {expr} AS `{by}`, {count} AS events, events / sum(events) OVER () AS share "
-        f"FROM {src} {where} GROUP BY `{by}` {having} ORDER BY events DESC, `{by}`"
+        f"SELECT {label} AS breakdown_value, {count} AS events, events / sum(events) OVER () AS share "
+        f"FROM {src} {where} GROUP BY breakdown_value {having} ORDER BY events DESC, breakdown_value"
     )
+
+
+def _breakdown_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
+    return df.rename(columns={"breakdown_value": q.options["by"]})
 
 
 def _timeseries(q: Query) -> str:
@@ -892,6 +934,7 @@ QUERIES: dict[str, NamedQuery] = {
             "events and share per value of one column",
             _breakdown,
             (Param("by", str, "interaction_type", choices=FILTERS, properties=True),),
+            post=_breakdown_post,
         ),
         NamedQuery(
             "timeseries",

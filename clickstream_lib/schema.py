@@ -93,6 +93,7 @@ class View:
 OPEN_TYPES_MIGRATION = 5  # the migration that added OTHER_TYPES_COLUMN to the wide rollups (store.MIGRATIONS)
 PROPERTIES_MIGRATION = 6  # the migration that added the experiment columns and properties to events
 EXPERIMENTS_MIGRATION = 7  # the migration that added the experiment_users_by_day rollup
+EXACT_DISTINCT_MIGRATION = 8  # the migration that added exact distinct states to the event rollups (rebuilt)
 
 _EVENTS_COLUMNS: tuple[tuple[str, str], ...] = (
     ("event_id", "UUID"),
@@ -171,8 +172,22 @@ _REVENUE = "sumIf(toDecimal128(price, 2), interaction_type = 'purchase')"
 SEGMENTS: tuple[str, ...] = ("device", "country", "referrer")
 
 
-def _event_rollup(name: str, time_col: str, time_expr: str, segments: bool, k: int) -> tuple[Table, View]:
-    """A rollup of events per time bucket x interaction type (x device, country, referrer when ``segments``)."""
+# Exact distinct users / items in the event rollups: a set of the values' 128-bit hashes per row (``uniqExact``
+# states), merged over the rows of a window. Exact up to hash collisions (~n^2 / 2^129). See EXACT_STATE_NOTE.
+EXACT_STATE_TYPE = "AggregateFunction(uniqExact, String)"
+EXACT_MERGE = "uniqExactMerge"
+EXACT_COLUMNS: dict[str, str] = {"users": "users_exact", "items": "items_exact"}
+
+
+def _exact_state(column: str) -> str:
+    return f"uniqExactState({column})"
+
+
+def _event_rollup(name: str, time_col: str, time_expr: str, segments: bool, k: int) -> tuple[Table, View, View]:
+    """A rollup of events per time bucket x interaction type (x device, country, referrer when ``segments``).
+
+    Returns the table, its view as migration 2 made it (HLL states only) and its current view (exact states too).
+    """
     keys = (time_col, "interaction_type", *(SEGMENTS if segments else ()))
     hll = f"AggregateFunction(uniqCombined({k}), String)"
     table = Table(
@@ -185,38 +200,39 @@ def _event_rollup(name: str, time_col: str, time_expr: str, segments: bool, k: i
             ("revenue", _MONEY),
             ("users", hll),
             ("items", hll),
+            (EXACT_COLUMNS["users"], EXACT_STATE_TYPE),
+            (EXACT_COLUMNS["items"], EXACT_STATE_TYPE),
         ),
         engine="AggregatingMergeTree",
         partition_by=f"toYYYYMM({time_col})",
         order_by=f"({', '.join(keys)})",
         dedup=True,
+        added=tuple((c, EXACT_DISTINCT_MIGRATION) for c in EXACT_COLUMNS.values()),
     )
-    view = View(
-        f"{name}_mv",
-        name,
-        "events",
+    select = (
         f"SELECT {time_expr} AS {', '.join(keys)}, count() AS events, {_REVENUE} AS revenue, "
-        f"uniqCombinedState({k})(user_id) AS users, uniqCombinedState({k})(item_id) AS items "
-        f"FROM {{src}} GROUP BY {', '.join(keys)}",
+        f"uniqCombinedState({k})(user_id) AS users, uniqCombinedState({k})(item_id) AS items"
     )
-    return table, view
+    exact = f", {_exact_state('user_id')} AS {EXACT_COLUMNS['users']}, {_exact_state('item_id')} AS {EXACT_COLUMNS['items']}"
+    group = f" FROM {{src}} GROUP BY {', '.join(keys)}"
+    return table, View(f"{name}_mv", name, "events", select + group), View(f"{name}_mv", name, "events", select + exact + group)
 
 
 # Distinct counts from a rollup merge one HLL state per row read, and a state merge costs far more than a sum
 # (measured: 10^4 uniqCombined(14) states took ~0.8 s to merge, uniqCombined(12) ~0.2 s, uniqExact over 10M raw
 # values ~0.1 s). So each window reads the coarsest rollup that fits: per day, then per minute; and the
 # segment rollups (one row per device x country x referrer combination, thousands per bucket) use 2^12 cells.
-EVENTS_BY_MINUTE, _MINUTE_MV = _event_rollup(
+EVENTS_BY_MINUTE, _MINUTE_MV_2, _MINUTE_MV = _event_rollup(
     "events_by_minute", "minute", "toStartOfMinute(event_time)", False, HLL_PRECISION
 )
-EVENTS_BY_DAY, _DAY_MV = _event_rollup(
+EVENTS_BY_DAY, _DAY_MV_2, _DAY_MV = _event_rollup(
     "events_by_day", "day", "toDateTime(toStartOfDay(event_time), 'UTC')", False, HLL_PRECISION
 )
 # A minute grain with the segment keys held ~2 raw rows per rollup row (1M events over 7 days): hours and days.
-SEGMENTS_BY_HOUR, _SEG_HOUR_MV = _event_rollup(
+SEGMENTS_BY_HOUR, _SEG_HOUR_MV_2, _SEG_HOUR_MV = _event_rollup(
     "segments_by_hour", "hour", "toStartOfHour(event_time)", True, SEGMENT_HLL_PRECISION
 )
-SEGMENTS_BY_DAY, _SEG_DAY_MV = _event_rollup(
+SEGMENTS_BY_DAY, _SEG_DAY_MV_2, _SEG_DAY_MV = _event_rollup(
     "segments_by_day", "day", "toDateTime(toStartOfDay(event_time), 'UTC')", True, SEGMENT_HLL_PRECISION
 )
 
@@ -306,6 +322,8 @@ def _wide_views(others: bool) -> tuple[View, View]:
 
 
 _EVENT_VIEWS = (_MINUTE_MV, _DAY_MV, _SEG_HOUR_MV, _SEG_DAY_MV)
+_EVENT_VIEWS_2 = (_MINUTE_MV_2, _DAY_MV_2, _SEG_HOUR_MV_2, _SEG_DAY_MV_2)  # as migration 2 made them
+EVENT_ROLLUPS: tuple[Table, ...] = (EVENTS_BY_MINUTE, EVENTS_BY_DAY, SEGMENTS_BY_HOUR, SEGMENTS_BY_DAY)
 VIEWS: tuple[View, ...] = (*_EVENT_VIEWS, *_wide_views(others=True))
 
 ROLLUPS: tuple[Table, ...] = (
@@ -417,7 +435,7 @@ def backfill_sql(view: View, db: str = "{db}") -> str:
 
 def rollup_statements(db: str = "{db}") -> tuple[str, ...]:
     """Migration 2: the rollup tables, a one-off backfill from existing events, then the views that keep them."""
-    views = (*_EVENT_VIEWS, *_wide_views(others=False))  # as migration 2 made them; migration 5 changes two
+    views = (*_EVENT_VIEWS_2, *_wide_views(others=False))  # as migration 2 made them; migrations 5 and 8 change them
     out: list[str] = [table_ddl(t, db, projections=False, at=2) for t in ROLLUPS]
     out += [backfill_sql(v, db) for v in views]
     out += [view_ddl(v, db) for v in views]
@@ -490,6 +508,34 @@ def experiment_rollup_statements(db: str = "{db}") -> tuple[str, ...]:
         backfill_sql(_EXPERIMENT_MV, db),
         view_ddl(_EXPERIMENT_MV, db),
     )
+
+
+def exact_distinct_statements(db: str = "{db}") -> tuple[str, ...]:
+    """Migration 8: exact distinct users and items in the event rollups, rebuilt from the stored events.
+
+    Per rollup: the two state columns, the view's new query (``MODIFY QUERY`` swaps it in place, so no insert goes
+    uncounted between a drop and a create), then the rollup emptied and filled again from ``events``: rows written
+    before hold empty exact states, which a merge cannot fill. The rebuild insert does not deduplicate (a re-run
+    after a failure must not have its blocks dropped as repeats of the first attempt's). Every statement can re-run.
+    Inserts into ``events`` while it runs would be counted twice or not at all in the rollups: the embedded owner
+    migrates before its sink starts; on a server, stop the sinks (``clickstream consume``) for the migration.
+    """
+    out: list[str] = []
+    for table, view in zip(EVENT_ROLLUPS, _EVENT_VIEWS, strict=True):
+        names = table.column_names
+        for column in EXACT_COLUMNS.values():
+            after = names[names.index(column) - 1]
+            out.append(
+                f"ALTER TABLE {db}.{table.name} ADD COLUMN IF NOT EXISTS {column} {EXACT_STATE_TYPE} AFTER {after}"
+            )
+        select = view.select.replace("{src}", f"{db}.{view.source}")
+        out.append(f"ALTER TABLE {db}.{view.name} MODIFY QUERY {select}")
+        out.append(f"TRUNCATE TABLE IF EXISTS {db}.{table.name}")
+        out.append(
+            f"INSERT INTO {db}.{table.name} ({', '.join(names)}) {select} "
+            "SETTINGS insert_deduplicate = 0, async_insert = 0"
+        )
+    return tuple(out)
 
 
 def local_ddl(database: str, dedup_window: int = 100_000) -> list[str]:

@@ -135,6 +135,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "experiments rollup: experiment_users_by_day and its view, backfilled from stored events",
         schema.experiment_rollup_statements(),
     ),
+    Migration(
+        schema.EXACT_DISTINCT_MIGRATION,
+        "exact distinct users and items in the event rollups (uniqExact states), rebuilt from stored events",
+        schema.exact_distinct_statements(),
+    ),
 )
 
 
