@@ -215,7 +215,11 @@ def _event_rollup(name: str, time_col: str, time_expr: str, segments: bool, k: i
     )
     exact = f", {_exact_state('user_id')} AS {EXACT_COLUMNS['users']}, {_exact_state('item_id')} AS {EXACT_COLUMNS['items']}"
     group = f" FROM {{src}} GROUP BY {', '.join(keys)}"
-    return table, View(f"{name}_mv", name, "events", select + group), View(f"{name}_mv", name, "events", select + exact + group)
+    return (
+        table,
+        View(f"{name}_mv", name, "events", select + group),
+        View(f"{name}_mv", name, "events", select + exact + group),
+    )
 
 
 # Distinct counts from a rollup merge one HLL state per row read, and a state merge costs far more than a sum
@@ -511,14 +515,14 @@ def experiment_rollup_statements(db: str = "{db}") -> tuple[str, ...]:
 
 
 def exact_distinct_statements(db: str = "{db}") -> tuple[str, ...]:
-    """Migration 8: exact distinct users and items in the event rollups, rebuilt from the stored events.
+    """Migration 8, first part: exact distinct users and items in the event rollups.
 
     Per rollup: the two state columns, the view's new query (``MODIFY QUERY`` swaps it in place, so no insert goes
-    uncounted between a drop and a create), then the rollup emptied and filled again from ``events``: rows written
-    before hold empty exact states, which a merge cannot fill. The rebuild insert does not deduplicate (a re-run
-    after a failure must not have its blocks dropped as repeats of the first attempt's). Every statement can re-run.
-    Inserts into ``events`` while it runs would be counted twice or not at all in the rollups: the embedded owner
-    migrates before its sink starts; on a server, stop the sinks (``clickstream consume``) for the migration.
+    uncounted between a drop and a create), and the rollup emptied: rows written before hold empty exact states,
+    which a merge cannot fill. :func:`exact_distinct_rebuild` then fills them again from ``events``, a day at a time.
+    Every statement can re-run. Inserts into ``events`` while the migration runs would be counted twice or not at
+    all in the rollups: the embedded owner migrates before its sink starts; on a server, stop the sinks
+    (``clickstream consume``) for the migration.
     """
     out: list[str] = []
     for table, view in zip(EVENT_ROLLUPS, _EVENT_VIEWS, strict=True):
@@ -528,12 +532,29 @@ def exact_distinct_statements(db: str = "{db}") -> tuple[str, ...]:
             out.append(
                 f"ALTER TABLE {db}.{table.name} ADD COLUMN IF NOT EXISTS {column} {EXACT_STATE_TYPE} AFTER {after}"
             )
-        select = view.select.replace("{src}", f"{db}.{view.source}")
-        out.append(f"ALTER TABLE {db}.{view.name} MODIFY QUERY {select}")
+        out.append(f"ALTER TABLE {db}.{view.name} MODIFY QUERY {view.select.replace('{src}', f'{db}.{view.source}')}")
         out.append(f"TRUNCATE TABLE IF EXISTS {db}.{table.name}")
+    return tuple(out)
+
+
+def exact_distinct_rebuild() -> tuple[str, ...]:
+    """Migration 8, second part: each event rollup filled from the events of one day (query parameter ``day``).
+
+    Texts with a ``{db}`` slot (formatted by ``Store.migrate``, which leaves ``{day:Date}`` for the binding).
+
+    A day at a time bounds the memory of the aggregation (all of 10M events at once passed the embedded engine's 1 GB
+    limit, and so did one day of 1.4M events once, on a loaded machine, until the aggregation could spill to disk past
+    256 MiB); every bucket of these rollups lies within one day. The inserts do not deduplicate: a re-run after a
+    failure must not have its blocks dropped as repeats of the first attempt's.
+    """
+    out: list[str] = []
+    for table, view in zip(EVENT_ROLLUPS, _EVENT_VIEWS, strict=True):
+        select = view.select.replace(
+            "FROM {src} GROUP BY", f"FROM {{db}}.{view.source} WHERE toDate(event_time) = {{{{day:Date}}}} GROUP BY"
+        )
         out.append(
-            f"INSERT INTO {db}.{table.name} ({', '.join(names)}) {select} "
-            "SETTINGS insert_deduplicate = 0, async_insert = 0"
+            f"INSERT INTO {{db}}.{table.name} ({', '.join(table.column_names)}) {select} "
+            "SETTINGS insert_deduplicate = 0, async_insert = 0, max_bytes_before_external_group_by = 268435456"
         )
     return tuple(out)
 

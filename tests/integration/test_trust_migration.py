@@ -52,6 +52,7 @@ def test_exact_distinct_migration_rebuilds_the_rollups_of_a_store_with_data(base
         # deduplication (same blocks as the first attempt) nor counted twice.
         for stmt in MIGRATIONS[EXACT - 1].statements:
             store.client.command(stmt.format(db=db))
+        store.run_per_day(MIGRATIONS[EXACT - 1])
         exact_from_rollups(store, df)
         for rollup in schema.EVENT_ROLLUPS:
             assert rollup_events(store, db, rollup) == len(df), rollup.name
