@@ -213,7 +213,7 @@ def _event_rollup(name: str, time_col: str, time_expr: str, segments: bool, k: i
         f"SELECT {time_expr} AS {', '.join(keys)}, count() AS events, {_REVENUE} AS revenue, "
         f"uniqCombinedState({k})(user_id) AS users, uniqCombinedState({k})(item_id) AS items"
     )
-    exact = f", {_exact_state('user_id')} AS {EXACT_COLUMNS['users']}, {_exact_state('item_id')} AS {EXACT_COLUMNS['items']}"
+    exact = "".join(f", {_exact_state(f'{what[:-1]}_id')} AS {col}" for what, col in EXACT_COLUMNS.items())
     group = f" FROM {{src}} GROUP BY {', '.join(keys)}"
     return (
         table,
