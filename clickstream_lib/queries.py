@@ -921,6 +921,50 @@ def _freshness_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
     return df
 
 
+_NO_EVENT_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def _topic_where(q: Query) -> str:
+    if not q.options.get("topic"):
+        return ""
+    q.params["topic"] = q.options["topic"]
+    return "WHERE kafka_topic = {topic:String}"
+
+
+def _reconcile(q: Query) -> str:
+    # Duplicates are rows sharing an event_id (count() - uniqExact(event_id)); offsets_stored counts the distinct
+    # Kafka offsets held by events and dead letters together (a roaring bitmap: offsets of a partition are dense).
+    where = _topic_where(q)
+    return (
+        "SELECT kafka_topic AS topic, kafka_partition AS partition, countIf(dead = 0) AS rows_stored, "
+        "countIf(dead = 1) AS dead_letters, rows_stored - uniqExactIf(event_id, dead = 0) AS duplicates, "
+        "groupBitmap(kafka_offset) AS offsets_stored, min(kafka_offset) AS first_offset, "
+        "max(kafka_offset) + 1 AS next_offset FROM ("
+        f" SELECT kafka_topic, kafka_partition, kafka_offset, event_id, 0 AS dead FROM {q.table('events')} {where}"
+        f" UNION ALL SELECT kafka_topic, kafka_partition, kafka_offset, toUUID('{_NO_EVENT_ID}'), 1"
+        f" FROM {q.table('dead_letters')} {where}"
+        ") GROUP BY topic, partition ORDER BY topic, partition"
+    )
+
+
+def _complete_through(q: Query) -> str:
+    # Per partition the newest event time the sink stored (it stores in offset order and commits after the store
+    # acknowledged), and the minimum over partitions: every partition has delivered its events up to then.
+    return (
+        "SELECT if(count() = 0, NULL, min(newest)) AS complete_through, count() AS partitions, "
+        "if(count() = 0, NULL, max(newest)) AS newest_event_time FROM ("
+        f" SELECT kafka_topic, kafka_partition, max(event_time) AS newest FROM {q.table('events')} {_topic_where(q)}"
+        " GROUP BY kafka_topic, kafka_partition)"
+    )
+
+
+def _complete_through_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
+    for col in ("complete_through", "newest_event_time"):
+        df[col] = pd.to_datetime(df[col], utc=True)
+    return df
+
+
+_TOPIC = Param("topic", str, "", help="the Kafka topic (default: every topic in the store)")
 _LIMIT = Param("limit", int, 10, minimum=1, maximum=100_000, help="rows to return")
 _DAILY_LIMIT = Param("limit", int, 100_000, minimum=1, maximum=10_000_000, help="rows to return")
 _NOW = Param("now", datetime, None, help="the reference 'now' (default: the wall clock, UTC)")
@@ -1035,6 +1079,24 @@ QUERIES: dict[str, NamedQuery] = {
         NamedQuery(
             "freshness", "newest event and ingest time", _freshness, filters=(), windowed=False, post=_freshness_post
         ),
+        NamedQuery(
+            "reconcile",
+            "per Kafka partition: rows stored, dead letters, duplicate event ids, distinct offsets stored, offsets",
+            _reconcile,
+            (_TOPIC,),
+            filters=(),
+            windowed=False,
+        ),
+        NamedQuery(
+            "complete_through",
+            "the time up to which every partition's events are stored: the minimum over partitions of the newest "
+            "stored event time",
+            _complete_through,
+            (_TOPIC,),
+            filters=(),
+            windowed=False,
+            post=_complete_through_post,
+        ),
     )
 }
 
@@ -1138,6 +1200,19 @@ def ingestion_health(store: Store, *, start: Any = None, end: Any = None) -> Ing
         run(store, "ingestion_latency", start=start, end=end),
         run(store, "dead_letters", start=start, end=end),
     )
+
+
+def reconcile(store: Store, topic: str = "") -> pd.DataFrame:
+    """Per Kafka partition of ``topic`` (every topic when empty): rows_stored, dead_letters, duplicates (rows sharing
+    an event_id), offsets_stored (distinct offsets in events and dead letters), first_offset, next_offset. The
+    Kafka side (high watermark, committed offset) is added by :func:`clickstream_lib.panels.reconcile.reconcile`."""
+    return run(store, "reconcile", topic=topic)
+
+
+def complete_through(store: Store, topic: str = "") -> pd.DataFrame:
+    """One row: complete_through (every partition's events are stored up to this event time; None when empty),
+    partitions, newest_event_time."""
+    return run(store, "complete_through", topic=topic)
 
 
 def freshness(store: Store) -> pd.DataFrame:

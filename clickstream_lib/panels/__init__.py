@@ -1,0 +1,1 @@
+"""Dashboard and workbench panels, one module each (widgets.py wires them in)."""
