@@ -21,6 +21,7 @@ from kafka import KafkaProducer
 
 from clickstream_lib import queries, topics
 from clickstream_lib.consumer import Sink
+from clickstream_lib.panels import reconcile as reconcile_panel
 from clickstream_lib.settings import Settings
 from clickstream_lib.store import Store
 
@@ -157,3 +158,130 @@ def test_breakdowns_name_missing_values_none_and_sum_to_the_total(sunk: Store, s
             want = Counter(m.get(by) or "(none)" for m in pick(sent, **window))
             assert dict(zip(b[by], b["events"].astype(int), strict=True)) == dict(want), (by, window)
             assert int(b["events"].sum()) == int(queries.kpis(sunk, **window)["total_interactions"][0])
+
+
+# --- reconciliation: Kafka against the store, to the event ----------------------------------------------------
+
+
+def test_reconcile_balances_to_the_event(settings: Settings, store: Store, sent: list[dict[str, Any]]) -> None:
+    """Every message the producer had acknowledged is in Kafka and in the store once, as an event or a dead letter;
+    a message sent twice shows as one duplicate; per partition, counted from the producer's own acknowledgements."""
+    data = sent[:900]
+    poison = [b"not json", b'{"user_id": 1}', b"[]"]
+    topics.ensure_topic(settings, settings.kafka_topic)
+    producer = KafkaProducer(**topics.client_config(settings))
+    try:
+        futures = [(producer.send(settings.kafka_topic, json.dumps(m).encode()), "event") for m in data]
+        futures.append((producer.send(settings.kafka_topic, json.dumps(data[0]).encode()), "event"))  # a repeat
+        futures += [(producer.send(settings.kafka_topic, raw), "dead") for raw in poison]
+        producer.flush()
+        acked = Counter((f.get(timeout=30).partition, kind) for f, kind in futures)
+    finally:
+        producer.close()
+    stats = Sink(settings, store).run(max_events=len(futures))
+    assert stats.rows_inserted == len(data) + 1
+
+    df = reconcile_panel.reconcile(store, settings)
+    partitions = sorted({p for p, _ in acked})
+    assert list(df["partition"]) == list(range(settings.kafka_partitions))
+    for row in df.itertuples():
+        assert row.rows_stored == acked[(row.partition, "event")], row
+        assert row.dead_letters == acked[(row.partition, "dead")], row
+        assert row.high_watermark - row.log_start == acked[(row.partition, "event")] + acked[(row.partition, "dead")]
+        assert row.committed == row.high_watermark and row.lag == 0 and row.missing == 0
+    repeated = df[df["duplicates"] > 0]
+    assert list(repeated["duplicates"]) == [1] and not repeated["balanced"].any()
+    assert df[df["duplicates"] == 0]["balanced"].all() and partitions
+    summary = reconcile_panel.totals(df, produced=len(futures))
+    assert summary["in_kafka"] == len(futures) and summary["acked_not_in_kafka"] == 0
+    assert (summary["rows_stored"], summary["dead_letters"], summary["duplicates"]) == (len(data) + 1, 3, 1)
+    assert summary["missing"] == 0 and not summary["balanced"]
+
+    # The sink's event time per partition, the minimum over partitions: independent of the SQL, from the messages.
+    newest: dict[int, datetime] = {}
+    for (f, _kind), m in zip(futures, [*data, data[0]], strict=False):
+        p = f.get().partition
+        newest[p] = max(newest.get(p, event_time(m)), event_time(m))
+    got = queries.complete_through(store, topic=settings.kafka_topic)
+    assert got["complete_through"][0].to_pydatetime() == min(newest.values())
+    assert int(got["partitions"][0]) == len(newest)
+
+
+# --- invariants over generated data -----------------------------------------------------------------------------
+
+
+def insert_messages(store: Store, data: list[dict[str, Any]]) -> None:
+    """The messages as the sink stores them, inserted directly (many seeds, no broker round trip needed)."""
+    from clickstream_lib.consumer import EVENT_COLUMNS
+
+    rows = []
+    for i, m in enumerate(data):
+        row = {
+            "event_id": m["event_id"],
+            "user_id": m["user_id"],
+            "session_id": m.get("session_id", ""),
+            "item_id": m["item_id"],
+            "interaction_type": m["interaction_type"],
+            "event_time": event_time(m),
+            "page": "",
+            "referrer": m.get("referrer", ""),
+            "device": m.get("device", ""),
+            "country": m.get("country", ""),
+            "price": Decimal(str(m.get("price", 0))),
+            "currency": m.get("currency", ""),
+            "schema_version": 1,
+            "experiment_name": "",
+            "experiment_variation": "",
+            "properties": {},
+            "kafka_topic": "clicks",
+            "kafka_partition": i % 3,
+            "kafka_offset": i // 3,
+            "kafka_timestamp": event_time(m),
+        }
+        rows.append([row[c] for c in EVENT_COLUMNS])
+    columns = [list(col) for col in zip(*rows, strict=True)]
+    assert store.insert("events", columns, EVENT_COLUMNS) == len(data)
+
+
+SCENARIOS = {
+    # seed -> (events, users): small and dense, wide and sparse, and one user in most events
+    3: (2_500, 180),
+    11: (6_000, 2_400),
+    29: (3_000, 40),
+}
+
+
+@pytest.mark.parametrize("seed", sorted(SCENARIOS))
+def test_panels_agree_with_each_other(store: Store, seed: int) -> None:
+    n, users = SCENARIOS[seed]
+    data = messages(n, users, seed=seed)
+    insert_messages(store, data)
+    rng = random.Random(seed)
+    windows: list[dict[str, datetime]] = [{}, *WINDOWS[1:]]
+    for _ in range(3):  # and a few arbitrary ones
+        start = END - timedelta(seconds=rng.randrange(1, SPAN_S))
+        windows.append({"start": start, "end": start + timedelta(seconds=rng.randrange(60, SPAN_S))})
+    for window in windows:
+        for filters in FILTERS:
+            kw = {**window, **filters}
+            k = queries.kpis(store, **kw).iloc[0]
+            users_total = int(k["unique_users"])
+            assert users_total == truth_kpis(pick(data, **kw))["unique_users"]
+            for by in ("interaction_type", "device", "country", "referrer"):
+                parts = queries.breakdown(store, by=by, **kw)
+                assert int(parts["events"].sum()) == int(k["total_interactions"]), (by, kw)
+            no_type = {k_: v for k_, v in kw.items() if k_ != "interaction_type"}
+            funnel = queries.funnel(store, **no_type)
+            steps = list(funnel["users"].astype(int))
+            assert steps == sorted(steps, reverse=True), (steps, kw)
+            assert steps[0] <= int(queries.kpis(store, **no_type)["unique_users"][0])
+            sessions = queries.sessions(store, **kw)
+            assert int(sessions["users"][0]) <= users_total
+            if "end" not in window:  # active users: the same question as unique users since start
+                start = window.get("start", END - timedelta(minutes=90))
+                minutes = max(1, int((END - start).total_seconds() // 60))
+                now = END
+                active = queries.active_users(store, minutes=minutes, now=now, **filters)
+                since = queries.kpis(store, start=now - timedelta(minutes=minutes), **filters)
+                assert int(active["active_users"][0]) <= int(since["unique_users"][0])
+                assert int(active["active_users"][0]) == int(since["unique_users"][0])
