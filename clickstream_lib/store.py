@@ -447,7 +447,9 @@ class Store:
         return applied
 
     def run_per_day(self, migration: Migration) -> None:
-        """Run ``migration.per_day`` for every day ``events`` holds (UTC), oldest first."""
+        """Run ``migration.per_day`` for every day ``events`` holds (UTC), oldest first (nothing when it has none)."""
+        if not migration.per_day:
+            return
         db = self.database
         days = [r[0] for r in self.query_rows(f"SELECT DISTINCT toDate(event_time) AS d FROM {db}.events ORDER BY d")]
         for day in days:
