@@ -312,7 +312,8 @@ def partial_bucket(df: pd.DataFrame, complete_through: Any, bucket_s: int) -> tu
 def mark_partial(fig: go.Figure, span: tuple[Any, Any] | None) -> None:
     """Shade the still-filling last bucket ``span`` (from :func:`partial_bucket`) and label it "partial"."""
     if span is None:
-        fig.update_layout(shapes=[], annotations=[])
+        fig.layout.shapes = ()
+        fig.layout.annotations = ()
         return
     x0, x1 = (pd.Timestamp(t).isoformat() for t in span)
     fig.update_layout(
