@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clickstream_lib.settings import Settings  # noqa: E402
-from clickstream_lib.store import connect  # noqa: E402
+from clickstream_lib.settings import Settings
+from clickstream_lib.store import connect
 
 GRAINS = {
     "minute": ("toStartOfMinute(event_time)", False),
