@@ -5,6 +5,7 @@
     .venv/bin/python bench/queries.py --data-dir /tmp/bq --reuse --memory-limit-mb 0    # again on the same data,
     .venv/bin/python bench/queries.py --data-dir /tmp/bq --reuse --memory-limit-mb 1024 # with another engine limit
     .venv/bin/python bench/queries.py --sizes 10000000 --data-dir /tmp/bq --reuse --only experiments,device --repeat 3
+    .venv/bin/python bench/queries.py --sizes 10000000 --data-dir /tmp/bq --reuse --live-only   # refresh set only
 
 For each size a child process generates events with the project's generator (``Generator.backfill`` over the last
 7 days, so the live panels have data "now"; 1M events per call, ``size / 100`` users; two of three users in one of two
@@ -205,7 +206,7 @@ def cases(now: datetime) -> list[tuple[str, str, dict[str, Any]]]:
     ]
 
 
-def measure(database: str, repeat: int, only: str = "") -> dict[str, Any]:
+def measure(database: str, repeat: int, only: str = "", live_only: bool = False) -> dict[str, Any]:
     from clickstream_lib import queries, schema
     from clickstream_lib.settings import Settings
     from clickstream_lib.store import connect
@@ -218,7 +219,7 @@ def measure(database: str, repeat: int, only: str = "") -> dict[str, Any]:
     with PeakRSS() as rss:
         count = int(store.scalar(f"SELECT count() FROM {database}.events"))
         for label, name, kwargs in cases(now):
-            if only and not any(part and part in label for part in only.split(",")):
+            if live_only or (only and not any(part and part in label for part in only.split(","))):
                 continue
             raw_ms, _ = median_ms(lambda n=name, k=kwargs: queries.run(store, n, source="raw", **k), repeat)
             row: dict[str, Any] = {"raw_ms": raw_ms}
@@ -227,10 +228,18 @@ def measure(database: str, repeat: int, only: str = "") -> dict[str, Any]:
                 row.update(rollup_ms=auto_ms, rollup=df.attrs["source"], speedup=raw_ms / auto_ms)
             rows[label] = row
         panels = {}
-        for label, window in (("all time", {}), ("last hour", {"start": hour_ago})) if not only else ():
+        for label, window in (("all time", {}), ("last hour", {"start": hour_ago})) if not only or live_only else ():
             raw_ms, _ = median_ms(lambda w=window: queries.live_panels(store, source="raw", **w), repeat)
             auto_ms, _ = median_ms(lambda w=window: queries.live_panels(store, **w), repeat)
-            panels[label] = {"raw_ms": raw_ms, "rollup_ms": auto_ms, "speedup": raw_ms / auto_ms}
+            # The same set with estimated distinct counts (source="approx": the rollups' HLL states), for the ratio.
+            approx_ms, _ = median_ms(lambda w=window: queries.live_panels(store, source="approx", **w), repeat)
+            panels[label] = {
+                "raw_ms": raw_ms,
+                "rollup_ms": auto_ms,
+                "speedup": raw_ms / auto_ms,
+                "approx_ms": approx_ms,
+                "exact_vs_approx": auto_ms / approx_ms,
+            }
         parts = dict(
             store.query_rows(
                 "SELECT table, count() FROM system.parts WHERE database = {db:String} AND active GROUP BY table",
@@ -260,12 +269,15 @@ def report(results: dict[int, dict[str, Any]]) -> None:
             f"engine memory limit {r['engine_memory_limit_mb']:.0f} MB) =="
         )
         print("rollup rows: " + ", ".join(f"{t} {n:,}" for t, n in r["rollup_rows"].items()))
-        print(f"{'query':28} {'raw ms':>9} {'rollup ms':>10} {'speedup':>8}  rollup")
+        print(f"{'query':28} {'raw ms':>9} {'rollup ms':>10} {'speedup':>8}  rollup  (live panels: approx ms, ratio)")
         for label, row in r["queries"].items():
             rol = f"{row['rollup_ms']:10.1f} {row['speedup']:7.1f}x  {row['rollup']}" if "rollup_ms" in row else ""
             print(f"{label:28} {row['raw_ms']:9.1f} {rol}")
         for label, p in r["live_panels"].items():
-            print(f"{'live panels ' + label:28} {p['raw_ms']:9.1f} {p['rollup_ms']:10.1f} {p['speedup']:7.1f}x")
+            print(
+                f"{'live panels ' + label:28} {p['raw_ms']:9.1f} {p['rollup_ms']:10.1f} {p['speedup']:7.1f}x  "
+                f"exact; approx {p['approx_ms']:.1f} ms, exact/approx {p['exact_vs_approx']:.2f}x"
+            )
     if len(sizes) > 1:
         lo, hi = results[sizes[0]], results[sizes[-1]]
         factor = hi["events"] / lo["events"]
@@ -303,6 +315,11 @@ def main() -> int:
         default="",
         help="measure only the queries whose label contains one of these comma-separated parts (e.g. experiments,prop)",
     )
+    parser.add_argument(
+        "--live-only",
+        action="store_true",
+        help="measure only the dashboard's refresh set (queries.live_panels): raw, exact (auto) and estimated (approx)",
+    )
     parser.add_argument("--load", nargs=2, metavar=("SIZE", "DATABASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
@@ -334,12 +351,13 @@ def main() -> int:
             measure_env["CLICKSTREAM_MEMORY_LIMIT_MB"] = str(args.memory_limit_mb)
         code = (
             "import json, sys; sys.path.insert(0, sys.argv[1]); from bench.queries import measure; "
-            "print(json.dumps(measure(sys.argv[3], int(sys.argv[2]), sys.argv[4])))"
+            "print(json.dumps(measure(sys.argv[3], int(sys.argv[2]), sys.argv[4], sys.argv[5] == '1')))"
         )
+        live_only = "1" if args.live_only else "0"
         for size in args.sizes:
             print(f"measuring {size:,} ...", file=sys.stderr, flush=True)
             proc = subprocess.run(
-                [sys.executable, "-c", code, str(ROOT), str(args.repeat), f"bench_{size}", args.only],
+                [sys.executable, "-c", code, str(ROOT), str(args.repeat), f"bench_{size}", args.only, live_only],
                 env=measure_env,
                 check=True,
                 capture_output=True,

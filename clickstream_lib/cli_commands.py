@@ -604,9 +604,10 @@ def _add_query(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--source",
-        choices=["auto", "raw", "rollup"],
+        choices=["auto", "raw", "rollup", "approx"],
         default="auto",
-        help="read rollups when exact (auto, default), always raw events, or insist on rollups",
+        help="read rollups where they answer (auto, default), always raw events, insist on rollups, or estimate "
+        "distinct counts from the rollups' HLL states (approx; the output's `estimated` column says which rows are)",
     )
     p.add_argument("--sql", help="run this SQL read-only instead of a named query")
     p.add_argument("--format", "-f", choices=["table", "csv", "json"], default="table", help="output format")
@@ -656,12 +657,19 @@ def _cmd_query(args: argparse.Namespace, settings: Settings) -> int:
             df = queries.run(store, args.name, source=args.source, **params)
     finally:
         store.close()
+    estimated = bool(df.attrs.get("estimated"))
+    if not args.sql:
+        # Every named query's rows say whether their figures are estimates, and the relative error bound if so.
+        bound = float(df.attrs.get("error_bound") or 0.0)
+        df = df.assign(estimated=estimated, error_bound=bound)
     if args.format == "csv":
         out(df.to_csv(index=False).rstrip("\n"))
     elif args.format == "json":
         out(json_records(df))
     else:
         out(df.to_string(index=False) if len(df) else f"(no rows; columns: {', '.join(map(str, df.columns))})")
+        if estimated:
+            out(f"≈ distinct counts are estimates (error bound ±{100 * float(df.attrs.get('error_bound') or 0):.1f}%)")
     return 0
 
 

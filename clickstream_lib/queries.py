@@ -8,9 +8,14 @@ a ``ValueError``) and always bound as ClickHouse query parameters (``{name:Type}
 
 Where a rollup (see :mod:`clickstream_lib.schema`) can answer exactly the same question — its time grain divides
 the window and it keeps every filtered column — ``source="auto"`` reads the rollup, otherwise the raw ``events``
-table. Counts and sums are equal either way; distinct users/items from a rollup are ``uniqCombined`` estimates
-(~0.8% standard error, exact for small sets), from raw events they are exact. ``df.attrs["source"]`` says which
-was used.
+table. Every figure is exact either way: counts and sums, and distinct users/items, which a rollup merges from
+exact sets (``uniqExact`` states). Only ``source="approx"`` gives estimates: distinct counts from the rollups'
+``uniqCombined`` states (HyperLogLog-style) where a rollup answers. ``df.attrs["source"]`` says which table was
+read, ``df.attrs["estimated"]`` whether a figure is an estimate, and ``df.attrs["error_bound"]`` its relative error
+bound (three standard errors; 0 when exact).
+
+An empty dimension value (an event without device, country, referrer, experiment or property) is shown as
+:data:`NONE_LABEL` in breakdowns, and the same label as a filter value selects those events.
 
 Example::
 
@@ -37,6 +42,8 @@ from .errors import QueryError
 from .events import interaction_type_problem
 from .schema import (
     COUNT_COLUMNS,
+    EXACT_COLUMNS,
+    EXACT_MERGE,
     HLL_PRECISION,
     PROPERTY_KEY_PATTERN,
     SEGMENT_HLL_PRECISION,
@@ -66,7 +73,11 @@ FILTERS: tuple[str, ...] = (
 # from that LowCardinality column, which holds the same values as the JSON path.
 PROPERTY_PREFIX = "prop."
 _PROPERTY_KEY_RE = re.compile(PROPERTY_KEY_PATTERN)
-SOURCES: tuple[str, ...] = ("auto", "raw", "rollup")
+SOURCES: tuple[str, ...] = ("auto", "raw", "rollup", "approx")
+# What breakdowns show for an empty dimension value, and the filter value that selects it (interaction types and item
+# ids are never empty).
+NONE_LABEL = "(none)"
+_NEVER_EMPTY = frozenset({"interaction_type", "item_id"})
 FUNNEL_STEPS: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
 BUCKETS: dict[str, str] = {
     "second": "toDateTime({col}, 'UTC')",
@@ -100,13 +111,20 @@ class Rollup:
     seconds: int
     dims: frozenset[str]
     time_type: str = "DateTime"
-    hll_k: int = HLL_PRECISION  # uniqCombined precision of its users/items states
+    hll_k: int = HLL_PRECISION  # uniqCombined precision of its users/items states (source="approx")
     # A count column per known interaction type plus one for all others (schema.COUNT_COLUMNS) instead of a type key.
     wide: bool = False
 
+    def distinct(self, what: str, approx: bool) -> str:
+        """The SQL merging the rollup's ``users`` or ``items`` states: exact, or the HLL estimate when ``approx``."""
+        if approx:
+            return f"uniqCombinedMerge({self.hll_k})({what})"
+        return f"{EXACT_MERGE}({EXACT_COLUMNS[what]})"
+
     @property
-    def uniq(self) -> str:
-        return f"uniqCombinedMerge({self.hll_k})"
+    def error_bound(self) -> float:
+        """Relative error bound of its HLL distinct counts: three standard errors (1.04 / sqrt(2^k) each)."""
+        return 3 * 1.04 / math.sqrt(2**self.hll_k)
 
 
 _DIMS = frozenset({"interaction_type", "device", "country", "referrer"})
@@ -179,6 +197,8 @@ class Query:
     plain_sql: str = ""
     # Property keys the events table has a property column for (Store.property_columns).
     property_columns: frozenset[str] = frozenset()
+    # Set by a builder that returns estimates (source="approx" from a rollup): their relative error bound.
+    error_bound: float = 0.0
 
     def pick(self, *candidates: Rollup, need: Iterable[str] = (), max_grain_s: int | None = None) -> Rollup | None:
         """The first rollup that answers this query exactly, or None (read raw events).
@@ -356,6 +376,8 @@ def _filter_values(name: str, value: Any) -> tuple[str, ...] | None:
             raise QueryError(name, f"a value of {len(v)} characters is too long; expected at most {_MAX_VALUE_LEN}")
         if name == "interaction_type" and interaction_type_problem(v):
             raise QueryError(name, interaction_type_problem(v))
+    if name not in _NEVER_EMPTY:
+        values = tuple("" if v == NONE_LABEL else v for v in values)  # the label of an empty value selects it
     return tuple(dict.fromkeys(values))
 
 
@@ -430,7 +452,9 @@ def run(
         name: the query name.
         start: window start (inclusive), a datetime (naive = UTC) or ISO string; None = from the beginning.
         end: window end (exclusive); None = up to now and beyond.
-        source: "auto" (rollup when exact, else raw), "raw", or "rollup" (error if the rollup cannot answer).
+        source: "auto" (a rollup where it answers exactly, else raw), "raw", "rollup" (error if no rollup can
+            answer), or "approx" (as "auto", but distinct counts from a rollup are HLL estimates: faster on long
+            windows; ``df.attrs["estimated"]`` and ``df.attrs["error_bound"]`` say so).
         **kwargs: filters (:data:`FILTERS`) and the query's options (see ``QUERIES[name].params``).
 
     Raises:
@@ -458,7 +482,7 @@ def run(
         raise store_error(exc, f"query {name} on {store.database}", store.settings) from exc
     if nq.post is not None:
         df = nq.post(df, q)
-    df.attrs.update(query=name, source=q.used)
+    df.attrs.update(query=name, source=q.used, estimated=q.error_bound > 0, error_bound=q.error_bound)
     logger.debug("query %s from %s: %d rows", name, q.used, len(df))
     return df
 
@@ -489,9 +513,12 @@ _PURCHASE_REVENUE = "toFloat64(sumIf(price, interaction_type = 'purchase'))"
 def _kpis(q: Query) -> str:
     rollup = q.pick(*EVENT_ROLLUPS)
     if rollup:
+        approx = q.source == "approx"
+        if approx:
+            q.error_bound = rollup.error_bound
         return (
-            f"SELECT sum(events) AS total_interactions, {rollup.uniq}(users) AS unique_users, "
-            f"{rollup.uniq}(items) AS unique_items, toFloat64(sum(revenue)) AS revenue "
+            f"SELECT sum(events) AS total_interactions, {rollup.distinct('users', approx)} AS unique_users, "
+            f"{rollup.distinct('items', approx)} AS unique_items, toFloat64(sum(revenue)) AS revenue "
             f"FROM {q.table(rollup.table)} {q.where(rollup=rollup)}"
         )
     return (
@@ -513,10 +540,19 @@ def _breakdown(q: Query) -> str:
         src, count, where = q.table(rollup.table), "sum(events)", q.where(rollup=rollup)
     else:
         src, count, where = q.table("events"), "count()", q.where()
+    label = expr
+    if by not in _NEVER_EMPTY:
+        q.params["none_label"] = NONE_LABEL
+        label = f"if({expr} = '', {{none_label:String}}, {expr})"
+    # A label alias of its own: named after the column, it would replace the column in the WHERE clause's filters.
     return (
-        f"SELECT {expr} AS `{by}`, {count} AS events, events / sum(events) OVER () AS share "
-        f"FROM {src} {where} GROUP BY `{by}` {having} ORDER BY events DESC, `{by}`"
+        f"SELECT {label} AS breakdown_value, {count} AS events, events / sum(events) OVER () AS share "
+        f"FROM {src} {where} GROUP BY breakdown_value {having} ORDER BY events DESC, breakdown_value"
     )
+
+
+def _breakdown_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
+    return df.rename(columns={"breakdown_value": q.options["by"]})
 
 
 def _timeseries(q: Query) -> str:
@@ -900,6 +936,50 @@ def _freshness_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
     return df
 
 
+_NO_EVENT_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def _topic_where(q: Query) -> str:
+    if not q.options.get("topic"):
+        return ""
+    q.params["topic"] = q.options["topic"]
+    return "WHERE kafka_topic = {topic:String}"
+
+
+def _reconcile(q: Query) -> str:
+    # Duplicates are rows sharing an event_id (count() - uniqExact(event_id)); offsets_stored counts the distinct
+    # Kafka offsets held by events and dead letters together (a roaring bitmap: offsets of a partition are dense).
+    where = _topic_where(q)
+    return (
+        "SELECT kafka_topic AS topic, kafka_partition AS partition, countIf(dead = 0) AS rows_stored, "
+        "countIf(dead = 1) AS dead_letters, rows_stored - uniqExactIf(event_id, dead = 0) AS duplicates, "
+        "groupBitmap(kafka_offset) AS offsets_stored, min(kafka_offset) AS first_offset, "
+        "max(kafka_offset) + 1 AS next_offset FROM ("
+        f" SELECT kafka_topic, kafka_partition, kafka_offset, event_id, 0 AS dead FROM {q.table('events')} {where}"
+        f" UNION ALL SELECT kafka_topic, kafka_partition, kafka_offset, toUUID('{_NO_EVENT_ID}'), 1"
+        f" FROM {q.table('dead_letters')} {where}"
+        ") GROUP BY topic, partition ORDER BY topic, partition"
+    )
+
+
+def _complete_through(q: Query) -> str:
+    # Per partition the newest event time the sink stored (it stores in offset order and commits after the store
+    # acknowledged), and the minimum over partitions: every partition has delivered its events up to then.
+    return (
+        "SELECT if(count() = 0, NULL, min(newest)) AS complete_through, count() AS partitions, "
+        "if(count() = 0, NULL, max(newest)) AS newest_event_time FROM ("
+        f" SELECT kafka_topic, kafka_partition, max(event_time) AS newest FROM {q.table('events')} {_topic_where(q)}"
+        " GROUP BY kafka_topic, kafka_partition)"
+    )
+
+
+def _complete_through_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
+    for col in ("complete_through", "newest_event_time"):
+        df[col] = pd.to_datetime(df[col], utc=True)
+    return df
+
+
+_TOPIC = Param("topic", str, "", help="the Kafka topic (default: every topic in the store)")
 _LIMIT = Param("limit", int, 10, minimum=1, maximum=100_000, help="rows to return")
 _DAILY_LIMIT = Param("limit", int, 100_000, minimum=1, maximum=10_000_000, help="rows to return")
 _NOW = Param("now", datetime, None, help="the reference 'now' (default: the wall clock, UTC)")
@@ -913,6 +993,7 @@ QUERIES: dict[str, NamedQuery] = {
             "events and share per value of one column",
             _breakdown,
             (Param("by", str, "interaction_type", choices=FILTERS, properties=True),),
+            post=_breakdown_post,
         ),
         NamedQuery(
             "timeseries",
@@ -1012,6 +1093,24 @@ QUERIES: dict[str, NamedQuery] = {
         NamedQuery("dead_letters", "dead-lettered messages by reason", _dead_letters, filters=()),
         NamedQuery(
             "freshness", "newest event and ingest time", _freshness, filters=(), windowed=False, post=_freshness_post
+        ),
+        NamedQuery(
+            "reconcile",
+            "per Kafka partition: rows stored, dead letters, duplicate event ids, distinct offsets stored, offsets",
+            _reconcile,
+            (_TOPIC,),
+            filters=(),
+            windowed=False,
+        ),
+        NamedQuery(
+            "complete_through",
+            "the time up to which every partition's events are stored: the minimum over partitions of the newest "
+            "stored event time",
+            _complete_through,
+            (_TOPIC,),
+            filters=(),
+            windowed=False,
+            post=_complete_through_post,
         ),
     )
 }
@@ -1116,6 +1215,19 @@ def ingestion_health(store: Store, *, start: Any = None, end: Any = None) -> Ing
         run(store, "ingestion_latency", start=start, end=end),
         run(store, "dead_letters", start=start, end=end),
     )
+
+
+def reconcile(store: Store, topic: str = "") -> pd.DataFrame:
+    """Per Kafka partition of ``topic`` (every topic when empty): rows_stored, dead_letters, duplicates (rows sharing
+    an event_id), offsets_stored (distinct offsets in events and dead letters), first_offset, next_offset. The
+    Kafka side (high watermark, committed offset) is added by :func:`clickstream_lib.panels.reconcile.reconcile`."""
+    return run(store, "reconcile", topic=topic)
+
+
+def complete_through(store: Store, topic: str = "") -> pd.DataFrame:
+    """One row: complete_through (every partition's events are stored up to this event time; None when empty),
+    partitions, newest_event_time."""
+    return run(store, "complete_through", topic=topic)
 
 
 def freshness(store: Store) -> pd.DataFrame:

@@ -88,6 +88,9 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    # Run after ``statements``, once per day that ``events`` holds, with that day as the query parameter ``day``
+    # (``{{day:Date}}`` in the text, since ``{db}`` is formatted): a rebuild of rollups in bounded memory.
+    per_day: tuple[str, ...] = ()
 
 
 # Versioned, append-only. Each statement is idempotent (IF NOT EXISTS) so a half-applied migration can re-run.
@@ -139,6 +142,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         schema.ALERT_PENDING_MIGRATION,
         "alert_pending: where a rule with `for` started to hold, so separate `alerts check` runs count the same `for`",
         (schema.table_ddl(schema.ALERT_PENDING),),
+    ),
+    Migration(
+        schema.EXACT_DISTINCT_MIGRATION,
+        "exact distinct users and items in the event rollups (uniqExact states), rebuilt from stored events",
+        schema.exact_distinct_statements(),
+        per_day=schema.exact_distinct_rebuild(),
     ),
 )
 
@@ -437,6 +446,8 @@ class Store:
                 continue
             for stmt in m.statements:
                 self.client.command(stmt.format(db=db))
+            if m.per_day:
+                self.run_per_day(m)
             self.client.insert(f"{db}.schema_migrations", [[m.version, m.name]], column_names=["version", "name"])
             applied.append(m.version)
             logger.info("applied schema migration %d (%s) to %s", m.version, m.name, db)
@@ -489,6 +500,17 @@ class Store:
             )
         self._property_columns = None
         return added
+
+    def run_per_day(self, migration: Migration) -> None:
+        """Run ``migration.per_day`` for every day ``events`` holds (UTC), oldest first (nothing when it has none)."""
+        if not migration.per_day:
+            return
+        db = self.database
+        days = [r[0] for r in self.query_rows(f"SELECT DISTINCT toDate(event_time) AS d FROM {db}.events ORDER BY d")]
+        for day in days:
+            for stmt in migration.per_day:
+                self.client.command(stmt.format(db=db), parameters={"day": day})
+        logger.info("migration %d: rebuilt %d days of rollups in %s", migration.version, len(days), db)
 
     def dedup_window(self, table: str = "events") -> int:
         """The table's ``non_replicated_deduplication_window`` (0 means dedup tokens are ignored)."""

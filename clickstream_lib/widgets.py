@@ -27,6 +27,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .errors import ClickstreamError, ConfigError, StoreLocked
+from .panels.reconcile import ReconcilePanel
 from .pipeline import Pipeline, PipelineControl
 from .settings import Settings
 from .store import ServedStore, Store, connect
@@ -79,8 +80,14 @@ def format_number(value: Any) -> str:
     return html.escape(str(value))
 
 
-def kpi_html(values: Mapping[str, Any], labels: Mapping[str, str] = KPI_LABELS) -> str:
-    """KPI cards; each number sits in ``<span data-kpi="<key>" data-value="<raw>">`` for tests and scrapers."""
+def kpi_html(
+    values: Mapping[str, Any], labels: Mapping[str, str] = KPI_LABELS, estimates: Mapping[str, float] | None = None
+) -> str:
+    """KPI cards; each number sits in ``<span data-kpi="<key>" data-value="<raw>">`` for tests and scrapers.
+
+    A key in ``estimates`` (its relative error bound, see :func:`kpi_estimates`) is an estimate: shown as
+    "≈ 12,345 ±2.4%", with ``data-estimated="true"`` on its span. Every other number is exact.
+    """
     cards = []
     for key, label in labels.items():
         if key not in values:
@@ -88,11 +95,33 @@ def kpi_html(values: Mapping[str, Any], labels: Mapping[str, str] = KPI_LABELS) 
         value = values[key]
         shown = format_number(value)
         raw = "" if value is None else html.escape(str(value))
+        marker = ""
+        if estimates and key in estimates:
+            shown = f"≈ {shown} <small>±{100 * estimates[key]:.1f}%</small>"
+            marker = ' data-estimated="true"'
         cards.append(
             f'<div class="cs-kpi"><div class="cs-label">{html.escape(label)}</div>'
-            f'<div class="cs-value"><span data-kpi="{html.escape(key)}" data-value="{raw}">{shown}</span></div></div>'
+            f'<div class="cs-value"><span data-kpi="{html.escape(key)}" data-value="{raw}"{marker}>{shown}</span>'
+            "</div></div>"
         )
     return _CSS + f'<div class="cs-kpis">{"".join(cards)}</div>'
+
+
+def kpi_estimates(df: pd.DataFrame) -> dict[str, float]:
+    """The KPI keys of a ``queries.kpis`` result that are estimates (``source="approx"``), with their error bound."""
+    if not df.attrs.get("estimated"):
+        return {}
+    bound = float(df.attrs.get("error_bound") or 0.0)
+    return {"users": bound, "items": bound}
+
+
+def complete_html(df: pd.DataFrame) -> str:
+    """ "complete up to T" from a ``queries.complete_through`` result, in ``<span data-status="complete">``."""
+    value = _first_row(df).get("complete_through")
+    if value is None or pd.isna(value):
+        return 'complete up to <span data-status="complete">–</span> (no events stored)'
+    text = pd.Timestamp(value).strftime("%Y-%m-%d %H:%M:%S")
+    return f'data complete up to <span data-status="complete">{text}</span> UTC'
 
 
 def message_html(text: str, kind: str = "info", hook: str = "info") -> str:
@@ -265,6 +294,47 @@ def _set_bar(
     if not fig.data:
         fig.add_trace(go.Bar(x=[], y=[], orientation="h" if horizontal else "v"))
     fig.data[0].update(x=xs, y=ys)
+
+
+def partial_bucket(df: pd.DataFrame, complete_through: Any, bucket_s: int) -> tuple[Any, Any] | None:
+    """The last bucket of a time series when it is still filling — it ends after ``complete_through`` (the time up
+    to which every partition's events are stored) — as ``(start, end)``; None when every bucket is complete."""
+    tcol = _time_column(df) if df is not None and not df.empty else None
+    if tcol is None or complete_through is None or pd.isna(complete_through):
+        return None
+    last = pd.Timestamp(df[tcol].max())
+    last = last.tz_localize("UTC") if last.tzinfo is None else last
+    end = last + pd.Timedelta(seconds=bucket_s)
+    done = pd.Timestamp(complete_through)
+    done = done.tz_localize("UTC") if done.tzinfo is None else done
+    return (last, end) if end > done else None
+
+
+def mark_partial(fig: go.Figure, span: tuple[Any, Any] | None) -> None:
+    """Shade the still-filling last bucket ``span`` (from :func:`partial_bucket`) and label it "partial"."""
+    if span is None:
+        fig.layout.shapes = ()
+        fig.layout.annotations = ()
+        return
+    x0, x1 = (pd.Timestamp(t).isoformat() for t in span)
+    fig.update_layout(
+        shapes=[
+            {
+                "type": "rect",
+                "xref": "x",
+                "yref": "paper",
+                "x0": x0,
+                "x1": x1,
+                "y0": 0,
+                "y1": 1,
+                "fillcolor": "#999",
+                "opacity": 0.18,
+                "line": {"width": 1, "dash": "dash", "color": "#777"},
+                "name": "partial",
+            }
+        ],
+        annotations=[{"x": x0, "y": 1, "xref": "x", "yref": "paper", "text": "partial", "showarrow": False}],
+    )
 
 
 def _set_timeseries(fig: go.Figure, df: pd.DataFrame) -> None:
@@ -494,6 +564,7 @@ class Dashboard(_AutoRefresh):
         self._task: asyncio.Task[None] | None = None
         self._busy = False
         self._syncing = False
+        self._per_second = False
 
         self.header = w.HTML(message_html("Loading…", hook="loading"))
         self.status = w.HTML("")
@@ -529,7 +600,11 @@ class Dashboard(_AutoRefresh):
             self.header.value = message_html(html.escape(str(exc)), kind="error", hook="error")
             self.widget = w.VBox([self.header])
             return
-        controls: list[w.Widget] = [self.filters.box]
+        # Distinct counts are exact; this asks for the rollups' estimates instead (shown with "≈" and their bound).
+        self.approx = w.Checkbox(value=False, description="Estimate distinct counts (≈)", indent=False)
+        self.approx.add_class("cs-toggle-approx")
+        self.approx.observe(lambda _change: self._on_filter(), names="value")
+        controls: list[w.Widget] = [self.filters.box, self.approx]
         if live_pipeline:
             if isinstance(self.store, ServedStore):
                 self.pipeline = self.store.pipeline()  # the owner's: it runs whether or not a page is open
@@ -543,6 +618,10 @@ class Dashboard(_AutoRefresh):
             self.pause.observe(self._on_pause, names="value")
             controls.append(self.pause)
         self.filters.on_change(self._on_filter)
+        self.reconcile = ReconcilePanel(self.store, settings, produced=self._produced)
+        self.reconcile_button = w.Button(description="Reconcile", layout=w.Layout(width="120px"))
+        self.reconcile_button.add_class("cs-btn-reconcile")
+        self.reconcile_button.on_click(lambda _b: self.reconcile.refresh())
         self.charts = {name: Chart(fig, name) for name, fig in self.figures.items()}
         f = {name: _sized(chart.widget, name) for name, chart in self.charts.items()}
         from .panels.alerts import AlertBanner
@@ -565,6 +644,8 @@ class Dashboard(_AutoRefresh):
                 self.tables["sessions"],
                 self.experiments.widget,
                 w.HBox([f["device"], f["country"], f["referrer"]]),
+                w.HBox([w.HTML("<b>Kafka against the store</b>&nbsp;"), self.reconcile_button]),
+                self.reconcile.widget,
             ]
         )
         self.widget.add_class("cs-dashboard")
@@ -591,14 +672,20 @@ class Dashboard(_AutoRefresh):
         finally:
             self._busy = False
 
+    def _produced(self) -> int | None:
+        """What the live pipeline's producer had acknowledged (None when the generator is not ours)."""
+        return int(self.pipeline.stats().get("acked") or 0) if self.pipeline else None
+
     def _refresh(self) -> None:
         args = self.filters.values()
-        values = report_kpis(self._q("kpis", **args))
+        kpis = self._q("kpis", source="approx" if self.approx.value else "auto", **args)
+        values = report_kpis(kpis)
         total = int(values["total"])
         values["active_users"] = int(_first_row(self._q("active_users", **args)).get("active_users") or 0)
-        self.kpis.value = kpi_html(values)
+        self.kpis.value = kpi_html(values, estimates=kpi_estimates(kpis))
         self.alert_banner.refresh()
-        self._update_status()
+        complete = _first_row(self._q("complete_through", topic=self.settings.kafka_topic)).get("complete_through")
+        self._update_status(complete)
         if self.pipeline:
             stats = self.pipeline.stats()
             self.pipeline_status.value = stats_html(
@@ -617,9 +704,12 @@ class Dashboard(_AutoRefresh):
         _set_bar(f["breakdown"], by_type)
         self.filters.set_choices("interaction_type", _label_value(by_type)[0])  # events are open: the data's types
         series = self._q("timeseries", bucket="minute", **args)
-        if series.empty or series["time"].nunique() < 3:  # a young store: per-second buckets show its shape
+        self._per_second = series.empty or series["time"].nunique() < 3
+        if self._per_second:  # a young store: per-second buckets show its shape
             series = self._q("timeseries", bucket="second", **args)
         _set_timeseries(f["timeseries"], series)
+        bucket_s = 1 if self._per_second else 60
+        mark_partial(f["timeseries"], partial_bucket(series, complete, bucket_s))
         _set_bar(f["top_users"], self._q("top_users", limit=self.top_n, **args), horizontal=True)
         _set_bar(f["top_items"], self._q("top_items", limit=self.top_n, **args), horizontal=True)
         # Views -> purchases conversion per item sits in the table below.
@@ -635,12 +725,13 @@ class Dashboard(_AutoRefresh):
         for chart in self.charts.values():
             chart.render()
 
-    def _update_status(self) -> None:
+    def _update_status(self, complete: Any = None) -> None:
         fresh = _first_row(self._q("freshness"))
         lag_s = fresh.get("seconds_since_ingest")
         newest = fresh.get("newest_event_time")
         now = datetime.now(UTC).strftime("%H:%M:%S")
         parts = [f'updated at <span data-status="updated">{now}</span> UTC']
+        parts.append(complete_html(pd.DataFrame({"complete_through": [complete]})))
         if lag_s is not None and pd.notna(lag_s):
             parts.append(f'last ingest <span data-status="freshness">{float(lag_s):.1f}</span> s ago')
         if newest is not None and pd.notna(newest):
@@ -785,6 +876,8 @@ class Workbench(_AutoRefresh):
         # The rules file the alerts form writes: the one `clickstream alerts` and `serve` read.
         rules = alert_rules or settings.alert_rules or Path(settings.data_dir) / "alerts.toml"
         self.alerts = AlertsPanel(self.store, rules)
+        self.reconcile = ReconcilePanel(self.store, settings, produced=lambda: int(self.pipeline.stats()["acked"]))
+        self.buttons["reconcile"] = button("Reconcile", "reconcile", "info", self.reconcile.refresh)
         b = self.buttons
         self.charts = {name: Chart(fig, name) for name, fig in self.figures.items()}
         f = {name: _sized(chart.widget, name) for name, chart in self.charts.items()}
@@ -800,6 +893,8 @@ class Workbench(_AutoRefresh):
                 w.HTML("<b>Newest events</b>"),
                 self.preview,
                 self.alerts.widget,
+                w.HBox([w.HTML("<b>Kafka against the store</b>&nbsp;"), b["reconcile"]]),
+                self.reconcile.widget,
             ]
         )
         self.widget.add_class("cs-workbench")

@@ -43,16 +43,26 @@ def test_named_query_formats(data_env: dict[str, str]) -> None:
     (row,) = json.loads(r.stdout)
     assert row["total_interactions"] == len(events)
     assert row["unique_users"] == events["user_id"].nunique()
+    assert row["estimated"] is False and row["error_bound"] == 0
+    # Estimates only when asked, and marked in every format.
+    r = cli(data_env, "kpis", "--format", "json", "--source", "approx")
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)
+    assert row["estimated"] is True and 0 < row["error_bound"] < 0.1
+    r = cli(data_env, "kpis", "--source", "approx")
+    assert "≈ distinct counts are estimates" in r.stdout
+    r = cli(data_env, "kpis")
+    assert "≈" not in r.stdout
 
     mobile = events[events["device"].isin(["mobile", "tablet"])]
     r = cli(data_env, "top_items", "-p", "limit=3", "-p", "device=mobile", "-p", "device=tablet", "-f", "csv")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert lines[0] == "item_id,interactions"
+    assert lines[0] == "item_id,interactions,estimated,error_bound"
     counts = (
         mobile.groupby("item_id").size().reset_index(name="n").sort_values(["n", "item_id"], ascending=[False, True])
     )
-    assert lines[1:] == [f"{i},{n}" for i, n in zip(counts["item_id"][:3], counts["n"][:3], strict=True)]
+    assert lines[1:] == [f"{i},{n},False,0.0" for i, n in zip(counts["item_id"][:3], counts["n"][:3], strict=True)]
 
     r = cli(data_env, "funnel", "-p", "window_s=900", "-p", "start=2026-11-26T00:00:00Z")
     assert r.returncode == 0, r.stderr

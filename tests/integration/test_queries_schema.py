@@ -87,6 +87,7 @@ def _store_at_version(base_settings: Settings, database: str, version: int) -> S
     for m in MIGRATIONS[:version]:
         for stmt in m.statements:
             store.client.command(stmt.format(db=db))
+        store.run_per_day(m)
         store.client.insert(f"{db}.schema_migrations", [[m.version, m.name]], column_names=["version", "name"])
     return store
 
@@ -222,6 +223,7 @@ def test_a_store_at_version_3_upgrades_with_its_data_and_counts_every_type(base_
         for m in MIGRATIONS[3:]:
             for stmt in m.statements:
                 store.client.command(stmt.format(db=db))
+            store.run_per_day(m)
         # Events of other types from now on: every rollup total counts them, as the raw table does.
         more = with_open_types(make_events(n_sessions=200, seed=31), share=0.5)
         insert_events(store, more)
