@@ -145,6 +145,34 @@ def test_named_queries_over_the_socket_equal_in_process(
     store.close()
 
 
+def test_a_batch_of_queries_is_one_call_with_the_same_frames(
+    served: tuple[dict[str, str], Settings], filled: tuple[dict[str, str], dict[str, Any]]
+) -> None:
+    _, settings = served
+    _, reference = filled
+    store = connect(settings)
+    assert isinstance(store, ServedStore)
+    before = store.calls
+    got = queries.run_many(store, [(name, kwargs) for _, name, kwargs in SPEC])
+    assert store.calls == before + 1  # every named query, one round trip
+    for (key, _, _), frame in zip(SPEC, got, strict=True):
+        pd.testing.assert_frame_equal(frame, reference[key], obj=key)
+        assert frame.attrs == reference[key].attrs, key
+    # The dashboard's refresh set is one call too, and answers what the queries answer one by one.
+    before = store.calls
+    live = queries.live_panels(store, start=START)
+    assert store.calls == before + 1
+    assert list(live) == list(queries.LIVE_PANELS)
+    for name in ("kpis", "breakdown", "timeseries", "top_users", "top_items"):
+        pd.testing.assert_frame_equal(live[name], queries.run(store, name, start=START), obj=name)
+    assert int(live["kpis"]["total_interactions"].iloc[0]) > 0
+    # One bad query fails the batch with the error it has on its own.
+    with pytest.raises(QueryError) as info:
+        queries.run_many(store, [("kpis", {}), ("kpis", {"interaction_type": "x' OR 1=1 --"})])
+    assert info.value.variable == "interaction_type"
+    store.close()
+
+
 def test_read_only_sql_stays_read_only(served: tuple[dict[str, str], Settings]) -> None:
     env, settings = served
     store = connect(settings)
