@@ -266,6 +266,44 @@ def test_a_dashboard_client_never_imports_chdb(served: tuple[dict[str, str], Set
     assert f'data-kpi="total" data-value="{n}"' in got["kpis"], got
 
 
+SHOW_DASHBOARD = """
+import asyncio, json, sys, time
+from clickstream_lib import Dashboard, Settings
+
+async def main():
+    dash = Dashboard(Settings.from_env())
+    dash.show()
+    first = {"kpis": dash.kpis.value, "charts": len(dash.charts), "plotly": "plotly" in sys.modules,
+             "calls": dash.store.calls, "outputs": [len(o.outputs) for o in dash._outputs.values()]}
+    deadline = time.monotonic() + 120
+    while dash.refreshes < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    dash.stop()
+    return {"first": first, "refreshes": dash.refreshes, "header": dash.header.value,
+            "breakdown": sum(dash.figures["breakdown"].data[0].y), "outputs": [len(o.outputs) for o in dash._outputs.values()],
+            "chdb": "chdb" in sys.modules}
+
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+def test_show_puts_the_kpis_up_before_plotly_loads_then_fills_the_charts(
+    served: tuple[dict[str, str], Settings],
+) -> None:
+    env, _ = served
+    got = json.loads(python(env, SHOW_DASHBOARD))
+    n = len(make_events(n_sessions=SESSIONS, seed=SEED))
+    first = got["first"]
+    # When show() returns (Voila shows the page once the notebook has run) the KPIs are there: one call for them
+    # after the connection's own, no chart built and plotly not even imported.
+    assert f'data-kpi="total" data-value="{n}"' in first["kpis"], first
+    assert first["charts"] == 0 and first["plotly"] is False and first["calls"] == 1, first
+    assert first["outputs"] == [0] * 8
+    # Then the kernel's loop builds and fills every chart.
+    assert got["refreshes"] == 1 and got["header"] == "", got
+    assert got["breakdown"] == n and got["outputs"] == [1] * 8 and got["chdb"] is False
+
+
 def _count(store: ServedStore) -> tuple[int, int]:
     df = queries.read_only(store, "SELECT count() AS n, uniqExact(event_id) AS u FROM events")
     return int(df["n"].iloc[0]), int(df["u"].iloc[0])
