@@ -269,6 +269,8 @@ class Chart:
         self.widget.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
 
+#: Beyond this many minutes in the window, the dashboard's time series counts per hour.
+MAX_MINUTES = 1440
 #: The dashboard's charts, in the order they are laid out.
 CHARTS = ("breakdown", "timeseries", "top_users", "top_items", "funnel", "device", "country", "referrer")
 _WIDE = {"timeseries", "dead_letters"}
@@ -688,6 +690,8 @@ class Dashboard(_AutoRefresh):
         _set_bar(f["breakdown"], breakdown)
         if series.empty or series["time"].nunique() < 3:  # a young store: per-second buckets show its shape
             series = self._q("timeseries", bucket="second", **args)
+        elif series["time"].nunique() > MAX_MINUTES:  # days of history: hours (a week of minutes is ~1 MB of JSON)
+            series = self._q("timeseries", bucket="hour", **args)
         _set_timeseries(f["timeseries"], series)
         _set_bar(f["top_users"], top_users, horizontal=True)
         _set_bar(f["top_items"], top_items, horizontal=True)

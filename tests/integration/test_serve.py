@@ -279,9 +279,9 @@ async def main():
     while dash.refreshes < 1 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     dash.stop()
-    return {"first": first, "refreshes": dash.refreshes, "header": dash.header.value,
-            "breakdown": sum(dash.figures["breakdown"].data[0].y), "outputs": [len(o.outputs) for o in dash._outputs.values()],
-            "chdb": "chdb" in sys.modules}
+    outputs = [len(o.outputs) for o in dash._outputs.values()]
+    return {"first": first, "refreshes": dash.refreshes, "header": dash.header.value, "outputs": outputs,
+            "breakdown": sum(dash.figures["breakdown"].data[0].y), "chdb": "chdb" in sys.modules}
 
 print(json.dumps(asyncio.run(main())))
 """
