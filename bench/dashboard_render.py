@@ -174,7 +174,7 @@ def main() -> int:
     stack.up(timeout_s=120)
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", LOAD_EVENTS.format(n=args.events, seed=1, rate=20_000.0)],
+            [sys.executable, "-c", LOAD_EVENTS.format(n=args.events, seed=1, rate=20_000.0, profile="default")],
             env=settings_env(settings, base_env()),
             capture_output=True,
             text=True,
