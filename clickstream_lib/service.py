@@ -10,9 +10,11 @@ asks for:
   ``{"sql": ..., "parameters": {...}}`` runs :func:`clickstream_lib.queries.read_only`. The answer is an Arrow
   table; the DataFrame's ``attrs`` (``query``, ``source``) travel in the schema metadata.
 * ``do_action`` with a JSON body: ``info`` (pid, database, schema version), ``pipeline.<method>`` (start, stop,
-  start_producer, stop_producer, start_sink, stop_sink, set_rate, set_scenario, stats, state), and
+  start_producer, stop_producer, start_sink, stop_sink, set_rate, set_scenario, stats, state);
   ``alerts.record`` (rows for ``alert_events`` or ``alert_pending`` only: an ``alerts check`` run by cron while the
-  owner runs).
+  owner runs); ``queries`` with ``{"queries": [[name, {...}], ...]}`` runs several named queries in one call (a
+  dashboard's refresh set) and answers one result per query, each an Arrow IPC stream of its table, in the order
+  asked.
 
 Clients never send SQL that runs other than read-only. Only the same user is served: the socket and the token file
 live in a 0700 directory, and every call must carry the token (``authorization: Bearer <token>``); a call without
@@ -48,6 +50,7 @@ from .pipeline import Pipeline
 from .settings import Settings
 from .store import (
     ATTRS_KEY,
+    BATCH_ACTION,
     TOKEN_HEADER,
     OwnerInfo,
     ServePaths,
@@ -105,6 +108,14 @@ def to_arrow(df: Any) -> pa.Table:
     return table.replace_schema_metadata(meta)
 
 
+def ipc_stream(table: pa.Table) -> pa.Buffer:
+    """``table`` as the bytes of one Arrow IPC stream (a result of the batch action)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
 def _error(exc: BaseException) -> flight.FlightError:
     """A handler's failure as a Flight error; library errors carry their class and text in ``extra_info``."""
     if isinstance(exc, ClickstreamError):
@@ -144,7 +155,10 @@ class _FlightServer(flight.FlightServerBase):
     def do_action(self, context: Any, action: flight.Action) -> list[flight.Result]:
         try:
             body = action.body.to_pybytes() if action.body is not None else b""
-            answer = self.service.act(action.type, json.loads(body or b"{}"))
+            request = json.loads(body or b"{}")
+            if action.type == BATCH_ACTION:
+                return [flight.Result(ipc_stream(table)) for table in self.service.get_many(request)]
+            answer = self.service.act(action.type, request)
         except Exception as exc:
             raise _error(exc) from None
         return [flight.Result(pa.py_buffer(_json(answer)))]
@@ -153,6 +167,7 @@ class _FlightServer(flight.FlightServerBase):
         return [
             ("info", "owner pid, database, schema version"),
             ("alerts.record", "store alert firings, resolutions and pending keys (alert_events, alert_pending)"),
+            (BATCH_ACTION, "several named queries in one call; one Arrow IPC stream per query"),
         ] + [(f"pipeline.{m}", f"Pipeline.{m} on the owner's live pipeline") for m in PIPELINE_METHODS]
 
 
@@ -401,6 +416,17 @@ class StoreService:
                     del self._shared[old]
                     self._gates.pop(old, None)
             return table
+
+    def get_many(self, request: dict[str, Any]) -> list[pa.Table]:
+        """Run the named queries of a batch (``{"queries": [[name, args], ...]}``) as :meth:`get` runs each.
+
+        One call for a dashboard's whole refresh set: a client pays the round trip once, not once per panel.
+        """
+        asked = request.get("queries")
+        if not isinstance(asked, list) or not all(isinstance(q, list) and len(q) == 2 for q in asked):
+            raise StoreError('a batch of queries is {"queries": [[name, {arguments}], ...]}')
+        database = request.get("database")
+        return [self.get({"database": database, "query": name, "args": args}) for name, args in asked]
 
     def _run(self, request: dict[str, Any]) -> pa.Table:
         with self._client() as store:

@@ -932,6 +932,8 @@ def to_wire(value: Any) -> Any:
 
 
 ATTRS_KEY = b"clickstream.attrs"
+#: The owner's action that runs several named queries in one call (service.StoreService.get_many).
+BATCH_ACTION = "queries"
 #: Errors an owner sends back by name; anything else arrives as a StoreError with the owner's text.
 WIRE_ERRORS: dict[str, type[errors.ClickstreamError]] = {
     cls.__name__: cls
@@ -971,6 +973,8 @@ class ServedStore(Store):
     def __init__(self, settings: Settings, owner: OwnerInfo) -> None:
         self.settings = settings
         self.database = settings.database
+        #: Calls made to the owner (one per query, or one per batch of queries).
+        self.calls = 0
         self._lock = threading.Lock()
         self._attach(owner)
         info = self.action("info", timeout_s=10.0)
@@ -1071,18 +1075,32 @@ class ServedStore(Store):
         ticket = flight.Ticket(json.dumps(to_wire(request)).encode())
 
         def call() -> pd.DataFrame:
-            table = self._flight.do_get(ticket, self._options(None)).read_all()
-            df = table.to_pandas()
-            meta = table.schema.metadata or {}
-            if ATTRS_KEY in meta:
-                df.attrs.update(json.loads(meta[ATTRS_KEY]))
-            return df
+            self.calls += 1
+            return _frame(self._flight.do_get(ticket, self._options(None)).read_all())
 
         return self._call(what, call)
 
     def run_query(self, name: str, **kwargs: Any) -> pd.DataFrame:
         """The named query ``name`` run by the owner with :func:`clickstream_lib.queries.run` (same arguments)."""
         return self._get({"database": self.database, "query": name, "args": kwargs}, f"query {name}")
+
+    def run_queries(self, asked: Sequence[tuple[str, dict[str, Any]]]) -> list[pd.DataFrame]:
+        """Several named queries (``(name, arguments)`` pairs) run by the owner in one call, results in order.
+
+        A dashboard's refresh set costs one round trip instead of one per panel.
+        """
+        import pyarrow as pa
+        from pyarrow import flight
+
+        request = {"database": self.database, "queries": [[name, kwargs] for name, kwargs in asked]}
+        action = flight.Action(BATCH_ACTION, json.dumps(to_wire(request)).encode())
+
+        def call() -> list[pd.DataFrame]:
+            self.calls += 1
+            results = self._flight.do_action(action, self._options(None))
+            return [_frame(pa.ipc.open_stream(result.body).read_all()) for result in results]
+
+        return self._call(f"queries {', '.join(name for name, _ in asked)}", call)
 
     def read_only(self, sql: str, parameters: dict[str, Any] | None = None) -> pd.DataFrame:
         """SQL run by the owner with :func:`clickstream_lib.queries.read_only` (writes, DDL and SET refused)."""
@@ -1137,6 +1155,15 @@ class ServedStore(Store):
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._flight.close()
+
+
+def _frame(table: Any) -> pd.DataFrame:
+    """A served result as the DataFrame the owner made: its ``attrs`` travel in the schema metadata."""
+    df = table.to_pandas()
+    meta = table.schema.metadata or {}
+    if ATTRS_KEY in meta:
+        df.attrs.update(json.loads(meta[ATTRS_KEY]))
+    return df
 
 
 class _OwnerGone(Exception):

@@ -5,8 +5,9 @@ the newest-events preview. Every number a test or a user may want to read has a 
 ``<span data-kpi="total">``, ``<span data-stat="rows_inserted">``, ``<div data-message="empty">``.
 
 Refresh: :meth:`Dashboard.start` schedules an ``asyncio`` task on the kernel's event loop (a ``Play`` widget does
-not tick in Voila while the notebook executes). The first refresh runs before the page is shown, so the page never
-opens on empty charts when there is data.
+not tick in Voila while the notebook executes). :meth:`Dashboard.show` fills the KPI row before it returns, so the
+page opens on current numbers; Voila shows a page only once its notebook has run, so the charts are built (plotly
+loads here) and filled by that task right after, panel by panel, while the browser loads the page.
 """
 
 from __future__ import annotations
@@ -17,20 +18,22 @@ import html
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 import pandas as pd
-import plotly.graph_objects as go
 
 from .errors import ClickstreamError, ConfigError, StoreLocked
 from .panels.reconcile import ReconcilePanel
 from .pipeline import Pipeline, PipelineControl
 from .settings import Settings
 from .store import ServedStore, Store, connect
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 logger = logging.getLogger(__name__)
 
@@ -214,9 +217,10 @@ def _time_column(df: pd.DataFrame) -> str | None:
     return None
 
 
-def run_query(store: Store, name: str, **kwargs: Any) -> pd.DataFrame:
-    """``queries.run`` with the arguments this query does not take dropped (the funnel spans every interaction
-    type; live queries have their own window), so one set of filter values can drive every panel."""
+def query_args(name: str, **kwargs: Any) -> tuple[str, dict[str, Any]]:
+    """``(name, arguments)`` for ``queries.run`` with the arguments this query does not take dropped (the funnel
+    spans every interaction type; live queries have their own window), so one set of filter values can drive every
+    panel."""
     from . import queries
 
     nq = queries.QUERIES[name]
@@ -225,7 +229,23 @@ def run_query(store: Store, name: str, **kwargs: Any) -> pd.DataFrame:
         for k, v in kwargs.items()
         if not (k in queries.FILTERS and k not in nq.filters) and not (k in ("start", "end") and not nq.windowed)
     }
+    return name, kept
+
+
+def run_query(store: Store, name: str, **kwargs: Any) -> pd.DataFrame:
+    """``queries.run`` with the arguments this query does not take dropped (see :func:`query_args`)."""
+    from . import queries
+
+    name, kept = query_args(name, **kwargs)
     return queries.run(store, name, **kept)
+
+
+def run_queries(store: Store, asked: Sequence[tuple[str, dict[str, Any]]]) -> list[pd.DataFrame]:
+    """Several panels' queries (``(name, arguments)``, trimmed as :func:`run_query` does) in one call to a served
+    store's owner (``queries.run_many``), results in order."""
+    from . import queries
+
+    return queries.run_many(store, [query_args(name, **kwargs) for name, kwargs in asked])
 
 
 # --- figures ----------------------------------------------------------------------------------------------------
@@ -244,12 +264,19 @@ def _layout(title: str, height: int = 300, **layout: Any) -> dict[str, Any]:
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
 
+def _go() -> Any:
+    """plotly's graph objects, imported when the first figure is built: a served dashboard shows its KPIs first."""
+    import plotly.graph_objects
+
+    return plotly.graph_objects
+
+
 def _figure(title: str, height: int = 300, traces: Sequence[Any] = (), **layout: Any) -> go.Figure:
-    return go.Figure(data=list(traces), layout=_layout(title, height, **layout))
+    return _go().Figure(data=list(traces), layout=_layout(title, height, **layout))
 
 
 def _bar_figure(title: str, height: int = 300, horizontal: bool = False) -> go.Figure:
-    return _figure(title, height, [go.Bar(x=[], y=[], orientation="h" if horizontal else "v")])
+    return _figure(title, height, [_go().Bar(x=[], y=[], orientation="h" if horizontal else "v")])
 
 
 class Chart:
@@ -261,9 +288,9 @@ class Chart:
     reloads — shows the current figure, rendered by the jupyterlab-plotly mime renderer.
     """
 
-    def __init__(self, fig: go.Figure, name: str) -> None:
+    def __init__(self, fig: go.Figure, name: str, widget: w.Output | None = None) -> None:
         self.fig = fig
-        self.widget = w.Output()
+        self.widget = widget or w.Output()
         self.widget.add_class(f"cs-chart-{name}")
         self.render()
 
@@ -272,6 +299,10 @@ class Chart:
         self.widget.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
 
+#: Beyond this many minutes in the window, the dashboard's time series counts per hour.
+MAX_MINUTES = 1440
+#: The dashboard's charts, in the order they are laid out.
+CHARTS = ("breakdown", "timeseries", "top_users", "top_items", "funnel", "device", "country", "referrer")
 _WIDE = {"timeseries", "dead_letters"}
 _THIRD = {"device", "country", "referrer"}
 
@@ -292,7 +323,7 @@ def _set_bar(
     else:
         xs, ys = labels, values
     if not fig.data:
-        fig.add_trace(go.Bar(x=[], y=[], orientation="h" if horizontal else "v"))
+        fig.add_trace(_go().Bar(x=[], y=[], orientation="h" if horizontal else "v"))
     fig.data[0].update(x=xs, y=ys)
 
 
@@ -354,7 +385,7 @@ def _set_timeseries(fig: go.Figure, df: pd.DataFrame) -> None:
     names = [t.name for t in fig.data]
     for name in series:
         if name not in names:
-            fig.add_trace(go.Scatter(x=[], y=[], mode="lines+markers", name=name))
+            fig.add_trace(_go().Scatter(x=[], y=[], mode="lines+markers", name=name))
             names.append(name)
     for trace in fig.data:
         xs, ys = series.get(trace.name, ([], []))
@@ -364,7 +395,7 @@ def _set_timeseries(fig: go.Figure, df: pd.DataFrame) -> None:
 def _set_funnel(fig: go.Figure, df: pd.DataFrame) -> None:
     labels, values = _label_value(df, "interaction_type", "users")
     if not fig.data:
-        fig.add_trace(go.Funnel(x=[], y=[], textinfo="value+percent initial"))
+        fig.add_trace(_go().Funnel(x=[], y=[], textinfo="value+percent initial"))
     fig.data[0].update(x=values, y=labels)
 
 
@@ -377,21 +408,21 @@ def bar_figure(
     value: str | None = None,
 ) -> go.Figure:
     """A static bar chart of ``df`` (``label``/``value`` columns, default the first text and numeric ones)."""
-    fig = go.Figure(layout=_layout(title, height))
+    fig = _go().Figure(layout=_layout(title, height))
     _set_bar(fig, df, horizontal=horizontal, label=label, value=value)
     return fig
 
 
 def timeseries_figure(df: pd.DataFrame, title: str, height: int = 320) -> go.Figure:
     """A static line chart, one line per series (for reports)."""
-    fig = go.Figure(layout=_layout(title, height))
+    fig = _go().Figure(layout=_layout(title, height))
     _set_timeseries(fig, df)
     return fig
 
 
 def funnel_figure(df: pd.DataFrame, title: str, height: int = 320) -> go.Figure:
     """A static funnel chart (for reports)."""
-    fig = go.Figure(layout=_layout(title, height))
+    fig = _go().Figure(layout=_layout(title, height))
     _set_funnel(fig, df)
     return fig
 
@@ -564,26 +595,16 @@ class Dashboard(_AutoRefresh):
         self._task: asyncio.Task[None] | None = None
         self._busy = False
         self._syncing = False
-        self._per_second = False
+        self._complete: Any = None  # the store is complete up to this event time (complete_through)
 
         self.header = w.HTML(message_html("Loading…", hook="loading"))
         self.status = w.HTML("")
         self.pipeline_status = w.HTML("")
         self.kpis = w.HTML("")
         self.filters = Filters(window_s=window_s, interaction_types=events.INTERACTION_TYPES)
-        lines = [go.Scatter(x=[], y=[], mode="lines+markers", name=t) for t in events.INTERACTION_TYPES]
-        self.figures: dict[str, go.Figure] = {
-            "breakdown": _bar_figure("Interactions by type"),
-            "timeseries": _figure("Events over time", traces=lines, yaxis_title="events"),
-            "top_users": _bar_figure("Top users", height=340, horizontal=True),
-            "top_items": _bar_figure("Top items", height=340, horizontal=True),
-            "funnel": _figure(
-                "Funnel (ordered within sessions)", traces=[go.Funnel(x=[], y=[], textinfo="value+percent initial")]
-            ),
-            "device": _bar_figure("By device", height=260),
-            "country": _bar_figure("By country", height=260),
-            "referrer": _bar_figure("By referrer", height=260),
-        }
+        # Filled by _build_charts (the first full refresh): plotly and the figures cost more than the KPIs' query.
+        self.figures: dict[str, go.Figure] = {}
+        self.charts: dict[str, Chart] = {}
         self.tables: dict[str, w.HTML] = {"items": w.HTML(""), "sessions": w.HTML("")}
         self.experiments = ExperimentsPanel()
         try:
@@ -622,11 +643,11 @@ class Dashboard(_AutoRefresh):
         self.reconcile_button = w.Button(description="Reconcile", layout=w.Layout(width="120px"))
         self.reconcile_button.add_class("cs-btn-reconcile")
         self.reconcile_button.on_click(lambda _b: self.reconcile.refresh())
-        self.charts = {name: Chart(fig, name) for name, fig in self.figures.items()}
-        f = {name: _sized(chart.widget, name) for name, chart in self.charts.items()}
         from .panels.alerts import AlertBanner
 
         self.alert_banner = AlertBanner(self.store)  # shown while an alert fires
+        f = {name: _sized(w.Output(), name) for name in CHARTS}
+        self._outputs = f
         self.widget = w.VBox(
             [
                 self.header,
@@ -661,14 +682,13 @@ class Dashboard(_AutoRefresh):
             return
         self._busy = True
         try:
-            self._refresh()
+            args = self.filters.values()
+            self._refresh_kpis(args)
+            for _ in self._refresh_panels(args):
+                pass
             self.refreshes += 1
         except Exception as exc:  # a panel must not turn into a traceback on a dashboard
-            logger.exception("dashboard refresh failed")
-            self.header.value = message_html(
-                f"Refresh failed: {html.escape(str(exc))}. The next refresh tries again.", kind="error", hook="error"
-            )
-            self.header.layout.display = ""
+            self._failed(exc)
         finally:
             self._busy = False
 
@@ -676,16 +696,67 @@ class Dashboard(_AutoRefresh):
         """What the live pipeline's producer had acknowledged (None when the generator is not ours)."""
         return int(self.pipeline.stats().get("acked") or 0) if self.pipeline else None
 
-    def _refresh(self) -> None:
-        args = self.filters.values()
-        kpis = self._q("kpis", source="approx" if self.approx.value else "auto", **args)
+    def _failed(self, exc: BaseException) -> None:
+        logger.exception("dashboard refresh failed")
+        self.header.value = message_html(
+            f"Refresh failed: {html.escape(str(exc))}. The next refresh tries again.", kind="error", hook="error"
+        )
+        self.header.layout.display = ""
+
+    async def _first_panels(self) -> None:
+        """The first full refresh after :meth:`show` put the KPIs up: charts built and filled one step per turn of
+        the kernel's loop, so the page's requests for the widgets' state are answered in between; then the usual
+        refresh loop."""
+        if not self._busy:
+            self._busy = True
+            try:
+                for _ in self._refresh_panels(self.filters.values()):
+                    await asyncio.sleep(0)
+                self.refreshes += 1
+            except Exception as exc:
+                self._failed(exc)
+            finally:
+                self._busy = False
+        await self._loop()
+
+    def _build_charts(self) -> None:
+        from . import events
+
+        go = _go()
+        lines = [go.Scatter(x=[], y=[], mode="lines+markers", name=t) for t in events.INTERACTION_TYPES]
+        self.figures = {
+            "breakdown": _bar_figure("Interactions by type"),
+            "timeseries": _figure("Events over time", traces=lines, yaxis_title="events"),
+            "top_users": _bar_figure("Top users", height=340, horizontal=True),
+            "top_items": _bar_figure("Top items", height=340, horizontal=True),
+            "funnel": _figure(
+                "Funnel (ordered within sessions)", traces=[go.Funnel(x=[], y=[], textinfo="value+percent initial")]
+            ),
+            "device": _bar_figure("By device", height=260),
+            "country": _bar_figure("By country", height=260),
+            "referrer": _bar_figure("By referrer", height=260),
+        }
+        self.charts = {name: Chart(fig, name, self._outputs[name]) for name, fig in self.figures.items()}
+
+    def _refresh_kpis(self, args: dict[str, Any]) -> None:
+        """The KPI row, the status line and the pipeline's figures: one call to a served store's owner."""
+        source = "approx" if self.approx.value else "auto"
+        kpis, active, fresh, complete = run_queries(
+            self.store,
+            [
+                ("kpis", {"source": source, **args}),
+                ("active_users", args),
+                ("freshness", {}),
+                ("complete_through", {"topic": self.settings.kafka_topic}),
+            ],
+        )
         values = report_kpis(kpis)
         total = int(values["total"])
-        values["active_users"] = int(_first_row(self._q("active_users", **args)).get("active_users") or 0)
+        values["active_users"] = int(_first_row(active).get("active_users") or 0)
         self.kpis.value = kpi_html(values, estimates=kpi_estimates(kpis))
         self.alert_banner.refresh()
-        complete = _first_row(self._q("complete_through", topic=self.settings.kafka_topic)).get("complete_through")
-        self._update_status(complete)
+        self._complete = _first_row(complete).get("complete_through")
+        self._update_status(fresh)
         if self.pipeline:
             stats = self.pipeline.stats()
             self.pipeline_status.value = stats_html(
@@ -699,39 +770,63 @@ class Dashboard(_AutoRefresh):
             self._show_paused(stats.get("producer") != "running" and stats.get("sink") != "running")
         self.header.value = EMPTY_HTML if total == 0 else ""
         self.header.layout.display = "" if total == 0 else "none"
+
+    def _refresh_panels(self, args: dict[str, Any]) -> Iterator[None]:
+        """Charts and tables (built on the first call): their queries in one call to a served store's owner, then
+        one panel per step."""
+        if not self.charts:
+            self._build_charts()
+            yield
+        dims = ("device", "country", "referrer")
+        asked = [
+            ("breakdown", {"by": "interaction_type", **args}),
+            ("timeseries", {"bucket": "minute", **args}),
+            ("top_users", {"limit": self.top_n, **args}),
+            ("top_items", {"limit": self.top_n, **args}),
+            ("funnel", args),
+            *(("breakdown", {"by": dim, **args}) for dim in dims),
+            ("item_performance", {"limit": self.top_n, **args}),
+            ("sessions", args),
+            ("experiments", args),
+        ]
+        breakdown, series, top_users, top_items, funnel, *by_dim, items, sessions, experiments = run_queries(
+            self.store, asked
+        )
+        yield
         f = self.figures
-        by_type = self._q("breakdown", by="interaction_type", **args)
-        _set_bar(f["breakdown"], by_type)
-        self.filters.set_choices("interaction_type", _label_value(by_type)[0])  # events are open: the data's types
-        series = self._q("timeseries", bucket="minute", **args)
-        self._per_second = series.empty or series["time"].nunique() < 3
-        if self._per_second:  # a young store: per-second buckets show its shape
+        _set_bar(f["breakdown"], breakdown)
+        self.filters.set_choices("interaction_type", _label_value(breakdown)[0])  # events are open: the data's types
+        bucket_s = 60
+        if series.empty or series["time"].nunique() < 3:  # a young store: per-second buckets show its shape
+            bucket_s = 1
             series = self._q("timeseries", bucket="second", **args)
+        elif series["time"].nunique() > MAX_MINUTES:  # days of history: hours (a week of minutes is ~1 MB of JSON)
+            bucket_s = 3600
+            series = self._q("timeseries", bucket="hour", **args)
         _set_timeseries(f["timeseries"], series)
-        bucket_s = 1 if self._per_second else 60
-        mark_partial(f["timeseries"], partial_bucket(series, complete, bucket_s))
-        _set_bar(f["top_users"], self._q("top_users", limit=self.top_n, **args), horizontal=True)
-        _set_bar(f["top_items"], self._q("top_items", limit=self.top_n, **args), horizontal=True)
+        mark_partial(f["timeseries"], partial_bucket(series, self._complete, bucket_s))
+        _set_bar(f["top_users"], top_users, horizontal=True)
+        _set_bar(f["top_items"], top_items, horizontal=True)
         # Views -> purchases conversion per item sits in the table below.
-        _set_funnel(f["funnel"], self._q("funnel", **args))
-        for dim in ("device", "country", "referrer"):
-            df = self._q("breakdown", by=dim, **args)
+        _set_funnel(f["funnel"], funnel)
+        for dim, df in zip(dims, by_dim, strict=True):
             _set_bar(f[dim], df)
             if dim in ("device", "country"):
                 self.filters.set_choices(dim, _label_value(df)[0])
-        self.tables["items"].value = table_html(self._q("item_performance", limit=self.top_n, **args), "items")
-        self.tables["sessions"].value = table_html(self._q("sessions", **args), "sessions")
-        self.experiments.update(self._q("experiments", **args))
+        self.tables["items"].value = table_html(items, "items")
+        self.tables["sessions"].value = table_html(sessions, "sessions")
+        self.experiments.update(experiments)
         for chart in self.charts.values():
+            yield
             chart.render()
 
-    def _update_status(self, complete: Any = None) -> None:
-        fresh = _first_row(self._q("freshness"))
+    def _update_status(self, fresh_df: pd.DataFrame) -> None:
+        fresh = _first_row(fresh_df)
         lag_s = fresh.get("seconds_since_ingest")
         newest = fresh.get("newest_event_time")
         now = datetime.now(UTC).strftime("%H:%M:%S")
         parts = [f'updated at <span data-status="updated">{now}</span> UTC']
-        parts.append(complete_html(pd.DataFrame({"complete_through": [complete]})))
+        parts.append(complete_html(pd.DataFrame({"complete_through": [self._complete]})))
         if lag_s is not None and pd.notna(lag_s):
             parts.append(f'last ingest <span data-status="freshness">{float(lag_s):.1f}</span> s ago')
         if newest is not None and pd.notna(newest):
@@ -786,9 +881,16 @@ class Dashboard(_AutoRefresh):
             self.pipeline.stop()
 
     def show(self) -> w.Widget:
-        """Refresh once, start the refresh task, and return the widget to display (the notebook's one call)."""
-        self.refresh()
-        self.start()
+        """Fill the KPI row, start the task that builds and fills the charts then refreshes every ``refresh_s``, and
+        return the widget to display (the notebook's one call)."""
+        if self.store is None:
+            return self.widget
+        try:
+            self._refresh_kpis(self.filters.values())
+        except Exception as exc:
+            self._failed(exc)
+        if not (self._task and not self._task.done()):
+            self._task = asyncio.get_event_loop().create_task(self._first_panels())
         return self.widget
 
 
@@ -867,6 +969,7 @@ class Workbench(_AutoRefresh):
         self.health = w.HTML(stats_html(self.pipeline.stats(), "Pipeline"))
         self.message = w.HTML("")
         self.preview = w.HTML("")
+        go = _go()
         lines = [go.Scatter(x=[], y=[], mode="lines+markers", name=t) for t in events.INTERACTION_TYPES]
         self.figures = {
             "events_per_second": _figure("Events per second (by event time)", traces=lines),

@@ -145,6 +145,34 @@ def test_named_queries_over_the_socket_equal_in_process(
     store.close()
 
 
+def test_a_batch_of_queries_is_one_call_with_the_same_frames(
+    served: tuple[dict[str, str], Settings], filled: tuple[dict[str, str], dict[str, Any]]
+) -> None:
+    _, settings = served
+    _, reference = filled
+    store = connect(settings)
+    assert isinstance(store, ServedStore)
+    before = store.calls
+    got = queries.run_many(store, [(name, kwargs) for _, name, kwargs in SPEC])
+    assert store.calls == before + 1  # every named query, one round trip
+    for (key, _, _), frame in zip(SPEC, got, strict=True):
+        pd.testing.assert_frame_equal(frame, reference[key], obj=key)
+        assert frame.attrs == reference[key].attrs, key
+    # The dashboard's refresh set is one call too, and answers what the queries answer one by one.
+    before = store.calls
+    live = queries.live_panels(store, start=START)
+    assert store.calls == before + 1
+    assert list(live) == list(queries.LIVE_PANELS)
+    for name in ("kpis", "breakdown", "timeseries", "top_users", "top_items"):
+        pd.testing.assert_frame_equal(live[name], queries.run(store, name, start=START), obj=name)
+    assert int(live["kpis"]["total_interactions"].iloc[0]) > 0
+    # One bad query fails the batch with the error it has on its own.
+    with pytest.raises(QueryError) as info:
+        queries.run_many(store, [("kpis", {}), ("kpis", {"interaction_type": "x' OR 1=1 --"})])
+    assert info.value.variable == "interaction_type"
+    store.close()
+
+
 def test_read_only_sql_stays_read_only(served: tuple[dict[str, str], Settings]) -> None:
     env, settings = served
     store = connect(settings)
@@ -236,6 +264,44 @@ def test_a_dashboard_client_never_imports_chdb(served: tuple[dict[str, str], Set
     assert got["store"] == "ServedStore"
     assert got["chdb"] == []
     assert f'data-kpi="total" data-value="{n}"' in got["kpis"], got
+
+
+SHOW_DASHBOARD = """
+import asyncio, json, sys, time
+from clickstream_lib import Dashboard, Settings
+
+async def main():
+    dash = Dashboard(Settings.from_env())
+    dash.show()
+    first = {"kpis": dash.kpis.value, "charts": len(dash.charts), "plotly": "plotly" in sys.modules,
+             "calls": dash.store.calls, "outputs": [len(o.outputs) for o in dash._outputs.values()]}
+    deadline = time.monotonic() + 120
+    while dash.refreshes < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    dash.stop()
+    outputs = [len(o.outputs) for o in dash._outputs.values()]
+    return {"first": first, "refreshes": dash.refreshes, "header": dash.header.value, "outputs": outputs,
+            "breakdown": sum(dash.figures["breakdown"].data[0].y), "chdb": "chdb" in sys.modules}
+
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+def test_show_puts_the_kpis_up_before_plotly_loads_then_fills_the_charts(
+    served: tuple[dict[str, str], Settings],
+) -> None:
+    env, _ = served
+    got = json.loads(python(env, SHOW_DASHBOARD))
+    n = len(make_events(n_sessions=SESSIONS, seed=SEED))
+    first = got["first"]
+    # When show() returns (Voila shows the page once the notebook has run) the KPIs are there: one call for them
+    # after the connection's own, no chart built and plotly not even imported.
+    assert f'data-kpi="total" data-value="{n}"' in first["kpis"], first
+    assert first["charts"] == 0 and first["plotly"] is False and first["calls"] == 1, first
+    assert first["outputs"] == [0] * 8
+    # Then the kernel's loop builds and fills every chart.
+    assert got["refreshes"] == 1 and got["header"] == "", got
+    assert got["breakdown"] == n and got["outputs"] == [1] * 8 and got["chdb"] is False
 
 
 def _count(store: ServedStore) -> tuple[int, int]:
