@@ -1128,3 +1128,10 @@ def live_panels(
             kwargs.update(windowed)
         out[name] = run(store, name, **kwargs)
     return out
+
+
+# Paths, funnels of chosen steps and cohort retention live in their own module; registered here so that run() and
+# every caller of QUERIES know them.
+from .analytics import NAMED_QUERIES as _ANALYTICS_QUERIES  # noqa: E402
+
+QUERIES.update((nq.name, nq) for nq in _ANALYTICS_QUERIES)
