@@ -37,6 +37,7 @@ from .queries import (
     FILTERS,
     FUNNEL_STEPS,
     PROPERTY_PREFIX,
+    QUERIES,
     NamedQuery,
     Param,
     Query,
@@ -281,6 +282,8 @@ def _funnel_steps_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
     n = len(steps)
     by, strict = q.options["by"], q.options["order"] == "strict"
     rows: list[dict[str, Any]] = []
+    if df.empty and not by and q.options["cohort"] == "none":  # nobody entered: every step with 0 users
+        df = pd.DataFrame([{"b": "", **{f"users{k}": 0 for k in range(1, n + 1)}}])
     for _, r in df.iterrows():
         users = [int(r[f"users{k}"]) for k in range(1, n + 1)]
         for k in range(1, n + 1):
@@ -290,8 +293,8 @@ def _funnel_steps_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
             if by:
                 row[by] = r["b"]
             label = steps[k - 1] + (f" ({items[k - 1]})" if items[k - 1] else "")
-            qs = list(r[f"q{k}"]) if k > 1 else [np.nan, np.nan]
             ok = users[k - 1] > 0 and k > 1
+            qs = list(r[f"q{k}"]) if ok else [np.nan, np.nan]
             row.update(
                 step=k,
                 step_label=label if strict else f"{k} of {n} steps",
@@ -429,6 +432,8 @@ NAMED_QUERIES: tuple[NamedQuery, ...] = (
         post=_cohorts_post,
     ),
 )
+
+QUERIES.update((nq.name, nq) for nq in NAMED_QUERIES)
 
 
 def paths(store: Store, event: str = "view", direction: str = "after", steps: int = 4, **kwargs: Any) -> pd.DataFrame:

@@ -1130,8 +1130,6 @@ def live_panels(
     return out
 
 
-# Paths, funnels of chosen steps and cohort retention live in their own module; registered here so that run() and
-# every caller of QUERIES know them.
-from .analytics import NAMED_QUERIES as _ANALYTICS_QUERIES  # noqa: E402
-
-QUERIES.update((nq.name, nq) for nq in _ANALYTICS_QUERIES)
+# Paths, funnels of chosen steps and cohort retention live in their own module, which adds its queries to QUERIES
+# when imported: imported here so that run() and every reader of QUERIES know them.
+from . import analytics as _analytics  # noqa: E402, F401
