@@ -540,6 +540,9 @@ class Dashboard(_AutoRefresh):
             self.pause.observe(self._on_pause, names="value")
             controls.append(self.pause)
         self.filters.on_change(self._on_filter)
+        from .panels import AnalyticsPanels
+
+        self.analytics = AnalyticsPanels()  # paths, funnel of chosen steps, retention heatmap (refreshed below)
         self.charts = {name: Chart(fig, name) for name, fig in self.figures.items()}
         f = {name: _sized(chart.widget, name) for name, chart in self.charts.items()}
         self.widget = w.VBox(
@@ -557,6 +560,7 @@ class Dashboard(_AutoRefresh):
                 w.HTML("<b>Sessions</b>"),
                 self.tables["sessions"],
                 w.HBox([f["device"], f["country"], f["referrer"]]),
+                self.analytics.widget,
             ]
         )
         self.widget.add_class("cs-dashboard")
@@ -605,7 +609,7 @@ class Dashboard(_AutoRefresh):
         self.header.layout.display = "" if total == 0 else "none"
         f = self.figures
         _set_bar(f["breakdown"], self._q("breakdown", by="interaction_type", **args))
-        series = self._q("timeseries", bucket="minute", **args)
+        series = self._q("timeseries", bucket=self._bucket(args), **args)
         if series.empty or series["time"].nunique() < 3:  # a young store: per-second buckets show its shape
             series = self._q("timeseries", bucket="second", **args)
         _set_timeseries(f["timeseries"], series)
@@ -622,6 +626,15 @@ class Dashboard(_AutoRefresh):
         self.tables["sessions"].value = table_html(self._q("sessions", **args), "sessions")
         for chart in self.charts.values():
             chart.render()
+        self.analytics.refresh(self.store, args)
+
+    def _bucket(self, args: Mapping[str, Any]) -> str:
+        """The time series' bucket for the window shown (all time: the span of the data, from the day rollup)."""
+        from .panels import table_bucket
+
+        if "start" in args:
+            return table_bucket(pd.DataFrame(), args["start"], datetime.now(UTC))
+        return table_bucket(self._q("timeseries", bucket="day", **args), None, None)
 
     def _update_status(self) -> None:
         fresh = _first_row(self._q("freshness"))
@@ -760,6 +773,9 @@ class Workbench(_AutoRefresh):
             )
             self.scenarios[name] = t
         self.health = w.HTML(stats_html(self.pipeline.stats(), "Pipeline"))
+        from .panels import AnalyticsPanels
+
+        self.analytics = AnalyticsPanels(full=True)  # every parameter of paths, funnel_steps and cohorts
         self.message = w.HTML("")
         self.preview = w.HTML("")
         lines = [go.Scatter(x=[], y=[], mode="lines+markers", name=t) for t in events.INTERACTION_TYPES]
@@ -782,6 +798,7 @@ class Workbench(_AutoRefresh):
                 f["dead_letters"],
                 w.HTML("<b>Newest events</b>"),
                 self.preview,
+                self.analytics.widget,
             ]
         )
         self.widget.add_class("cs-workbench")
@@ -821,6 +838,7 @@ class Workbench(_AutoRefresh):
             for chart in self.charts.values():
                 chart.render()
             self.preview.value = table_html(self.newest_events(), "preview")
+            self.analytics.refresh(self.store, {})
             self.refreshes += 1
         except Exception as exc:
             logger.exception("workbench refresh failed")
