@@ -20,6 +20,7 @@ from .format import format_table
 
 logger = logging.getLogger(__name__)
 
+_BREAKDOWN_OPTIONS = [("none", ""), ("device", "device"), ("country", "country"), ("referrer", "referrer")]
 ITEM_SEPARATOR = "@"  # "purchase@item_0007": a step of one item ('@' is not a character of an interaction type)
 
 
@@ -87,7 +88,7 @@ class AnalyticsPanels:
         self.order = w.Dropdown(options=["strict", "any"], value="strict", description="Order", layout=lay, style=style)
         self.windows = w.Text(value="30", description="Window (min)", layout=lay, style=style)
         self.by = w.Dropdown(
-            options=[("none", ""), ("device", "device"), ("country", "country"), ("referrer", "referrer")], value="", description="Breakdown", layout=lay,
+            options=_BREAKDOWN_OPTIONS, value="", description="Breakdown", layout=lay,
             style=style,
         )  # fmt: skip
         self.period = w.Dropdown(options=["day", "week"], value="day", description="Cohorts", layout=lay, style=style)
@@ -97,7 +98,7 @@ class AnalyticsPanels:
         )  # fmt: skip
         self.periods = w.BoundedIntText(value=7, min=1, max=52, description="Periods", layout=lay, style=style)
         self.cohort_by = w.Dropdown(
-            options=[("none", ""), ("device", "device"), ("country", "country"), ("referrer", "referrer")], value="", description="Cohort by", layout=lay,
+            options=_BREAKDOWN_OPTIONS, value="", description="Cohort by", layout=lay,
             style=style,
         )  # fmt: skip
         for name, control in self.controls().items():

@@ -74,11 +74,27 @@ def sankey_figure(
 ) -> go.Figure:
     """A Sankey of the most common paths (the ``paths`` query's frame): node ``k. label`` is step k's event."""
     names, links = sankey_links(paths, steps, direction) if len(paths) else ([], {})
+    # Columns by step position (plotly would push every sink, e.g. an early "(end)", to the right edge), and within a
+    # column by sessions, largest on top.
+    pos = [int(n.split(".", 1)[0]) - 1 for n in names]
+    flow = [0] * len(names)
+    for (s, t), v in links.items():
+        flow[s] += v
+        flow[t] += v
+    xs, ys = [0.0] * len(names), [0.0] * len(names)
+    for p in set(pos):
+        col = sorted((i for i in range(len(names)) if pos[i] == p), key=lambda i: -flow[i])
+        total = sum(flow[i] for i in col) or 1
+        top = 0.0
+        for i in col:
+            share = flow[i] / total
+            xs[i], ys[i] = 0.001 + 0.998 * p / max(1, steps - 1), min(0.999, max(0.001, top + share / 2))
+            top += share
     fig = go.Figure(layout=_layout(title, height))
     fig.add_trace(
         go.Sankey(
             arrangement="snap",
-            node={"label": names, "pad": 12, "thickness": 14},
+            node={"label": names, "pad": 12, "thickness": 14, "x": xs, "y": ys},
             link={
                 "source": [s for s, _ in links],
                 "target": [t for _, t in links],

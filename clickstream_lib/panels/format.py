@@ -51,11 +51,16 @@ def auto_bucket(start: datetime | None, end: datetime | None, override: str = ""
         return override
     if start is None or end is None:
         return "hour"
-    span = end - start
+    span = _utc(end) - _utc(start)
     for limit, bucket in _BUCKET_SPANS:
         if span <= limit:
             return bucket
     return "day"
+
+
+def _utc(value: datetime) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def table_bucket(days: pd.DataFrame, start: datetime | None, end: datetime | None, override: str = "") -> str:

@@ -133,3 +133,9 @@ def test_list_options_are_validated() -> None:
         with pytest.raises(QueryError) as info:
             queries.plan("funnel_steps", "db", **kwargs)
         assert info.value.variable == param
+
+
+def test_the_bucket_mixes_naive_and_aware_times() -> None:
+    days = pd.DataFrame({"time": pd.to_datetime(["2026-11-26", "2026-11-27"])})  # naive, as a frame may hold them
+    assert table_bucket(days, T0 - timedelta(days=1), None) == "hour"
+    assert auto_bucket(datetime(2026, 11, 26), T0 + timedelta(minutes=30)) == "minute"
