@@ -16,7 +16,8 @@ whitelisted column names are formatted into the SQL. They read the raw ``events`
   after the previous step and at most that step's window later. Order ``any``: a user enters at their first event
   matching any step in the window, and completes each (distinct) step at its first event in
   ``[entry, entry + sum of the windows]``; step k counts users who completed at least k steps. Steps after the
-  window's end count (each user gets the full conversion window), entries do not. Optional breakdown by one column
+  window's end count (each user gets the full conversion window), entries do not. Ties in time are ordered by
+  interaction type, then item (when steps name items), then the breakdown value. Optional breakdown by one column
   (the entry event's value) and by entry day; per step the time to convert from the previous step (p50, p90).
 * ``cohorts`` — users by first active day or week in the window; per period n the users active ``on`` period n or
   ``by`` it (in any of periods 1..n); optional breakdown by one column (the value of the user's first event).
@@ -117,10 +118,16 @@ def _path_rows(q: Query) -> str:
     q.params["event"] = _event_type(q.options["event"], "event")
     q.params["gap_ms"] = q.options["gap_s"] * 1000
     q.params["steps"] = steps
-    anchor = "(l, it) -> l = {event:String}"
+    # The item rides along only when the anchor names one (sorting and carrying it costs ~a third more).
     if q.options["item"]:
         q.params["item"] = q.options["item"]
-        anchor += " AND it = {item:String}"
+        fields, anchor = (
+            "interaction_type, item_id",
+            "(l, it) -> l = {event:String} AND it = {item:String}, labels, items",
+        )
+        items = " arrayMap(i -> ev[i].3, part) AS items,"
+    else:
+        fields, anchor, items = "interaction_type", "l -> l = {event:String}, labels", ""
     if direction == "after":
         find, cut = "arrayFirstIndex", "arraySlice(labels, a, {steps:UInt32})"
     else:
@@ -128,13 +135,13 @@ def _path_rows(q: Query) -> str:
             "arrayLastIndex",
             "arraySlice(labels, greatest(1, a - {steps:UInt32} + 1), least(a, {steps:UInt32}))",
         )
-    # A user's events sorted by (time, type, item); split into sessions before every gap over gap_ms (index arrays,
+    # A user's events sorted by (time, type[, item]); split into sessions before every gap over gap_ms (index arrays,
     # so labels and items are cut alike); per session the anchor's index a (0: none) and the path around it.
     return (
         f"SELECT {cut} AS path FROM ("
-        " SELECT arrayMap(i -> ev[i].2, part) AS labels, arrayMap(i -> ev[i].3, part) AS items,"
-        f" {find}({anchor}, labels, items) AS a FROM ("
-        "  SELECT arraySort(groupArray((toUnixTimestamp64Milli(event_time), interaction_type, item_id))) AS ev,"
+        f" SELECT arrayMap(i -> ev[i].2, part) AS labels,{items}"
+        f" {find}({anchor}) AS a FROM ("
+        f"  SELECT arraySort(groupArray((toUnixTimestamp64Milli(event_time), {fields}))) AS ev,"
         "  arrayMap(e -> e.1, ev) AS ts,"
         "  arraySplit((i, t, p) -> t - p > {gap_ms:Int64}, arrayEnumerate(ts), ts,"
         "  arrayPushFront(arrayPopBack(ts), ts[1])) AS parts"
@@ -219,7 +226,17 @@ def _funnel_steps(q: Query) -> str:
         q.params[f"s{i}"] = s
         if it:
             q.params[f"it{i}"] = it
-    match = [f"e.2 = {{s{i}:String}}" + (f" AND e.3 = {{it{i}:String}}" if it else "") for i, it in enumerate(items)]
+    # Each event as (time, type[, item][, breakdown value]): the item and the value only when asked for.
+    fields = ["toUnixTimestamp64Milli(event_time)", "interaction_type"]
+    if any(items):
+        fields.append("item_id")
+    item_pos = len(fields)
+    if by:
+        fields.append(_breakdown_expr(by))
+    b_pos = len(fields)
+    match = [
+        f"e.2 = {{s{i}:String}}" + (f" AND e.{item_pos} = {{it{i}:String}}" if it else "") for i, it in enumerate(items)
+    ]
     entry = []  # entries in the window; later steps may fall after its end (a full conversion window each)
     if q.start_ms is not None:
         q.params["entry_start"] = q.start_ms
@@ -236,7 +253,6 @@ def _funnel_steps(q: Query) -> str:
     where = q.where()
     where = f"{where} AND " if where else "WHERE "
     where += "interaction_type IN {funnel_types:Array(String)}"
-    dim = f", {_breakdown_expr(by)}" if by else ", ''"
     in_window = " AND ".join(entry) or "1"
     cols: list[str] = []
     if q.options["order"] == "strict":
@@ -262,16 +278,17 @@ def _funnel_steps(q: Query) -> str:
         cols += [f"toUInt32(length(done) >= {k}) AS i{k}" for k in range(1, n + 1)]
         entry_index = "i0"
     keys = ["b"] + (["entry_day"] if q.options["cohort"] == "day" else [])
+    entry_value = f"ev[{entry_index}].{b_pos}" if by else "''"
     agg = [f"countIf(i{k} > 0) AS users{k}" for k in range(1, n + 1)]
     for k in range(2, n + 1):
         agg.append(f"quantilesExactIf(0.5, 0.9)(toFloat64(t{k} - t{k - 1}), i{k} > 0) AS q{k}")
         agg.append(f"quantileExactIf(0.5)(toFloat64(t{k} - t1), i{k} > 0) AS qs{k}")
     return (
         f"SELECT {', '.join(keys)}, {', '.join(agg)} FROM ("
-        f" SELECT {', '.join(cols)}, ev[{entry_index}].4 AS b,"
+        f" SELECT {', '.join(cols)}, {entry_value} AS b,"
         f" toDate(fromUnixTimestamp64Milli(ev[{entry_index}].1, 'UTC')) AS entry_day"
         " FROM ("
-        f"  SELECT arraySort(groupArray((toUnixTimestamp64Milli(event_time), interaction_type, item_id{dim}))) AS ev"
+        f"  SELECT arraySort(groupArray(({', '.join(fields)}))) AS ev"
         f"  FROM {q.table('events')} {where} GROUP BY user_id)"
         f") WHERE {entry_index} > 0 GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)}"
     )

@@ -233,6 +233,8 @@ def funnel_truth(
     if key_col is None:
         sel = sel.assign(_b="")
         key_col = "_b"
+    if not any(items):  # the query orders ties by (type, breakdown value) then, without the item
+        sel = sel.assign(item_id="")
 
     def match(e: tuple[Any, ...], k: int) -> bool:
         return bool(e[1] == steps[k] and (not items[k] or e[2] == items[k]))
