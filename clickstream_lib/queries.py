@@ -1268,3 +1268,8 @@ def live_panels(
     windowed = {"start": start, "end": end, "source": source}
     asked = [(name, {**filters, **windowed} if QUERIES[name].windowed else dict(filters)) for name in LIVE_PANELS]
     return dict(zip(LIVE_PANELS, run_many(store, asked), strict=True))
+
+
+# Paths, funnels of chosen steps and cohort retention live in their own module, which adds its queries to QUERIES
+# when imported: imported here so that run() and every reader of QUERIES know them.
+from . import analytics as _analytics  # noqa: E402, F401

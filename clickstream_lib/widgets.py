@@ -27,7 +27,6 @@ import ipywidgets as w
 import pandas as pd
 
 from .errors import ClickstreamError, ConfigError, StoreLocked
-from .panels.reconcile import ReconcilePanel
 from .pipeline import Pipeline, PipelineControl
 from .settings import Settings
 from .store import ServedStore, Store, connect
@@ -299,8 +298,6 @@ class Chart:
         self.widget.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
 
-#: Beyond this many minutes in the window, the dashboard's time series counts per hour.
-MAX_MINUTES = 1440
 #: The dashboard's charts, in the order they are laid out.
 CHARTS = ("breakdown", "timeseries", "top_users", "top_items", "funnel", "device", "country", "referrer")
 _WIDE = {"timeseries", "dead_letters"}
@@ -639,6 +636,8 @@ class Dashboard(_AutoRefresh):
             self.pause.observe(self._on_pause, names="value")
             controls.append(self.pause)
         self.filters.on_change(self._on_filter)
+        from .panels.reconcile import ReconcilePanel
+
         self.reconcile = ReconcilePanel(self.store, settings, produced=self._produced)
         self.reconcile_button = w.Button(description="Reconcile", layout=w.Layout(width="120px"))
         self.reconcile_button.add_class("cs-btn-reconcile")
@@ -648,6 +647,9 @@ class Dashboard(_AutoRefresh):
         self.alert_banner = AlertBanner(self.store)  # shown while an alert fires
         f = {name: _sized(w.Output(), name) for name in CHARTS}
         self._outputs = f
+        from .panels.analytics import AnalyticsPanels
+
+        self.analytics = AnalyticsPanels()  # paths, funnel of chosen steps, retention heatmap (refreshed below)
         self.widget = w.VBox(
             [
                 self.header,
@@ -667,6 +669,7 @@ class Dashboard(_AutoRefresh):
                 w.HBox([f["device"], f["country"], f["referrer"]]),
                 w.HBox([w.HTML("<b>Kafka against the store</b>&nbsp;"), self.reconcile_button]),
                 self.reconcile.widget,
+                self.analytics.widget,
             ]
         )
         self.widget.add_class("cs-dashboard")
@@ -778,9 +781,10 @@ class Dashboard(_AutoRefresh):
             self._build_charts()
             yield
         dims = ("device", "country", "referrer")
+        bucket = self._bucket(args)
         asked = [
             ("breakdown", {"by": "interaction_type", **args}),
-            ("timeseries", {"bucket": "minute", **args}),
+            ("timeseries", {"bucket": bucket, **args}),
             ("top_users", {"limit": self.top_n, **args}),
             ("top_items", {"limit": self.top_n, **args}),
             ("funnel", args),
@@ -796,15 +800,13 @@ class Dashboard(_AutoRefresh):
         f = self.figures
         _set_bar(f["breakdown"], breakdown)
         self.filters.set_choices("interaction_type", _label_value(breakdown)[0])  # events are open: the data's types
-        bucket_s = 60
-        if series.empty or series["time"].nunique() < 3:  # a young store: per-second buckets show its shape
-            bucket_s = 1
-            series = self._q("timeseries", bucket="second", **args)
-        elif series["time"].nunique() > MAX_MINUTES:  # days of history: hours (a week of minutes is ~1 MB of JSON)
-            bucket_s = 3600
-            series = self._q("timeseries", bucket="hour", **args)
+        if bucket == "minute" and (series.empty or series["time"].nunique() < 3):  # a young store: per second
+            bucket = "second"
+            series = self._q("timeseries", bucket=bucket, **args)
         _set_timeseries(f["timeseries"], series)
-        mark_partial(f["timeseries"], partial_bucket(series, self._complete, bucket_s))
+        from .queries import BUCKET_SECONDS
+
+        mark_partial(f["timeseries"], partial_bucket(series, self._complete, BUCKET_SECONDS[bucket]))
         _set_bar(f["top_users"], top_users, horizontal=True)
         _set_bar(f["top_items"], top_items, horizontal=True)
         # Views -> purchases conversion per item sits in the table below.
@@ -819,6 +821,15 @@ class Dashboard(_AutoRefresh):
         for chart in self.charts.values():
             yield
             chart.render()
+        self.analytics.refresh(self.store, args)
+
+    def _bucket(self, args: Mapping[str, Any]) -> str:
+        """The time series' bucket for the window shown (all time: the span of the data, from the day rollup)."""
+        from .panels.format import table_bucket
+
+        if "start" in args:
+            return table_bucket(pd.DataFrame(), args["start"], datetime.now(UTC))
+        return table_bucket(self._q("timeseries", bucket="day", **args), None, None)
 
     def _update_status(self, fresh_df: pd.DataFrame) -> None:
         fresh = _first_row(fresh_df)
@@ -967,6 +978,9 @@ class Workbench(_AutoRefresh):
             )
             self.scenarios[name] = t
         self.health = w.HTML(stats_html(self.pipeline.stats(), "Pipeline"))
+        from .panels.analytics import AnalyticsPanels
+
+        self.analytics = AnalyticsPanels(full=True)  # every parameter of paths, funnel_steps and cohorts
         self.message = w.HTML("")
         self.preview = w.HTML("")
         go = _go()
@@ -979,6 +993,8 @@ class Workbench(_AutoRefresh):
         # The rules file the alerts form writes: the one `clickstream alerts` and `serve` read.
         rules = alert_rules or settings.alert_rules or Path(settings.data_dir) / "alerts.toml"
         self.alerts = AlertsPanel(self.store, rules)
+        from .panels.reconcile import ReconcilePanel
+
         self.reconcile = ReconcilePanel(self.store, settings, produced=lambda: int(self.pipeline.stats()["acked"]))
         self.buttons["reconcile"] = button("Reconcile", "reconcile", "info", self.reconcile.refresh)
         b = self.buttons
@@ -998,6 +1014,7 @@ class Workbench(_AutoRefresh):
                 self.alerts.widget,
                 w.HBox([w.HTML("<b>Kafka against the store</b>&nbsp;"), b["reconcile"]]),
                 self.reconcile.widget,
+                self.analytics.widget,
             ]
         )
         self.widget.add_class("cs-workbench")
@@ -1038,6 +1055,7 @@ class Workbench(_AutoRefresh):
                 chart.render()
             self.preview.value = table_html(self.newest_events(), "preview")
             self.alerts.refresh()
+            self.analytics.refresh(self.store, {})
             self.refreshes += 1
         except Exception as exc:
             logger.exception("workbench refresh failed")

@@ -10,7 +10,7 @@ from clickstream_lib.notebooks import VoilaServer
 from clickstream_lib.settings import Settings
 from clickstream_lib.store import Store
 
-from .conftest import kpi, query_json, screenshot, wait_until
+from .conftest import ARTIFACTS, kpi, query_json, screenshot, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.notebooks]
 
@@ -66,7 +66,7 @@ def test_live_dashboard_in_chromium(browser, own_settings: Settings, tmp_path: P
         page.goto(server.url, wait_until="domcontentloaded", timeout=90_000)
         page.locator('[data-kpi="total"]').wait_for(timeout=120_000)
         page.locator(".cs-dashboard .jp-RenderedPlotly").first.wait_for(timeout=60_000)
-        assert page.locator(".cs-dashboard .jp-RenderedPlotly").count() == 8
+        assert page.locator(".cs-dashboard .jp-RenderedPlotly").count() == 11  # 8 + Sankey, funnel, retention
         assert "Traceback" not in page.content()
 
         # Live: the page refreshes itself and the totals grow.
@@ -96,6 +96,7 @@ def test_live_dashboard_in_chromium(browser, own_settings: Settings, tmp_path: P
         assert page.locator(".cs-filter-device select").input_value() == device
         assert _chart_sum(page, "breakdown") == filtered
         screenshot(page, "dashboard-filtered")
+        _analytics_render(page, "dashboard")
         _select(page, "device", "All")
         wait_until(lambda: kpi(page, "total") == stable, 30, what="the unfiltered total again")
 
@@ -108,6 +109,25 @@ def test_live_dashboard_in_chromium(browser, own_settings: Settings, tmp_path: P
     counts = query_json(own_settings, {"mobile": ("kpis", {"device": device})})
     assert counts["_count"] == stable
     assert counts["mobile"]["total"] == filtered
+
+
+def _analytics_render(page, prefix: str) -> None:
+    """The paths Sankey (nodes and links drawn) and the retention heatmap (cells in percent, cohort sizes) are on the
+    page; a screenshot of each goes to the test artifacts."""
+    sankey = page.locator(".cs-chart-sankey .js-plotly-plot")
+    page.wait_for_function(
+        "document.querySelectorAll('.cs-chart-sankey .sankey .sankey-link').length > 0", timeout=60_000
+    )
+    assert page.locator(".cs-chart-sankey .sankey .sankey-node").count() >= 3
+    assert "1. view" in (sankey.text_content() or "")
+    heatmap = page.locator(".cs-chart-retention .js-plotly-plot")
+    page.wait_for_function("document.querySelectorAll('.cs-chart-retention .heatmaplayer .hm').length > 0", timeout=60_000)
+    assert "(n=" in (heatmap.text_content() or "") and "100.0%" in (heatmap.text_content() or "")
+    ARTIFACTS.mkdir(exist_ok=True)
+    sankey.scroll_into_view_if_needed()
+    sankey.screenshot(path=str(ARTIFACTS / f"{prefix}-sankey.png"))
+    heatmap.scroll_into_view_if_needed()
+    heatmap.screenshot(path=str(ARTIFACTS / f"{prefix}-retention-heatmap.png"))
 
 
 def _alive(pid: int) -> bool:
@@ -128,7 +148,7 @@ def test_an_empty_store_shows_a_friendly_message(browser, own_settings: Settings
             msg.wait_for(timeout=90_000)
             assert "No events yet" in msg.inner_text() and "clickstream demo" in msg.inner_text()
             assert kpi(page, "total") == 0
-            assert page.locator(".cs-dashboard .jp-RenderedPlotly").count() == 8  # empty charts, not errors
+            assert page.locator(".cs-dashboard .jp-RenderedPlotly").count() == 11  # empty charts, not errors
             assert page.locator(".cs-experiments").count() == 1 and not page.locator(".cs-experiments").is_visible()
             assert "Traceback" not in page.content() and 'data-message="error"' not in page.content()
         finally:

@@ -41,7 +41,8 @@ def test_first_code_cell_is_the_parameters_cell_of_literals(path) -> None:
 def test_notebook_cells_are_thin(path) -> None:
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
-        if cell.cell_type == "code":
+        # The parameters cell holds only literal assignments (checked above): its length is the number of knobs.
+        if cell.cell_type == "code" and "parameters" not in cell.metadata.get("tags", []):
             lines = [ln for ln in cell.source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
             assert len(lines) <= 10, f"{path.name}: a cell of {len(lines)} lines belongs in the library"
             assert "def " not in cell.source and "class " not in cell.source

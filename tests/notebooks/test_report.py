@@ -12,7 +12,7 @@ import pytest
 from clickstream_lib.notebooks import recorded
 from clickstream_lib.settings import Settings
 
-from .conftest import ROOT, env_for, load_events, query_json
+from .conftest import ARTIFACTS, ROOT, env_for, load_events, query_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.notebooks]
 
@@ -55,12 +55,16 @@ def test_report_numbers_equal_the_named_queries(browser: Any, own_settings: Sett
             "funnel": ("funnel", args),
             "top_items": ("item_performance", {**args, "limit": 5}),
             "retention": ("retention", args),
+            "paths": ("paths", {**args, "event": "view", "steps": 4}),
+            "cohorts": ("cohorts", {**args, "period": "day"}),
         },
     )
     assert got["kpis"] == want["kpis"]
     assert got["funnel"] == want["funnel"]
     assert got["top_items"] == want["top_items"]
     assert got["retention"] == want["retention"]
+    assert got["paths"] == want["paths"] and got["paths"]
+    assert got["cohorts"] == want["cohorts"] and got["cohorts"]
     # The filter took effect: mobile is a real share of all events, not all of them and not none.
     assert 0 < got["kpis"]["total"] < want["_count"] == 3000
     assert len(got["top_items"]) == 5
@@ -77,8 +81,22 @@ def test_report_numbers_equal_the_named_queries(browser: Any, own_settings: Sett
     try:
         page.goto((out / "report.html").as_uri())
         charts = page.locator(".js-plotly-plot")
-        page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 7", timeout=60_000)
-        assert charts.count() == 7  # funnel, activity, top items, four breakdowns
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 9", timeout=60_000)
+        assert charts.count() == 9  # funnel, paths, activity, retention, top items, four breakdowns
+        # The Sankey and the cohort heatmap draw offline too; a screenshot of each goes to the test artifacts.
+        sankey = charts.filter(has=page.locator(".sankey"))
+        page.wait_for_function("document.querySelectorAll('.sankey .sankey-link').length > 0", timeout=60_000)
+        assert "1. view" in (sankey.text_content() or "")
+        heatmap = charts.filter(has=page.locator(".heatmaplayer"))
+        page.wait_for_function("document.querySelectorAll('.heatmaplayer .hm').length > 0", timeout=60_000)
+        assert "(n=" in (heatmap.text_content() or "") and "100.0%" in (heatmap.text_content() or "")
+        ARTIFACTS.mkdir(exist_ok=True)
+        sankey.screenshot(path=str(ARTIFACTS / "report-sankey.png"))
+        heatmap.screenshot(path=str(ARTIFACTS / "report-retention-heatmap.png"))
+        # Tables for people: percent and thousands separators, no index column, the bucket said in the title.
+        assert "Events over time (per " in html
+        cells = page.locator('[data-table="paths"] td').all_inner_texts()
+        assert cells and all(c.endswith("%") for c in cells[2::3])  # path, sessions, share: share in percent
     finally:
         page.close()
     assert not [url for url in blocked if "plot" in url], blocked
