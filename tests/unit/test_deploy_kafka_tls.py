@@ -77,6 +77,7 @@ def test_stack_admin_traffic_ignores_the_callers_security(pki: Pki, tmp_path: Pa
 
 def test_kafka_python_config_dump_is_redacted(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="kafka")  # the CLI quiets kafka-python: a test of it may have run first
     secret = "pw-in-a-config-dict"
     logging.getLogger("kafka.admin.client").debug(
         "Starting KafkaAdminClient with configuration: %s", {"sasl_plain_password": secret, "client_id": "x"}
