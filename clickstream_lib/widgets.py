@@ -17,6 +17,7 @@ import contextlib
 import html
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -269,6 +270,8 @@ class Chart:
         self.widget.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
 
+#: Seconds a dashboard in a Voila kernel waits for its page to fetch the widgets before it builds its charts.
+PAGE_WAIT_S = 10.0
 #: Beyond this many minutes in the window, the dashboard's time series counts per hour.
 MAX_MINUTES = 1440
 #: The dashboard's charts, in the order they are laid out.
@@ -613,7 +616,17 @@ class Dashboard(_AutoRefresh):
     async def _first_panels(self) -> None:
         """The first full refresh after :meth:`show` put the KPIs up: charts built and filled one step per turn of
         the kernel's loop, so the page's requests for the widgets' state are answered in between; then the usual
-        refresh loop."""
+        refresh loop.
+
+        In a Voila kernel the charts wait (up to :data:`PAGE_WAIT_S`) for the page to have fetched the widgets'
+        state: the page then draws the KPI row at once, and the charts arrive as updates after it, instead of the
+        page drawing everything together once plotly has drawn eight charts.
+        """
+        if os.environ.get("VOILA_REQUEST_URL"):
+            deadline = time.monotonic() + PAGE_WAIT_S
+            while w.Widget._control_comm is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.25)  # the page's request for the states follows the opening of its control comm
         if not self._busy:
             self._busy = True
             try:
