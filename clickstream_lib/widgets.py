@@ -7,7 +7,8 @@ the newest-events preview. Every number a test or a user may want to read has a 
 Refresh: :meth:`Dashboard.start` schedules an ``asyncio`` task on the kernel's event loop (a ``Play`` widget does
 not tick in Voila while the notebook executes). :meth:`Dashboard.show` fills the KPI row before it returns, so the
 page opens on current numbers; Voila shows a page only once its notebook has run, so the charts are built (plotly
-loads here) and filled by that task right after, panel by panel, while the browser loads the page.
+loads here) and filled by that task afterwards, panel by panel — in a Voila kernel once the page has fetched the
+widgets' state, so the page draws the KPI row before the charts.
 """
 
 from __future__ import annotations
