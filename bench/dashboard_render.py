@@ -83,10 +83,10 @@ def render(context, server: VoilaServer, selectors: list[tuple[str, int]]) -> tu
     the RSS of the Voila server and the page's kernels once the last one did."""
     page = context.new_page()
     t0 = time.perf_counter()
-    page.goto(server.url, wait_until="domcontentloaded", timeout=120_000)
+    page.goto(server.url, wait_until="domcontentloaded", timeout=300_000)
     elapsed = []
     for selector, count in selectors:
-        page.locator(selector).nth(count - 1).wait_for(timeout=120_000)
+        page.locator(selector).nth(count - 1).wait_for(timeout=300_000)
         elapsed.append(time.perf_counter() - t0)
     kernels = server.kernel_pids()
     mem = rss_mb([server.proc.pid, *kernels]) if server.proc else []
@@ -230,7 +230,7 @@ def main() -> int:
                             served_mems.append(mem)
                         pages = [context.new_page() for _ in range(args.viewers)]
                         for page in pages:
-                            page.goto(server.url, wait_until="domcontentloaded", timeout=120_000)
+                            page.goto(server.url, wait_until="domcontentloaded", timeout=300_000)
                         for page in pages:
                             page.locator(".cs-dashboard .jp-RenderedPlotly").nth(7).wait_for(timeout=180_000)
                         viewer_kernels = server.kernel_pids()
@@ -248,8 +248,8 @@ def main() -> int:
                 params = {"live_pipeline": True, "rate": args.rate, "refresh_s": 5.0}
                 with VoilaServer(live, "dashboard", port=0, params=params, log_file=tmp / "live.log") as server:
                     page = context.new_page()
-                    page.goto(server.url, wait_until="domcontentloaded", timeout=120_000)
-                    page.locator(".cs-dashboard .jp-RenderedPlotly").nth(7).wait_for(timeout=120_000)
+                    page.goto(server.url, wait_until="domcontentloaded", timeout=300_000)
+                    page.locator(".cs-dashboard .jp-RenderedPlotly").nth(7).wait_for(timeout=300_000)
                     time.sleep(20)
                     live_mem = rss_mb([server.proc.pid, *server.kernel_pids()]) if server.proc else []
                     live_total = page.locator('[data-kpi="total"]').get_attribute("data-value")

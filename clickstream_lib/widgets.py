@@ -7,7 +7,8 @@ the newest-events preview. Every number a test or a user may want to read has a 
 Refresh: :meth:`Dashboard.start` schedules an ``asyncio`` task on the kernel's event loop (a ``Play`` widget does
 not tick in Voila while the notebook executes). :meth:`Dashboard.show` fills the KPI row before it returns, so the
 page opens on current numbers; Voila shows a page only once its notebook has run, so the charts are built (plotly
-loads here) and filled by that task right after, panel by panel, while the browser loads the page.
+loads here) and filled by that task afterwards, panel by panel — in a Voila kernel once the page has fetched the
+widgets' state, so the page draws the KPI row before the charts.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import html
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -298,6 +300,8 @@ class Chart:
         self.widget.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
 
+#: Seconds a dashboard in a Voila kernel waits for its page to fetch the widgets before it builds its charts.
+PAGE_WAIT_S = 10.0
 #: The dashboard's charts, in the order they are laid out.
 CHARTS = ("breakdown", "timeseries", "top_users", "top_items", "funnel", "device", "country", "referrer")
 _WIDE = {"timeseries", "dead_letters"}
@@ -709,7 +713,17 @@ class Dashboard(_AutoRefresh):
     async def _first_panels(self) -> None:
         """The first full refresh after :meth:`show` put the KPIs up: charts built and filled one step per turn of
         the kernel's loop, so the page's requests for the widgets' state are answered in between; then the usual
-        refresh loop."""
+        refresh loop.
+
+        In a Voila kernel the charts wait (up to :data:`PAGE_WAIT_S`) for the page to have fetched the widgets'
+        state: the page then draws the KPI row at once, and the charts arrive as updates after it, instead of the
+        page drawing everything together once plotly has drawn eight charts.
+        """
+        if os.environ.get("VOILA_REQUEST_URL"):
+            deadline = time.monotonic() + PAGE_WAIT_S
+            while w.Widget._control_comm is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.25)  # the page's request for the states follows the opening of its control comm
         if not self._busy:
             self._busy = True
             try:
