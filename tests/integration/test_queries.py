@@ -563,7 +563,7 @@ def test_empty_store_gives_empty_frames(store: Store) -> None:
     for name in queries.QUERIES:
         df = queries.run(store, name)
         assert isinstance(df, pd.DataFrame), name
-        if name in ("kpis", "active_users", "events_per_second", "sessions", "freshness"):
+        if name in ("kpis", "active_users", "events_per_second", "sessions", "freshness", "complete_through"):
             assert len(df) == 1
             numeric = df.select_dtypes("number").drop(columns=["minutes", "seconds"], errors="ignore")
             assert (numeric.fillna(0) == 0).all().all(), name
@@ -576,6 +576,7 @@ def test_empty_store_gives_empty_frames(store: Store) -> None:
         else:
             assert df.empty, name
     assert queries.freshness(store)["newest_event_time"].isna().all()
+    assert queries.complete_through(store)["complete_through"].isna().all()
     panels = queries.live_panels(store)
     assert set(panels) == set(queries.LIVE_PANELS)
 
