@@ -266,7 +266,7 @@ def test_dashboard_queries_equal_pandas(loaded: Store, events: pd.DataFrame, win
 
         for by in queries.FILTERS:
             b = queries.breakdown(loaded, by=by, **kw)
-            want = sel.groupby(by).size().sort_values(ascending=False)
+            want = sel.groupby(sel[by].replace("", queries.NONE_LABEL)).size().sort_values(ascending=False)
             got = b.set_index(by)["events"].astype(int)
             assert got.to_dict() == want.to_dict(), (by, filters, window)
             assert list(got) == sorted(got, reverse=True)
@@ -564,7 +564,7 @@ def test_empty_store_gives_empty_frames(store: Store) -> None:
     for name in queries.QUERIES:
         df = queries.run(store, name)
         assert isinstance(df, pd.DataFrame), name
-        if name in ("kpis", "active_users", "events_per_second", "sessions", "freshness"):
+        if name in ("kpis", "active_users", "events_per_second", "sessions", "freshness", "complete_through"):
             assert len(df) == 1
             numeric = df.select_dtypes("number").drop(columns=["minutes", "seconds"], errors="ignore")
             assert (numeric.fillna(0) == 0).all().all(), name
@@ -577,6 +577,7 @@ def test_empty_store_gives_empty_frames(store: Store) -> None:
         else:
             assert df.empty, name
     assert queries.freshness(store)["newest_event_time"].isna().all()
+    assert queries.complete_through(store)["complete_through"].isna().all()
     panels = queries.live_panels(store)
     assert set(panels) == set(queries.LIVE_PANELS)
 
@@ -606,7 +607,8 @@ def test_property_and_experiment_filters_and_breakdowns_equal_pandas(store: Stor
     for by in ("prop.plan", "prop.utm.source", "prop.seats", "experiment_name", "experiment_variation"):
         for filters in ({}, {"interaction_type": "login"}, {"prop.plan": ["free", "team"]}):
             b = queries.breakdown(store, by=by, **filters)
-            want = select(df, **filters).groupby(by).size()
+            part = select(df, **filters)
+            want = part.groupby(part[by].replace("", queries.NONE_LABEL)).size()
             assert b.set_index(by)["events"].astype(int).to_dict() == want.to_dict(), (by, filters)
 
 
