@@ -626,7 +626,14 @@ class Dashboard(_AutoRefresh):
         self.tables["sessions"].value = table_html(self._q("sessions", **args), "sessions")
         for chart in self.charts.values():
             chart.render()
-        self.analytics.refresh(self.store, args)
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if self.refreshes or loop is None:
+            self.analytics.refresh(self.store, args)
+        else:  # the first refresh shows the page; the analytics panels fill in right after it, on the kernel's loop
+            loop.call_soon(self.analytics.refresh, self.store, args)
 
     def _bucket(self, args: Mapping[str, Any]) -> str:
         """The time series' bucket for the window shown (all time: the span of the data, from the day rollup)."""
