@@ -835,7 +835,14 @@ class Dashboard(_AutoRefresh):
         for chart in self.charts.values():
             yield
             chart.render()
-        self.analytics.refresh(self.store, args)
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if self.refreshes or loop is None:
+            self.analytics.refresh(self.store, args)
+        else:  # the first refresh shows the page; the analytics panels fill in right after it, on the kernel's loop
+            loop.call_soon(self.analytics.refresh, self.store, args)
 
     def _bucket(self, args: Mapping[str, Any]) -> str:
         """The time series' bucket for the window shown (all time: the span of the data, from the day rollup)."""

@@ -91,6 +91,13 @@ def sankey_figure(
             xs[i], ys[i] = 0.001 + 0.998 * p / max(1, steps - 1), min(0.999, max(0.001, top + share / 2))
             top += share
     fig = go.Figure(layout=_layout(title, height))
+    if not links:  # plotly.js fails on a Sankey without nodes ("Invalid array length"): say so instead
+        fig.add_annotation(
+            text="no sessions with this event", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper"
+        )
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+        return fig
     fig.add_trace(
         go.Sankey(
             arrangement="snap",
@@ -102,10 +109,6 @@ def sankey_figure(
             },
         )
     )
-    if not links:
-        fig.add_annotation(
-            text="no sessions with this event", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper"
-        )
     return fig
 
 

@@ -66,7 +66,8 @@ def test_live_dashboard_in_chromium(browser, own_settings: Settings, tmp_path: P
         page.goto(server.url, wait_until="domcontentloaded", timeout=90_000)
         page.locator('[data-kpi="total"]').wait_for(timeout=120_000)
         page.locator(".cs-dashboard .jp-RenderedPlotly").first.wait_for(timeout=60_000)
-        assert page.locator(".cs-dashboard .jp-RenderedPlotly").count() == 11  # 8 + Sankey, funnel, retention
+        # 8 + Sankey, funnel and retention; the mime renderer draws them one by one
+        wait_until(lambda: page.locator(".cs-dashboard .jp-RenderedPlotly").count() == 11, 60, what="11 charts")
         assert "Traceback" not in page.content()
 
         # Live: the page refreshes itself and the totals grow.
@@ -148,7 +149,8 @@ def test_an_empty_store_shows_a_friendly_message(browser, own_settings: Settings
             msg.wait_for(timeout=90_000)
             assert "No events yet" in msg.inner_text() and "clickstream demo" in msg.inner_text()
             assert kpi(page, "total") == 0
-            assert page.locator(".cs-dashboard .jp-RenderedPlotly").count() == 11  # empty charts, not errors
+            # empty charts, not errors
+            wait_until(lambda: page.locator(".cs-dashboard .jp-RenderedPlotly").count() == 11, 60, what="11 charts")
             assert page.locator(".cs-experiments").count() == 1 and not page.locator(".cs-experiments").is_visible()
             assert "Traceback" not in page.content() and 'data-message="error"' not in page.content()
         finally:
