@@ -51,7 +51,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from clickstream_lib import events, schema, topics  # noqa: E402
-from clickstream_lib.consumer import (  # noqa: E402
+from clickstream_lib.producer import Producer  # noqa: E402
+from clickstream_lib.settings import Settings  # noqa: E402
+from clickstream_lib.sink import (  # noqa: E402
     DEFAULT_BATCH_MAX_BYTES,
     DEFAULT_BATCH_MAX_ROWS,
     DEFAULT_BATCH_MAX_WAIT_S,
@@ -61,8 +63,6 @@ from clickstream_lib.consumer import (  # noqa: E402
     GROUP_MAX_BATCHES,
     Sink,
 )
-from clickstream_lib.producer import Producer  # noqa: E402
-from clickstream_lib.settings import Settings  # noqa: E402
 from clickstream_lib.stack import KafkaStack  # noqa: E402
 from clickstream_lib.store import Store, connect, decimal_text  # noqa: E402
 from tests.conftest import base_env, free_port_pair  # noqa: E402

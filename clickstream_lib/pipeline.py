@@ -38,7 +38,7 @@ class Pipeline:
         store: the open in-process store the sink writes to.
         rate: events/s of the producer.
         seed: the generator's seed (None: random).
-        sink_options: keyword arguments for :class:`~clickstream_lib.consumer.Sink` (e.g. ``instance_id``).
+        sink_options: keyword arguments for :class:`~clickstream_lib.sink.Sink` (e.g. ``instance_id``).
     """
 
     def __init__(
@@ -83,7 +83,7 @@ class Pipeline:
         return producer
 
     def _new_sink(self) -> Any:
-        from .consumer import Sink
+        from .sink import Sink
 
         return Sink(self.settings, self.store, **self.sink_options)
 

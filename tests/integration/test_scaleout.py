@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from clickstream_lib.consumer import Sink
 from clickstream_lib.producer import Producer
 from clickstream_lib.settings import Settings
+from clickstream_lib.sink import Sink
 from clickstream_lib.store import Store
 from clickstream_lib.topics import ensure_topic
 

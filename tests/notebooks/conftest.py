@@ -64,7 +64,7 @@ import json, time
 from clickstream_lib.settings import Settings
 from clickstream_lib.store import connect
 from clickstream_lib.producer import Producer
-from clickstream_lib.consumer import Sink
+from clickstream_lib.sink import Sink
 from clickstream_lib.generator import CaseStudyGenerator
 settings = Settings.from_env()
 store = connect(settings)
