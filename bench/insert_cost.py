@@ -31,8 +31,8 @@ from clickstream_lib import schema  # noqa: E402
 from clickstream_lib.generator import Generator  # noqa: E402
 from clickstream_lib.settings import Settings  # noqa: E402
 from clickstream_lib.sink import EVENT_COLUMNS, EVENT_INSERT_TYPES, Batch, Record  # noqa: E402
+from clickstream_lib.stack import clean_env  # noqa: E402
 from clickstream_lib.store import Store, connect  # noqa: E402
-from tests.conftest import base_env  # noqa: E402
 
 SETTLE_S = 6.0  # the engine picks merges every few seconds: wait that long before waiting for them to end
 
@@ -85,7 +85,7 @@ def main() -> int:
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     tmp = Path(tempfile.mkdtemp(prefix="bench-insert-cost-"))
-    base = Settings.from_env(base_env(), data_dir=tmp / "data")
+    base = Settings.from_env(clean_env(), data_dir=tmp / "data")
     n_rows = int(args.rate * args.seconds)
     data = {size: insert_columns(max(size, n_rows // size * size), size) for size in sizes}
     results: dict[tuple[int, bool], list[float]] = {(size, v): [] for size in sizes for v in (True, False)}

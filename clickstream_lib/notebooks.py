@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -616,10 +616,14 @@ class OwnerProcess:
         rate: float = 200.0,
         log_file: str | Path | None = None,
         sink: bool = True,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.produce = produce
         self.sink = sink
+        self.args = tuple(args)  # more arguments of `clickstream serve`
+        self.env = env  # the environment settings_env starts from (default: this process's)
         self.rate = float(rate)
         self.log_file = Path(log_file) if log_file else Path(settings.data_dir) / "logs" / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -627,7 +631,7 @@ class OwnerProcess:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "clickstream_lib", "serve", "--rate", str(self.rate)]
-        return cmd + (["--produce"] if self.produce else []) + ([] if self.sink else ["--no-sink"])
+        return cmd + (["--produce"] if self.produce else []) + ([] if self.sink else ["--no-sink"]) + list(self.args)
 
     def start(self, timeout_s: float = 120.0) -> str:
         """Start the owner and wait until it serves; returns its socket path.
@@ -641,7 +645,7 @@ class OwnerProcess:
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
                 self.command(),
-                env=settings_env(self.settings),
+                env=settings_env(self.settings, self.env),
                 stdout=subprocess.PIPE,
                 stderr=log,
                 stdin=subprocess.DEVNULL,

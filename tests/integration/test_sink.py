@@ -30,6 +30,7 @@ from clickstream_lib.sink.batch import insert_batches
 from clickstream_lib.sink.startup import warn_undeduplicated_views
 from clickstream_lib.stack import KafkaStack
 from clickstream_lib.store import Store
+from tests.helpers import wait_until
 from tests.integration.sink_worker import ROOT, count, make_values, produce, worker_env
 
 pytestmark = pytest.mark.integration
@@ -55,12 +56,7 @@ def _committed(settings: Settings) -> dict[int, int]:
 
 
 def _wait(predicate: Any, timeout: float, what: str, sink: Sink | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            state = f"; sink: {sink.stats().as_dict()}" if sink is not None else ""
-            raise AssertionError(f"timed out waiting for {what}{state}")
-        time.sleep(0.2)
+    wait_until(predicate, timeout, what, state=sink.stats().as_dict if sink is not None else None)
 
 
 # One message per rejection reason of events.REASONS (plus a null value), built so the decision does not depend on
