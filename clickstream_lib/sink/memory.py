@@ -18,13 +18,11 @@ LARGE_VALUE_MEMORY_S = 60.0
 # ones batch_max_rows at once when values are ordinary, else at most twice as many as the poll before.
 FIRST_POLL_RECORDS = 16
 
-# Per record, kafka-python allocates a ConsumerRecord and its headers list and the sink keeps a row tuple: with
-# Python's default GC thresholds (700, 10, 10) a drain of 100 000 records ran ~640 young and ~5 full collections,
-# each walking the ~40 000 objects of the records being validated or the whole heap — ~3 us of the consumer thread's
-# ~11 us per record (bench/consume.py with per-thread CPU). While a sink runs, the youngest generation's threshold
-# is raised to this (the consumer thread's CPU fell to ~8 us per record); reference counting still frees everything
-# without cycles at once, and cyclic garbage waits for at most this many new objects. Restored when the last sink of
-# the process stops, unless someone changed the thresholds meanwhile.
+# While a sink runs, the youngest GC generation collects every GC_YOUNG_THRESHOLD new objects instead of Python's 700:
+# each record leaves a ConsumerRecord, its headers list and a row tuple alive for a while, and with the default the
+# collector walks the records being validated (or the whole heap) many times per batch, on the consumer thread.
+# Reference counting still frees everything without cycles at once; cyclic garbage waits for at most this many new
+# objects. Restored when the last sink of the process stops, unless someone changed the thresholds meanwhile.
 GC_YOUNG_THRESHOLD = 50_000
 _gc_lock = threading.Lock()
 _gc_users = 0
