@@ -105,7 +105,7 @@ class KeyPartitioner:
     def _hash(self, key: bytes | None) -> int | None:
         if key is None:
             return None
-        partition = self._all[(murmur2(key) & 0x7FFFFFFF) % len(self._all)]
+        partition: int = self._all[(murmur2(key) & 0x7FFFFFFF) % len(self._all)]
         self._cache[key] = partition
         return partition
 

@@ -20,7 +20,7 @@ class AlertsCommand:
     name = "alerts"
 
     @staticmethod
-    def add_parser(sub: argparse._SubParsersAction) -> None:
+    def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = sub.add_parser(
             "alerts",
             help="evaluate alert rules once, on a schedule, or over history",

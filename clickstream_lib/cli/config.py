@@ -14,7 +14,7 @@ class ConfigCommand:
     name = "config"
 
     @staticmethod
-    def add_parser(sub: argparse._SubParsersAction) -> None:
+    def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = sub.add_parser(
             "config",
             help="show the effective settings (secrets hidden)",

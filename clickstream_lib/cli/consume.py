@@ -14,7 +14,7 @@ class ConsumeCommand:
     name = "consume"
 
     @staticmethod
-    def add_parser(sub: argparse._SubParsersAction) -> None:
+    def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         from ..sink import DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_ROWS, DEFAULT_BATCH_MAX_WAIT_S
 
         p = sub.add_parser(
@@ -100,7 +100,8 @@ class ConsumeCommand:
             raise ConfigError("--until-idle", f"{args.until_idle} must be more than 0 seconds")
         if args.batch_max_rows < 1 or args.batch_max_wait <= 0 or args.batch_max_bytes < 1:
             raise ConfigError("--batch-max-rows/--batch-max-bytes/--batch-max-wait", "must be positive")
-        from ..store import StoreLocked, find_owner
+        from ..errors import StoreLocked
+        from ..store import find_owner
 
         owner = find_owner(settings)
         if owner is not None:

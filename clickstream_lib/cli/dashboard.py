@@ -15,7 +15,7 @@ class DashboardCommand:
     name = "dashboard"
 
     @staticmethod
-    def add_parser(sub: argparse._SubParsersAction) -> None:
+    def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = sub.add_parser(
             "dashboard",
             help="serve the live dashboard with Voila on 127.0.0.1",

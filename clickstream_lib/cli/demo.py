@@ -15,7 +15,7 @@ class DemoCommand:
     name = "demo"
 
     @staticmethod
-    def add_parser(sub: argparse._SubParsersAction) -> None:
+    def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = sub.add_parser(
             "demo",
             help="the main job: local Kafka + live pipeline + dashboard in your browser",

@@ -15,7 +15,7 @@ class GenerateCommand:
     name = "generate"
 
     @staticmethod
-    def add_parser(sub: argparse._SubParsersAction) -> None:
+    def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = sub.add_parser(
             "generate",
             help="write synthetic events to a JSON-lines file (no Kafka)",

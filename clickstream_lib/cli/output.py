@@ -18,7 +18,7 @@ class Command(Protocol):
     name: str
 
     @staticmethod
-    def add_parser(sub: argparse._SubParsersAction) -> None: ...
+    def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None: ...
 
 
 def out(text: str = "") -> None:

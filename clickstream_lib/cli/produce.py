@@ -15,7 +15,7 @@ class ProduceCommand:
     name = "produce"
 
     @staticmethod
-    def add_parser(sub: argparse._SubParsersAction) -> None:
+    def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = sub.add_parser(
             "produce",
             help="send synthetic events to Kafka at a controlled rate",

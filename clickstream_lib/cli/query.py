@@ -14,7 +14,7 @@ class QueryCommand:
     name = "query"
 
     @staticmethod
-    def add_parser(sub: argparse._SubParsersAction) -> None:
+    def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = sub.add_parser(
             "query",
             help="run a named analytics query or read-only SQL against the store",

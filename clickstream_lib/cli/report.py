@@ -14,7 +14,7 @@ class ReportCommand:
     name = "report"
 
     @staticmethod
-    def add_parser(sub: argparse._SubParsersAction) -> None:
+    def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = sub.add_parser(
             "report",
             help="run the papermill report; write the executed notebook and an HTML export",

@@ -14,7 +14,7 @@ class ServeCommand:
     name = "serve"
 
     @staticmethod
-    def add_parser(sub: argparse._SubParsersAction) -> None:
+    def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = sub.add_parser(
             "serve",
             help="own the embedded store: run the sink and serve every other process of this machine",

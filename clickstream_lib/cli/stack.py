@@ -14,7 +14,7 @@ class StackCommand:
     name = "stack"
 
     @staticmethod
-    def add_parser(sub: argparse._SubParsersAction) -> None:
+    def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = sub.add_parser(
             "stack",
             help="start, stop or inspect the local Kafka broker",

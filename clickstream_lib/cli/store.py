@@ -14,7 +14,7 @@ class StoreCommand:
     name = "store"
 
     @staticmethod
-    def add_parser(sub: argparse._SubParsersAction) -> None:
+    def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = sub.add_parser(
             "store",
             help="inspect or migrate the ClickHouse store",

@@ -353,7 +353,8 @@ class Generator:
         cdf = np.cumsum(weight)
         rng = self._rng
         b = np.minimum(np.searchsorted(cdf, rng.random(m) * cdf[-1], side="right"), len(lo) - 1)
-        return lo[b] + (rng.random(m) * (hi[b] - lo[b])).astype(np.int64)
+        starts: np.ndarray = lo[b] + (rng.random(m) * (hi[b] - lo[b])).astype(np.int64)
+        return starts
 
     def session_shapes(self, rng: np.random.Generator, m: int, scen: Mapping[str, Mapping[str, Any]]) -> SessionShapes:
         """``m`` sessions without a user or a start time: funnel, items, pages, referrer, gaps (offsets), ids."""
@@ -422,7 +423,8 @@ class Generator:
         if discount:
             flash = scenario == FLASH
             price[flash] = self._price_table(discount)[at[flash]]
-        return price
+        out: np.ndarray = price
+        return out
 
     def _price_table(self, discount: float) -> np.ndarray:
         """Price of every (country, item), flattened, rounded to the currency's decimals; built once per discount."""

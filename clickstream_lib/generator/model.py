@@ -73,7 +73,8 @@ COLUMNS = ("user", "session", "item", "itype", "ts", "page", "referrer", "price"
 
 def _hex_digits(raw: np.ndarray) -> np.ndarray:
     """(n, k) bytes -> (n, 2k) ASCII hex digits."""
-    return _HEX2[raw].view(np.uint8).reshape(raw.shape[0], 2 * raw.shape[1])
+    digits: np.ndarray = _HEX2[raw].view(np.uint8).reshape(raw.shape[0], 2 * raw.shape[1])
+    return digits
 
 
 def uuid4_strings(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -123,7 +124,8 @@ def groupwise_cummax(values: np.ndarray, group_start: np.ndarray) -> np.ndarray:
     low = values.min()
     span = int(values.max() - low) + 1
     lifted = (values - low) + gid.astype(np.int64) * span  # later groups always compare larger
-    return np.maximum.accumulate(lifted) - gid.astype(np.int64) * span + low
+    out: np.ndarray = np.maximum.accumulate(lifted) - gid.astype(np.int64) * span + low
+    return out
 
 
 @dataclass
