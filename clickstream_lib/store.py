@@ -48,7 +48,7 @@ from .settings import Settings, StoreURL
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .pipeline import ServedPipeline
+    from .served_pipeline import ServedPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -1008,7 +1008,7 @@ class ServedStore(Store):
 
     def pipeline(self) -> ServedPipeline:
         """The owner's live pipeline (producer and sink), controllable from here."""
-        from .pipeline import ServedPipeline
+        from .served_pipeline import ServedPipeline
 
         return ServedPipeline(self)
 

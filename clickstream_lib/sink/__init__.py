@@ -22,10 +22,10 @@ from .front import (
     DEFAULT_BATCH_MAX_ROWS,
     DEFAULT_BATCH_MAX_WAIT_S,
     DEFAULT_STOP_TIMEOUT_S,
-    FETCH_MAX_PARTITION_BYTES,
     Sink,
 )
 from .memory import GC_YOUNG_THRESHOLD
+from .startup import FETCH_MAX_PARTITION_BYTES
 from .stats import SinkStats
 
 __all__ = [

@@ -8,8 +8,6 @@ kafka-python's ``KafkaConsumer`` builds its fetcher and coordinator. The protoco
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -33,7 +31,7 @@ from .delivery import GROUP_MAX_BATCHES, Delivery
 from .memory import PollSizer, relaxed_gc
 from .recovery import Recovery
 from .retry import DEFAULT_RETRY_MAX_S
-from .startup import await_partitions, check_dedup, topic_epoch, warn_undeduplicated_views
+from .startup import await_partitions, check_dedup, consumer_configs, topic_epoch, warn_undeduplicated_views
 from .stats import SinkFigures, SinkStats
 
 logger = logging.getLogger(__name__)
@@ -47,11 +45,6 @@ DEFAULT_BATCH_MAX_ROWS = 20_000
 DEFAULT_BATCH_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_BATCH_MAX_WAIT_S = 1.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
-# Bytes fetched per partition per request (kafka-python's default is 1 MiB, ~2 500 events). kafka-python fetches a
-# partition again only once its previous response is consumed, so a backlog costs a round trip per response; 8 MiB
-# also lets a partition fill a 20 000-row batch from one response. Live traffic is unaffected: the broker answers
-# with what it has.
-FETCH_MAX_PARTITION_BYTES = 8 * 1024 * 1024
 # until_idle waits at most this long for a first assignment (a consumer group waiting for a dead member's session).
 JOIN_GRACE_S = 60.0
 # How long one poll() may wait while the insert thread works: its result is committed on the next loop turn.
@@ -95,6 +88,9 @@ class Sink:
         from_beginning: a partition without a committed offset for the consumer group starts at the log start (a
             replay) instead of after the highest offset already stored from it (see
             :meth:`~.recovery.Recovery.start_offsets`). Partitions with a committed offset always resume from it.
+
+    Over 400 lines for a reason: it owns the consumer's thread — the poll loop, the rebalance queue, the drain at a
+    stop — which kafka-python requires to stay on one thread; the work itself is in its parts.
 
     Example:
         >>> sink = Sink(Settings.from_env())
@@ -269,31 +265,9 @@ class Sink:
         topics.ensure_topic(self.settings, self.topic)
         topics.ensure_topic(self.settings, self.settings.dead_letter_topic)
         self.epoch = topic_epoch(self.settings, self.topic)
-        cfg = topics.client_config(
-            self.settings,
-            group_id=self.settings.kafka_group_id,
-            client_id=f"clickstream-sink-{socket.gethostname()}-{os.getpid()}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.batch_max_rows,
-            max_partition_fetch_bytes=FETCH_MAX_PARTITION_BYTES,
-            check_crcs=True,
-            # kafka-python 3.0 stopped returning records for partitions that were sought/paused during a rebalance
-            # when incremental fetch sessions (KIP-227) were on (seen in the two-member takeover test).
-            enable_incremental_fetch_sessions=False,
-            # A group leader that saw no partitions for a just-created topic assigns nothing until its next metadata
-            # refresh (default 5 min); refresh often enough that such a miss heals in seconds.
-            metadata_max_age_ms=15_000,
+        cfg, fetch_config = consumer_configs(
+            self.settings, self.batch_max_rows, instance_id=self.instance_id, extra=self._consumer_config
         )
-        if self.instance_id:
-            cfg["group_instance_id"] = self.instance_id
-        cfg.update(self._consumer_config)
-        # A consumer-group-less reader of recorded ranges of any partition (recovering a group insert).
-        fetch_config = {
-            **{k: v for k, v in cfg.items() if k not in ("group_id", "group_instance_id", "client_id")},
-            "group_id": None,
-            "client_id": f"{cfg['client_id']}-rebuild",
-        }
         try:
             self._consumer = KafkaConsumer(**cfg)
             record_decoder.install(self._consumer)  # ~2x faster than kafka-python's own record decoder

@@ -4,8 +4,12 @@ epoch, its partitions."""
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
@@ -16,6 +20,12 @@ from ..settings import Settings
 from ..store import Store
 
 logger = logging.getLogger(__name__)
+
+# Bytes fetched per partition per request (kafka-python's default is 1 MiB, ~2 500 events). kafka-python fetches a
+# partition again only once its previous response is consumed, so a backlog costs a round trip per response; 8 MiB
+# also lets a partition fill a 20 000-row batch from one response. Live traffic is unaffected: the broker answers
+# with what it has.
+FETCH_MAX_PARTITION_BYTES = 8 * 1024 * 1024
 
 
 def check_dedup(store: Store) -> None:
@@ -96,3 +106,35 @@ def topic_epoch(settings: Settings, topic: str) -> str:
     topic_id = str(described[0].get("topic_id") or "") if described else ""
     # Brokers older than 2.8 have no topic ids; the epoch then cannot tell a re-created topic apart.
     return topic_id.replace("-", "")[:12] or "0"
+
+
+def consumer_configs(
+    settings: Settings, batch_max_rows: int, *, instance_id: str | None = None, extra: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """kafka-python options of the sink's consumer, and of a consumer-group-less reader of recorded ranges."""
+    cfg = topics.client_config(
+        settings,
+        group_id=settings.kafka_group_id,
+        client_id=f"clickstream-sink-{socket.gethostname()}-{os.getpid()}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=batch_max_rows,
+        max_partition_fetch_bytes=FETCH_MAX_PARTITION_BYTES,
+        check_crcs=True,
+        # kafka-python 3.0 stopped returning records for partitions that were sought/paused during a rebalance
+        # when incremental fetch sessions (KIP-227) were on (seen in the two-member takeover test).
+        enable_incremental_fetch_sessions=False,
+        # A group leader that saw no partitions for a just-created topic assigns nothing until its next metadata
+        # refresh (default 5 min); refresh often enough that such a miss heals in seconds.
+        metadata_max_age_ms=15_000,
+    )
+    if instance_id:
+        cfg["group_instance_id"] = instance_id
+    cfg.update(extra or {})
+    # A consumer-group-less reader of recorded ranges of any partition (recovering a group insert).
+    fetch_config: dict[str, Any] = {
+        **{k: v for k, v in cfg.items() if k not in ("group_id", "group_instance_id", "client_id")},
+        "group_id": None,
+        "client_id": f"{cfg['client_id']}-rebuild",
+    }
+    return cfg, fetch_config
