@@ -37,7 +37,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
 from clickstream_lib import events, topics  # noqa: E402
 from clickstream_lib.settings import Settings  # noqa: E402
+from clickstream_lib.stack import clean_env, free_port  # noqa: E402
 
 logger = logging.getLogger("chaos")
 
@@ -81,19 +81,6 @@ MAX_INCARNATIONS = 255
 def event_id(run: str, key: int) -> str:
     """A canonical UUID (version 4 shape) whose last group is ``key`` in 12 hex digits."""
     return f"{run[:8]}-{run[8:12]}-4{run[12:15]}-8{run[15:18]}-{key:012x}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without inherited KAFKA_*/CLICKHOUSE_*/CLICKSTREAM_* settings, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "CLICKHOUSE_", "CLICKSTREAM_"))}
-    env.update(extra)
-    return env
 
 
 def pcts(values: list[float]) -> dict[str, float | None]:

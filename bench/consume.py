@@ -51,7 +51,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from clickstream_lib import events, schema, topics  # noqa: E402
-from clickstream_lib.consumer import (  # noqa: E402
+from clickstream_lib.producer import Producer  # noqa: E402
+from clickstream_lib.settings import Settings  # noqa: E402
+from clickstream_lib.sink import (  # noqa: E402
     DEFAULT_BATCH_MAX_BYTES,
     DEFAULT_BATCH_MAX_ROWS,
     DEFAULT_BATCH_MAX_WAIT_S,
@@ -61,11 +63,12 @@ from clickstream_lib.consumer import (  # noqa: E402
     GROUP_MAX_BATCHES,
     Sink,
 )
-from clickstream_lib.producer import Producer  # noqa: E402
-from clickstream_lib.settings import Settings  # noqa: E402
-from clickstream_lib.stack import KafkaStack  # noqa: E402
+from clickstream_lib.stack import (  # noqa: E402
+    KafkaStack,
+    clean_env,
+    free_port,
+)
 from clickstream_lib.store import Store, connect, decimal_text  # noqa: E402
-from tests.conftest import base_env, free_port_pair  # noqa: E402
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 SINK_OPTIONS: dict[str, int] = {}  # Sink keyword arguments from the command line (--group-max-batches)
@@ -137,7 +140,7 @@ def produce_process(settings: Settings, rate: float | None, n: int) -> subproces
         f"s = Settings.from_env(); st = Producer(s, rate={rate!r}).run(events={n});"
         "print(st.acked, st.failed, st.elapsed_s)"
     )
-    env = base_env(
+    env = clean_env(
         KAFKA_BROKER_URL=settings.kafka_broker_url,
         KAFKA_TOPIC=settings.kafka_topic,
         KAFKA_PARTITIONS=str(settings.kafka_partitions),
@@ -274,9 +277,9 @@ def _cpu_line(sus: dict[str, float], rate: float) -> str:
 def start_stack(prefix: str) -> tuple[Settings, KafkaStack]:
     """A throwaway broker on free loopback ports and settings (6 partitions, an embedded store) in a new temp dir."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
-    port, cport = free_port_pair()
+    port, cport = free_port(), free_port()
     base = Settings.from_env(
-        base_env(),
+        clean_env(),
         kafka_broker_url=f"127.0.0.1:{port}",
         kafka_controller_port=cport,
         data_dir=tmp / "data",

@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.consume import fresh, raw_consume, start_stack  # noqa: E402
-from clickstream_lib.consumer import Sink  # noqa: E402
 from clickstream_lib.producer import Producer  # noqa: E402
 from clickstream_lib.settings import Settings  # noqa: E402
+from clickstream_lib.sink import Sink  # noqa: E402
 from clickstream_lib.store import connect  # noqa: E402
 
 OLD_PACKAGE = "clickstream_lib_old"

@@ -50,9 +50,12 @@ from clickstream_lib import queries  # noqa: E402
 from clickstream_lib.notebooks import KernelCulling, OwnerProcess, VoilaServer, settings_env  # noqa: E402
 from clickstream_lib.service import StoreService  # noqa: E402
 from clickstream_lib.settings import Settings  # noqa: E402
-from clickstream_lib.stack import KafkaStack  # noqa: E402
-from tests.conftest import base_env, free_port  # noqa: E402
-from tests.notebooks.conftest import CHROMIUM_ARGS, LOAD_EVENTS  # noqa: E402
+from clickstream_lib.stack import (  # noqa: E402
+    KafkaStack,
+    clean_env,
+    free_port,
+)
+from tests.helpers import CHROMIUM_ARGS, LOAD_EVENTS  # noqa: E402
 
 
 def rss_mb(pids: list[int]) -> list[float]:
@@ -127,7 +130,7 @@ def rpc_overhead(service: StoreService, settings: Settings, rounds: int, refresh
     queries.live_panels(local)
     inproc: list[float] = []
     served: list[float] = []
-    env = settings_env(settings, base_env())
+    env = settings_env(settings, clean_env())
     for _ in range(rounds):
         for _ in range(refreshes):
             t0 = time.perf_counter()
@@ -163,7 +166,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
     port, cport = free_port(), free_port()
     settings = Settings.from_env(
-        base_env(),
+        clean_env(),
         kafka_broker_url=f"127.0.0.1:{port}",
         kafka_controller_port=cport,
         data_dir=tmp / "data",
@@ -175,7 +178,7 @@ def main() -> int:
     try:
         proc = subprocess.run(
             [sys.executable, "-c", LOAD_EVENTS.format(n=args.events, seed=1, rate=20_000.0, profile="default")],
-            env=settings_env(settings, base_env()),
+            env=settings_env(settings, clean_env()),
             capture_output=True,
             text=True,
             check=False,

@@ -1,4 +1,5 @@
-"""Micro-benchmark: CPU per record of kafka-python's record decoder and clickstream_lib.record_decoder's, alternately.
+"""Micro-benchmark: CPU per record of kafka-python's record decoder and ours
+(clickstream_lib.kafka_compat.record_decoder), alternately.
 
 The batches are what the sink fetches from this project's producer: generator events, user keys, lz4, 128 KiB
 batches (producer.PRODUCER_CONFIG). Each round decodes all of them with one decoder and then the other (order
@@ -26,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 from kafka.consumer.fetcher import Fetcher  # noqa: E402
 from kafka.record import MemoryRecords, MemoryRecordsBuilder  # noqa: E402
 
-from clickstream_lib.consumer import GC_YOUNG_THRESHOLD  # noqa: E402
 from clickstream_lib.generator import Generator  # noqa: E402
+from clickstream_lib.kafka_compat.record_decoder import FastPartitionRecords, decode_all  # noqa: E402
 from clickstream_lib.producer import PRODUCER_CONFIG  # noqa: E402
-from clickstream_lib.record_decoder import FastPartitionRecords, decode_all  # noqa: E402
+from clickstream_lib.sink import GC_YOUNG_THRESHOLD  # noqa: E402
 
 LZ4 = 3
 

@@ -28,11 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.consume import _quiesce  # noqa: E402
 from clickstream_lib import schema  # noqa: E402
-from clickstream_lib.consumer import EVENT_COLUMNS, EVENT_INSERT_TYPES, _Batch, _Record  # noqa: E402
 from clickstream_lib.generator import Generator  # noqa: E402
 from clickstream_lib.settings import Settings  # noqa: E402
+from clickstream_lib.sink import EVENT_COLUMNS, EVENT_INSERT_TYPES, Batch, Record  # noqa: E402
+from clickstream_lib.stack import clean_env  # noqa: E402
 from clickstream_lib.store import Store, connect  # noqa: E402
-from tests.conftest import base_env  # noqa: E402
 
 SETTLE_S = 6.0  # the engine picks merges every few seconds: wait that long before waiting for them to end
 
@@ -48,8 +48,8 @@ def insert_columns(n_rows: int, size: int, seed: int = 1) -> list[list[list[Any]
     _keys, values = Generator(seed=seed, n_users=100_000, n_items=10_000).batch(n_rows, now_ms=now_ms).keys_values()
     chunks = []
     for i in range(0, n_rows, size):
-        b = _Batch("bench", "e", i // size % 6, 0.0, database="bench", group="bench")
-        b.add_records([_Record(i + j, now_ms, None, v) for j, v in enumerate(values[i : i + size])])
+        b = Batch("bench", "e", i // size % 6, 0.0, database="bench", group="bench")
+        b.add_records([Record(i + j, now_ms, None, v) for j, v in enumerate(values[i : i + size])])
         chunks.append(b.event_columns())
     return chunks
 
@@ -85,7 +85,7 @@ def main() -> int:
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     tmp = Path(tempfile.mkdtemp(prefix="bench-insert-cost-"))
-    base = Settings.from_env(base_env(), data_dir=tmp / "data")
+    base = Settings.from_env(clean_env(), data_dir=tmp / "data")
     n_rows = int(args.rate * args.seconds)
     data = {size: insert_columns(max(size, n_rows // size * size), size) for size in sizes}
     results: dict[tuple[int, bool], list[float]] = {(size, v): [] for size in sizes for v in (True, False)}

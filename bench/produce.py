@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from clickstream_lib.generator import Generator
 from clickstream_lib.producer import PRODUCER_CONFIG, Producer
 from clickstream_lib.producer_pool import produce_in_processes
 from clickstream_lib.settings import Settings
-from clickstream_lib.stack import KafkaStack
+from clickstream_lib.stack import KafkaStack, free_port
 from clickstream_lib.topics import client_config, end_offsets, ensure_topic
 
 CASE_STUDY_RATE = 6_000.0  # events/s the original per-record-sleep producer topped out at
@@ -76,12 +75,6 @@ def timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def raw_kafka(settings: Settings, topic: str, keys: list[bytes], values: list[bytes], **overrides: object) -> float:

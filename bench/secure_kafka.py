@@ -31,9 +31,8 @@ from kafka import KafkaAdminClient, KafkaProducer  # noqa: E402
 
 from clickstream_lib.security import check_kafka  # noqa: E402
 from clickstream_lib.settings import Settings  # noqa: E402
-from clickstream_lib.stack import KafkaStack, SecureListener  # noqa: E402
+from clickstream_lib.stack import KafkaStack, SecureListener, clean_env, free_port  # noqa: E402  # noqa: E402
 from clickstream_lib.topics import client_config, ensure_topic  # noqa: E402
-from tests.conftest import base_env, free_port  # noqa: E402
 from tests.pki import make_pki  # noqa: E402
 
 
@@ -79,7 +78,7 @@ def main() -> int:
         password = secrets.token_urlsafe(18)
         port, cport, sport = free_port(), free_port(), free_port()
         plain = Settings.from_env(
-            base_env(), kafka_broker_url=f"127.0.0.1:{port}", kafka_controller_port=cport, data_dir=home / "data"
+            clean_env(), kafka_broker_url=f"127.0.0.1:{port}", kafka_controller_port=cport, data_dir=home / "data"
         )
         listener = SecureListener(
             port=sport, certfile=pki.server_cert, keyfile=pki.server_key, cafile=pki.ca, users={"bench": password}

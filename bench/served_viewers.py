@@ -42,9 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from clickstream_lib.notebooks import OwnerProcess, settings_env  # noqa: E402
 from clickstream_lib.settings import Settings  # noqa: E402
-from clickstream_lib.stack import KafkaStack  # noqa: E402
+from clickstream_lib.stack import KafkaStack, clean_env, free_port  # noqa: E402
 from clickstream_lib.store import ServedStore, served_store  # noqa: E402
-from tests.conftest import base_env, free_port  # noqa: E402
 
 VIEWER = """
 import json, sys, time
@@ -115,7 +114,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-viewers-"))
     data_dir = Path(args.data_dir).resolve() if args.data_dir else tmp / "data"
     database = args.database or f"bench_{args.events}"
-    env = base_env(CLICKSTREAM_DATA_DIR=str(data_dir))
+    env = clean_env(CLICKSTREAM_DATA_DIR=str(data_dir))
     t = time.perf_counter()
     subprocess.run(
         [sys.executable, str(ROOT / "bench" / "queries.py"), "--load", str(args.events), database, "--reuse"],
@@ -134,7 +133,7 @@ def main() -> int:
     )
     stack = KafkaStack(settings.replace(data_dir=tmp / "kafka"))
     stack.up(timeout_s=120)
-    child_env = settings_env(settings, base_env())
+    child_env = settings_env(settings, clean_env())
     producer: subprocess.Popen[bytes] | None = None
     owner = OwnerProcess(settings, produce=False, sink=True, log_file=tmp / "serve.log")
     viewers: list[subprocess.Popen[str]] = []

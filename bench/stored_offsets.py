@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from clickstream_lib.settings import Settings  # noqa: E402
+from clickstream_lib.stack import clean_env  # noqa: E402
 from clickstream_lib.store import connect  # noqa: E402
-from tests.conftest import base_env  # noqa: E402
 
 TOPIC = "clickstream_events"
 
@@ -37,7 +37,7 @@ def main() -> int:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-stored-offsets-"))
     try:
-        store = connect(Settings.from_env(base_env(), data_dir=tmp / "data", clickhouse_database="bench"))
+        store = connect(Settings.from_env(clean_env(), data_dir=tmp / "data", clickhouse_database="bench"))
         db, p = store.database, args.partitions
         t0 = time.monotonic()
         # Inserted in blocks of 100 000 (several parts, as the engine's background merges leave them), a tenth of the

@@ -31,9 +31,9 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from . import alerts, notebooks, queries, widgets
-    from .consumer import Sink, SinkStats
     from .generator import SCENARIOS, Generator
     from .producer import Producer, ProducerStats
+    from .sink import Sink, SinkStats
     from .stack import KafkaStack
     from .store import Store, connect
     from .widgets import Dashboard, Workbench
@@ -78,8 +78,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "KafkaStack": ("stack", "KafkaStack"),
     "Producer": ("producer", "Producer"),
     "ProducerStats": ("producer", "ProducerStats"),
-    "Sink": ("consumer", "Sink"),
-    "SinkStats": ("consumer", "SinkStats"),
+    "Sink": ("sink", "Sink"),
+    "SinkStats": ("sink", "SinkStats"),
     "Store": ("store", "Store"),
     "Workbench": ("widgets", "Workbench"),
     "alerts": ("alerts", None),

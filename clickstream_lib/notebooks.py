@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -618,12 +618,16 @@ class OwnerProcess:
         sink: bool = True,
         alert_rules: str | None = None,
         alert_interval_s: float | None = None,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.alert_rules = alert_rules
         self.alert_interval_s = alert_interval_s
         self.produce = produce
         self.sink = sink
+        self.args = tuple(args)  # more arguments of `clickstream serve`
+        self.env = env  # the environment settings_env starts from (default: this process's)
         self.rate = float(rate)
         self.log_file = Path(log_file) if log_file else Path(settings.data_dir) / "logs" / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -636,7 +640,7 @@ class OwnerProcess:
             cmd += ["--rules", str(self.alert_rules)]
         if self.alert_interval_s:
             cmd += ["--alert-interval", f"{self.alert_interval_s:g}"]
-        return cmd
+        return cmd + list(self.args)
 
     def start(self, timeout_s: float = 120.0) -> str:
         """Start the owner and wait until it serves; returns its socket path.
@@ -650,7 +654,7 @@ class OwnerProcess:
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
                 self.command(),
-                env=settings_env(self.settings),
+                env=settings_env(self.settings, self.env),
                 stdout=subprocess.PIPE,
                 stderr=log,
                 stdin=subprocess.DEVNULL,

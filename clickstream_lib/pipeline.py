@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .served_pipeline import ServedPipeline
 from .settings import Settings
 
 if TYPE_CHECKING:
-    from .store import ServedStore, Store
+    from .store import Store
 
 
 def field_of(stats: Any, name: str) -> Any:
@@ -38,7 +39,7 @@ class Pipeline:
         store: the open in-process store the sink writes to.
         rate: events/s of the producer.
         seed: the generator's seed (None: random).
-        sink_options: keyword arguments for :class:`~clickstream_lib.consumer.Sink` (e.g. ``instance_id``).
+        sink_options: keyword arguments for :class:`~clickstream_lib.sink.Sink` (e.g. ``instance_id``).
     """
 
     def __init__(
@@ -83,7 +84,7 @@ class Pipeline:
         return producer
 
     def _new_sink(self) -> Any:
-        from .consumer import Sink
+        from .sink import Sink
 
         return Sink(self.settings, self.store, **self.sink_options)
 
@@ -202,56 +203,4 @@ class PipelineControl(Protocol):
     def state(self) -> dict[str, Any]: ...
 
 
-class ServedPipeline:
-    """The owner's pipeline, driven over the store's socket: the same methods as :class:`Pipeline`.
-
-    Every call is one Flight action on the owner (``pipeline.<method>``). :meth:`close` stops the pipeline but leaves
-    it to the owner; a viewer that goes away without calling anything stops nothing.
-    """
-
-    def __init__(self, store: ServedStore) -> None:
-        self.store = store
-
-    def _call(self, method: str, **args: Any) -> Any:
-        return self.store.action(f"pipeline.{method}", args)
-
-    def start(self, events: int | None = None) -> None:
-        self._call("start", events=events)
-
-    def start_producer(self, events: int | None = None) -> None:
-        self._call("start_producer", events=events)
-
-    def stop_producer(self) -> None:
-        self._call("stop_producer")
-
-    def start_sink(self) -> None:
-        self._call("start_sink")
-
-    def stop_sink(self) -> None:
-        self._call("stop_sink")
-
-    def stop(self) -> None:
-        self._call("stop")
-
-    def close(self) -> None:
-        self.stop()
-
-    def set_rate(self, rate: float) -> None:
-        self._call("set_rate", rate=float(rate))
-
-    def set_scenario(self, name: str, on: bool = True) -> None:
-        self._call("set_scenario", name=name, on=bool(on))
-
-    @property
-    def running(self) -> bool:
-        stats = self.stats()
-        return stats.get("producer") == "running" or stats.get("sink") == "running"
-
-    def rows_inserted(self) -> int:
-        return int(self.stats().get("rows_inserted") or 0)
-
-    def stats(self) -> dict[str, Any]:
-        return dict(self._call("stats"))
-
-    def state(self) -> dict[str, Any]:
-        return dict(self._call("state"))
+__all__ = ["PIPELINE_USERS", "Pipeline", "PipelineControl", "ServedPipeline", "field_of"]

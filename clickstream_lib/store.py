@@ -48,7 +48,7 @@ from .settings import Settings, StoreURL
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .pipeline import ServedPipeline
+    from .served_pipeline import ServedPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -1100,7 +1100,8 @@ class ServedStore(Store):
             results = self._flight.do_action(action, self._options(None))
             return [_frame(pa.ipc.open_stream(result.body).read_all()) for result in results]
 
-        return self._call(f"queries {', '.join(name for name, _ in asked)}", call)
+        frames: list[pd.DataFrame] = self._call(f"queries {', '.join(name for name, _ in asked)}", call)
+        return frames
 
     def read_only(self, sql: str, parameters: dict[str, Any] | None = None) -> pd.DataFrame:
         """SQL run by the owner with :func:`clickstream_lib.queries.read_only` (writes, DDL and SET refused)."""
@@ -1108,7 +1109,7 @@ class ServedStore(Store):
 
     def pipeline(self) -> ServedPipeline:
         """The owner's live pipeline (producer and sink), controllable from here."""
-        from .pipeline import ServedPipeline
+        from .served_pipeline import ServedPipeline
 
         return ServedPipeline(self)
 

@@ -10,8 +10,6 @@ start other processes (CLI, killed consumers) give those processes their own ``C
 
 from __future__ import annotations
 
-import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,14 +17,8 @@ from pathlib import Path
 import pytest
 
 from clickstream_lib.settings import Settings
-from clickstream_lib.stack import KafkaStack
+from clickstream_lib.stack import KafkaStack, clean_env, free_port, throwaway_broker
 from clickstream_lib.store import Store, connect
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def free_port_pair() -> tuple[int, int]:
@@ -34,11 +26,8 @@ def free_port_pair() -> tuple[int, int]:
     return free_port(), free_port()
 
 
-def base_env(**extra: str) -> dict[str, str]:
-    """A clean environment for Settings.from_env / subprocesses: no inherited KAFKA_*/CLICKHOUSE_*/CLICKSTREAM_*."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "CLICKHOUSE_", "CLICKSTREAM_"))}
-    env.update(extra)
-    return env
+# A clean environment for Settings.from_env / subprocesses: no inherited KAFKA_*/CLICKHOUSE_*/CLICKSTREAM_*.
+base_env = clean_env
 
 
 @pytest.fixture(scope="session")
@@ -49,19 +38,8 @@ def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def kafka(session_dir: Path) -> Iterator[KafkaStack]:
     """A real Kafka 4.x broker on free loopback ports, in a temporary directory; stopped at session end."""
-    port, cport = free_port_pair()
-    settings = Settings.from_env(
-        base_env(),
-        kafka_broker_url=f"127.0.0.1:{port}",
-        kafka_controller_port=cport,
-        data_dir=session_dir / "kafka-home",
-    )
-    stack = KafkaStack(settings)
-    stack.up(timeout_s=120)
-    try:
+    with throwaway_broker(session_dir / "kafka-home", timeout_s=120) as stack:
         yield stack
-    finally:
-        stack.down()
 
 
 @pytest.fixture(scope="session")

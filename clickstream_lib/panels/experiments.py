@@ -96,7 +96,7 @@ class ExperimentsPanel:
 
     @property
     def visible(self) -> bool:
-        return self.widget.layout.display != "none"
+        return bool(self.widget.layout.display != "none")
 
     def update(self, df: pd.DataFrame) -> None:
         """Show ``df`` (the ``experiments`` query's frame), or hide the panel when it has no rows."""

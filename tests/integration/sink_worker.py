@@ -29,8 +29,8 @@ from typing import Any
 from kafka import KafkaProducer
 
 from clickstream_lib import events, topics
-from clickstream_lib.consumer import BatchInfo, Sink
 from clickstream_lib.settings import Settings
+from clickstream_lib.sink import BatchInfo, Sink
 from clickstream_lib.store import connect
 
 ROOT = Path(__file__).resolve().parents[2]

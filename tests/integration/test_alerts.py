@@ -220,7 +220,7 @@ def test_with_the_real_pipeline_a_dead_webhook_leaves_the_sink_alone_and_gets_th
     evaluated all along in the same process. The sink stores every event, evaluation never waits, and the alert
     arrives once the webhook is up."""
     from clickstream_lib import topics
-    from clickstream_lib.consumer import Sink
+    from clickstream_lib.sink import Sink
     from tests.integration.alert_helpers import as_rows, history, timeline
     from tests.integration.sink_worker import produce
     from tests.integration.test_queries import insert_events

@@ -25,8 +25,8 @@ import pytest
 from kafka import KafkaProducer
 
 from clickstream_lib import queries, topics
-from clickstream_lib.consumer import Sink
 from clickstream_lib.settings import Settings
+from clickstream_lib.sink import Sink
 from clickstream_lib.store import Store
 from tests.integration.sink_worker import ROOT, worker_env
 from tests.integration.test_queries import experiments_truth, fct_experiment

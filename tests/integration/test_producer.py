@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from clickstream_lib.producer import Producer, TokenBucket, send_raw
 from clickstream_lib.settings import Settings
 from clickstream_lib.topics import admin, client_config, end_offsets
 from tests.conftest import base_env, free_port
+from tests.helpers import wait_until
 
 CLI = str(Path(sys.executable).with_name("clickstream"))
 
@@ -148,11 +148,11 @@ def test_background_thread_start_change_rate_scenario_stop(settings: Settings) -
     try:
         producer.start()
         assert producer.stats().running
-        _wait_for(lambda: producer.stats().acked >= 1_000)
+        wait_until(lambda: producer.stats().acked >= 1_000)
         producer.set_rate(None)
         producer.set_scenario("bot_burst", share=0.5, user="bot_live")
         seen_before = producer.stats().sent
-        _wait_for(lambda: producer.stats().sent >= seen_before + 5_000)
+        wait_until(lambda: producer.stats().sent >= seen_before + 5_000)
         live = producer.stats()
         assert live.running and live.target_rate is None and live.sent >= seen_before + 5_000
         final = producer.stop()
@@ -311,7 +311,7 @@ def test_cli_ctrl_c_flushes_and_prints_the_summary(settings: Settings, tmp_path:
         text=True,
     )
     try:
-        _wait_for(lambda: _topic_has(settings, 2_000) or proc.poll() is not None, timeout_s=60)
+        wait_until(lambda: _topic_has(settings, 2_000) or proc.poll() is not None, timeout_s=60)
         assert proc.poll() is None, proc.communicate()
         os.kill(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=60)
@@ -357,12 +357,3 @@ def _topic_has(settings: Settings, n: int) -> bool:
         return _total(settings) >= n
     except Exception:  # the topic may not exist yet
         return False
-
-
-def _wait_for(condition: object, timeout_s: float = 60.0) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(0.1)

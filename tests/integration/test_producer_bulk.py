@@ -11,7 +11,6 @@ import os
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +24,7 @@ from clickstream_lib.settings import Settings
 from clickstream_lib.stack import KafkaStack
 from clickstream_lib.topics import admin, client_config, end_offsets
 from tests.conftest import free_port
+from tests.helpers import wait_until
 
 
 class Replay:
@@ -174,7 +174,7 @@ def test_a_broker_stopped_mid_run_counts_failures_once(
             try:
                 assert producer.bulk_send
                 producer.start()
-                _wait_for(lambda: producer.stats().acked >= 5_000)
+                wait_until(lambda: producer.stats().acked >= 5_000)
                 stack.down()
                 time.sleep(3)  # producing into the void
                 stopped = producer.stop(timeout=60)
@@ -193,10 +193,3 @@ def test_a_broker_stopped_mid_run_counts_failures_once(
         assert final.acked <= kept <= final.sent, (kept, final.summary())
     finally:
         stack.down()
-
-
-def _wait_for(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"condition not met within {timeout_s} s"
-        time.sleep(0.05)

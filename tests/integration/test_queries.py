@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 
 from clickstream_lib import queries
-from clickstream_lib.consumer import EVENT_COLUMNS as SINK_COLUMNS
 from clickstream_lib.errors import QueryError
 from clickstream_lib.generator import Generator
 from clickstream_lib.schema import HLL_RELATIVE_ERROR
 from clickstream_lib.settings import Settings
+from clickstream_lib.sink import EVENT_COLUMNS as SINK_COLUMNS
 from clickstream_lib.store import Store, connect
 
 BASE = datetime(2026, 11, 26, tzinfo=UTC)

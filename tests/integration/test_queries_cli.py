@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import base_env
+from tests.helpers import run_cli
 from tests.integration.test_queries import make_events
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +34,7 @@ def data_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CLI, "query", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return run_cli(env, "query", *args, timeout=120)
 
 
 def test_named_query_formats(data_env: dict[str, str]) -> None:

@@ -1,4 +1,4 @@
-"""The sink decodes fetched records with clickstream_lib.record_decoder and stores exactly what was produced.
+"""The sink decodes fetched records with kafka_compat.record_decoder and stores exactly what was produced.
 
 The reference is a plain kafka-python consumer (kafka-python's own decoder) reading the same topic: every record it
 sees must be in the store with the same partition, offset, Kafka timestamp and payload — as a row or a dead letter.
@@ -15,11 +15,12 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from clickstream_lib import record_decoder, topics
-from clickstream_lib.consumer import Sink
+from clickstream_lib import topics
+from clickstream_lib.kafka_compat import record_decoder
+from clickstream_lib.kafka_compat.record_decoder import FastPartitionRecords
 from clickstream_lib.producer import Producer
-from clickstream_lib.record_decoder import FastPartitionRecords
 from clickstream_lib.settings import Settings
+from clickstream_lib.sink import Sink
 from clickstream_lib.store import Store
 
 pytestmark = pytest.mark.integration

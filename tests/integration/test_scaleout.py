@@ -8,16 +8,16 @@ server (``docker compose up --scale sink=3``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from clickstream_lib.consumer import Sink
 from clickstream_lib.producer import Producer
 from clickstream_lib.settings import Settings
+from clickstream_lib.sink import Sink
 from clickstream_lib.store import Store
 from clickstream_lib.topics import ensure_topic
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -26,11 +26,7 @@ PARTITIONS = 6
 
 def wait_for(what: str, condition: Callable[[], bool], limit_s: float = 90.0) -> None:
     """Poll ``condition`` until true; fail naming ``what`` if it never becomes true (a bound, not a speed check)."""
-    deadline = time.monotonic() + limit_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.2)
+    wait_until(condition, limit_s, what)
 
 
 def assignments(sinks: list[Sink]) -> list[set[int]]:

@@ -242,8 +242,8 @@ def test_settings_describe_and_repr_hide_the_password(secure: Settings, password
 
 def test_producer_and_sink_work_end_to_end_over_sasl_ssl(secure: Settings, store, password: str, caplog) -> None:
     """The library's own Producer and Sink, configured only through Settings, deliver every event exactly once."""
-    from clickstream_lib.consumer import Sink
     from clickstream_lib.producer import Producer
+    from clickstream_lib.sink import Sink
 
     caplog.set_level(logging.DEBUG)
     n = 2_000

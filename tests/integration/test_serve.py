@@ -30,6 +30,7 @@ from clickstream_lib.errors import QueryError, StoreError, StoreLocked
 from clickstream_lib.settings import Settings
 from clickstream_lib.store import MIGRATIONS, ServedStore, ServePaths, connect, find_owner
 from tests.conftest import base_env
+from tests.helpers import run_cli
 from tests.integration.owner import ROOT, start_owner, stop_owner
 from tests.integration.sink_worker import make_values, produce, worker_env
 from tests.integration.test_queries import NOW, make_events, with_properties
@@ -75,15 +76,7 @@ def python(env: dict[str, str], code: str, timeout: float = 300) -> str:
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "clickstream_lib", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_cli(env, *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,14 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewPartitions, NewTopic
 
 from clickstream_lib import events, topics
-from clickstream_lib.consumer import EVENT_COLUMNS, BatchInfo, Sink, _Batch
 from clickstream_lib.errors import StoreError
 from clickstream_lib.settings import Settings
+from clickstream_lib.sink import EVENT_COLUMNS, Batch, BatchInfo, Sink
+from clickstream_lib.sink.batch import insert_batches
+from clickstream_lib.sink.startup import warn_undeduplicated_views
 from clickstream_lib.stack import KafkaStack
 from clickstream_lib.store import Store
+from tests.helpers import wait_until
 from tests.integration.sink_worker import ROOT, count, make_values, produce, worker_env
 
 pytestmark = pytest.mark.integration
@@ -53,12 +56,7 @@ def _committed(settings: Settings) -> dict[int, int]:
 
 
 def _wait(predicate: Any, timeout: float, what: str, sink: Sink | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            state = f"; sink: {sink.stats().as_dict()}" if sink is not None else ""
-            raise AssertionError(f"timed out waiting for {what}{state}")
-        time.sleep(0.2)
+    wait_until(predicate, timeout, what, state=sink.stats().as_dict if sink is not None else None)
 
 
 # One message per rejection reason of events.REASONS (plus a null value), built so the decision does not depend on
@@ -231,12 +229,12 @@ def test_rows_are_stored_as_clickhouse_connect_stores_them_from_python_values(se
         elif i % 3 == 1:
             msg["event_id"] = str(uuid.uuid4()).upper()  # normalised by events.parse
         values.append(orjson.dumps(msg))
-    batch = _Batch(settings.kafka_topic, "e", 2, 0.0, database=store.database, group=settings.kafka_group_id)
+    batch = Batch(settings.kafka_topic, "e", 2, 0.0, database=store.database, group=settings.kafka_group_id)
     for offset, value in enumerate(values):
         batch.add(offset, now_ms, None, value)
     assert len(batch.rows) == len(values)
 
-    Sink(settings, store)._store_batches([batch])
+    insert_batches(store, [batch], batch.token)
 
     # The reference: the same parsed rows, converted by clickhouse-connect from Python values (its DESCRIBE types).
     store.client.command(f"CREATE TABLE {store.database}.events_ref AS {store.database}.events")
@@ -399,7 +397,7 @@ def test_a_group_insert_split_by_a_rebalance_is_rebuilt_by_each_owner(
     """A sink crashes after recording a group insert (several partitions' batches, one token) and before committing
     it — after the insert, or before it; the partitions then go to two members. Each rebuilds the whole group,
     reading back the other member's ranges: nothing lost, nothing doubled."""
-    caplog.set_level(logging.INFO, logger="clickstream_lib.consumer")
+    caplog.set_level(logging.INFO, logger="clickstream_lib.sink")
     n = 12_000
     settings = settings.replace(kafka_partitions=4)
     topics.ensure_topic(settings, settings.kafka_topic)
@@ -582,10 +580,10 @@ def test_names_rollups_that_would_count_a_replay_twice(store: Store) -> None:
     for t in targets:
         store.client.command(alter.format(store.table(t), 0))
     expected = sorted(store.table(t) for t in targets if _is_view_target(store, t))
-    assert expected and Sink._warn_undeduplicated_views(store) == expected
+    assert expected and warn_undeduplicated_views(store) == expected
     for t in targets:
         store.client.command(alter.format(store.table(t), 10))
-    assert Sink._warn_undeduplicated_views(store) == []
+    assert warn_undeduplicated_views(store) == []
 
 
 def _is_view_target(store: Store, table: str) -> bool:

@@ -13,8 +13,8 @@ import pytest
 from kafka.admin import NewTopic
 
 from clickstream_lib import topics
-from clickstream_lib.consumer import BatchInfo, Sink
 from clickstream_lib.settings import Settings
+from clickstream_lib.sink import BatchInfo, Sink
 from clickstream_lib.store import Store, open_client
 from tests.integration.sink_worker import ROOT, count, make_values, produce, worker_env
 
@@ -93,7 +93,7 @@ def test_a_retried_insert_is_dropped_even_when_the_session_switches_dedup_off(
 ) -> None:
     """The sink's own insert settings win over the session's: a batch stored, then rebuilt after a crash before its
     commit, is dropped from events and from the rollups."""
-    caplog.set_level(logging.INFO, logger="clickstream_lib.consumer")
+    caplog.set_level(logging.INFO, logger="clickstream_lib.sink")
     n = 2_000
     produce(settings, make_values(n, seed=21))
     off = _dedup_off_store(settings, store)
@@ -119,7 +119,7 @@ def test_a_replay_group_has_its_own_tokens_and_keeps_them_across_a_crash(
     """A second group replaying the topic into the same database (--from-beginning) is an explicit replay: its
     batches are not dropped as the first group's retries, so it stores a second copy — exactly one, even when it
     crashes between an insert and its commit (its tokens depend only on topic, epoch, ranges, database, group)."""
-    caplog.set_level(logging.INFO, logger="clickstream_lib.consumer")
+    caplog.set_level(logging.INFO, logger="clickstream_lib.sink")
     n = 3_000
     produce(settings, make_values(n, seed=22))
     main: list[BatchInfo] = []
@@ -161,7 +161,7 @@ def test_a_new_group_starts_after_what_the_database_holds(
 ) -> None:
     """Group A stores the topic; a new group B (or A after its offsets expired) starts each partition after the
     highest offset stored from it and says so; with --from-beginning into a fresh database everything is stored."""
-    caplog.set_level(logging.INFO, logger="clickstream_lib.consumer")
+    caplog.set_level(logging.INFO, logger="clickstream_lib.sink")
     n = 3_000
     produce(settings, make_values(n, seed=23))
     _poison_tail(settings)
@@ -226,7 +226,7 @@ def test_stored_offsets_of_a_recreated_topic_are_not_trusted(
     """A topic deleted and re-created under the same name restarts its offsets, and the stored rows do not name the
     epoch: a stored offset at or past the partition's end, or whose record differs from the one Kafka holds there,
     came from the old topic — the partition starts at the log start, and nothing of the new topic is skipped."""
-    caplog.set_level(logging.INFO, logger="clickstream_lib.consumer")
+    caplog.set_level(logging.INFO, logger="clickstream_lib.sink")
     settings = settings.replace(kafka_partitions=1)
     produce(settings, make_values(100, seed=25))
     Sink(settings, store).run(until_idle=2)

@@ -102,7 +102,7 @@ def test_a_dead_letter_the_topic_refuses_goes_without_its_value(settings: Settin
     send_lz4(settings, [big])
     produce(settings, make_values(300, seed=14))
 
-    from clickstream_lib.consumer import Sink
+    from clickstream_lib.sink import Sink
 
     stats = Sink(settings, store).run(until_idle=2)
 
@@ -122,7 +122,7 @@ def test_a_dead_letter_the_topic_never_takes_is_counted_and_the_sink_moves_on(se
     _dead_letter_topic(settings, 64)
     produce(settings, [b"not json", *make_values(500, seed=15), b"[1]"])
 
-    from clickstream_lib.consumer import Sink
+    from clickstream_lib.sink import Sink
 
     stats = Sink(settings, store).run(until_idle=2)
 
@@ -141,7 +141,7 @@ def test_commit_metadata_over_the_brokers_limit_falls_back_to_smaller_group_inse
 ) -> None:
     """A broker with offset.metadata.max.bytes = 44 refuses the pre-commit of any group insert (its metadata names
     every range; one range takes <= 39 bytes): the sink inserts smaller groups, says why, stores everything once."""
-    from clickstream_lib.consumer import Sink
+    from clickstream_lib.sink import Sink
     from clickstream_lib.stack import KafkaStack
     from tests.conftest import free_port
 
@@ -166,7 +166,7 @@ def test_commit_metadata_over_the_brokers_limit_falls_back_to_smaller_group_inse
         # Batches close by time, not by rows (1 000 records a partition < batch_max_rows), so each round seals the
         # open batches of several partitions at once: a group insert, whose record names every range.
         sink = Sink(small, store, batch_max_rows=5_000, batch_max_wait_s=1.0)
-        with caplog.at_level("WARNING", logger="clickstream_lib.consumer"):
+        with caplog.at_level("WARNING", logger="clickstream_lib.sink"):
             stats = sink.run(until_idle=2)
     finally:
         stack.down()
@@ -186,7 +186,7 @@ def test_cli_consume_stops_with_exit_1_when_another_member_takes_its_instance_id
     line saying why, instead of retrying its refused commits forever."""
     import threading
 
-    from clickstream_lib.consumer import Sink
+    from clickstream_lib.sink import Sink
 
     produce(settings, make_values(200, seed=17))
     env = worker_env(settings, tmp_path / "cli")

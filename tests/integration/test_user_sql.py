@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 
 from clickstream_lib import queries
-from clickstream_lib.consumer import Sink
 from clickstream_lib.errors import QueryError
 from clickstream_lib.settings import Settings
+from clickstream_lib.sink import Sink
 from clickstream_lib.store import Store
 from tests.integration.sink_worker import make_values, produce
 

@@ -20,19 +20,10 @@ import pytest
 
 from clickstream_lib.settings import Settings
 from tests.conftest import base_env
+from tests.helpers import CHROMIUM_ARGS, LOAD_EVENTS, wait_until  # noqa: F401  (the notebook tests import them from here)
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
@@ -59,29 +50,6 @@ def run_python(settings: Settings, code: str, timeout: float = 180) -> Any:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-LOAD_EVENTS = """
-import json, time
-from clickstream_lib.settings import Settings
-from clickstream_lib.store import connect
-from clickstream_lib.producer import Producer
-from clickstream_lib.consumer import Sink
-from clickstream_lib.generator import CaseStudyGenerator
-settings = Settings.from_env()
-store = connect(settings)
-sink = Sink(settings, store)
-sink.start()
-generator = CaseStudyGenerator(seed={seed}) if {profile!r} == "case-study" else None
-producer = Producer(settings, rate={rate}, seed={seed}, generator=generator)
-producer.start(events={n})
-acked = producer.wait(300).acked
-deadline = time.monotonic() + 300  # generous: CI machines are shared
-while time.monotonic() < deadline and int(sink.stats().rows_inserted) < acked:
-    time.sleep(0.2)
-producer.close()
-sink.stop()
-count = int(store.scalar(f"SELECT count() FROM {{store.table('events')}}"))
-print(json.dumps({{"count": count, "acked": acked, "rows_inserted": sink.stats().rows_inserted}}))
-"""
 
 
 def load_events(settings: Settings, n: int, seed: int = 7, rate: float = 5000.0, profile: str = "default") -> int:
@@ -153,25 +121,6 @@ def browser(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             yield context
         finally:
             context.close()
-
-
-def wait_until(
-    predicate: Any,
-    timeout_s: float = 60.0,
-    interval_s: float = 0.25,
-    what: str = "condition",
-    state: Any = None,
-) -> Any:
-    """Poll ``predicate`` until it returns a truthy value; fail with ``what`` (and ``state()``) after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            seen = f"; state: {state()}" if state is not None else ""
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}{seen}")
-        time.sleep(interval_s)
 
 
 def page_status(page: Any) -> str:

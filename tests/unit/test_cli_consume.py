@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clickstream_lib.cli import build_parser
-from clickstream_lib.consumer import DEFAULT_BATCH_MAX_BYTES, SinkStats
+from clickstream_lib.sink import DEFAULT_BATCH_MAX_BYTES, SinkStats
 
 
 @pytest.mark.parametrize(
@@ -25,11 +25,11 @@ def test_batch_max_bytes_defaults_to_the_sinks_and_refuses_nonsense(capsys: pyte
 
 
 def test_stats_line_and_summary_name_unpublished_dead_letters() -> None:
-    from clickstream_lib.cli_commands import _format_sink_stats
+    from clickstream_lib.cli.consume import format_sink_stats
 
     st = SinkStats(dead_letters=3, dead_letters_by_reason={"too_large": 3}, dead_letters_unpublished=2)
-    assert "dead=3 (too_large=3) dead-unpublished=2 " in _format_sink_stats(st)
-    assert "dead-unpublished" not in _format_sink_stats(SinkStats())
+    assert "dead=3 (too_large=3) dead-unpublished=2 " in format_sink_stats(st)
+    assert "dead-unpublished" not in format_sink_stats(SinkStats())
     assert st.as_dict()["dead_letters_unpublished"] == 2
 
 

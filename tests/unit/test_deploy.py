@@ -96,7 +96,7 @@ def test_long_running_services_have_healthchecks_and_dependents_wait(compose: di
 
 
 def test_the_sink_has_time_to_drain_on_stop(compose: dict[str, Any]) -> None:
-    from clickstream_lib.consumer import DEFAULT_STOP_TIMEOUT_S
+    from clickstream_lib.sink import DEFAULT_STOP_TIMEOUT_S
 
     grace = compose["services"]["sink"].get("stop_grace_period", "10s")
     assert grace.endswith("s") and float(grace[:-1]) > DEFAULT_STOP_TIMEOUT_S

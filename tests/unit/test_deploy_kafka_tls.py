@@ -5,9 +5,6 @@ redaction of kafka-python's configuration dump, and check_kafka's TLS classifica
 from __future__ import annotations
 
 import logging
-import socket
-import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +15,7 @@ from clickstream_lib.security import RedactSecrets, check_kafka
 from clickstream_lib.settings import Settings
 from clickstream_lib.stack import KafkaStack, SecureListener
 from tests.conftest import base_env, free_port
+from tests.helpers import TlsServer
 from tests.pki import Pki, make_pki
 
 
@@ -92,47 +90,14 @@ def test_kafka_python_config_dump_is_redacted(caplog: pytest.LogCaptureFixture) 
 # --- check_kafka against a TLS server -------------------------------------------------------------------------------
 
 
-class _TlsServer:
-    """Accepts TLS connections on 127.0.0.1 and closes them after the handshake."""
-
-    def __init__(self, cert: Path, key: Path) -> None:
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(cert, key)
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                with self.ctx.wrap_socket(conn, server_side=True):
-                    pass
-            except (ssl.SSLError, OSError):
-                conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.thread.join(5)
-        self.sock.close()
-
-
 @pytest.fixture
-def tls_server(pki: Pki) -> Iterator[_TlsServer]:
-    server = _TlsServer(pki.server_cert, pki.server_key)
+def tls_server(pki: Pki) -> Iterator[TlsServer]:
+    server = TlsServer(pki.server_cert, pki.server_key)
     yield server
     server.close()
 
 
-def test_unknown_ca_names_kafka_ssl_cafile(tls_server: _TlsServer, pki: Pki, tmp_path: Path) -> None:
+def test_unknown_ca_names_kafka_ssl_cafile(tls_server: TlsServer, pki: Pki, tmp_path: Path) -> None:
     s = _settings(tmp_path, tls_server.port, kafka_security_protocol="SSL", kafka_ssl_cafile=str(pki.other_ca))
     with pytest.raises(KafkaSecurityError) as info:
         check_kafka(s)
@@ -141,7 +106,7 @@ def test_unknown_ca_names_kafka_ssl_cafile(tls_server: _TlsServer, pki: Pki, tmp
 
 
 def test_certificate_for_another_name_names_the_broker_url(pki: Pki, tmp_path: Path) -> None:
-    server = _TlsServer(pki.wrong_name_cert, pki.wrong_name_key)
+    server = TlsServer(pki.wrong_name_cert, pki.wrong_name_key)
     try:
         s = _settings(tmp_path, server.port, kafka_security_protocol="SSL", kafka_ssl_cafile=str(pki.ca))
         with pytest.raises(KafkaSecurityError) as info:
@@ -155,7 +120,7 @@ def test_certificate_for_another_name_names_the_broker_url(pki: Pki, tmp_path: P
 
 
 def test_right_ca_passes_and_plaintext_client_is_told_to_use_tls(
-    tls_server: _TlsServer, pki: Pki, tmp_path: Path
+    tls_server: TlsServer, pki: Pki, tmp_path: Path
 ) -> None:
     ssl_settings = _settings(tmp_path, tls_server.port, kafka_security_protocol="SSL", kafka_ssl_cafile=str(pki.ca))
     check_kafka(ssl_settings)

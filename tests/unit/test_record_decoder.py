@@ -1,4 +1,4 @@
-"""clickstream_lib.record_decoder against kafka-python's own decoder, on batches built with kafka-python's builder.
+"""kafka_compat.record_decoder against kafka-python's own decoder, on batches built with kafka-python's builder.
 
 Both decoders read the same bytes; the records (all 13 ConsumerRecord fields) and the state the fetcher reads
 afterwards (next_fetch_offset after every take, records_read, bytes_read, leader_epoch) must be equal, and corrupt
@@ -21,8 +21,8 @@ from kafka.protocol.consumer import IsolationLevel
 from kafka.record import MemoryRecords, MemoryRecordsBuilder
 from kafka.record.util import calc_crc32c
 
-from clickstream_lib import record_decoder
-from clickstream_lib.record_decoder import FastPartitionRecords, decode_all
+from clickstream_lib.kafka_compat import record_decoder
+from clickstream_lib.kafka_compat.record_decoder import FastPartitionRecords, decode_all
 
 KafkaPartitionRecords = Fetcher.PartitionRecords
 CODECS = {"none": 0, "gzip": 1, "lz4": 3}
@@ -255,7 +255,7 @@ def test_install_sets_the_class_on_that_fetcher_only_or_warns_once(
 
     monkeypatch.setattr(record_decoder, "_warned", False)
     monkeypatch.setattr(record_decoder, "unsupported", lambda: "kafka-python 9 moved things")
-    with caplog.at_level(logging.WARNING, logger="clickstream_lib.record_decoder"):
+    with caplog.at_level(logging.WARNING, logger="clickstream_lib.kafka_compat.record_decoder"):
         assert record_decoder.install(two) is False
         assert record_decoder.install(consumer()) is False
     assert two._fetcher.PartitionRecords is KafkaPartitionRecords  # kafka-python's decoder stays

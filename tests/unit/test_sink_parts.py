@@ -1,4 +1,5 @@
-"""Pure logic of the sink: tokens, recorded ranges, deterministic batches, backoff, live figures."""
+"""Pure logic of the sink's parts, built by their constructors: tokens, recorded ranges, deterministic batches,
+the batcher, delivery rounds, recovery of a group insert, backoff, live figures."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import FrozenInstanceError
 
 import numpy as np
 import orjson
@@ -14,28 +16,28 @@ import pytest
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from clickstream_lib import consumer, events, store
-from clickstream_lib.consumer import (
-    DEAD_LETTER_COLUMNS,
-    EVENT_COLUMNS,
-    Member,
-    Sink,
-    SinkStats,
-    _Batch,
-    _PartitionState,
-    _Record,
-    _Window,
-    backoff_s,
-    batch_token,
-    crc32c_accelerated,
-    decode_group,
-    decode_pending,
-    encode_group,
-    encode_pending,
-    group_token,
-)
+from clickstream_lib import events, store
 from clickstream_lib.errors import SinkError
 from clickstream_lib.settings import Settings
+from clickstream_lib.sink import DEFAULT_BATCH_MAX_ROWS, DEFAULT_BATCH_MAX_WAIT_S, Sink, SinkStats, memory
+from clickstream_lib.sink.batch import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, Batch, Record, TokenScope
+from clickstream_lib.sink.batcher import Batcher, PartitionState
+from clickstream_lib.sink.codec import (
+    RecordedRange,
+    batch_token,
+    decode_group_insert,
+    decode_pending,
+    encode_group_insert,
+    encode_pending,
+    group_insert_token,
+)
+from clickstream_lib.sink.commits import OffsetCommitter
+from clickstream_lib.sink.dead_letters import DeadLetterPublisher
+from clickstream_lib.sink.delivery import Delivery
+from clickstream_lib.sink.memory import PollSizer
+from clickstream_lib.sink.recovery import Recovery
+from clickstream_lib.sink.retry import backoff_s
+from clickstream_lib.sink.stats import LatencyWindow, SinkFigures
 
 T0 = 1_795_000_000_000  # 2026-11-18, a Kafka record timestamp
 
@@ -83,12 +85,14 @@ def test_pending_range_round_trips_and_rejects_what_it_did_not_write() -> None:
 
 
 def test_group_record_round_trips_and_rejects_what_it_did_not_write() -> None:
-    members = (Member(0, 100, 199), Member(3, 7, 7), Member(5, 0, 41))
-    meta = encode_group("a1b2c3", list(reversed(members)))
+    members = (RecordedRange(0, 100, 199), RecordedRange(3, 7, 7), RecordedRange(5, 0, 41))
+    meta = encode_group_insert("a1b2c3", list(reversed(members)))
     assert meta == "clickstream-sink/2 a1b2c3 0:100-199,3:7-7,5:0-41"
-    assert decode_group(meta, "a1b2c3") == members
-    assert decode_group(meta, "ffffff") is None
-    assert decode_pending(meta, "a1b2c3") is None and decode_group(encode_pending("a1b2c3", 1, 2), "a1b2c3") is None
+    assert decode_group_insert(meta, "a1b2c3") == members
+    assert decode_group_insert(meta, "ffffff") is None
+    assert (
+        decode_pending(meta, "a1b2c3") is None and decode_group_insert(encode_pending("a1b2c3", 1, 2), "a1b2c3") is None
+    )
     for other in (
         "",
         None,
@@ -98,23 +102,23 @@ def test_group_record_round_trips_and_rejects_what_it_did_not_write() -> None:
         "clickstream-sink/2 a1b2c3 0:100-199,x:1-2",
         "clickstream-sink/2 a1b2c3 0:100-199,1-2",
     ):
-        assert decode_group(other, "a1b2c3") is None, other
+        assert decode_group_insert(other, "a1b2c3") is None, other
 
 
 def test_group_token_names_exactly_one_set_of_ranges() -> None:
-    members = [Member(0, 100, 199), Member(3, 7, 7)]
+    members = [RecordedRange(0, 100, 199), RecordedRange(3, 7, 7)]
     ids = {"database": "clickstream", "group": "clickstream-sink"}
-    token = group_token("clicks", "e1", members, **ids)
+    token = group_insert_token("clicks", "e1", members, **ids)
     # the order they were read in is no matter
-    assert token == group_token("clicks", "e1", list(reversed(members)), **ids)
+    assert token == group_insert_token("clicks", "e1", list(reversed(members)), **ids)
     assert token.startswith("clicks@e1:group:2:") and token.endswith("/clickstream/clickstream-sink")
     others = {
-        group_token("clicks", "e2", members, **ids),
-        group_token("views", "e1", members, **ids),
-        group_token("clicks", "e1", [Member(0, 100, 199), Member(3, 7, 8)], **ids),
-        group_token("clicks", "e1", [*members, Member(4, 0, 0)], **ids),
-        group_token("clicks", "e1", members, database="clickstream", group="replay"),
-        group_token("clicks", "e1", members, database="other", group="clickstream-sink"),
+        group_insert_token("clicks", "e2", members, **ids),
+        group_insert_token("views", "e1", members, **ids),
+        group_insert_token("clicks", "e1", [RecordedRange(0, 100, 199), RecordedRange(3, 7, 8)], **ids),
+        group_insert_token("clicks", "e1", [*members, RecordedRange(4, 0, 0)], **ids),
+        group_insert_token("clicks", "e1", members, database="clickstream", group="replay"),
+        group_insert_token("clicks", "e1", members, database="other", group="clickstream-sink"),
         batch_token("clicks", "e1", 0, 100, 199, **ids),
     }
     assert token not in others and len(others) == 7
@@ -124,8 +128,8 @@ def test_backoff_doubles_and_is_capped() -> None:
     assert [backoff_s(a, 0.25, 5.0) for a in range(1, 9)] == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
 
 
-def _build(records: list[tuple[int, int, bytes | None]]) -> _Batch:
-    b = _Batch("clicks", "e1", 2, started=0.0, database="clickstream", group="g")
+def _build(records: list[tuple[int, int, bytes | None]]) -> Batch:
+    b = Batch("clicks", "e1", 2, started=0.0, database="clickstream", group="g")
     for offset, ts, value in records:
         b.add(offset, ts, None, value)
     return b
@@ -173,7 +177,7 @@ def test_columns_match_the_tables_of_the_migrations() -> None:
 
 
 def test_window_rate_and_percentiles() -> None:
-    w = _Window()
+    w = LatencyWindow()
     assert w.percentiles(100.0) == (None, None, None, None)
     w.add(100.0, 1_000, np.arange(1, 101, dtype=np.float64), np.full(100, 7.0))
     w.add(101.0, 1_000, np.array([], dtype=np.float64), np.array([], dtype=np.float64))
@@ -192,7 +196,7 @@ def test_window_rate_and_percentiles() -> None:
 
 def test_window_percentiles_of_a_large_window_come_from_a_sample() -> None:
     """30 s at 50 000 events/s is 1.5M latencies: a strided sample of each batch gives the percentiles within 1%."""
-    w = _Window()
+    w = LatencyWindow()
     rng = np.random.default_rng(5)
     batches = [rng.gamma(4.0, 200.0, size=8_000) for _ in range(180)]
     for i, lat in enumerate(batches):
@@ -211,12 +215,8 @@ def test_stats_read_as_dataclass_or_mapping() -> None:
     assert s.get("rows_inserted") == 5 and s.get("nope", 1) == 1
     d = s.as_dict()
     assert d["lag"] == {"0": 3, "1": 4} and d["dead_letters_by_reason"] == {"not_json": 1}
-    with pytest.raises(AttributeError):
-        s.rows_inserted = 6  # type: ignore[misc]
-
-
-def test_crc32c_extension_is_active() -> None:
-    assert crc32c_accelerated()
+    with pytest.raises(FrozenInstanceError):
+        setattr(s, "rows_inserted", 6)  # noqa: B010
 
 
 def test_sink_rejects_nonsense_limits() -> None:
@@ -227,68 +227,79 @@ def test_sink_rejects_nonsense_limits() -> None:
         Sink(settings, batch_max_wait_s=0)
     with pytest.raises(ValueError, match="batch_max_bytes"):
         Sink(settings, batch_max_bytes=0)
-    assert consumer.DEFAULT_BATCH_MAX_ROWS >= 10_000 or consumer.DEFAULT_BATCH_MAX_WAIT_S <= 1.0
+    assert DEFAULT_BATCH_MAX_ROWS >= 10_000 or DEFAULT_BATCH_MAX_WAIT_S <= 1.0
 
 
 # --- runs of records, and the insert thread ---------------------------------------------------------------------
 
 
-def _records(first: int, n: int, gap_at: int | None = None) -> list[_Record]:
+def _records(first: int, n: int, gap_at: int | None = None) -> list[Record]:
     out = []
     offset = first
     for i in range(n):
         if gap_at is not None and offset == gap_at:
             offset += 5  # e.g. compacted away, or transaction markers
         value = _event(T0 - 1_000 - i) if i % 7 else b"{broken"
-        out.append(_Record(offset, T0, b"k", value))
+        out.append(Record(offset, T0, b"k", value))
         offset += 1
     return out
 
 
-# What a sink built from Settings() names in its tokens: the database and the consumer group.
+# What a sink built from Settings() names in its tokens: its topic and the topic's epoch, the database, the consumer
+# group.
+SETTINGS = Settings()
+TOPIC = SETTINGS.kafka_topic
+SCOPE = TokenScope(TOPIC, "e1", SETTINGS.database, SETTINGS.kafka_group_id)
 _IDS = {"database": "clickstream", "group": "clickstream-sink"}
 _SUFFIX = "/clickstream/clickstream-sink"
 
 
-def _sink(batch_max_rows: int) -> Sink:
-    sink = Sink(Settings(), batch_max_rows=batch_max_rows)
-    sink.epoch = "e1"
-    return sink
+def _batcher(batch_max_rows: int, batch_max_bytes: int = 64 * 1024 * 1024) -> Batcher:
+    return Batcher(
+        SCOPE, SinkFigures(), batch_max_rows=batch_max_rows, batch_max_bytes=batch_max_bytes, batch_max_wait_s=1.0
+    )
 
 
-def _ranges(state: _PartitionState) -> list[tuple[int, int, int]]:
+def _state(
+    batcher: Batcher, partition: int, committed: int | None, replay: tuple[int, int] | None = None
+) -> PartitionState:
+    state = batcher.states[partition] = PartitionState(TopicPartition(TOPIC, partition), committed, replay)
+    return state
+
+
+def _ranges(state: PartitionState) -> list[tuple[int, int, int]]:
     batches = [*state.sealed, *([state.open] if state.open is not None else [])]
     return [(b.first, b.last, len(b)) for b in batches]
 
 
 def test_runs_of_records_cut_batches_where_one_by_one_would() -> None:
     records = _records(100, 23, gap_at=110)
-    one, runs = _sink(5), _sink(5)
-    s1 = _PartitionState(TopicPartition(one.topic, 2), 100, None)
-    s2 = _PartitionState(TopicPartition(runs.topic, 2), 100, None)
+    one, runs = _batcher(5), _batcher(5)
+    s1, s2 = _state(one, 2, 100), _state(runs, 2, 100)
     for r in records:  # the per-record rule: seal whenever a batch reaches batch_max_rows
-        assert one._take(s1, [r], 0.0) == 1
-    assert runs._take(s2, records[:3], 0.0) == 3
-    assert runs._take(s2, records[:9], 0.0) == 6  # a re-fetch after a seek: the first 3 are not taken twice
-    assert runs._take(s2, records[9:], 0.0) == 14
+        assert one.take(s1, [r], 0.0) == 1
+    assert runs.take(s2, records[:3], 0.0) == 3
+    assert runs.take(s2, records[:9], 0.0) == 6  # a re-fetch after a seek: the first 3 are not taken twice
+    assert runs.take(s2, records[9:], 0.0) == 14
     assert _ranges(s1) == _ranges(s2) == [(100, 104, 5), (105, 109, 5), (115, 119, 5), (120, 124, 5), (125, 127, 3)]
     for a, b in zip([*s1.sealed, s1.open], [*s2.sealed, s2.open], strict=True):
         assert a is not None and b is not None
         assert (a.token, a.event_columns(), a.dead_columns()) == (b.token, b.event_columns(), b.dead_columns())
+    assert runs.figures.snapshot().records_consumed == 23
 
 
 def test_a_limit_caps_runs_but_a_recorded_range_is_rebuilt_whole() -> None:
-    sink = _sink(100)
-    state = _PartitionState(TopicPartition(sink.topic, 2), 100, None)
-    assert sink._take(state, _records(100, 20), 0.0, limit=7) == 7
+    batcher = _batcher(100)
+    state = _state(batcher, 2, 100)
+    assert batcher.take(state, _records(100, 20), 0.0, limit=7) == 7
     assert _ranges(state) == [(100, 106, 7)] and state.next_offset == 107
     # A recorded range 100-111 that ends in a gap (112-116 are missing): rebuilt whole despite the limit, sealed
     # at the gap, and what follows starts a new batch.
-    sink = _sink(100)
-    state = _PartitionState(TopicPartition(sink.topic, 2), 100, (100, 114))
-    assert sink._take(state, _records(100, 20, gap_at=112), 0.0, limit=3) == 12
+    batcher = _batcher(100)
+    state = _state(batcher, 2, 100, (100, 114))
+    assert batcher.take(state, _records(100, 20, gap_at=112), 0.0, limit=3) == 12
     assert _ranges(state) == [(100, 111, 12)] and state.replay is None
-    assert sink._take(state, _records(100, 20, gap_at=112)[12:], 0.0, limit=5) == 5
+    assert batcher.take(state, _records(100, 20, gap_at=112)[12:], 0.0, limit=5) == 5
     assert _ranges(state) == [(100, 111, 12), (117, 121, 5)]
 
 
@@ -300,6 +311,9 @@ class _FakeConsumer:
     def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], timeout_ms: int) -> None:
         for tp, om in sorted(offsets.items()):
             self.log.append(f"commit p{tp.partition} {om.offset} {om.metadata!r}")
+
+    def committed(self, tp: TopicPartition, metadata: bool, timeout_ms: int) -> OffsetAndMetadata | None:
+        return None
 
     def pause(self, *tps: TopicPartition) -> None:
         self.log.append("pause")
@@ -326,8 +340,8 @@ class _FakeStore:
         self,
         table: str,
         columns: list[list[object]],
-        names: tuple[str, ...],
-        dedup_token: str,
+        column_names: tuple[str, ...],
+        dedup_token: str | None = None,
         column_types: tuple[str, ...] | None = None,
     ) -> int:
         self.release.wait(10)
@@ -337,152 +351,152 @@ class _FakeStore:
         return len(columns[0])
 
 
-def _delivering_sink(log: list[str]) -> tuple[Sink, _FakeStore, _PartitionState]:
-    sink = _sink(5)
+class _NoProducer:
+    """The dead-letter producer of batches without dead letters: never asked to send."""
+
+    def send(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("no dead letters in these batches")
+
+
+def _delivery(
+    log: list[str], batcher: Batcher, consumer: _FakeConsumer | None = None
+) -> tuple[Delivery, _FakeStore, _FakeConsumer]:
+    """A Delivery over fakes of the store and the consumer, with a real insert thread."""
     fake_store = _FakeStore(log)
-    sink._store = fake_store  # type: ignore[assignment]
-    sink._consumer = _FakeConsumer(log)  # type: ignore[assignment]
-    sink._producer = object()  # type: ignore[assignment]  # no dead letters in these batches: never used
-    sink._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inserter")
-    state = _PartitionState(TopicPartition(sink.topic, 2), 100, None)
-    sink._states[2] = state
-    valid = [_Record(100 + i, T0, None, _event(T0 - 1_000)) for i in range(12)]
-    sink._take(state, valid, 0.0)  # two sealed batches of 5 (100-104, 105-109) and 110-111 open
-    return sink, fake_store, state
+    fake_consumer = consumer or _FakeConsumer(log)
+    delivery = Delivery(
+        batcher,
+        SCOPE,
+        store=fake_store,
+        consumer=fake_consumer,
+        committer=OffsetCommitter(fake_consumer, SETTINGS),
+        dead_letters=DeadLetterPublisher(_NoProducer(), SETTINGS.dead_letter_topic, TOPIC, batcher.figures),
+        inserter=ThreadPoolExecutor(max_workers=1, thread_name_prefix="inserter"),
+        figures=batcher.figures,
+        rewind=lambda: log.append("rewind"),
+    )
+    return delivery, fake_store, fake_consumer
+
+
+def _delivering(log: list[str]) -> tuple[Delivery, _FakeStore, PartitionState]:
+    batcher = _batcher(5)
+    delivery, fake_store, _ = _delivery(log, batcher)
+    state = _state(batcher, 2, 100)
+    valid = [Record(100 + i, T0, None, _event(T0 - 1_000)) for i in range(12)]
+    batcher.take(state, valid, 0.0)  # two sealed batches of 5 (100-104, 105-109) and 110-111 open
+    return delivery, fake_store, state
 
 
 def test_the_insert_runs_on_its_own_thread_between_the_pre_and_post_commit() -> None:
     log: list[str] = []
-    sink, fake_store, state = _delivering_sink(log)
-    sink._start_round()
+    delivery, fake_store, state = _delivering(log)
+    delivery.start_round()
     assert log == [f"commit p2 100 '{encode_pending('e1', 100, 104)}'"]  # the range is recorded first
-    assert sink._inflight is not None and sink._busy()
+    assert delivery.inflight is not None and delivery.busy()
     time.sleep(0.05)
     assert len(log) == 1  # nothing is committed while the insert runs
     fake_store.release.set()
-    assert sink._inflight[1].result(5) is None
-    assert sink._finish_round()
-    token = f"{sink.topic}@e1:2:100-104{_SUFFIX}"
+    assert delivery.inflight[1].result(5) is None
+    assert delivery.finish_round()
+    token = f"{TOPIC}@e1:2:100-104{_SUFFIX}"
     assert log[1] == f"insert events {token} 5 rows on inserter_0"
     assert log[2] == f"commit p2 105 '{encode_pending('e1', 105, 109)}'"  # post-commit names the next batch
     assert state.committed == 105 and len(state.sealed) == 1 and state.sealed[0].precommitted
-    assert sink.stats().rows_inserted == 5
-    sink._inserter.shutdown()
+    assert delivery.figures.snapshot().rows_inserted == 5
+    delivery.inserter.shutdown()
 
 
 def test_a_failed_insert_commits_nothing_and_the_same_batch_is_retried() -> None:
     log: list[str] = []
-    sink, fake_store, state = _delivering_sink(log)
+    delivery, fake_store, state = _delivering(log)
     fake_store.fail = True
     fake_store.release.set()
-    assert not sink._deliver_round()
+    assert not delivery.deliver_round()
     assert [line for line in log if line.startswith("commit")] == [f"commit p2 100 '{encode_pending('e1', 100, 104)}'"]
-    assert sink.stats().last_error is not None and "engine down" in sink.stats().last_error
+    error = delivery.figures.snapshot().last_error
+    assert error is not None and "engine down" in error
+    assert "pause" in log and delivery.retry_at > 0  # the partitions wait for the backoff
     fake_store.fail = False
     batch = state.sealed[0]
-    assert sink._deliver_round()
+    assert delivery.deliver_round()
     assert state.sealed[0] is not batch and state.committed == 105
-    assert log[-2].startswith(f"insert events {sink.topic}@e1:2:100-104{_SUFFIX} 5 rows")  # same range, same token
-    sink._inserter.shutdown()
+    assert log[-2].startswith(f"insert events {TOPIC}@e1:2:100-104{_SUFFIX} 5 rows")  # same range, same token
+    assert delivery.figures.snapshot().last_error is None
+    delivery.inserter.shutdown()
 
 
 def test_a_rebalance_during_an_insert_leaves_the_round_uncommitted() -> None:
     log: list[str] = []
-    sink, fake_store, _state = _delivering_sink(log)
-    sink._start_round()
-    assert sink._inflight is not None
-    future = sink._inflight[1]
-    sink._queue_rebalance("revoked", {TopicPartition(sink.topic, 2)})
-    assert sink._apply_rebalances()  # applied at once, while the insert still runs
-    assert sink._inflight is None and not sink._states and not future.done()
+    delivery, fake_store, _state = _delivering(log)
+    delivery.start_round()
+    assert delivery.inflight is not None
+    future = delivery.inflight[1]
+    # What the sink does when a rebalance revokes the partition while the insert still runs:
+    delivery.abandon_inflight()
+    assert delivery.batcher.drop(2) is not None
+    assert delivery.inflight is None and not delivery.batcher.states and not future.done()
     fake_store.release.set()
     future.result(5)
-    assert sink._inserter is not None
-    sink._inserter.shutdown(wait=True)
+    delivery.inserter.shutdown(wait=True)
     assert [line for line in log if line.startswith("commit")] == [f"commit p2 100 '{encode_pending('e1', 100, 104)}'"]
-    assert sink.stats().rows_inserted == 0  # the next owner rebuilds 100-104; ClickHouse drops the repeat
+    assert (
+        delivery.figures.snapshot().rows_inserted == 0
+    )  # the next owner rebuilds 100-104; ClickHouse drops the repeat
 
 
-class _Drained:
-    """A kafka-python PartitionRecords that was read to the end: falsy, yet not None."""
-
-    def __bool__(self) -> bool:
-        return False
-
-
-class _FakeFetcher:
-    def __init__(self, parked: dict[TopicPartition, object], current: object) -> None:
-        self._paused_partition_records = parked
-        self._next_partition_records = current
-
-
-class _PausingConsumer:
-    def __init__(self, fetcher: _FakeFetcher, paused: set[TopicPartition]) -> None:
-        self._fetcher = fetcher
-        self._paused = paused
-
-    def paused(self) -> set[TopicPartition]:
-        return self._paused
-
-
-def test_parked_records_of_a_resumed_partition_are_handed_back() -> None:
-    tp = TopicPartition("clicks", 0)
-    drained = _Drained()
-    # Resumed, parked, and the in-line slot drained: emptied, so the next poll restores the parked records.
-    fetcher = _FakeFetcher({tp: object()}, drained)
-    assert consumer.unpark_resumed_records(_PausingConsumer(fetcher, set()))  # type: ignore[arg-type]
-    assert fetcher._next_partition_records is None
-    # Still paused, nothing parked, or the slot still has records to return: left alone.
-    for fetcher, paused in (
-        (_FakeFetcher({tp: object()}, drained), {tp}),
-        (_FakeFetcher({}, drained), set()),
-        (_FakeFetcher({tp: object()}, "records"), set()),
-    ):
-        before = fetcher._next_partition_records
-        assert not consumer.unpark_resumed_records(_PausingConsumer(fetcher, paused))  # type: ignore[arg-type]
-        assert fetcher._next_partition_records is before
+def test_records_a_revocation_drops_no_longer_count_towards_max_events() -> None:
+    """run(max_events=n) stores exactly n: records of batches a rebalance dropped uncommitted are read again."""
+    batcher = _batcher(5)
+    kept, gone = _state(batcher, 1, 100), _state(batcher, 2, 100)
+    assert batcher.take(kept, _records(100, 3), 0.0) == 3
+    assert batcher.take(gone, _records(100, 7), 0.0) == 7  # a sealed batch of 5 and an open one of 2
+    assert batcher.drop(2) is gone
+    assert batcher.dropped_records() == 7 and batcher.dropped_records() == 0
+    assert list(batcher.states) == [1]
+    batcher.replace(PartitionState(TopicPartition(TOPIC, 1), 100, None))  # re-assigned: started afresh
+    assert batcher.dropped_records() == 3 and len(batcher.states[1]) == 0
 
 
 def test_backpressure_waits_for_the_insert_instead_of_pausing() -> None:
     log: list[str] = []
-    sink, fake_store, state = _delivering_sink(log)
-    assert len(state.sealed) == 2 and sink._store_behind()
-    sink._start_round()
+    delivery, fake_store, state = _delivering(log)
+    assert len(state.sealed) == 2 and delivery.batcher.store_behind()
+    delivery.start_round()
     fake_store.release.set()
-    assert sink._finish_round()
-    assert not sink._store_behind() and "pause" not in log
-    sink._inserter.shutdown()
+    assert delivery.finish_round()
+    assert not delivery.batcher.store_behind() and "pause" not in log
+    delivery.inserter.shutdown()
 
 
 def test_reading_on_during_an_insert_only_while_a_batch_waits_in_kafka() -> None:
-    log: list[str] = []
-    sink, fake_store, state = _delivering_sink(log)
+    batcher = _batcher(5)
+    state = _state(batcher, 2, 100)
+    batcher.take(state, [Record(100 + i, T0, None, _event(T0 - 1_000)) for i in range(12)], 0.0)
     assert state.next_offset == 112
-    assert not sink._kafka_behind()  # nothing known in Kafka: caught up
-    sink._consumer.highwaters = {2: 112 + 4}  # type: ignore[union-attr]
-    assert not sink._kafka_behind()
-    sink._consumer.highwaters = {2: 112 + 5}  # type: ignore[union-attr]  # a full batch (batch_max_rows=5) waits
-    assert sink._kafka_behind()
-    fake_store.release.set()
-    assert sink._inserter is not None
-    sink._inserter.shutdown()
+    consumer = _FakeConsumer([])
+    assert not batcher.kafka_behind(consumer)  # nothing known in Kafka: caught up
+    consumer.highwaters = {2: 112 + 4}
+    assert not batcher.kafka_behind(consumer)
+    consumer.highwaters = {2: 112 + 5}  # a full batch (batch_max_rows=5) waits
+    assert batcher.kafka_behind(consumer)
+    assert batcher.lag(consumer) == {2: 17}  # high watermark minus the committed offset
 
 
 def test_gc_threshold_is_raised_while_sinks_run_and_restored_after_the_last() -> None:
     before = gc.get_threshold()
     try:
         gc.set_threshold(700, 10, 10)
-        with consumer._relaxed_gc():
-            assert gc.get_threshold() == (consumer.GC_YOUNG_THRESHOLD, 10, 10)
-            with consumer._relaxed_gc():  # a second sink in the process
+        with memory.relaxed_gc():
+            assert gc.get_threshold() == (memory.GC_YOUNG_THRESHOLD, 10, 10)
+            with memory.relaxed_gc():  # a second sink in the process
                 pass
-            assert gc.get_threshold() == (consumer.GC_YOUNG_THRESHOLD, 10, 10)  # the first one still runs
+            assert gc.get_threshold() == (memory.GC_YOUNG_THRESHOLD, 10, 10)  # the first one still runs
         assert gc.get_threshold() == (700, 10, 10)
-        with consumer._relaxed_gc():
+        with memory.relaxed_gc():
             gc.set_threshold(1_000, 5, 5)  # changed by someone else meanwhile: theirs stays
         assert gc.get_threshold() == (1_000, 5, 5)
         gc.set_threshold(100_000, 10, 10)
-        with consumer._relaxed_gc():  # already higher: left alone
+        with memory.relaxed_gc():  # already higher: left alone
             assert gc.get_threshold() == (100_000, 10, 10)
         assert gc.get_threshold() == (100_000, 10, 10)
     finally:
@@ -492,30 +506,27 @@ def test_gc_threshold_is_raised_while_sinks_run_and_restored_after_the_last() ->
 # --- group inserts ------------------------------------------------------------------------------------------------
 
 
-def _grouping_sink(log: list[str], partitions: tuple[int, ...] = (0, 1, 2)) -> tuple[Sink, _FakeStore]:
-    sink = _sink(5)
-    fake_store = _FakeStore(log)
-    sink._store = fake_store  # type: ignore[assignment]
-    sink._consumer = _FakeConsumer(log)  # type: ignore[assignment]
-    sink._producer = object()  # type: ignore[assignment]
-    sink._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inserter")
+def _grouping(log: list[str], partitions: tuple[int, ...] = (0, 1, 2)) -> tuple[Delivery, _FakeStore]:
+    batcher = _batcher(5)
+    delivery, fake_store, _ = _delivery(log, batcher)
     for p in partitions:
-        state = sink._states[p] = _PartitionState(TopicPartition(sink.topic, p), 10 * p, None)
-        sink._take(state, [_Record(10 * p + i, T0, None, _event(T0 - 1_000)) for i in range(3)], 0.0)
-    return sink, fake_store
+        state = _state(batcher, p, 10 * p)
+        batcher.take(state, [Record(10 * p + i, T0, None, _event(T0 - 1_000)) for i in range(3)], 0.0)
+    return delivery, fake_store
 
 
 def test_a_round_takes_every_partition_into_one_insert() -> None:
     log: list[str] = []
-    sink, fake_store = _grouping_sink(log)
+    delivery, fake_store = _grouping(log)
     fake_store.release.set()
-    sink._states[1].open = None  # nothing read from partition 1 yet
-    sink._states[1].next_offset = 10
-    assert sink._deliver_round()
-    members = [Member(0, 0, 2), Member(2, 20, 22)]
-    meta = encode_group("e1", members)
-    token = group_token(sink.topic, "e1", members, **_IDS)
-    # The open batches were sealed to join the round; both partitions record the whole group before the insert.
+    states = delivery.batcher.states
+    states[1].open = None  # nothing read from partition 1 yet
+    states[1].next_offset = 10
+    assert delivery.deliver_round()
+    ranges = [RecordedRange(0, 0, 2), RecordedRange(2, 20, 22)]
+    meta = encode_group_insert("e1", ranges)
+    token = group_insert_token(TOPIC, "e1", ranges, **_IDS)
+    # The open batches were sealed to join the round; both partitions record the whole group insert before it.
     assert log == [
         f"commit p0 0 {meta!r}",
         f"commit p2 20 {meta!r}",
@@ -523,58 +534,58 @@ def test_a_round_takes_every_partition_into_one_insert() -> None:
         "commit p0 3 ''",
         "commit p2 23 ''",
     ]
-    assert sink.stats().rows_inserted == 6 and sink.stats().batches == 2
-    assert sink._round is None and not sink._busy()
-    sink._inserter.shutdown()
+    stats = delivery.figures.snapshot()
+    assert stats.rows_inserted == 6 and stats.batches == 2 and stats.committed == {0: 3, 2: 23}
+    assert delivery.round is None and not delivery.busy() and not delivery.batcher.busy()
+    delivery.inserter.shutdown()
 
 
 def test_a_failed_group_insert_is_retried_with_exactly_the_same_batches() -> None:
     log: list[str] = []
-    sink, fake_store = _grouping_sink(log, (0, 1))
+    delivery, fake_store = _grouping(log, (0, 1))
     fake_store.fail = True
     fake_store.release.set()
-    assert not sink._deliver_round()
+    assert not delivery.deliver_round()
     # Meanwhile partition 2 gets records: they wait for the next round, the retried one keeps its two batches.
-    state = sink._states[2] = _PartitionState(TopicPartition(sink.topic, 2), 20, None)
-    sink._take(state, [_Record(20, T0, None, _event(T0 - 1_000))], 0.0)
+    state = _state(delivery.batcher, 2, 20)
+    delivery.batcher.take(state, [Record(20, T0, None, _event(T0 - 1_000))], 0.0)
     fake_store.fail = False
-    assert sink._deliver_round()
-    token = group_token(sink.topic, "e1", [Member(0, 0, 2), Member(1, 10, 12)], **_IDS)
+    assert delivery.deliver_round()
+    ranges = [RecordedRange(0, 0, 2), RecordedRange(1, 10, 12)]
+    token = group_insert_token(TOPIC, "e1", ranges, **_IDS)
     inserts = [line for line in log if line.startswith("insert")]
     assert inserts == [f"insert events {token} 6 rows on inserter_0"]
     assert [line for line in log if line.startswith("commit")].count(
-        f"commit p0 0 {encode_group('e1', [Member(0, 0, 2), Member(1, 10, 12)])!r}"
+        f"commit p0 0 {encode_group_insert('e1', ranges)!r}"
     ) == 1
     assert state.open is not None and not state.sealed  # not taken into the retried round
-    assert sink._deliver_round()
-    assert (
-        log[-2] == f"insert events {sink.topic}@e1:2:20-20{_SUFFIX} 1 rows on inserter_0"
-    )  # a round of one: its own token
-    sink._inserter.shutdown()
+    assert delivery.deliver_round()
+    assert log[-2] == f"insert events {TOPIC}@e1:2:20-20{_SUFFIX} 1 rows on inserter_0"  # a round of one: its own token
+    delivery.inserter.shutdown()
 
 
 def test_group_max_batches_one_inserts_each_batch_alone() -> None:
     log: list[str] = []
-    sink, fake_store = _grouping_sink(log, (0, 1))
-    sink.group_max_batches = 1
+    delivery, fake_store = _grouping(log, (0, 1))
+    delivery.group_max_batches = 1
     fake_store.release.set()
-    sink._seal_due(0.0, force=True)
-    assert sink._deliver_round()  # one round, an insert per batch (each recorded under its own range)
+    delivery.batcher.seal_due(0.0, force=True)
+    assert delivery.deliver_round()  # one round, an insert per batch (each recorded under its own range)
     assert [line for line in log if line.startswith("commit")][:2] == [
         f"commit p0 0 {encode_pending('e1', 0, 2)!r}",
         f"commit p1 10 {encode_pending('e1', 10, 12)!r}",
     ]
     assert [line.split(" on ")[0] for line in log if line.startswith("insert")] == [
-        f"insert events {sink.topic}@e1:0:0-2{_SUFFIX} 3 rows",
-        f"insert events {sink.topic}@e1:1:10-12{_SUFFIX} 3 rows",
+        f"insert events {TOPIC}@e1:0:0-2{_SUFFIX} 3 rows",
+        f"insert events {TOPIC}@e1:1:10-12{_SUFFIX} 3 rows",
     ]
     with pytest.raises(ValueError, match="group_max_batches"):
         Sink(Settings(), group_max_batches=0)
-    sink._inserter.shutdown()
+    delivery.inserter.shutdown()
 
 
 class _CommittedConsumer(_FakeConsumer):
-    """A consumer whose group has these committed offsets and metadata."""
+    """A consumer whose consumer group has these committed offsets and metadata."""
 
     def __init__(self, log: list[str], committed: dict[int, OffsetAndMetadata]) -> None:
         super().__init__(log)
@@ -584,140 +595,129 @@ class _CommittedConsumer(_FakeConsumer):
         return self.offsets.get(tp.partition)
 
 
-def test_a_group_whose_record_did_not_reach_every_partition_was_never_inserted() -> None:
+def test_a_group_insert_whose_record_did_not_reach_every_partition_was_never_made() -> None:
     log: list[str] = []
-    sink = _sink(5)
-    members = (Member(0, 0, 2), Member(1, 10, 12))
-    meta = encode_group("e1", members)
-    # Partition 1 still holds its previous (single) record: the group's pre-commit never completed.
+    ranges = (RecordedRange(0, 0, 2), RecordedRange(1, 10, 12))
+    meta = encode_group_insert("e1", ranges)
+    # Partition 1 still holds its previous (single) record: the group insert's pre-commit never completed.
     offsets = {0: OffsetAndMetadata(0, meta, -1), 1: OffsetAndMetadata(10, encode_pending("e1", 10, 14), -1)}
-    sink._consumer = _CommittedConsumer(log, offsets)  # type: ignore[assignment]
-    assert sink._resolve_group(members, [0], {0: offsets[0]}) == {0: 0}
-    assert log == ["commit p0 0 ''"]  # the record is cleared, so it cannot be taken for a stored group later
+    consumer = _CommittedConsumer(log, offsets)
+    batcher = _batcher(5)
+    recovery = Recovery(
+        batcher,
+        SCOPE,
+        consumer=consumer,
+        committer=OffsetCommitter(consumer, SETTINGS),
+        store=_FakeStore(log),
+        dead_letters=DeadLetterPublisher(_NoProducer(), SETTINGS.dead_letter_topic, TOPIC, batcher.figures),
+        figures=batcher.figures,
+        settings=SETTINGS,
+        fetch_config={},
+        stop=threading.Event(),
+    )
+    assert recovery.resolve_group_insert(ranges, [0], {0: offsets[0]}) == {0: 0}
+    assert log == ["commit p0 0 ''"]  # the record is cleared, so it cannot be taken for a stored group insert later
 
 
 def test_a_rebuilt_recorded_batch_is_inserted_alone_under_its_own_token() -> None:
     log: list[str] = []
-    sink, fake_store = _grouping_sink(log, (0, 2))
+    delivery, fake_store = _grouping(log, (0, 2))
     fake_store.release.set()
     # Partition 1 resumes with a recorded range 10-12 (perhaps stored before a crash, under its own token).
-    state = sink._states[1] = _PartitionState(TopicPartition(sink.topic, 1), 10, (10, 12))
-    sink._take(state, [_Record(10 + i, T0, None, _event(T0 - 1_000)) for i in range(3)], 0.0)
+    state = _state(delivery.batcher, 1, 10, (10, 12))
+    delivery.batcher.take(state, [Record(10 + i, T0, None, _event(T0 - 1_000)) for i in range(3)], 0.0)
     assert state.sealed and state.sealed[0].replayed
-    assert sink._deliver_round()
+    assert delivery.deliver_round()
     assert [line.split(" on ")[0] for line in log if line.startswith("insert")] == [
-        f"insert events {sink.topic}@e1:1:10-12{_SUFFIX} 3 rows"
+        f"insert events {TOPIC}@e1:1:10-12{_SUFFIX} 3 rows"
     ]
-    assert sink._deliver_round()  # then the others, together
-    token = group_token(sink.topic, "e1", [Member(0, 0, 2), Member(2, 20, 22)], **_IDS)
+    assert delivery.deliver_round()  # then the others, together
+    token = group_insert_token(TOPIC, "e1", [RecordedRange(0, 0, 2), RecordedRange(2, 20, 22)], **_IDS)
     assert log[-3].startswith(f"insert events {token} 6 rows")
-    assert sink._inserter is not None
-    sink._inserter.shutdown()
+    delivery.inserter.shutdown()
 
 
 # --- bounded in bytes -------------------------------------------------------------------------------------------
 
 
 def test_a_batch_closes_at_the_record_that_reaches_batch_max_bytes() -> None:
-    sink = Sink(Settings(), batch_max_rows=100, batch_max_bytes=1_000)
-    sink.epoch = "e1"
-    state = _PartitionState(TopicPartition(sink.topic, 2), 100, None)
-    records = [_Record(100 + i, T0, None, b"x" * (300 if i % 2 else 100)) for i in range(12)]  # 100, 300, 100...
-    assert sink._take(state, records[:5], 0.0) == 5
-    assert sink._take(state, records[5:], 0.0) == 7
+    batcher = _batcher(100, batch_max_bytes=1_000)
+    state = _state(batcher, 2, 100)
+    records = [Record(100 + i, T0, None, b"x" * (300 if i % 2 else 100)) for i in range(12)]  # 100, 300, 100...
+    assert batcher.take(state, records[:5], 0.0) == 5
+    assert batcher.take(state, records[5:], 0.0) == 7
     # 100+300+100+300+100+300 = 1200 >= 1000 at the 6th record; the next batch likewise.
     assert _ranges(state) == [(100, 105, 6), (106, 111, 6)]
     assert [b.nbytes for b in state.sealed] == [1_200, 1_200]
     # A recorded range is rebuilt exactly, whatever its bytes: replay reads its end from the commit metadata.
-    replay = _PartitionState(TopicPartition(sink.topic, 2), 100, (100, 109))
-    assert sink._take(replay, records, 0.0) == 12
+    replay = _state(batcher, 3, 100, (100, 109))
+    assert batcher.take(replay, records, 0.0) == 12
     assert _ranges(replay) == [(100, 109, 10), (110, 111, 2)]
 
 
 def test_a_round_holds_at_most_batch_max_bytes_of_values() -> None:
-    sink = Sink(Settings(), batch_max_rows=100, batch_max_bytes=1_000)
-    sink.epoch = "e1"
+    batcher = _batcher(100, batch_max_bytes=1_000)
+    delivery, _, _ = _delivery([], batcher)
     for p in range(4):
-        state = sink._states[p] = _PartitionState(TopicPartition(sink.topic, p), 0, None)
-        sink._take(state, [_Record(i, T0, None, b"x" * 200) for i in range(2)], 0.0)  # 400 bytes, open
-    assert [b.partition for b in sink._compose_round()] == [0, 1]  # 800; a third would make 1200
-    sink._round = None
+        state = _state(batcher, p, 0)
+        batcher.take(state, [Record(i, T0, None, b"x" * 200) for i in range(2)], 0.0)  # 400 bytes, open
+    assert [b.partition for b in delivery.compose_round()] == [0, 1]  # 800; a third would make 1200
+    delivery.inserter.shutdown()
 
 
 def test_polls_shrink_for_large_values_and_grow_back_once_they_are_forgotten() -> None:
-    sink = Sink(Settings(), batch_max_rows=20_000, batch_max_bytes=64 * 1024 * 1024)
-    tp = TopicPartition(sink.topic, 0)
-    small = {tp: [_Record(0, T0, None, b"{}" * 200)]}
-    assert sink._poll_records() == 16  # the first poll knows no value yet
-    sink._note_large_values(small, time.monotonic())
-    assert sink._poll_records() == 20_000  # ordinary events: at once
-    sink._note_large_values({tp: [_Record(1, T0, None, b"x" * 5_000_000)]}, time.monotonic())
-    assert sink._poll_records() == 13  # 64 MiB / 5 MB
-    sink._note_large_values(small, time.monotonic())
-    assert sink._poll_records() == 13  # a 5 MB value was seen lately
-    sink._large_value = (5_000_000, time.monotonic() - consumer._LARGE_VALUE_MEMORY_S - 1)
+    sizer = PollSizer(batch_max_rows=20_000, batch_max_bytes=64 * 1024 * 1024)
+    tp = TopicPartition(TOPIC, 0)
+    small = {tp: [Record(0, T0, None, b"{}" * 200)]}
+    assert sizer.records == 16  # the first poll knows no value yet
+    sizer.note(small, time.monotonic())
+    assert sizer.records == 20_000  # ordinary events: at once
+    sizer.note({tp: [Record(1, T0, None, b"x" * 5_000_000)]}, time.monotonic())
+    assert sizer.records == 13  # 64 MiB / 5 MB
+    sizer.note(small, time.monotonic())
+    assert sizer.records == 13  # a 5 MB value was seen lately
+    sizer.large_value = (5_000_000, time.monotonic() - memory.LARGE_VALUE_MEMORY_S - 1)
     caps = []
     for _ in range(12):
-        sink._note_large_values(small, time.monotonic())
-        caps.append(sink._poll_records())
+        sizer.note(small, time.monotonic())
+        caps.append(sizer.records)
     assert caps == [20_000] * 12  # forgotten: ordinary values again
-    large = Sink(Settings(), batch_max_rows=20_000, batch_max_bytes=64 * 1024 * 1024)
+    large = PollSizer(batch_max_rows=20_000, batch_max_bytes=64 * 1024 * 1024)
     caps = []
     for _ in range(4):  # a backlog of 1 MB values at start: 16, then doubling up to 64 MiB / 1 MB
-        caps.append(large._poll_records())
-        large._note_large_values({tp: [_Record(1, T0, None, b"x" * 1_000_000)]}, time.monotonic())
+        caps.append(large.records)
+        large.note({tp: [Record(1, T0, None, b"x" * 1_000_000)]}, time.monotonic())
     assert caps == [16, 32, 64, 67]
-
-
-def test_records_a_revocation_drops_no_longer_count_towards_max_events() -> None:
-    """run(max_events=n) stores exactly n: records of batches a rebalance dropped uncommitted are read again."""
-    sink = _sink(5)
-    log: list[str] = []
-    sink._consumer = _FakeConsumer(log)  # type: ignore[assignment]
-    kept = sink._states[1] = _PartitionState(TopicPartition(sink.topic, 1), 100, None)
-    gone = sink._states[2] = _PartitionState(TopicPartition(sink.topic, 2), 100, None)
-    assert sink._take(kept, _records(100, 3), 0.0) == 3
-    assert sink._take(gone, _records(100, 7), 0.0) == 7  # a sealed batch of 5 and an open one of 2
-    sink._queue_rebalance("revoked", {gone.tp})
-    assert sink._apply_rebalances()
-    assert sink._dropped_records() == 7 and sink._dropped_records() == 0
-    assert list(sink._states) == [1]
-
-
-class _PollingConsumer(_FakeConsumer):
-    """Returns the given polls in turn, then nothing."""
-
-    def __init__(self, log: list[str], polls: list[dict[TopicPartition, list[_Record]]]) -> None:
-        super().__init__(log)
-        self.polls = polls
-
-    def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[_Record]]:
-        return self.polls.pop(0) if self.polls else {}
 
 
 def test_a_stop_finishes_the_recorded_ranges_being_rebuilt() -> None:
     """A range re-read after a rebalance is rebuilt before the stop seals: what the store holds gets committed."""
-    sink = _sink(100)
-    tp1, tp2 = TopicPartition(sink.topic, 1), TopicPartition(sink.topic, 2)
-    replaying = sink._states[1] = _PartitionState(tp1, 100, (100, 111))
-    other = sink._states[2] = _PartitionState(tp2, 50, None)
+    batcher = _batcher(100)
+    tp1, tp2 = TopicPartition(TOPIC, 1), TopicPartition(TOPIC, 2)
+    replaying = _state(batcher, 1, 100, (100, 111))
+    other = _state(batcher, 2, 50)
     records = _records(100, 20)
-    polls = [{tp1: records[:5], tp2: _records(50, 3)}, {tp1: records[5:]}]
-    sink._consumer = _PollingConsumer([], polls)  # type: ignore[assignment]
-    sink._finish_replays(time.monotonic() + 5)
+    assert batcher.replaying()
+    batcher.take_replays({tp1: records[:5], tp2: _records(50, 3)}, 0.0)
+    batcher.take_replays({tp1: records[5:]}, 0.0)
     assert replaying.replay is None and _ranges(replaying) == [(100, 111, 12)]  # only the range's records
-    assert replaying.sealed[0].replayed
+    assert replaying.sealed[0].replayed and not batcher.replaying()
     assert _ranges(other) == []  # read again by the next run
-    sink._consumer = _PollingConsumer([], [])  # type: ignore[assignment]
-    sink._states[1] = _PartitionState(tp1, 100, (100, 111))
-    sink._finish_replays(time.monotonic() + 0.3)  # gives up at the deadline: the next run rebuilds it
-    assert sink._states[1].replay == (100, 111)
+    batcher.seal_for_stop()
+    assert _ranges(replaying) == [(100, 111, 12)]
+    # An incomplete recorded range is not sealed at a stop: the next run rebuilds it whole.
+    unfinished = _state(batcher, 3, 100, (100, 111))
+    batcher.take_replays({TopicPartition(TOPIC, 3): records[:5]}, 0.0)
+    batcher.seal_for_stop()
+    assert unfinished.open is None and unfinished.replay is None and not unfinished.sealed
 
 
 class _MetadataLimitConsumer(_FakeConsumer):
     """Refuses an offset commit whose metadata is over ``limit`` bytes, as a broker's offset.metadata.max.bytes."""
 
-    limit = 32
+    def __init__(self, log: list[str], limit: int) -> None:
+        super().__init__(log)
+        self.limit = limit
 
     def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], timeout_ms: int) -> None:
         from kafka.errors import OffsetMetadataTooLargeError
@@ -728,44 +728,48 @@ class _MetadataLimitConsumer(_FakeConsumer):
         super().commit(offsets, timeout_ms)
 
 
+def _refusing(log: list[str], partitions: tuple[int, ...], limit: int) -> tuple[Delivery, _FakeStore]:
+    batcher = _batcher(5)
+    delivery, fake_store, _ = _delivery(log, batcher, _MetadataLimitConsumer(log, limit))
+    for p in partitions:
+        state = _state(batcher, p, 10 * p)
+        batcher.take(state, [Record(10 * p + i, T0, None, _event(T0 - 1_000)) for i in range(3)], 0.0)
+    fake_store.release.set()
+    return delivery, fake_store
+
+
 def test_a_refused_group_pre_commit_falls_back_to_smaller_groups() -> None:
     log: list[str] = []
-    sink, fake_store = _grouping_sink(log, partitions=(0, 1, 2, 3))
-    sink._consumer = _MetadataLimitConsumer(log)  # type: ignore[assignment]
-    fake_store.release.set()
-    while any(s.open is not None or s.sealed for s in sink._states.values()):
-        sink._deliver_round()
+    delivery, _ = _refusing(log, (0, 1, 2, 3), limit=32)
+    while delivery.batcher.busy():
+        delivery.deliver_round()
     # 4 -> 2 -> 1 batches per insert: each batch then inserted alone under its own token (its record: 27 bytes).
-    assert sink.group_max_batches == 1
+    assert delivery.group_max_batches == 1
     assert log.count("refused") == 2
-    ids = {"database": sink.database, "group": sink.settings.kafka_group_id}
     assert sorted(line for line in log if line.startswith("insert")) == [
-        f"insert events {batch_token(sink.topic, 'e1', p, 10 * p, 10 * p + 2, **ids)} 3 rows on inserter_0"
+        f"insert events {batch_token(TOPIC, 'e1', p, 10 * p, 10 * p + 2, **_IDS)} 3 rows on inserter_0"
         for p in range(4)
     ]
-    assert sink.stats().rows_inserted == 12
-    sink._inserter.shutdown()  # type: ignore[union-attr]
+    assert delivery.figures.snapshot().rows_inserted == 12
+    delivery.inserter.shutdown()
 
 
 def test_a_refused_single_batch_pre_commit_stops_the_sink() -> None:
     log: list[str] = []
-    sink, fake_store = _grouping_sink(log, partitions=(0,))
-    sink._consumer = _MetadataLimitConsumer(log)  # type: ignore[assignment]
-    sink._consumer.limit = 10  # type: ignore[attr-defined]
-    fake_store.release.set()
+    delivery, _ = _refusing(log, (0,), limit=10)
     with pytest.raises(SinkError, match=r"offset\.metadata\.max\.bytes"):
-        sink._deliver_round()
-    sink._inserter.shutdown()  # type: ignore[union-attr]
+        delivery.deliver_round()
+    delivery.inserter.shutdown()
 
 
 def test_large_values_are_collected_every_batch_max_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     collected: list[int] = []
-    monkeypatch.setattr(consumer.gc, "collect", lambda generation=2: collected.append(generation) or 0)
-    sink = Sink(Settings(), batch_max_rows=20_000, batch_max_bytes=16 * 1024 * 1024)
-    tp = TopicPartition(sink.topic, 0)
+    monkeypatch.setattr(memory.gc, "collect", lambda generation=2: collected.append(generation) or 0)
+    sizer = PollSizer(batch_max_rows=20_000, batch_max_bytes=16 * 1024 * 1024)
+    tp = TopicPartition(TOPIC, 0)
     for i in range(200):  # ordinary events: the raised GC threshold is left alone
-        sink._note_large_values({tp: [_Record(i, T0, None, b"{}" * 200)] * 100}, time.monotonic())
+        sizer.note({tp: [Record(i, T0, None, b"{}" * 200)] * 100}, time.monotonic())
     assert collected == []
     for i in range(8):  # 8 x 5 MB: a collection each time 16 MiB of them went by (after the 4th and the 8th)
-        sink._note_large_values({tp: [_Record(i, T0, None, b"x" * 5_000_000)]}, time.monotonic())
+        sizer.note({tp: [Record(i, T0, None, b"x" * 5_000_000)]}, time.monotonic())
     assert collected == [1, 1]
