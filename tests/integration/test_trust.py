@@ -20,9 +20,9 @@ import pytest
 from kafka import KafkaProducer
 
 from clickstream_lib import queries, topics
-from clickstream_lib.consumer import Sink
 from clickstream_lib.panels import reconcile as reconcile_panel
 from clickstream_lib.settings import Settings
+from clickstream_lib.sink import Sink
 from clickstream_lib.store import Store
 
 pytestmark = pytest.mark.integration
@@ -212,7 +212,7 @@ def test_reconcile_balances_to_the_event(settings: Settings, store: Store, sent:
 
 def insert_messages(store: Store, data: list[dict[str, Any]]) -> None:
     """The messages as the sink stores them, inserted directly (many seeds, no broker round trip needed)."""
-    from clickstream_lib.consumer import EVENT_COLUMNS
+    from clickstream_lib.sink import EVENT_COLUMNS
 
     rows = []
     for i, m in enumerate(data):

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.notebooks]
 
 SINK = """
 import json
-from clickstream_lib.consumer import Sink
+from clickstream_lib.sink import Sink
 from clickstream_lib.settings import Settings
 from clickstream_lib.store import connect
 settings = Settings.from_env()
