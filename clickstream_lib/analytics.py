@@ -34,7 +34,7 @@ import pandas as pd
 
 from .errors import QueryError
 from .events import interaction_type_problem
-from .queries import (
+from .query_engine import (
     FILTERS,
     FUNNEL_STEPS,
     PROPERTY_PREFIX,

@@ -12,9 +12,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError, UnknownError
 from kafka.producer.producer_batch import ProducerBatch
 from kafka.producer.record_accumulator import RecordAccumulator
 
-from clickstream_lib.kafka_compat import consumer as compat
-from clickstream_lib.kafka_compat import producer as compat_producer
-from clickstream_lib.kafka_compat import record_decoder
+from clickstream_lib.kafka_compat import consumer as compat, producer as compat_producer, record_decoder
 
 
 class _Drained:
