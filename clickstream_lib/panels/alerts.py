@@ -313,7 +313,7 @@ class AlertsPanel:
         self.tried = df
         n = int(df["holds"].sum())
         self._ok(f"{rule.name!r}: {rule.describe()} — holds for {n} of {len(df)} key(s) now (nothing posted)")
-        from ..widgets import table_html
+        from .base import table_html
 
         self.result.value = table_html(df, "alert-try")
         return df
@@ -330,7 +330,7 @@ class AlertsPanel:
         return df[["state", "rule", "key", "severity", "value", "baseline", "fired_at", "resolved_at"]]
 
     def refresh(self) -> None:
-        from ..widgets import table_html
+        from .base import table_html
 
         try:
             self.table.value = table_html(self.recent_alerts(), "alerts")

@@ -14,7 +14,7 @@ import pandas as pd
 from .. import events
 from ..errors import ConfigError
 from ..store import Store
-from ..widgets import Chart, message_html, run_query
+from .base import Chart, message_html, run_query
 from .figures import funnel_steps_figure, retention_heatmap, sankey_figure
 from .format import format_table
 

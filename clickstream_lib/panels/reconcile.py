@@ -120,7 +120,7 @@ def totals(df: pd.DataFrame, produced: int | None = None) -> dict[str, Any]:
 
 def reconcile_html(df: pd.DataFrame, summary: Mapping[str, Any]) -> str:
     """The table and the summary line, with ``data-reconcile`` hooks (per key of ``summary``)."""
-    from ..widgets import format_number, table_html
+    from .base import format_number, table_html
 
     verdict = "balanced" if summary.get("balanced") else "does not balance"
     parts = [
