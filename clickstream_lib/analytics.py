@@ -119,35 +119,26 @@ def _path_rows(q: Query) -> str:
     q.params["gap_ms"] = q.options["gap_s"] * 1000
     q.params["steps"] = steps
     # The item rides along only when the anchor names one (sorting and carrying it costs ~a third more).
+    fields, anchor = "interaction_type", "e -> e.2 = {event:String}"
     if q.options["item"]:
         q.params["item"] = q.options["item"]
-        fields, anchor = (
-            "interaction_type, item_id",
-            "(l, it) -> l = {event:String} AND it = {item:String}, labels, items",
-        )
-        items = " arrayMap(i -> ev[i].3, part) AS items,"
-    else:
-        fields, anchor, items = "interaction_type", "l -> l = {event:String}, labels", ""
+        fields, anchor = "interaction_type, item_id", "e -> e.2 = {event:String} AND e.3 = {item:String}"
     if direction == "after":
-        find, cut = "arrayFirstIndex", "arraySlice(labels, a, {steps:UInt32})"
+        find, cut = "arrayFirstIndex", "arraySlice(l, a, {steps:UInt32})"
     else:
-        find, cut = (
-            "arrayLastIndex",
-            "arraySlice(labels, greatest(1, a - {steps:UInt32} + 1), least(a, {steps:UInt32}))",
-        )
-    # A user's events sorted by (time, type[, item]); split into sessions before every gap over gap_ms (index arrays,
-    # so labels and items are cut alike); per session the anchor's index a (0: none) and the path around it.
+        find, cut = "arrayLastIndex", "arraySlice(l, greatest(1, a - {steps:UInt32} + 1), least(a, {steps:UInt32}))"
+    # A user's events sorted by (time, type[, item]), split into sessions before every gap over gap_ms; per session
+    # the anchor's index a (0: none) and the path around it, all inside the user's row: only the paths are unrolled
+    # (unrolling sessions first copied every user's events once per session).
     return (
-        f"SELECT {cut} AS path FROM ("
-        f" SELECT arrayMap(i -> ev[i].2, part) AS labels,{items}"
-        f" {find}({anchor}) AS a FROM ("
-        f"  SELECT arraySort(groupArray((toUnixTimestamp64Milli(event_time), {fields}))) AS ev,"
-        "  arrayMap(e -> e.1, ev) AS ts,"
-        "  arraySplit((i, t, p) -> t - p > {gap_ms:Int64}, arrayEnumerate(ts), ts,"
-        "  arrayPushFront(arrayPopBack(ts), ts[1])) AS parts"
-        f"  FROM {q.table('events')} {q.where()} GROUP BY user_id"
-        " ) ARRAY JOIN parts AS part"
-        ") WHERE a > 0"
+        "SELECT path FROM ("
+        f" SELECT arraySort(groupArray((toUnixTimestamp64Milli(event_time), {fields}))) AS ev,"
+        " arrayMap(e -> e.1, ev) AS ts,"
+        " arraySplit((e, p) -> e.1 - p > {gap_ms:Int64}, ev, arrayPushFront(arrayPopBack(ts), ts[1])) AS sessions"
+        f" FROM {q.table('events')} {q.where()} GROUP BY user_id"
+        ") ARRAY JOIN arrayFilter(p -> notEmpty(p), arrayMap("
+        f"(l, a) -> if(a = 0, arrayFilter(x -> 0, l), {cut}),"
+        f" arrayMap(s -> arrayMap(e -> e.2, s), sessions), arrayMap(s -> {find}({anchor}, s), sessions))) AS path"
     )
 
 
