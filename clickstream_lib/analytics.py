@@ -60,6 +60,18 @@ _PERIOD_EXPR = {"day": "toDate(event_time)", "week": "toMonday(event_time)"}
 _PERIOD_DAYS = {"day": 1, "week": 7}
 _MAX_VALUE_LEN = 256
 
+# The per-step columns of a funnel_steps result (after the entry day and the breakdown value, when asked for).
+FUNNEL_STEP_COLUMNS: tuple[str, ...] = (
+    "step",
+    "step_label",
+    "users",
+    "conversion_from_previous",
+    "conversion_from_start",
+    "p50_s_from_previous",
+    "p90_s_from_previous",
+    "p50_s_from_start",
+)
+
 
 @dataclass(frozen=True)
 class ListParam(Param):
@@ -317,17 +329,7 @@ def _funnel_steps_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
                 row["conversion_from_previous"] = 1.0 if users[0] else np.nan
             rows.append(row)
     columns = (["entry_day"] if q.options["cohort"] == "day" else []) + ([by] if by else [])
-    columns += [
-        "step",
-        "step_label",
-        "users",
-        "conversion_from_previous",
-        "conversion_from_start",
-        "p50_s_from_previous",
-        "p90_s_from_previous",
-        "p50_s_from_start",
-    ]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=[*columns, *FUNNEL_STEP_COLUMNS])
 
 
 # --- retention by cohort ---------------------------------------------------------------------------------------

@@ -9,20 +9,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..analytics import PATH_END
+from ..analytics import FUNNEL_STEP_COLUMNS, PATH_END
 
 PATH_START = "(start)"  # the Sankey's node for a session that began within a path that ends at the anchor
-_FUNNEL_VALUE_COLUMNS = {
-    "step",
-    "step_label",
-    "users",
-    "conversion_from_previous",
-    "conversion_from_start",
-    "p50_s_from_previous",
-    "p90_s_from_previous",
-    "p50_s_from_start",
-    "entry_day",
-}
+_FUNNEL_VALUE_COLUMNS = {*FUNNEL_STEP_COLUMNS, "entry_day"}
 
 
 def _layout(title: str, height: int) -> dict[str, Any]:
