@@ -682,7 +682,6 @@ class Dashboard(_AutoRefresh):
         total = int(values["total"])
         values["active_users"] = int(_first_row(active).get("active_users") or 0)
         self.kpis.value = kpi_html(values, estimates=kpi_estimates(kpis))
-        self.alert_banner.refresh()
         self._complete = _first_row(complete).get("complete_through")
         self._update_status(fresh)
         if self.pipeline:
@@ -722,6 +721,7 @@ class Dashboard(_AutoRefresh):
             self.store, asked
         )
         yield
+        self.alert_banner.refresh()  # after the KPIs: the first KPIs cost one call to a served store's owner
         f = self.figures
         _set_bar(f["breakdown"], breakdown)
         self.filters.set_choices("interaction_type", _label_value(breakdown)[0])  # events are open: the data's types

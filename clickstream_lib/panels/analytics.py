@@ -9,13 +9,11 @@ import time
 from typing import Any
 
 import ipywidgets as w
-import pandas as pd
 
 from .. import events
 from ..errors import ConfigError
 from ..store import Store
-from .base import Chart, message_html, run_query
-from .figures import funnel_steps_figure, retention_heatmap, sankey_figure
+from .base import Chart, message_html, run_queries
 from .format import format_table
 
 logger = logging.getLogger(__name__)
@@ -105,11 +103,9 @@ class AnalyticsPanels:
             control.add_class(f"cs-an-{name}")
             control.observe(lambda _change: self.refresh(force=True), names="value")
         self.message = w.HTML("")
-        self.charts = {
-            "sankey": Chart(sankey_figure(pd.DataFrame(), 4), "sankey"),
-            "funnel_steps": Chart(funnel_steps_figure(pd.DataFrame({"step_label": [], "users": []})), "funnel_steps"),
-            "retention": Chart(retention_heatmap(pd.DataFrame()), "retention"),
-        }
+        # The charts are built by the first refresh: plotly loads then, after the dashboard's KPIs are up.
+        self._outputs = {name: w.Output() for name in ("sankey", "funnel_steps", "retention")}
+        self.charts: dict[str, Chart] = {}
         self.drops = w.HTML("")
         self.funnel_table = w.HTML("")
         c = self.controls()
@@ -121,15 +117,15 @@ class AnalyticsPanels:
                 w.HTML("<b>Paths</b>"),
                 w.HBox(paths_row),
                 self.message,
-                self.charts["sankey"].widget,
+                self._outputs["sankey"],
                 self.drops,
                 w.HTML("<b>Funnel</b>"),
                 w.HBox(funnel_row),
-                self.charts["funnel_steps"].widget,
+                self._outputs["funnel_steps"],
                 self.funnel_table,
                 w.HTML("<b>Retention</b>"),
                 w.HBox(cohort_row),
-                self.charts["retention"].widget,
+                self._outputs["retention"],
             ]
         )
         self.widget.add_class("cs-analytics")
@@ -191,10 +187,9 @@ class AnalyticsPanels:
         self._store, self._args, self._last = store, args, time.monotonic()
         try:
             opts = self.query_arguments()
-            paths = run_query(store, "paths", **opts["paths"], **args)
-            drops = run_query(store, "path_steps", **opts["path_steps"], **args)
-            funnel = run_query(store, "funnel_steps", **opts["funnel_steps"], **args)
-            cohorts = run_query(store, "cohorts", **opts["cohorts"], **args)
+            paths, drops, funnel, cohorts = run_queries(  # one call to a served store's owner
+                store, [(name, {**opts[name], **args}) for name in ("paths", "path_steps", "funnel_steps", "cohorts")]
+            )
         except ConfigError as exc:  # a bad choice: say which and how to fix it, keep the last charts
             self.message.value = message_html(html.escape(str(exc)), kind="warn", hook="analytics-input")
             return
@@ -205,14 +200,22 @@ class AnalyticsPanels:
         self.message.value = ""
         steps, direction = opts["paths"]["steps"], opts["paths"]["direction"]
         title = f"Paths {direction} {opts['paths']['event']} (top {len(paths)}, sessions)"
-        self.charts["sankey"].fig = sankey_figure(paths, steps, title, direction=direction)
-        self.charts["funnel_steps"].fig = funnel_steps_figure(funnel, "Funnel (users by entry)")
+        from .figures import funnel_steps_figure, retention_heatmap, sankey_figure
+
         label = "on" if opts["cohorts"]["mode"] == "on" else "by"
-        self.charts["retention"].fig = retention_heatmap(
-            cohorts, f"Retention: returned {label} {opts['cohorts']['period']} N, % of cohort"
-        )
-        for chart in self.charts.values():
-            chart.render()
+        figures = {
+            "sankey": sankey_figure(paths, steps, title, direction=direction),
+            "funnel_steps": funnel_steps_figure(funnel, "Funnel (users by entry)"),
+            "retention": retention_heatmap(
+                cohorts, f"Retention: returned {label} {opts['cohorts']['period']} N, % of cohort"
+            ),
+        }
+        for name, fig in figures.items():
+            if name in self.charts:
+                self.charts[name].fig = fig
+                self.charts[name].render()
+            else:
+                self.charts[name] = Chart(fig, name, self._outputs[name])
         self.drops.value = format_table(drops, "path-steps")
         self.funnel_table.value = format_table(funnel, "funnel-steps")
         self.refreshes += 1
