@@ -16,9 +16,9 @@ whitelisted column names are formatted into the SQL. They read the raw ``events`
   after the previous step and at most that step's window later. Order ``any``: a user enters at their first event
   matching any step in the window, and completes each (distinct) step at its first event in
   ``[entry, entry + sum of the windows]``; step k counts users who completed at least k steps. Steps after the
-  window's end count (each user gets the full conversion window), entries do not. Ties in time are ordered by
-  interaction type, then item (when steps name items), then the breakdown value. Optional breakdown by one column
-  (the entry event's value) and by entry day; per step the time to convert from the previous step (p50, p90).
+  window's end count (each user gets the full conversion window), entries do not. Optional breakdown by one column
+  (the entry event's value; of entry events in one millisecond, the one whose value sorts first, compared by its
+  first 16 bytes) and by entry day; per step the time to convert from the previous step (p50, p90).
 * ``cohorts`` — users by first active day or week in the window; per period n the users active ``on`` period n or
   ``by`` it (in any of periods 1..n); optional breakdown by one column (the value of the user's first event).
 """
@@ -123,48 +123,79 @@ def _breakdown_expr(by: str) -> str:
 # --- paths -----------------------------------------------------------------------------------------------------
 
 
+# A path's events packed as one Int64 each: time in ms times 2^20 plus the code of its interaction type (1-based
+# index in the sorted list of the types present), so sorting integers orders events by time, ties by type; and the
+# paths group as arrays of codes, named only in the final rows. Strings in the per-user arrays cost ~3x the time.
+_TYPE_BITS = 1 << 20
+
+
 def _path_rows(q: Query) -> str:
-    """One row per session that holds the anchor event: ``path``, its labels (at most ``steps``)."""
+    """One row per session that holds the anchor event: ``path``, its labels (at most ``steps``).
+
+    Without an item, labels are type codes into ``types`` (a ``WITH`` alias the caller keeps in scope); with one,
+    events carry (time, type, item) tuples, whose ties in time order by item too, and labels are the types.
+    """
     _by_user(q)
     steps, direction = q.options["steps"], q.options["direction"]
     q.params["event"] = _event_type(q.options["event"], "event")
     q.params["gap_ms"] = q.options["gap_s"] * 1000
     q.params["steps"] = steps
-    # The item rides along only when the anchor names one (sorting and carrying it costs ~a third more).
-    fields, anchor = "interaction_type", "e -> e.2 = {event:String}"
-    if q.options["item"]:
-        q.params["item"] = q.options["item"]
-        fields, anchor = "interaction_type, item_id", "e -> e.2 = {event:String} AND e.3 = {item:String}"
     if direction == "after":
         find, cut = "arrayFirstIndex", "arraySlice(l, a, {steps:UInt32})"
     else:
         find, cut = "arrayLastIndex", "arraySlice(l, greatest(1, a - {steps:UInt32} + 1), least(a, {steps:UInt32}))"
-    # A user's events sorted by (time, type[, item]), split into sessions before every gap over gap_ms; per session
-    # the anchor's index a (0: none) and the path around it, all inside the user's row: only the paths are unrolled
-    # (unrolling sessions first copied every user's events once per session).
+    if q.options["item"]:
+        q.params["item"] = q.options["item"]
+        event = "(toUnixTimestamp64Milli(event_time), interaction_type, item_id)"
+        time_of, label_of, anchor = "e.1", "e.2", "e -> e.2 = {event:String} AND e.3 = {item:String}"
+    else:
+        event = (
+            f"toUnixTimestamp64Milli(event_time) * {_TYPE_BITS}"
+            " + transform(toString(interaction_type), types, arrayEnumerate(types), 0)"
+            f" + throwIf(length(types) >= {_TYPE_BITS}, 'more interaction types than a path query can code')"
+        )
+        time_of, label_of = f"intDiv(e, {_TYPE_BITS})", f"toUInt32(e % {_TYPE_BITS})"
+        anchor = f"e -> e % {_TYPE_BITS} = indexOf(types, {{event:String}})"
+    # A user's events sorted, split into sessions before every gap over gap_ms; per session the anchor's index a
+    # (0: none) and the path around it, all inside the user's row: only the paths are unrolled (unrolling sessions
+    # first copied every user's events once per session).
     return (
         "SELECT path FROM ("
-        f" SELECT arraySort(groupArray((toUnixTimestamp64Milli(event_time), {fields}))) AS ev,"
-        " arrayMap(e -> e.1, ev) AS ts,"
-        " arraySplit((e, p) -> e.1 - p > {gap_ms:Int64}, ev, arrayPushFront(arrayPopBack(ts), ts[1])) AS sessions"
-        f" FROM {q.table('events')} {q.where()} GROUP BY user_id"
+        f" SELECT arraySort(groupArray({event})) AS ev, arrayMap(e -> {time_of}, ev) AS ts,"
+        f" arraySplit((e, p) -> {time_of} - p > {{gap_ms:Int64}}, ev, arrayPushFront(arrayPopBack(ts), ts[1]))"
+        f" AS sessions FROM {q.table('events')} {q.where()} GROUP BY user_id"
         ") ARRAY JOIN arrayFilter(p -> notEmpty(p), arrayMap("
         f"(l, a) -> if(a = 0, arrayFilter(x -> 0, l), {cut}),"
-        f" arrayMap(s -> arrayMap(e -> e.2, s), sessions), arrayMap(s -> {find}({anchor}, s), sessions))) AS path"
+        f" arrayMap(s -> arrayMap(e -> {label_of}, s), sessions), arrayMap(s -> {find}({anchor}, s), sessions)))"
+        " AS path"
+    )
+
+
+def _path_types(q: Query) -> str:
+    """The ``WITH`` clause naming the sorted interaction types in the window (the codes of :func:`_path_rows`)."""
+    if q.options["item"]:
+        return ""
+    return (
+        "WITH (SELECT arraySort(groupUniqArray(toString(interaction_type)))"
+        f" FROM {q.table('events')} {q.where()}) AS types "
     )
 
 
 def _paths(q: Query) -> str:
     q.params["limit"] = q.options["limit"]
+    rows = _path_rows(q)
+    label = "path" if q.options["item"] else "arrayMap(c -> types[c], path)"
+    # Codes sort as their names do, so the order (ties by path) is the same either way.
     return (
-        "SELECT path, count() AS sessions, sessions / sum(sessions) OVER () AS share "
-        f"FROM ({_path_rows(q)}) GROUP BY path ORDER BY sessions DESC, path LIMIT {{limit:UInt32}}"
+        f"{_path_types(q)}SELECT {label} AS path_labels, count() AS sessions,"
+        f" sessions / sum(sessions) OVER () AS share FROM ({rows})"
+        " GROUP BY path ORDER BY sessions DESC, path LIMIT {limit:UInt32}"
     )
 
 
 def _paths_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
     steps = q.options["steps"]
-    paths = [tuple(str(x) for x in p) for p in df["path"]] if len(df) else []
+    paths = [tuple(str(x) for x in p) for p in df["path_labels"]] if len(df) else []
     out = pd.DataFrame(
         {
             "path": [" → ".join(p) for p in paths],
@@ -180,9 +211,10 @@ def _paths_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
 
 
 def _path_steps(q: Query) -> str:
+    rows = _path_rows(q)
     return (
-        "SELECT k AS step, countIf(length(path) >= k) AS sessions, countIf(length(path) = k) AS ended "
-        f"FROM ({_path_rows(q)}) ARRAY JOIN range(1, {{steps:UInt32}} + 1) AS k GROUP BY k ORDER BY k"
+        f"{_path_types(q)}SELECT k AS step, countIf(length(path) >= k) AS sessions, countIf(length(path) = k) AS ended "
+        f"FROM ({rows}) ARRAY JOIN range(1, {{steps:UInt32}} + 1) AS k GROUP BY k ORDER BY k"
     )
 
 
@@ -221,32 +253,32 @@ def _funnel_spec(q: Query) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int,
     return steps, items, windows
 
 
+# A funnel's events packed as one Int64 each: time in ms times 256 plus a mask of the steps the event matches (bit
+# k-1 for step k; at most 8 steps), so a user's events sort as integers and each step is a bit test. The entry's
+# breakdown value is an aggregate beside them, the value of the first entry event: of those in one millisecond the
+# one whose value sorts first (compared by its first 16 bytes). Tuples of strings in the per-user arrays cost ~4x
+# the time.
+_STEP_BITS = 256
+
+
 def _funnel_steps(q: Query) -> str:
     steps, items, windows = _funnel_spec(q)
     n = len(steps)
     by = q.options["by"]
+    match = []
     for i, (s, it) in enumerate(zip(steps, items, strict=True)):
         q.params[f"s{i}"] = s
+        match.append(f"interaction_type = {{s{i}:String}}")
         if it:
             q.params[f"it{i}"] = it
-    # Each event as (time, type[, item][, breakdown value]): the item and the value only when asked for.
-    fields = ["toUnixTimestamp64Milli(event_time)", "interaction_type"]
-    if any(items):
-        fields.append("item_id")
-    item_pos = len(fields)
-    if by:
-        fields.append(_breakdown_expr(by))
-    b_pos = len(fields)
-    match = [
-        f"e.2 = {{s{i}:String}}" + (f" AND e.{item_pos} = {{it{i}:String}}" if it else "") for i, it in enumerate(items)
-    ]
+            match[-1] += f" AND item_id = {{it{i}:String}}"
     entry = []  # entries in the window; later steps may fall after its end (a full conversion window each)
     if q.start_ms is not None:
         q.params["entry_start"] = q.start_ms
-        entry.append("e.1 >= {entry_start:Int64}")
+        entry.append(f"e >= {{entry_start:Int64}} * {_STEP_BITS}")
     if q.end_ms is not None:
         q.params["entry_end"] = q.end_ms
-        entry.append("e.1 < {entry_end:Int64}")
+        entry.append(f"e < {{entry_end:Int64}} * {_STEP_BITS}")
         q.end_ms += sum(windows) * 1000
     for i, w_s in enumerate(windows):
         q.params[f"w{i + 1}"] = w_s * 1000
@@ -257,31 +289,55 @@ def _funnel_steps(q: Query) -> str:
     where = f"{where} AND " if where else "WHERE "
     where += "interaction_type IN {funnel_types:Array(String)}"
     in_window = " AND ".join(entry) or "1"
+
+    def at(i: str) -> str:  # the time of the event at index i
+        return f"intDiv(ev[{i}], {_STEP_BITS})"
+
+    def within(t: str, w: str, after: bool) -> str:  # e's time in (t, t + w] (after) or [t, t + w]
+        low = f"({t} + 1)" if after else t
+        return f"e >= {low} * {_STEP_BITS} AND e < ({t} + {w} + 1) * {_STEP_BITS}"
+
     cols: list[str] = []
     if q.options["order"] == "strict":
-        cols.append(f"arrayFirstIndex(e -> {in_window} AND {match[0]}, ev) AS i1")
+        cols.append(f"arrayFirstIndex(e -> {in_window} AND bitTest(e, 0), ev) AS i1")
         for k in range(2, n + 1):
-            prev = f"ev[i{k - 1}].1"
             cols.append(
-                f"if(i{k - 1} = 0, 0, arrayFirstIndex(e -> e.1 > {prev} AND e.1 <= {prev} + {{w{k - 1}:Int64}}"
-                f" AND {match[k - 1]}, ev)) AS i{k}"
+                f"if(i{k - 1} = 0, 0, arrayFirstIndex(e -> {within(at(f'i{k - 1}'), f'{{w{k - 1}:Int64}}', True)}"
+                f" AND bitTest(e, {k - 1}), ev)) AS i{k}"
             )
-        cols += [f"if(i{k} = 0, toInt64(0), ev[i{k}].1) AS t{k}" for k in range(1, n + 1)]
-        entry_index = "i1"
+        cols += [f"if(i{k} = 0, toInt64(0), {at(f'i{k}')}) AS t{k}" for k in range(1, n + 1)]
+        entry_index, entry_match = "i1", match[0]
     else:
-        cols.append(f"arrayFirstIndex(e -> {in_window} AND ({' OR '.join(f'({m})' for m in match)}), ev) AS i0")
+        cols.append(f"arrayFirstIndex(e -> {in_window} AND e % {_STEP_BITS} > 0, ev) AS i0")
         cols += [
-            f"if(i0 = 0, 0, arrayFirstIndex(e -> e.1 >= ev[i0].1 AND e.1 <= ev[i0].1 + {{total_ms:Int64}}"
-            f" AND {match[j]}, ev)) AS f{j}"
+            f"if(i0 = 0, 0, arrayFirstIndex(e -> {within(at('i0'), '{total_ms:Int64}', False)} AND bitTest(e, {j}),"
+            f" ev)) AS f{j}"
             for j in range(n)
         ]
-        done = f"arraySort(arrayMap(i -> ev[i].1, arrayFilter(i -> i > 0, [{', '.join(f'f{j}' for j in range(n))}])))"
+        done = f"arraySort(arrayMap(i -> {at('i')}, arrayFilter(i -> i > 0, [{', '.join(f'f{j}' for j in range(n))}])))"
         cols.append(f"{done} AS done")
         cols += [f"if(length(done) >= {k}, done[{k}], toInt64(0)) AS t{k}" for k in range(1, n + 1)]
         cols += [f"toUInt32(length(done) >= {k}) AS i{k}" for k in range(1, n + 1)]
-        entry_index = "i0"
+        entry_index, entry_match = "i0", " OR ".join(f"({m})" for m in match)
+    mask = " + ".join(f"({m}) * {1 << i}" for i, m in enumerate(match))
+    aggs = [f"arraySort(groupArray(toUnixTimestamp64Milli(event_time) * {_STEP_BITS} + {mask})) AS ev"]
+    if by:
+        cond = [f"({entry_match})"]
+        if "entry_start" in q.params:
+            cond.append("toUnixTimestamp64Milli(event_time) >= {entry_start:Int64}")
+        if "entry_end" in q.params:
+            cond.append("toUnixTimestamp64Milli(event_time) < {entry_end:Int64}")
+        value = _breakdown_expr(by)
+        # (time, the value's first 16 bytes) as one number: big-endian bytes compare as the string does.
+        order = (
+            "bitShiftLeft(toUInt256(toUnixTimestamp64Milli(event_time)), 128)"
+            f" + reinterpretAsUInt128(reverse(rightPad(substring({value}, 1, 16), 16, '\\0')))"
+        )
+        aggs.append(f"argMinIf({value}, {order}, {' AND '.join(cond)}) AS b")
+        entry_value = "b"
+    else:
+        entry_value = "''"
     keys = ["b"] + (["entry_day"] if q.options["cohort"] == "day" else [])
-    entry_value = f"ev[{entry_index}].{b_pos}" if by else "''"
     agg = [f"countIf(i{k} > 0) AS users{k}" for k in range(1, n + 1)]
     for k in range(2, n + 1):
         agg.append(f"quantilesExactIf(0.5, 0.9)(toFloat64(t{k} - t{k - 1}), i{k} > 0) AS q{k}")
@@ -289,10 +345,8 @@ def _funnel_steps(q: Query) -> str:
     return (
         f"SELECT {', '.join(keys)}, {', '.join(agg)} FROM ("
         f" SELECT {', '.join(cols)}, {entry_value} AS b,"
-        f" toDate(fromUnixTimestamp64Milli(ev[{entry_index}].1, 'UTC')) AS entry_day"
-        " FROM ("
-        f"  SELECT arraySort(groupArray(({', '.join(fields)}))) AS ev"
-        f"  FROM {q.table('events')} {where} GROUP BY user_id)"
+        f" toDate(fromUnixTimestamp64Milli({at(entry_index)}, 'UTC')) AS entry_day"
+        f" FROM (SELECT {', '.join(aggs)} FROM {q.table('events')} {where} GROUP BY user_id)"
         f") WHERE {entry_index} > 0 GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)}"
     )
 

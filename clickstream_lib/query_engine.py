@@ -380,7 +380,7 @@ def plan(
     """
     nq = QUERIES.get(name)
     if nq is None:
-        raise QueryError("query", f"unknown query {name!r}; known queries: {', '.join(QUERIES)}")
+        raise QueryError("query", f"unknown query {name!r}; known queries: {', '.join(sorted(QUERIES))}")
     if source not in SOURCES:
         raise QueryError("source", f"{source!r} is not one of {', '.join(SOURCES)}")
     known = {p.name: p for p in nq.params}

@@ -262,7 +262,7 @@ def _rule(table: Mapping[str, Any], origin: str) -> Rule:
     assert query is not None
     nq = queries.QUERIES.get(query)
     if nq is None:
-        raise bad(f"unknown query {query!r}; known queries: {', '.join(queries.QUERIES)}")
+        raise bad(f"unknown query {query!r}; known queries: {', '.join(sorted(queries.QUERIES))}")
     params = table.get("params", {})
     filters = table.get("filters", {})
     for label, value in (("params", params), ("filters", filters)):

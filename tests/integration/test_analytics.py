@@ -166,12 +166,15 @@ def _ms(ts: Any) -> int:
 
 
 def user_events(df: pd.DataFrame, extra: str | None = None) -> dict[str, list[tuple[Any, ...]]]:
-    """Per user: (t_ms, type, item[, extra]) sorted — ties in time by type, then item (as the queries order them)."""
+    """Per user: (t_ms, type, item[, extra]) sorted — ties in time by type, then item; with ``extra`` (a funnel's
+    breakdown value) by the value's first 16 bytes, then type, then item (as the queries order them)."""
     cols = ["interaction_type", "item_id", *([extra] if extra else [])]
     out: dict[str, list[tuple[Any, ...]]] = {}
     for user, t, *rest in zip(df["user_id"], df["event_time"], *(df[c] for c in cols), strict=True):
         out.setdefault(user, []).append((_ms(t), *rest))
-    return {u: sorted(ev) for u, ev in out.items()}
+    if not extra:
+        return {u: sorted(ev) for u, ev in out.items()}
+    return {u: sorted(ev, key=lambda e: (e[0], str(e[3]).encode()[:16], e[1], e[2])) for u, ev in out.items()}
 
 
 def sessions_of(ev: list[tuple[Any, ...]], gap_ms: int = GAP_MS) -> list[list[tuple[Any, ...]]]:

@@ -543,7 +543,7 @@ def test_injection_payloads_change_nothing(loaded: Store, events: pd.DataFrame) 
 
 
 def test_validation_errors_name_the_parameter(store: Store) -> None:
-    with pytest.raises(QueryError, match="unknown query 'nope'; known queries: kpis"):
+    with pytest.raises(QueryError, match="unknown query 'nope'; known queries: active_users, breakdown, cohorts"):
         queries.run(store, "nope")
     with pytest.raises(QueryError, match=r"^colour: is not a parameter of kpis"):
         queries.run(store, "kpis", colour="red")

@@ -128,7 +128,7 @@ def test_read_only_sql(data_env: dict[str, str], tmp_path: Path) -> None:
 def test_usage_errors_exit_2(data_env: dict[str, str]) -> None:
     r = cli(data_env, "no_such_query")
     assert r.returncode == 2
-    assert "unknown query 'no_such_query'; known queries: kpis" in r.stderr
+    assert "unknown query 'no_such_query'; known queries: active_users, breakdown, cohorts" in r.stderr
     r = cli(data_env, "kpis", "-p", "interaction_type=x' OR 1=1 --")
     assert r.returncode == 2
     assert "interaction_type" in r.stderr

@@ -79,7 +79,7 @@ def test_loader_messages_name_the_form_field() -> None:
         ("alerts.toml:3: rule 'x': factor must be a number, got 'abc'", "factor"),
         ("alerts.toml:3: rule 'x': unknown parameter 'limit' of query breakdown; its parameters: by", "params"),
         ("alerts.toml:3: rule 'x': unknown filter 'colour'; filters: device", "filters"),
-        ("alerts.toml:3: rule 'x': unknown query 'kpi'; known queries: kpis", "query"),
+        ("alerts.toml:3: rule 'x': unknown query 'kpi'; known queries: active_users, breakdown", "query"),
         ("alerts.toml:3: a rule needs a name (a string of 1-200 characters)", "name"),
         ("alerts.toml:9: rule 'key': the name is already used by the rule at alerts.toml:1", "name"),
     ]:
