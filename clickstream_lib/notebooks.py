@@ -32,12 +32,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import nbformat
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, NotebookError
 from .settings import ENV_VARS, Settings
+
+if TYPE_CHECKING:
+    import nbformat
 
 logger = logging.getLogger(__name__)
 
@@ -302,6 +303,9 @@ def run_report(
     Raises:
         NotebookError: a cell failed (the executed notebook with the traceback is still written for inspection).
     """
+    # Here and not at the top: the dashboard's kernel imports this module, and nbformat's schema validation costs
+    # ~2 s of import (jsonschema's format checkers) before the first KPI could show.
+    import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
