@@ -38,6 +38,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -426,7 +427,12 @@ class StoreService:
         if not isinstance(asked, list) or not all(isinstance(q, list) and len(q) == 2 for q in asked):
             raise StoreError('a batch of queries is {"queries": [[name, {arguments}], ...]}')
         database = request.get("database")
-        return [self.get({"database": database, "query": name, "args": args}) for name, args in asked]
+        requests = [{"database": database, "query": name, "args": args} for name, args in asked]
+        if len(requests) < 2 or self.query_clients < 2:
+            return [self.get(r) for r in requests]
+        # The batch's queries share the engine clients, so a refresh set takes about half its serial time on two.
+        with ThreadPoolExecutor(min(self.query_clients, len(requests)), thread_name_prefix="batch") as pool:
+            return list(pool.map(self.get, requests))
 
     def _run(self, request: dict[str, Any]) -> pa.Table:
         with self._client() as store:
