@@ -2,7 +2,7 @@
 queries without it, on the same data in the same process.
 
     .venv/bin/python bench/refresh_cut.py                                  # 1M events, 5 runs each
-    .venv/bin/python bench/refresh_cut.py --size 10000000 --data-dir /tmp/bq --reuse --repeat 3
+    .venv/bin/python bench/refresh_cut.py --size 10000000 --data-dir /tmp/bq --reuse --repeat 3 --memory-limit-mb 0
 
 Events are loaded as bench/queries.py loads them (the generator over the last 7 days, through the materialized
 views; ``--reuse`` keeps a database that bench/queries.py or an earlier run loaded into ``--data-dir``). Then one
@@ -95,6 +95,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5, help="timed rounds per form after one warm-up (default 5)")
     parser.add_argument("--data-dir", help="keep the store here (default: a temporary directory)")
     parser.add_argument("--reuse", action="store_true", help="keep data a previous run loaded into --data-dir")
+    parser.add_argument(
+        "--memory-limit-mb", type=int, help="the embedded engine's memory limit (default: the product's; 0: none)"
+    )
     parser.add_argument("--measure", nargs=2, metavar=("DATABASE", "REPEAT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -104,6 +107,8 @@ def main() -> int:
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else tmp.name  # type: ignore[union-attr]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLICKHOUSE_", "CLICKSTREAM_"))}
     env["CLICKSTREAM_DATA_DIR"] = data_dir
+    if args.memory_limit_mb is not None:
+        env["CLICKSTREAM_MEMORY_LIMIT_MB"] = str(args.memory_limit_mb)
     db = f"bench_{args.size}"
     try:
         load = [sys.executable, str(ROOT / "bench" / "queries.py"), "--load", str(args.size), db]
