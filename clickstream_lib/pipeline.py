@@ -65,6 +65,7 @@ class Pipeline:
             "dead_letters_unpublished": 0,
         }
         self._dead_by_reason: dict[str, int] = {}
+        self._acked_by_partition: dict[int, int] = {}
         self.producer = self._new_producer()
         self.sink = self._new_sink()
         self._producer_used = False
@@ -100,6 +101,7 @@ class Pipeline:
             p = self.producer.stats()
             self._done["sent"] += field_of(p, "sent") or 0
             self._done["acked"] += field_of(p, "acked") or 0
+            self._acked_by_partition = self._partition_acks(p)
             self.producer.close()
             self.producer = self._new_producer()
         self._producer_used = True
@@ -155,8 +157,19 @@ class Pipeline:
     def rows_inserted(self) -> int:
         return int(self._done["rows_inserted"] + (field_of(self.sink.stats(), "rows_inserted") or 0))
 
+    def _partition_acks(self, p: Any) -> dict[int, int]:
+        """Messages acknowledged per partition, over this and the replaced producers."""
+        out = dict(self._acked_by_partition)
+        for partition, n in (field_of(p, "acked_by_partition") or {}).items():
+            out[int(partition)] = out.get(int(partition), 0) + int(n)
+        return out
+
     def stats(self) -> dict[str, Any]:
-        """Live figures of both threads, flattened for display (``data-stat`` hooks use these keys)."""
+        """Live figures of both threads, flattened for display (``data-stat`` hooks use these keys).
+
+        ``acked_by_partition`` maps each partition of the topic to the messages the producer had acknowledged there
+        (what :mod:`clickstream_lib.panels.reconcile` sets against Kafka and the store).
+        """
         p = self.producer.stats()
         s = self.sink.stats()
         reasons = dict(self._dead_by_reason)
@@ -166,6 +179,7 @@ class Pipeline:
             "producer": "running" if field_of(p, "running") else "stopped",
             "sent": int(self._done["sent"] + (field_of(p, "sent") or 0)),
             "acked": int(self._done["acked"] + (field_of(p, "acked") or 0)),
+            "acked_by_partition": self._partition_acks(p),
             "produced_per_s": field_of(p, "rate_now"),
             "sink": "running" if field_of(s, "running") else "stopped",
             "rows_inserted": self.rows_inserted(),

@@ -161,6 +161,9 @@ class ProducerStats:
     running: bool = False
     target_rate: float | None = None
     started_at: float = 0.0  # wall clock (epoch s) when the run began; 0 before (lines up several processes)
+    # Acknowledged messages per partition of the topic (from the broker's answers: each batch's or send()'s
+    # RecordMetadata), what reconciliation sets against each partition's high watermark and rows stored.
+    acked_by_partition: dict[int, int] = field(default_factory=dict)
 
     @property
     def in_flight(self) -> int:
@@ -298,6 +301,7 @@ class Producer:
     def _reset(self) -> None:
         self._sent = 0
         self._acked = 0
+        self._acked_by_partition: Counter[int] = Counter()
         self._failed = 0
         self._errors: Counter[str] = Counter()
         self._started = 0.0
@@ -321,6 +325,7 @@ class Producer:
                 running=self._running,
                 target_rate=self._rate,
                 started_at=self._started_at,
+                acked_by_partition=dict(self._acked_by_partition),
             )
 
     @property
@@ -332,10 +337,12 @@ class Producer:
         with self._lock:
             self._sent += n
 
-    def _bulk_done(self, acked: int, errors: Counter[str]) -> None:
+    def _bulk_done(self, partition: int, acked: int, errors: Counter[str]) -> None:
         failed = sum(errors.values())
         with self._lock:
             self._acked += acked
+            if acked:
+                self._acked_by_partition[partition] += acked
             self._failed += failed
             self._errors.update(errors)
             self._delivered.notify_all()
@@ -346,6 +353,7 @@ class Producer:
         """Count finished sends, oldest first; ``block`` waits for the oldest one."""
         acked = failed = 0
         errors: Counter[str] = Counter()
+        by_partition: Counter[int] = Counter()
         while pending:
             fut = pending[0]
             if not fut.is_done:
@@ -361,12 +369,14 @@ class Producer:
             pending.popleft()
             if fut.exception is None:
                 acked += 1
+                by_partition[fut.value.partition] += 1  # the broker's RecordMetadata
             else:
                 failed += 1
                 errors[type(fut.exception).__name__] += 1
         if acked or failed:
             with self._lock:
                 self._acked += acked
+                self._acked_by_partition.update(by_partition)
                 self._failed += failed
                 self._errors.update(errors)
                 if errors:

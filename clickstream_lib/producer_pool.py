@@ -52,8 +52,10 @@ def combine(parts: Sequence[ProducerStats]) -> ProducerStats:
     """The counters of several producers as one: sums, running while any runs, and the elapsed time from the first
     one's start to the last one's end (the longest single elapsed time while a start time is unknown)."""
     errors: Counter[str] = Counter()
+    acked_by_partition: Counter[int] = Counter()
     for p in parts:
         errors.update(p.errors)
+        acked_by_partition.update(p.acked_by_partition)
     targets = [p.target_rate for p in parts]
     elapsed = max((p.elapsed_s for p in parts), default=0.0)
     started = [p.started_at for p in parts]
@@ -69,6 +71,7 @@ def combine(parts: Sequence[ProducerStats]) -> ProducerStats:
         running=any(p.running for p in parts),
         target_rate=None if not targets or None in targets else sum(t for t in targets if t is not None),
         started_at=min(started, default=0.0) if started and all(started) else 0.0,
+        acked_by_partition=dict(acked_by_partition),
     )
 
 

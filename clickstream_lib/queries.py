@@ -167,6 +167,9 @@ def _live_window(q: Query, seconds: int) -> None:
 
 def _active_users(q: Query) -> str:
     _live_window(q, q.options["minutes"] * 60)
+    since = q.options.get("since")
+    if since is not None and q.start_ms is not None:  # within a dashboard's window: never more than its users
+        q.start_ms = max(q.start_ms, _ms(since) or 0)
     q.end_ms = None  # events stamped slightly ahead of this clock are still "active now"
     q.params["minutes"] = q.options["minutes"]
     return (
@@ -558,7 +561,11 @@ QUERIES.update(
             "active_users",
             "distinct users active in the last N minutes (live)",
             _active_users,
-            (Param("minutes", int, 5, minimum=1, maximum=10_080), _NOW),
+            (
+                Param("minutes", int, 5, minimum=1, maximum=10_080),
+                _NOW,
+                Param("since", datetime, None, help="count no events before this time (a dashboard's window start)"),
+            ),
             windowed=False,
         ),
         NamedQuery(
@@ -696,7 +703,8 @@ def top_items(store: Store, limit: int = 10, **kwargs: Any) -> pd.DataFrame:
 
 
 def active_users(store: Store, minutes: int = 5, **kwargs: Any) -> pd.DataFrame:
-    """One row: active_users (exact distinct) and events since ``now - minutes`` (``now=`` defaults to the clock)."""
+    """One row: active_users (exact distinct) and events since ``now - minutes`` (``now=`` defaults to the clock),
+    or since ``since=`` when that is later (a window's start: never more than the window's unique users)."""
     return run(store, "active_users", minutes=minutes, **kwargs)
 
 
@@ -798,14 +806,21 @@ LIVE_PANELS: tuple[str, ...] = (
 
 
 def live_panels(
-    store: Store, *, start: Any = None, end: Any = None, source: str = "auto", **filters: Any
+    store: Store, *, start: Any = None, end: Any = None, source: str = "auto", as_of: Any = None, **filters: Any
 ) -> dict[str, pd.DataFrame]:
     """The dashboard's refresh set (:data:`LIVE_PANELS`) for one window and filter choice, keyed by query name.
 
-    The live queries (active users, events per second) take the filters but not the window: theirs is "now".
+    The live queries (active users, events per second) take the filters but not the window: theirs is "now" (active
+    users within the window's start). ``as_of`` cuts every query at one ingest time (see
+    :func:`~clickstream_lib.query_engine.plan`).
     """
     windowed = {"start": start, "end": end, "source": source}
-    asked = [(name, {**filters, **windowed} if QUERIES[name].windowed else dict(filters)) for name in LIVE_PANELS]
+    cut = {} if as_of is None else {"as_of": as_of}
+    asked = [
+        (name, {**filters, **cut, **windowed} if QUERIES[name].windowed else {**filters, **cut}) for name in LIVE_PANELS
+    ]
+    if start is not None:
+        asked[LIVE_PANELS.index("active_users")][1]["since"] = start
     return dict(zip(LIVE_PANELS, run_many(store, asked), strict=True))
 
 

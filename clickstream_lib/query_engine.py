@@ -178,6 +178,8 @@ class Query:
     property_columns: frozenset[str] = frozenset()
     # Set by a builder that returns estimates (source="approx" from a rollup): their relative error bound.
     error_bound: float = 0.0
+    # Read only events stored by then (their ingest_time, ms since the epoch): see plan's ``as_of``.
+    as_of_ms: int | None = None
 
     def pick(self, *candidates: Rollup, need: Iterable[str] = (), max_grain_s: int | None = None) -> Rollup | None:
         """The first rollup that answers this query exactly, or None (read raw events).
@@ -186,6 +188,11 @@ class Query:
         ``max_grain_s``, and its grain divides the window's bounds. Raises if ``source='rollup'`` but none does.
         """
         if self.source == "raw":
+            return None
+        if self.as_of_ms is not None and self.source != "approx":
+            # A rollup has no ingest time: it cannot be cut at one. Estimates are not bound to the cut.
+            if self.source == "rollup":
+                raise QueryError("as_of", f"{self.name} cannot be read from a rollup as of an ingest time")
             return None
         problems: list[str] = []
         for rollup in candidates:
@@ -244,6 +251,9 @@ class Query:
                 # DateTime64 condition selected every granule of ORDER BY (toStartOfHour(event_time), ...).
                 hour_op = ">=" if op == ">=" else "<="
                 conds.append(f"toStartOfHour(event_time) {hour_op} toStartOfHour({bound})")
+        if rollup is None and self.as_of_ms is not None:
+            self.params["as_of_ms"] = self.as_of_ms
+            conds.append("ingest_time <= fromUnixTimestamp64Milli({as_of_ms:Int64}, 'UTC')")
         if use_filters:
             for i, (name, values) in enumerate(self.filters.items()):
                 if rollup is not None and rollup.wide and name == "interaction_type":
@@ -367,10 +377,16 @@ def plan(
     start: Any = None,
     end: Any = None,
     source: str = "auto",
+    as_of: Any = None,
     property_columns: Collection[str] = (),
     **kwargs: Any,
 ) -> tuple[NamedQuery, Query, str]:
     """Validate a call and build its SQL without running it: ``(named_query, query, sql)``.
+
+    ``as_of`` (a datetime or ISO string, None = no cut) reads only events stored by then (``ingest_time <= as_of``),
+    from ``events`` itself: rollups have no ingest time (estimates, ``source="approx"``, still come from them, not
+    cut). Queries given the same ``as_of`` read the same rows however many events are stored while they run, so
+    their figures agree with each other (a dashboard's refresh passes the newest ingest time it saw first).
 
     ``property_columns`` are the property keys the events table has a column for (:meth:`Store.property_columns`);
     a filter or breakdown on one of them reads that column.
@@ -402,7 +418,7 @@ def plan(
             options[key] = known[key].coerce(value)
         else:
             allowed = ", ".join(
-                [*known, *nq.filters, *(["prop.<key>"] if nq.filters else []), "start", "end", "source"]
+                [*known, *nq.filters, *(["prop.<key>"] if nq.filters else []), "start", "end", "source", "as_of"]
             )
             raise QueryError(key, f"is not a parameter of {name}; expected one of {allowed}")
     for p in nq.params:
@@ -414,6 +430,7 @@ def plan(
     if start_dt and end_dt and end_dt < start_dt:
         raise QueryError("end", f"{end_dt.isoformat()} is before start {start_dt.isoformat()}")
     q = Query(name, database, _ms(start_dt), _ms(end_dt), filters, options, source)
+    q.as_of_ms = _ms(_as_utc(as_of, "as_of")) if as_of is not None else None
     q.property_columns = frozenset(property_columns)
     sql = q.plain_sql = nq.build(q)
     if q.settings:
@@ -508,5 +525,5 @@ def _by_user(q: Query) -> None:
     It holds the same rows, so results are equal. The optimizer keeps the hour-first table when a time bound lets
     it skip granules; with no bound both read every granule, and the tie goes to the table unless forced.
     """
-    if q.start_ms is None and q.end_ms is None:
+    if q.start_ms is None and q.end_ms is None and q.as_of_ms is None:  # the projection has no ingest_time
         q.settings["force_optimize_projection"] = 1

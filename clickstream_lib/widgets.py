@@ -508,6 +508,7 @@ class Dashboard(_AutoRefresh):
         self._busy = False
         self._syncing = False
         self._complete: Any = None  # the store is complete up to this event time (complete_through)
+        self._args: dict[str, Any] = {}  # the latest KPIs' query arguments, with their cut (as_of)
 
         self.header = w.HTML(message_html("Loading…", hook="loading"))
         self.status = w.HTML("")
@@ -600,8 +601,7 @@ class Dashboard(_AutoRefresh):
             return
         self._busy = True
         try:
-            args = self.filters.values()
-            self._refresh_kpis(args)
+            args = self._refresh_kpis(self.filters.values())
             for _ in self._refresh_panels(args):
                 pass
             self.refreshes += 1
@@ -610,9 +610,11 @@ class Dashboard(_AutoRefresh):
         finally:
             self._busy = False
 
-    def _produced(self) -> int | None:
-        """What the live pipeline's producer had acknowledged (None when the generator is not ours)."""
-        return int(self.pipeline.stats().get("acked") or 0) if self.pipeline else None
+    def _produced(self) -> Mapping[Any, int] | int | None:
+        """What the live pipeline's producer had acknowledged, by partition (None when the generator is not ours)."""
+        from .panels.reconcile import producer_acks
+
+        return producer_acks(self.pipeline.stats()) if self.pipeline else None
 
     def _failed(self, exc: BaseException) -> None:
         logger.exception("dashboard refresh failed")
@@ -638,7 +640,7 @@ class Dashboard(_AutoRefresh):
         if not self._busy:
             self._busy = True
             try:
-                for _ in self._refresh_panels(self.filters.values()):
+                for _ in self._refresh_panels(self._args or self.filters.values()):
                     await asyncio.sleep(0)
                 self.refreshes += 1
             except Exception as exc:
@@ -666,18 +668,24 @@ class Dashboard(_AutoRefresh):
         }
         self.charts = {name: Chart(fig, name, self._outputs[name]) for name, fig in self.figures.items()}
 
-    def _refresh_kpis(self, args: dict[str, Any]) -> None:
-        """The KPI row, the status line and the pipeline's figures: one call to a served store's owner."""
+    def _refresh_kpis(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The KPI row, the status line and the pipeline's figures; returns ``args`` with this refresh's cut.
+
+        Every panel of one refresh reads the events stored by the newest ingest time seen first (``as_of``), so the
+        panels agree with each other while events are being stored (docs/analytics.md, "Panels agree").
+        """
         source = "approx" if self.approx.value else "auto"
-        kpis, active, fresh, complete = run_queries(
-            self.store,
-            [
-                ("kpis", {"source": source, **args}),
-                ("active_users", args),
-                ("freshness", {}),
-                ("complete_through", {"topic": self.settings.kafka_topic}),
-            ],
+        fresh, complete = run_queries(
+            self.store, [("freshness", {}), ("complete_through", {"topic": self.settings.kafka_topic})]
         )
+        as_of = _first_row(fresh).get("newest_ingest_time")
+        if as_of is not None and pd.notna(as_of):
+            args = {**args, "as_of": as_of}
+        kpis, active = run_queries(
+            self.store,
+            [("kpis", {"source": source, **args}), ("active_users", {**args, "since": args.get("start")})],
+        )
+        self._args = args
         values = report_kpis(kpis)
         total = int(values["total"])
         values["active_users"] = int(_first_row(active).get("active_users") or 0)
@@ -697,6 +705,7 @@ class Dashboard(_AutoRefresh):
             self._show_paused(stats.get("producer") != "running" and stats.get("sink") != "running")
         self.header.value = EMPTY_HTML if total == 0 else ""
         self.header.layout.display = "" if total == 0 else "none"
+        return args
 
     def _refresh_panels(self, args: dict[str, Any]) -> Iterator[None]:
         """Charts and tables (built on the first call): their queries in one call to a served store's owner, then
@@ -925,9 +934,9 @@ class Workbench(_AutoRefresh):
         # The rules file the alerts form writes: the one `clickstream alerts` and `serve` read.
         rules = alert_rules or settings.alert_rules or Path(settings.data_dir) / "alerts.toml"
         self.alerts = AlertsPanel(self.store, rules)
-        from .panels.reconcile import ReconcilePanel
+        from .panels.reconcile import ReconcilePanel, producer_acks
 
-        self.reconcile = ReconcilePanel(self.store, settings, produced=lambda: int(self.pipeline.stats()["acked"]))
+        self.reconcile = ReconcilePanel(self.store, settings, produced=lambda: producer_acks(self.pipeline.stats()))
         self.buttons["reconcile"] = button("Reconcile", "reconcile", "info", self.reconcile.refresh)
         b = self.buttons
         self.charts = {name: Chart(fig, name) for name, fig in self.figures.items()}

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,3 +123,25 @@ class TlsServer:
         self._stop.set()
         self.thread.join(5)
         self.sock.close()
+
+
+class RunManySpy:
+    """``queries.run_many`` as it is, recording each call's ``(name, arguments)`` and results; installed with
+    ``monkeypatch.setattr(queries, "run_many", spy)`` it sees every refresh set a dashboard asks for."""
+
+    def __init__(self, real: Callable[..., list[pd.DataFrame]]) -> None:
+        self.real = real
+        self.calls: list[tuple[list[tuple[str, dict[str, Any]]], list[pd.DataFrame]]] = []
+
+    def __call__(self, store: Any, asked: Any) -> list[pd.DataFrame]:
+        asked = list(asked)
+        results = self.real(store, asked)
+        self.calls.append((asked, results))
+        return results
+
+    def frames(self) -> dict[str, list[tuple[dict[str, Any], pd.DataFrame]]]:
+        out: dict[str, list[tuple[dict[str, Any], pd.DataFrame]]] = {}
+        for asked, results in self.calls:
+            for (name, kwargs), df in zip(asked, results, strict=True):
+                out.setdefault(name, []).append((kwargs, df))
+        return out

@@ -149,12 +149,16 @@ def _fill(
 class BulkAppender:
     """Appends chunks of keyed records for one partition to kafka-python's accumulator, and counts them per batch.
 
-    ``sent(n)`` is called once ``n`` records are enqueued; ``done(acked, errors)`` once per finished batch, with the
-    error names of its failed records (both from the caller's and the sender's thread).
+    ``sent(n)`` is called once ``n`` records are enqueued; ``done(partition, acked, errors)`` once per finished batch,
+    with the error names of its failed records (both from the caller's and the sender's thread).
     """
 
     def __init__(
-        self, kafka: KafkaProducer, topic: str, sent: Callable[[int], None], done: Callable[[int, Counter[str]], None]
+        self,
+        kafka: KafkaProducer,
+        topic: str,
+        sent: Callable[[int], None],
+        done: Callable[[int, int, Counter[str]], None],
     ) -> None:
         self._kafka = kafka
         self._acc = kafka._accumulator
@@ -245,16 +249,18 @@ class BulkAppender:
         if n <= 0:
             return
         record_error = result[2]
+        partition = batch.topic_partition.partition
         if record_error is None:
-            self._done(n, Counter())
+            self._done(partition, n, Counter())
             return
         theirs = {f.args[0] for f in futures}  # batch indices of records that send() added to this batch
-        self._done(0, Counter(type(record_error(j)).__name__ for j in range(batch.record_count) if j not in theirs))
+        failed = Counter(type(record_error(j)).__name__ for j in range(batch.record_count) if j not in theirs)
+        self._done(partition, 0, failed)
 
     def _batch_failed(self, batch: Any, exc: BaseException) -> None:
         n = batch.record_count - len(batch._record_futures)
         if n > 0:
-            self._done(0, Counter({type(exc).__name__: n}))
+            self._done(batch.topic_partition.partition, 0, Counter({type(exc).__name__: n}))
 
     def _wrap_split(self) -> None:
         """Count the halves of a batch kafka-python splits (MESSAGE_TOO_LARGE from the broker) like the batch.

@@ -4,8 +4,9 @@ Per partition of the topic it sets Kafka's side — log start and high watermark
 group's committed offset — against the store's (:func:`clickstream_lib.queries.reconcile`): rows stored, dead
 letters, duplicate event ids, and the distinct offsets stored. A partition balances when every offset from log start
 to high watermark is stored once, as an event or a dead letter (``missing == 0``), no event id is stored twice, and
-the group has committed up to the high watermark. When the generator is ours, the producer's acknowledged count is
-set against the messages Kafka holds. It is the first thing to check when numbers look wrong.
+the group has committed up to the high watermark. When the generator is ours, the producer's acknowledged count per
+partition (``producer_acked``, from the broker's answers to its sends) stands next to what Kafka and the store hold
+there. It is the first thing to check when numbers look wrong.
 """
 
 from __future__ import annotations
@@ -76,12 +77,15 @@ def kafka_offsets(settings: Settings, topic: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["partition", "log_start", "high_watermark", "committed"])
 
 
-def reconcile(store: Store, settings: Settings, topic: str | None = None) -> pd.DataFrame:
+def reconcile(
+    store: Store, settings: Settings, topic: str | None = None, acked: Mapping[Any, int] | None = None
+) -> pd.DataFrame:
     """Kafka's side and the store's per partition of ``topic`` (default: the settings' topic); see the module doc.
 
-    Columns: :data:`COLUMNS`. ``missing`` is the offsets Kafka holds that the store has neither as an event nor as a
-    dead letter (negative: the store holds offsets the log no longer has, e.g. after retention deleted them);
-    ``lag`` is high watermark minus committed offset.
+    Columns: :data:`COLUMNS`, with ``producer_acked`` after ``high_watermark`` when ``acked`` (messages the producer
+    had acknowledged, by partition) is given. ``missing`` is the offsets Kafka holds that the store has neither as an
+    event nor as a dead letter (negative: the store holds offsets the log no longer has, e.g. after retention
+    deleted them); ``lag`` is high watermark minus committed offset.
     """
     topic = topic or settings.kafka_topic
     kafka = kafka_offsets(settings, topic)
@@ -97,12 +101,20 @@ def reconcile(store: Store, settings: Settings, topic: str | None = None) -> pd.
     df["committed"] = committed.astype("Int64")
     df["balanced"] = (df["missing"] == 0) & (df["duplicates"] == 0) & (df["lag"] == 0)
     df.attrs["topic"] = topic
-    return df[list(COLUMNS)]
+    columns = list(COLUMNS)
+    if acked is not None:
+        by_partition = {int(p): int(n) for p, n in acked.items()}  # keys arrive as strings over a served store
+        df["producer_acked"] = df["partition"].map(lambda p: by_partition.get(int(p), 0)).astype("int64")
+        columns.insert(columns.index("high_watermark") + 1, "producer_acked")
+    return df[columns]
 
 
 def totals(df: pd.DataFrame, produced: int | None = None) -> dict[str, Any]:
     """The whole topic in one line: messages in Kafka, rows stored, dead letters, duplicates, missing, and — when the
-    generator is ours — what the producer had acknowledged (``produced``) and the difference to Kafka."""
+    generator is ours — what the producer had acknowledged (``produced``; default: the sum of ``producer_acked``
+    when the frame has it) and the difference to Kafka."""
+    if produced is None and "producer_acked" in df.columns:
+        produced = int(df["producer_acked"].sum())
     out: dict[str, Any] = {
         "in_kafka": int((df["high_watermark"] - df["log_start"]).sum()),
         "rows_stored": int(df["rows_stored"].sum()),
@@ -116,6 +128,17 @@ def totals(df: pd.DataFrame, produced: int | None = None) -> dict[str, Any]:
         out["acked_not_in_kafka"] = int(produced) - out["in_kafka"]
     out["balanced"] = bool(df["balanced"].all()) and out.get("acked_not_in_kafka", 0) == 0
     return out
+
+
+def producer_acks(stats: Mapping[str, Any] | None) -> Mapping[Any, int] | int | None:
+    """What a pipeline's :meth:`~clickstream_lib.pipeline.Pipeline.stats` say its producer acknowledged: by partition,
+    or the total from an owner that does not count by partition; None without a pipeline."""
+    if stats is None:
+        return None
+    by_partition = stats.get("acked_by_partition")
+    if isinstance(by_partition, Mapping):
+        return by_partition
+    return int(stats.get("acked") or 0)
 
 
 def reconcile_html(df: pd.DataFrame, summary: Mapping[str, Any]) -> str:
@@ -142,11 +165,13 @@ class ReconcilePanel:
     Args:
         store: the open store.
         settings: Kafka and the topic.
-        produced: returns what the producer acknowledged when the generator is ours (e.g. from the pipeline's
-            stats), or None.
+        produced: returns what the producer acknowledged when the generator is ours — by partition (e.g.
+            :func:`producer_acks` of the pipeline's stats) or a total — or None.
     """
 
-    def __init__(self, store: Store, settings: Settings, produced: Callable[[], int | None] | None = None) -> None:
+    def __init__(
+        self, store: Store, settings: Settings, produced: Callable[[], Mapping[Any, int] | int | None] | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
         self.produced = produced
@@ -157,8 +182,10 @@ class ReconcilePanel:
 
     def refresh(self) -> None:
         try:
-            self.frame = reconcile(self.store, self.settings)
-            self.summary = totals(self.frame, self.produced() if self.produced else None)
+            acked = self.produced() if self.produced else None
+            by_partition = acked if isinstance(acked, Mapping) else None
+            self.frame = reconcile(self.store, self.settings, acked=by_partition)
+            self.summary = totals(self.frame, acked if isinstance(acked, int) else None)
             self.widget.value = reconcile_html(self.frame, self.summary)
         except ClickstreamError as exc:
             logger.warning("reconciliation failed: %s", exc)

@@ -41,8 +41,10 @@ def test_combine_sums_counters_and_merges_errors() -> None:
         sent=10, acked=8, failed=1, errors={"X": 1}, rate_now=5, elapsed_s=2, running=False, target_rate=50
     )
     b = ProducerStats(sent=6, acked=6, errors={"X": 2, "Y": 1}, rate_now=3, elapsed_s=3, running=True, target_rate=50)
+    a, b = replace(a, acked_by_partition={0: 5, 1: 3}), replace(b, acked_by_partition={1: 4, 2: 2})
     got = combine([a, b])
     assert (got.sent, got.acked, got.failed, got.in_flight) == (16, 14, 1, 1)
+    assert got.acked_by_partition == {0: 5, 1: 7, 2: 2}
     assert got.errors == {"X": 3, "Y": 1}
     assert (got.rate_now, got.elapsed_s, got.running, got.target_rate) == (8, 3, True, 100)
     assert combine([a, ProducerStats(target_rate=None)]).target_rate is None  # unlimited somewhere: no total

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pandas as pd
 import plotly.graph_objects as go
+import pytest
 
 from clickstream_lib import queries
-from clickstream_lib.panels.reconcile import reconcile_html, totals
+from clickstream_lib.errors import QueryError
+from clickstream_lib.panels.reconcile import producer_acks, reconcile_html, totals
 from clickstream_lib.widgets import complete_html, kpi_estimates, kpi_html, mark_partial, partial_bucket
 
 
@@ -95,3 +99,54 @@ def test_none_label_selects_empty_values_and_approx_is_a_source() -> None:
     assert "uniqCombinedMerge(14)(users)" in sql and q.error_bound > 0
     _, q, sql = queries.plan("kpis", "db")
     assert "uniqExactMerge(users_exact)" in sql and q.error_bound == 0
+
+
+def test_reconcile_totals_take_the_producers_acks_per_partition() -> None:
+    df = pd.DataFrame(
+        {
+            "partition": [0, 1],
+            "log_start": [0, 0],
+            "high_watermark": [10, 5],
+            "producer_acked": [10, 4],
+            "committed": [10, 5],
+            "rows_stored": [10, 5],
+            "dead_letters": [0, 0],
+            "duplicates": [0, 0],
+            "missing": [0, 0],
+            "lag": [0, 0],
+            "balanced": [True, True],
+        }
+    )
+    got = totals(df)
+    assert (got["producer_acked"], got["acked_not_in_kafka"], got["balanced"]) == (14, -1, False)
+    html = reconcile_html(df, got)
+    assert "<th>producer_acked</th>" in html and 'data-reconcile="producer_acked">14<' in html
+    assert producer_acks({"acked": 14, "acked_by_partition": {"0": 10, "1": 4}}) == {"0": 10, "1": 4}
+    assert producer_acks({"acked": 14}) == 14 and producer_acks(None) is None
+
+
+def test_as_of_cuts_raw_events_at_one_ingest_time() -> None:
+    cut = "2026-11-29T10:00:00.250Z"
+    _, q, sql = queries.plan("kpis", "db", as_of=cut)
+    assert q.used == "raw" and "uniqExact(user_id)" in sql
+    assert "ingest_time <= fromUnixTimestamp64Milli({as_of_ms:Int64}, 'UTC')" in sql
+    assert q.params["as_of_ms"] == int(datetime(2026, 11, 29, 10, tzinfo=UTC).timestamp()) * 1000 + 250
+    _, q, sql = queries.plan("funnel", "db", as_of=cut)  # the by_user projection has no ingest_time: not forced
+    assert "ingest_time <=" in sql and "force_optimize_projection" not in sql
+    _, q, sql = queries.plan("kpis", "db", as_of=cut, source="approx")  # estimates come from a rollup, uncut
+    assert q.used != "raw" and "ingest_time" not in sql
+    with pytest.raises(QueryError, match="as_of"):
+        queries.plan("kpis", "db", as_of=cut, source="rollup")
+    with pytest.raises(QueryError, match="as_of"):
+        queries.plan("kpis", "db", as_of="yesterday")
+
+
+def test_active_users_stay_within_the_window_start() -> None:
+    now = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+    now_ms = int(now.timestamp()) * 1000
+    _, q, _ = queries.plan("active_users", "db", minutes=5, now=now)
+    assert q.start_ms == now_ms - 300_000 and q.end_ms is None
+    _, q, _ = queries.plan("active_users", "db", minutes=5, now=now, since=now - timedelta(minutes=1))
+    assert q.start_ms == now_ms - 60_000
+    _, q, _ = queries.plan("active_users", "db", minutes=5, now=now, since=now - timedelta(hours=1))
+    assert q.start_ms == now_ms - 300_000

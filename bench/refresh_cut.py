@@ -1,0 +1,137 @@
+"""What one consistent cut per dashboard refresh costs: the dashboard's refresh set with ``as_of`` against the same
+queries without it, on the same data in the same process.
+
+    .venv/bin/python bench/refresh_cut.py                                  # 1M events, 5 runs each
+    .venv/bin/python bench/refresh_cut.py --size 10000000 --data-dir /tmp/bq --reuse --repeat 3 --memory-limit-mb 0
+
+Events are loaded as bench/queries.py loads them (the generator over the last 7 days, through the materialized
+views; ``--reuse`` keeps a database that bench/queries.py or an earlier run loaded into ``--data-dir``). Then one
+child process builds a ``Dashboard`` on the store, records every ``queries.run_many`` call of one refresh (KPIs,
+charts, tables, the analytics panels) for "all time" and for "last hour", and times the recorded calls: as the
+dashboard asks them (every query cut at the newest ingest time: raw ``events``, no projection) and with ``as_of``
+taken out (rollups and the ``by_user`` projection where they answer). Runs alternate between the two forms; the
+figure is the median per form and their ratio. The cut does not change any number on a store nobody writes to; the
+script checks that the two forms return equal frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def measure(database: str, repeat: int) -> dict[str, Any]:
+    """Child process: record one dashboard refresh per window, then time it cut and uncut (alternating)."""
+    import pandas as pd
+
+    from clickstream_lib import queries
+    from clickstream_lib.settings import Settings
+    from clickstream_lib.store import connect
+    from clickstream_lib.widgets import Dashboard
+
+    settings = Settings.from_env(clickhouse_database=database)
+    store = connect(settings)
+    real = queries.run_many
+    out: dict[str, Any] = {"events": int(store.scalar(f"SELECT count() FROM {store.database}.events"))}
+    for label, window_s in (("all time", 0), ("last hour", 3600)):
+        recorded: list[list[tuple[str, dict[str, Any]]]] = []
+
+        def spy(st: Any, asked: Any, recorded: list[list[tuple[str, dict[str, Any]]]] = recorded) -> Any:
+            asked = list(asked)
+            recorded.append(asked)
+            return real(st, asked)
+
+        queries.run_many = spy  # type: ignore[assignment]
+        try:
+            dash = Dashboard(settings, store=store, window_s=window_s)
+            dash.refresh()
+            assert "Refresh failed" not in dash.header.value, dash.header.value
+        finally:
+            queries.run_many = real  # type: ignore[assignment]
+        cut = [list(asked) for asked in recorded]
+        uncut = [[(name, {k: v for k, v in kw.items() if k != "as_of"}) for name, kw in asked] for asked in cut]
+        n_cut = sum("as_of" in kw for asked in cut for _, kw in asked)
+        # Same numbers both ways on a store nobody writes to (the live queries and freshness read the clock).
+        clocked = {"freshness", "active_users", "events_per_second"}
+        for a, b in zip(cut, uncut, strict=True):
+            for (name, _), fa, fb in zip(a, real(store, a), real(store, b), strict=True):
+                if name not in clocked:
+                    pd.testing.assert_frame_equal(
+                        fa.reset_index(drop=True), fb.reset_index(drop=True), check_dtype=False, obj=name
+                    )
+        times: dict[str, list[float]] = {"cut": [], "uncut": []}
+        for _ in range(repeat + 1):  # the first round warms up
+            for form, calls in (("cut", cut), ("uncut", uncut)):
+                t = time.perf_counter()
+                for asked in calls:
+                    real(store, asked)
+                times[form].append((time.perf_counter() - t) * 1000)
+        med = {form: statistics.median(ts[1:]) for form, ts in times.items()}
+        out[label] = {
+            "queries": sum(len(asked) for asked in cut),
+            "cut_queries": n_cut,
+            "cut_ms": med["cut"],
+            "uncut_ms": med["uncut"],
+            "ratio": med["cut"] / med["uncut"],
+        }
+    store.close()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=5, help="timed rounds per form after one warm-up (default 5)")
+    parser.add_argument("--data-dir", help="keep the store here (default: a temporary directory)")
+    parser.add_argument("--reuse", action="store_true", help="keep data a previous run loaded into --data-dir")
+    parser.add_argument(
+        "--memory-limit-mb", type=int, help="the embedded engine's memory limit (default: the product's; 0: none)"
+    )
+    parser.add_argument("--measure", nargs=2, metavar=("DATABASE", "REPEAT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure[0], int(args.measure[1]))))
+        return 0
+    tmp = None if args.data_dir else tempfile.TemporaryDirectory(prefix="bench-refresh-cut-")
+    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else tmp.name  # type: ignore[union-attr]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLICKHOUSE_", "CLICKSTREAM_"))}
+    env["CLICKSTREAM_DATA_DIR"] = data_dir
+    if args.memory_limit_mb is not None:
+        env["CLICKSTREAM_MEMORY_LIMIT_MB"] = str(args.memory_limit_mb)
+    db = f"bench_{args.size}"
+    try:
+        load = [sys.executable, str(ROOT / "bench" / "queries.py"), "--load", str(args.size), db]
+        subprocess.run(load + (["--reuse"] if args.reuse else []), env=env, check=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--measure", db, str(args.repeat)],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"{got['events']:,} events; load average at the end {load_avg}; medians of {args.repeat}")
+    print(f"{'window':<11}{'queries':>8}{'cut (as_of) ms':>16}{'uncut ms':>10}{'ratio':>7}")
+    for label in ("all time", "last hour"):
+        r = got[label]
+        print(f"{label:<11}{r['queries']:>8}{r['cut_ms']:>16.0f}{r['uncut_ms']:>10.0f}{r['ratio']:>7.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
