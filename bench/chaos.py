@@ -642,7 +642,24 @@ class Campaign:
             sink.kill()
             time.sleep(rng.uniform(0.0, 2.0))
             sink.start()
-        f.detail = f"{sink.name} SIGKILL, restarted"
+            opened = self.await_store_open(sink)
+        f.detail = f"{sink.name} SIGKILL, restarted" + (f" (store open in {opened:.1f} s)" if opened else "")
+
+    def await_store_open(self, sink: Proc, timeout_s: float = 120.0) -> float | None:
+        """Embedded mode: wait until the restarted sink holds the engine's status file open (the engine started), so a
+        store fault, which waits for the sink's lock, never hits the engine's start. Seconds waited; None if not
+        embedded, or the process ended or took longer (the supervisor then reports it)."""
+        if self.server_url:
+            return None
+        status = str(Path(self.settings.store_url.path) / "status")
+        t = time.monotonic()
+        while time.monotonic() - t < timeout_s and sink.alive() and not self.halt.is_set():
+            with contextlib.suppress(OSError):
+                fds = Path(f"/proc/{sink.pid}/fd")
+                if any(os.readlink(fd) == status for fd in fds.iterdir()):
+                    return time.monotonic() - t
+            time.sleep(0.2)
+        return None
 
     def fault_stop_sink(self, f: Fault, rng: random.Random) -> None:
         sink = self.pick_sink(rng)
