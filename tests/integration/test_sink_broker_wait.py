@@ -111,7 +111,7 @@ def test_consume_with_broker_wait_gives_up_naming_the_broker_and_the_variable(
         kafka_broker_url=f"127.0.0.1:{free_port()}", data_dir=tmp_path / "data", kafka_topic="no_broker"
     )
     log = tmp_path / "consume.log"
-    proc = consume(worker_env(settings, tmp_path / "data"), log, "--broker-wait", "3")
+    proc = consume(worker_env(settings, tmp_path / "data"), log, "--broker-wait", "12")
     assert proc.wait(timeout=120) == 1, log.read_text()[-3000:]
     text = log.read_text()
     assert WAITING in text
