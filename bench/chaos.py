@@ -65,9 +65,8 @@ from clickstream_lib.stack import clean_env, free_port  # noqa: E402
 
 logger = logging.getLogger("chaos")
 
-# Faults of one lane run one after another; the lanes run at once, so faults of different lanes overlap. The store
-# lane's faults also hold the sink's lock: a sink is not killed, stopped or restarted while its store is failing
-# (a restart could not open it), so sink and store faults overlap only in their recoveries.
+# Faults of one lane run one after another; the lanes run at once, so faults of different lanes overlap. A store fault
+# and a kill_sink exclude each other: a sink is not restarted while its store is failing (its engine could not start).
 LANES: dict[str, tuple[str, ...]] = {
     "sink": ("kill_sink", "stop_sink"),
     "store": ("disk_full", "store_readonly"),
@@ -76,8 +75,9 @@ LANES: dict[str, tuple[str, ...]] = {
     "group": ("rebalance",),
 }
 FAULTS = tuple(k for kinds in LANES.values() for k in kinds)
-# A planned fault starts at a seeded moment in the first part of its slot, so its hold fits in the rest.
-START_JITTER = 0.3
+# A planned fault starts at a seeded moment in the first part of its slot, so its hold fits in the rest. The lanes'
+# slots line up, so their faults come in clusters with quiet time after them for the sink to catch up.
+START_JITTER = 0.15
 TOPIC = "chaos_events"
 GROUP = "chaos-sink"
 PARTITIONS = 6
@@ -515,6 +515,8 @@ class Campaign:
         self.plan = plan(args.seed, self.faults_wanted, args.rounds, args.minutes * 60)
         self.recoveries: list[threading.Thread] = []
         self.readonly: Path | None = None  # the read-only bind mount of store_readonly while it holds
+        # Held by a store fault, and by kill_sink until the restarted sink has opened its store.
+        self.store_lock = threading.Lock()
         self.run = uuid.UUID(int=random.Random(f"run/{args.seed}/{time.time_ns()}").getrandbits(128)).hex
         self.work = Path(tempfile.mkdtemp(prefix=f"chaos-{args.seed}-", dir=args.work_dir))
         self.store_dir = self.work / "store"
@@ -571,8 +573,9 @@ class Campaign:
         return round(time.monotonic() - self.t0, 2)
 
     def sink_argv(self, i: int) -> list[str]:
+        # -v: the sink's INFO lines, among them the one saying it opened the store (await_store_open).
         return [
-            sys.executable, "-m", "clickstream_lib", "consume",
+            sys.executable, "-m", "clickstream_lib", "-v", "consume",
             "--instance-id", f"chaos-sink-{i}",
             "--session-timeout", str(SESSION_TIMEOUT_S),
             "--batch-max-wait", str(FLUSH_S),
@@ -623,14 +626,6 @@ class Campaign:
                     f"{p.name} exited by itself with {p.unplanned_exits[-1]} at {self.now():.0f} s (see {p.log})"
                 )
 
-    @contextlib.contextmanager
-    def sinks_held(self) -> Any:
-        """Every sink's lock: no sink fault (kill, stop, restart) while the store is made to fail."""
-        with contextlib.ExitStack() as stack:
-            for sink in self.sinks:
-                stack.enter_context(sink.lock)
-            yield
-
     # --- faults of the sink, store and broker lanes ---
 
     def pick_sink(self, rng: random.Random) -> Proc:
@@ -638,26 +633,27 @@ class Campaign:
 
     def fault_kill_sink(self, f: Fault, rng: random.Random) -> None:
         sink = self.pick_sink(rng)
-        with sink.lock:
+        with self.store_lock, sink.lock:
             sink.kill()
             time.sleep(rng.uniform(0.0, 2.0))
+            offset = sink.log.stat().st_size
             sink.start()
-            opened = self.await_store_open(sink)
+            opened = self.await_store_open(sink, offset)
         f.detail = f"{sink.name} SIGKILL, restarted" + (f" (store open in {opened:.1f} s)" if opened else "")
 
-    def await_store_open(self, sink: Proc, timeout_s: float = 120.0) -> float | None:
-        """Embedded mode: wait until the restarted sink holds the engine's status file open (the engine started), so a
-        store fault, which waits for the sink's lock, never hits the engine's start. Seconds waited; None if not
-        embedded, or the process ended or took longer (the supervisor then reports it)."""
-        if self.server_url:
-            return None
-        status = str(Path(self.settings.store_url.path) / "status")
+    def await_store_open(self, sink: Proc, log_offset: int, timeout_s: float = 120.0) -> float | None:
+        """Wait until the restarted sink has opened its store: its log says it waits for Kafka or joined the group,
+        both said after the store is open (the engine started, its tables loaded, the schema checked). A store fault
+        waits for this, so it never hits the engine's start. Seconds waited; None if the process ended or took
+        longer (the supervisor then reports it)."""
         t = time.monotonic()
+        marks = (b"waiting for Kafka at", b".events: group ")
         while time.monotonic() - t < timeout_s and sink.alive() and not self.halt.is_set():
-            with contextlib.suppress(OSError):
-                fds = Path(f"/proc/{sink.pid}/fd")
-                if any(os.readlink(fd) == status for fd in fds.iterdir()):
-                    return time.monotonic() - t
+            with sink.log.open("rb") as log:
+                log.seek(log_offset)
+                text = log.read()
+            if any(m in text for m in marks):
+                return time.monotonic() - t
             time.sleep(0.2)
         return None
 
@@ -701,7 +697,7 @@ class Campaign:
         filler = self.store_dir / "chaos-filler"
         written = 0
         chunk = b"\0" * (1 << 20)
-        with self.sinks_held():
+        with self.store_lock:
             with filler.open("wb", buffering=0) as out:
                 try:
                     while True:
@@ -725,7 +721,7 @@ class Campaign:
         target = Path(self.settings.store_url.path) / "store"
         if not target.is_dir():
             raise RuntimeError(f"store_readonly: no table storage at {target}")
-        with self.sinks_held():
+        with self.store_lock:
             run_checked(["mount", "--bind", str(target), str(target)])
             self.readonly = target
             try:
