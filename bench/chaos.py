@@ -1,13 +1,17 @@
 """Chaos campaign: a live pipeline, faults injected at random times drawn from a seed, and an oracle (docs/chaos.md).
 
 A throwaway Kafka broker (temporary directory, free loopback ports), a producer process that keeps a ledger of what
-it sent and what the broker acknowledged, the sink as ``clickstream consume`` process(es), and three fault lanes:
+it sent and what the broker acknowledged, the sink as ``clickstream consume`` process(es), and five fault lanes:
 
-- sink lane: kill_sink, stop_sink, disk_full;
-- broker lane: kill_broker, stop_broker;
-- side lane: kill_producer, rebalance, poison.
+- sink: kill_sink, stop_sink;
+- store: disk_full, store_readonly;
+- broker: kill_broker, stop_broker;
+- clients: kill_producer, poison;
+- group: rebalance.
 
-Faults of one lane come one at a time, each followed by a wait for recovery; the lanes run at once.
+The schedule comes from the seed alone: each lane runs ``--rounds`` rounds, each a seeded shuffle of its kinds, spread
+evenly over ``--minutes`` (every kind injected exactly ``--rounds`` times). Faults of one lane come one at a time; the
+lanes run at once.
 
 After the campaign the producer stops, the sink drains and stops, and the oracle reads the store: every acknowledged
 event stored exactly once (by event id), nothing stored that was never sent, every poison message in dead_letters
@@ -16,12 +20,13 @@ the time from its end until the sink's lag is back under one flush interval. A J
 in the log; exit 1 on any oracle failure, with the command that replays the seed.
 
     python bench/chaos.py --minutes 3 --seed 7
-    python bench/chaos.py --minutes 10 --seed 1 --rate 5000 --report chaos-1.json
+    python bench/chaos.py --minutes 10 --seed 1 --rate 5000 --report chaos-1.json      # 5 rounds: each kind 5 times
     python bench/chaos.py --minutes 2 --seed 3 --faults kill_sink,poison --rate 1000
 
 Embedded store (the default): one sink process owns the chdb data directory, which lives on a size-limited tmpfs
-(mounted here, as root) so disk_full can fill it. With CLICKHOUSE_URL set to a ClickHouse server, --sinks 1..3
-members share the group and kill/stop faults pick one of them.
+(mounted here, as root) so disk_full can fill it and store_readonly can make its table storage read-only. With
+CLICKHOUSE_URL set to a ClickHouse server, --sinks 1..3 members share the group and kill/stop faults pick one of
+them.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import logging
 import math
 import os
 import random
+import shlex
 import shutil
 import signal
 import statistics
@@ -59,14 +65,19 @@ from clickstream_lib.stack import clean_env, free_port  # noqa: E402
 
 logger = logging.getLogger("chaos")
 
-# Faults of one lane run one after another; the lanes run at once, so faults of different lanes overlap.
+# Faults of one lane run one after another; the lanes run at once, so faults of different lanes overlap. A store fault
+# and a kill_sink exclude each other: a sink is not restarted while its store is failing (its engine could not start).
 LANES: dict[str, tuple[str, ...]] = {
-    "sink": ("kill_sink", "stop_sink", "disk_full"),
+    "sink": ("kill_sink", "stop_sink"),
+    "store": ("disk_full", "store_readonly"),
     "broker": ("kill_broker", "stop_broker"),
-    "side": ("kill_producer", "rebalance", "poison"),
+    "clients": ("kill_producer", "poison"),
+    "group": ("rebalance",),
 }
-LANE_GAPS: dict[str, tuple[float, float]] = {"sink": (2.0, 6.0), "broker": (5.0, 15.0), "side": (3.0, 10.0)}
 FAULTS = tuple(k for kinds in LANES.values() for k in kinds)
+# A planned fault starts at a seeded moment in the first part of its slot, so its hold fits in the rest. The lanes'
+# slots line up, so their faults come in clusters with quiet time after them for the sink to catch up.
+START_JITTER = 0.15
 TOPIC = "chaos_events"
 GROUP = "chaos-sink"
 PARTITIONS = 6
@@ -81,6 +92,42 @@ MAX_INCARNATIONS = 255
 def event_id(run: str, key: int) -> str:
     """A canonical UUID (version 4 shape) whose last group is ``key`` in 12 hex digits."""
     return f"{run[:8]}-{run[8:12]}-4{run[12:15]}-8{run[15:18]}-{key:012x}"
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One fault of the schedule: its lane, its place there, and when it is due (seconds into the fault phase)."""
+
+    lane: str
+    index: int  # position in the lane; names the fault's own random stream (which sink, how long, ...)
+    round: int
+    kind: str
+    at: float
+
+
+def default_rounds(minutes: float) -> int:
+    """A round every 2 minutes of fault phase (5 in 10 minutes), at least one."""
+    return max(1, int(minutes // 2))
+
+
+def plan(seed: int, kinds: list[str], rounds: int, phase_s: float) -> dict[str, list[Planned]]:
+    """The campaign's schedule, from the seed alone: per lane, ``rounds`` rounds, each a seeded shuffle of the lane's
+    requested kinds (so every kind comes exactly ``rounds`` times), spread evenly over ``phase_s``: fault ``i`` of a
+    lane of ``n`` is due in slot ``i`` of ``n``, at a seeded moment in the first ``START_JITTER`` of it."""
+    out: dict[str, list[Planned]] = {}
+    for lane, lane_kinds in LANES.items():
+        mine = [k for k in lane_kinds if k in kinds]
+        if not mine:
+            continue
+        rng = random.Random(f"{seed}/{lane}")
+        slot = phase_s / (rounds * len(mine))
+        faults: list[Planned] = []
+        for r in range(rounds):
+            for kind in rng.sample(mine, len(mine)):
+                i = len(faults)
+                faults.append(Planned(lane, i, r, kind, round(i * slot + rng.uniform(0, START_JITTER * slot), 2)))
+        out[lane] = faults
+    return out
 
 
 def pcts(values: list[float]) -> dict[str, float | None]:
@@ -422,6 +469,8 @@ class Fault:
     end: float = 0.0  # when the fault was healed (process restarted, resumed, space freed, members gone)
     recovery_s: float | None = None  # end -> lag under one flush interval; None: not recovered in time
     detail: str = ""
+    planned_s: float = 0.0  # when the schedule had it due (seconds since the campaign start)
+    round: int = 0
 
 
 @dataclass
@@ -439,9 +488,16 @@ class Ranges:
             "stop_sink": (SESSION_TIMEOUT_S + 2, SESSION_TIMEOUT_S + 10),
             "stop_broker": (10.0, 40.0),
             "disk_full": (5.0, 30.0),
+            "store_readonly": (5.0, 30.0),
             "rebalance": (5.0, 20.0),
         }
     )
+
+
+def run_checked(argv: list[str]) -> None:
+    res = subprocess.run(argv, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.strip()}")
 
 
 def parse_range(text: str) -> tuple[float, float]:
@@ -455,8 +511,12 @@ def parse_range(text: str) -> tuple[float, float]:
 class Campaign:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.rngs = {lane: random.Random(f"{args.seed}/{lane}") for lane in LANES}
         self.faults_wanted = list(args.faults)
+        self.plan = plan(args.seed, self.faults_wanted, args.rounds, args.minutes * 60)
+        self.recoveries: list[threading.Thread] = []
+        self.readonly: Path | None = None  # the read-only bind mount of store_readonly while it holds
+        # Held by a store fault, and by kill_sink until the restarted sink has opened its store.
+        self.store_lock = threading.Lock()
         self.run = uuid.UUID(int=random.Random(f"run/{args.seed}/{time.time_ns()}").getrandbits(128)).hex
         self.work = Path(tempfile.mkdtemp(prefix=f"chaos-{args.seed}-", dir=args.work_dir))
         self.store_dir = self.work / "store"
@@ -513,8 +573,9 @@ class Campaign:
         return round(time.monotonic() - self.t0, 2)
 
     def sink_argv(self, i: int) -> list[str]:
+        # -v: the sink's INFO lines, among them the one saying it opened the store (await_store_open).
         return [
-            sys.executable, "-m", "clickstream_lib", "consume",
+            sys.executable, "-m", "clickstream_lib", "-v", "consume",
             "--instance-id", f"chaos-sink-{i}",
             "--session-timeout", str(SESSION_TIMEOUT_S),
             "--batch-max-wait", str(FLUSH_S),
@@ -556,21 +617,45 @@ class Campaign:
         return self.stack.status().pid
 
     def supervise(self) -> None:
+        """A process that exited by itself is a failure of the campaign (the sink waits out a broker that is away and
+        retries a failing store; the producer retries too). It is restarted so the run can go on and the oracle
+        still judge the data."""
         for p in [*self.sinks, *([self.producer] if self.producer else [])]:
-            p.check()
+            if p.check():
+                self.errors.append(
+                    f"{p.name} exited by itself with {p.unplanned_exits[-1]} at {self.now():.0f} s (see {p.log})"
+                )
 
-    # --- faults (main lane) ---
+    # --- faults of the sink, store and broker lanes ---
 
     def pick_sink(self, rng: random.Random) -> Proc:
         return rng.choice(self.sinks)
 
     def fault_kill_sink(self, f: Fault, rng: random.Random) -> None:
         sink = self.pick_sink(rng)
-        with sink.lock:
+        with self.store_lock, sink.lock:
             sink.kill()
             time.sleep(rng.uniform(0.0, 2.0))
+            offset = sink.log.stat().st_size
             sink.start()
-        f.detail = f"{sink.name} SIGKILL, restarted"
+            opened = self.await_store_open(sink, offset)
+        f.detail = f"{sink.name} SIGKILL, restarted" + (f" (store open in {opened:.1f} s)" if opened else "")
+
+    def await_store_open(self, sink: Proc, log_offset: int, timeout_s: float = 120.0) -> float | None:
+        """Wait until the restarted sink has opened its store: its log says it waits for Kafka or joined the group,
+        both said after the store is open (the engine started, its tables loaded, the schema checked). A store fault
+        waits for this, so it never hits the engine's start. Seconds waited; None if the process ended or took
+        longer (the supervisor then reports it)."""
+        t = time.monotonic()
+        marks = (b"waiting for Kafka at", b".events: group ")
+        while time.monotonic() - t < timeout_s and sink.alive() and not self.halt.is_set():
+            with sink.log.open("rb") as log:
+                log.seek(log_offset)
+                text = log.read()
+            if any(m in text for m in marks):
+                return time.monotonic() - t
+            time.sleep(0.2)
+        return None
 
     def fault_stop_sink(self, f: Fault, rng: random.Random) -> None:
         sink = self.pick_sink(rng)
@@ -612,21 +697,48 @@ class Campaign:
         filler = self.store_dir / "chaos-filler"
         written = 0
         chunk = b"\0" * (1 << 20)
-        with filler.open("wb", buffering=0) as out:
+        with self.store_lock:
+            with filler.open("wb", buffering=0) as out:
+                try:
+                    while True:
+                        written += out.write(chunk) or 0
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+            free = shutil.disk_usage(self.store_dir).free
             try:
-                while True:
-                    written += out.write(chunk) or 0
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-        free = shutil.disk_usage(self.store_dir).free
-        try:
-            self.halt.wait(hold)
-        finally:
-            filler.unlink()
+                self.halt.wait(hold)
+            finally:
+                filler.unlink()
         f.detail = f"filled {written >> 20} MiB (free {free >> 10} KiB) for {hold:.1f} s"
 
-    # --- faults (side lane) ---
+    def fault_store_readonly(self, f: Fault, rng: random.Random) -> None:
+        """ClickHouse failing: the engine's table storage (``<chdb>/store``, every table of the Atomic databases) is
+        made read-only by a read-only bind mount over it, so every insert fails ("Read-only file system") until it is
+        unmounted. The engine keeps running and answering reads, as a server with a read-only disk would; remounting
+        the whole tmpfs read-only is refused while the engine holds files open for writing."""
+        hold = rng.uniform(*self.args.ranges.durations["store_readonly"])
+        target = Path(self.settings.store_url.path) / "store"
+        if not target.is_dir():
+            raise RuntimeError(f"store_readonly: no table storage at {target}")
+        with self.store_lock:
+            run_checked(["mount", "--bind", str(target), str(target)])
+            self.readonly = target
+            try:
+                run_checked(["mount", "-o", "remount,bind,ro", str(target)])
+                self.halt.wait(hold)
+            finally:
+                self.unmount_readonly()
+        f.detail = f"table storage read-only for {hold:.1f} s"
+
+    def unmount_readonly(self) -> None:
+        if self.readonly is not None:
+            # Busy when the engine still has a file open through it (a query reading a part): detach it lazily.
+            if subprocess.run(["umount", str(self.readonly)], capture_output=True).returncode != 0:
+                run_checked(["umount", "-l", str(self.readonly)])
+            self.readonly = None
+
+    # --- faults of the clients and group lanes ---
 
     def fault_kill_producer(self, f: Fault, rng: random.Random) -> None:
         assert self.producer is not None
@@ -751,42 +863,38 @@ class Campaign:
 
     # --- lanes ---
 
-    def inject(self, kind: str, lane: str, rng: random.Random) -> Fault:
-        f = Fault(kind, lane, self.now())
-        logger.info("[%7.1f s] %s: %s ...", f.start, lane, kind)
-        getattr(self, f"fault_{kind}")(f, rng)
+    def inject(self, p: Planned, due: float) -> Fault:
+        """Run one fault until it is healed; its recovery is measured by a thread of its own, so the lane keeps to
+        its schedule (faults of one lane may then overlap in their recoveries, never in their holds)."""
+        f = Fault(p.kind, p.lane, self.now(), planned_s=round(due - self.t0, 2), round=p.round)
+        logger.info("[%7.1f s] %s: %s (round %d) ...", f.start, p.lane, p.kind, p.round + 1)
+        getattr(self, f"fault_{p.kind}")(f, random.Random(f"{self.args.seed}/{p.lane}/{p.index}"))
         f.end = self.now()
-        healed = self.t0 + f.end
-        f.recovery_s = self.monitor.wait_recovered(
-            healed, self.args.recovered_lag_s, self.args.recovery_timeout, self.monitor.committed_total(), self.halt
-        )
-        logger.info(
-            "[%7.1f s] %s: %s done (%s); recovered in %s", self.now(), lane, kind, f.detail,
-            "-" if f.recovery_s is None else f"{f.recovery_s:.1f} s",
-        )  # fmt: skip
         self.faults.append(f)
+        healed = self.t0 + f.end
+        committed = self.monitor.committed_total()
+
+        def measure() -> None:
+            f.recovery_s = self.monitor.wait_recovered(
+                healed, self.args.recovered_lag_s, self.args.recovery_timeout, committed, self.halt
+            )
+            logger.info(
+                "[%7.1f s] %s: %s done (%s); recovered in %s", self.now(), p.lane, p.kind, f.detail,
+                "-" if f.recovery_s is None else f"{f.recovery_s:.1f} s",
+            )  # fmt: skip
+
+        th = threading.Thread(target=measure, name=f"recovery-{p.lane}-{p.index}", daemon=True)
+        th.start()
+        self.recoveries.append(th)
         return f
 
-    def schedule(self, kinds: list[str], rng: random.Random) -> Any:
-        """Each kind once in a seeded order, then kinds drawn at random."""
-        first = list(kinds)
-        rng.shuffle(first)
-        yield from first
-        while True:
-            yield rng.choice(kinds)
-
-    def lane(self, name: str, kinds: list[str], budget_end: float) -> None:
-        rng = self.rngs[name]
-        done: set[str] = set()
+    def lane(self, name: str, planned: list[Planned], phase_start: float) -> None:
         try:
-            for kind in self.schedule(kinds, rng):
-                if self.halt.is_set() or (time.monotonic() >= budget_end and done >= set(kinds)):
+            for p in planned:
+                due = phase_start + p.at
+                if self.halt.wait(max(0.0, due - time.monotonic())):
                     return
-                self.supervise()
-                self.inject(kind, name, rng)
-                done.add(kind)
-                if self.halt.wait(rng.uniform(*LANE_GAPS[name])):
-                    return
+                self.inject(p, due)
         except Exception as exc:
             logger.exception("lane %s failed", name)
             self.errors.append(f"lane {name}: {type(exc).__name__}: {exc}")
@@ -819,16 +927,14 @@ class Campaign:
         )
 
     def campaign(self) -> None:
-        budget_end = time.monotonic() + self.args.minutes * 60
+        phase_start = time.monotonic()
         threads = self.lane_threads
-        for name, lane_kinds in LANES.items():
-            kinds = [k for k in self.faults_wanted if k in lane_kinds]
-            if kinds:
-                th = threading.Thread(target=self.lane, args=(name, kinds, budget_end), name=name, daemon=True)
-                th.start()
-                threads.append(th)
-        # Each lane injects every kind it was given at least once, then stops at its first gap after the budget.
-        while any(th.is_alive() for th in threads):
+        for name, planned in self.plan.items():
+            th = threading.Thread(target=self.lane, args=(name, planned, phase_start), name=name, daemon=True)
+            th.start()
+            threads.append(th)
+        # Each lane runs its planned faults, then ends; the last recoveries are waited for before the drain.
+        while any(th.is_alive() for th in [*threads, *self.recoveries]):
             self.supervise()
             time.sleep(1.0)
 
@@ -854,6 +960,10 @@ class Campaign:
         self.halt.set()
         for th in self.lane_threads:  # a fault ends its hold at once on halt; a restart under way finishes
             th.join(timeout=60)
+        for th in self.recoveries:
+            th.join(timeout=10)
+        with contextlib.suppress(Exception):
+            self.unmount_readonly()
         pid = None
         with contextlib.suppress(Exception):
             pid = self.broker_pid()
@@ -1052,6 +1162,24 @@ def summary_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def replay_args(argv: list[str], seed: int) -> list[str]:
+    """The command line again with its seed, without where its output went (--report, --work-dir, --keep)."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in ("--report", "--work-dir", "--seed"):
+            skip = "=" not in a
+            continue
+        if name == "--keep":
+            continue
+        out.append(a)
+    return [*out, "--seed", str(seed)]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["producer"]:
@@ -1066,6 +1194,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=3.0, help="length of the fault phase (default 3)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds per lane, each a seeded shuffle of its kinds: every kind is injected this many times "
+        "(default: one per 2 minutes of --minutes, at least 1)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault schedule (default: random)")
     parser.add_argument(
         "--faults",
@@ -1079,6 +1213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tmpfs-mb", type=int, default=1536, help="size of the store's tmpfs (disk_full)")
     parser.add_argument("--stop-broker-s", type=parse_range, default=(10.0, 40.0), help="SIGSTOP of the broker")
     parser.add_argument("--disk-full-s", type=parse_range, default=(5.0, 30.0), help="how long the disk stays full")
+    parser.add_argument(
+        "--store-readonly-s", type=parse_range, default=(5.0, 30.0), help="how long the table storage is read-only"
+    )
     parser.add_argument("--rebalance-s", type=parse_range, default=(5.0, 20.0), help="length of a rebalance storm")
     parser.add_argument(
         "--recovered-lag-s",
@@ -1098,20 +1235,29 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sinks must be 1..3")
     if args.sinks > 1 and not os.environ.get("CLICKHOUSE_URL"):
         parser.error("--sinks > 1 needs CLICKHOUSE_URL (a ClickHouse server): chdb allows one process per directory")
-    if os.environ.get("CLICKHOUSE_URL") and "disk_full" in args.faults:
-        parser.error("--faults: disk_full fills the embedded store's tmpfs; leave it out with CLICKHOUSE_URL")
+    if os.environ.get("CLICKHOUSE_URL") and {"disk_full", "store_readonly"} & set(args.faults):
+        parser.error(
+            "--faults: disk_full and store_readonly act on the embedded store's files; leave them out with "
+            "CLICKHOUSE_URL"
+        )
+    if args.rounds is None:
+        args.rounds = default_rounds(args.minutes)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1_000_000)
     args.ranges = Ranges()
     args.ranges.durations.update(
-        {"stop_broker": args.stop_broker_s, "disk_full": args.disk_full_s, "rebalance": args.rebalance_s}
+        {
+            "stop_broker": args.stop_broker_s,
+            "disk_full": args.disk_full_s,
+            "store_readonly": args.store_readonly_s,
+            "rebalance": args.rebalance_s,
+        }
     )
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
-    replay = (
-        f"python bench/chaos.py --minutes {args.minutes:g} --seed {args.seed} --faults {','.join(args.faults)} "
-        f"--rate {args.rate:g}"
-    )
+    replay = "python bench/chaos.py " + shlex.join(replay_args(argv, args.seed))
 
     def on_term(*_: object) -> None:
         raise KeyboardInterrupt
@@ -1119,11 +1265,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     c = Campaign(args)
     logger.info("seed %d, work directory %s, database %s", args.seed, c.work, c.settings.clickhouse_database)
+    for lane, planned in c.plan.items():
+        logger.info("plan %s: %s", lane, ", ".join(f"{p.kind}@{p.at:.0f}s" for p in planned))
     report: dict[str, Any] = {
         "seed": args.seed,
         "minutes": args.minutes,
         "rate": args.rate,
         "faults_requested": args.faults,
+        "rounds": args.rounds,
         "replay": replay,
         "store": "server" if c.server_url else "embedded",
         "sinks": len(c.sinks) or args.sinks,
@@ -1162,13 +1311,15 @@ def main(argv: list[str] | None = None) -> int:
             "not_recovered": sum(f.recovery_s is None for f in fs),
         }
     for kind in args.faults:
-        if kind not in by_kind and "interrupted" not in failures:
-            failures.append(f"fault {kind} was never injected")
+        n = by_kind.get(kind, {}).get("injected", 0)
+        if n < args.rounds and "interrupted" not in failures:
+            failures.append(f"fault {kind} was injected {n} times of {args.rounds} planned")
     for kind, s in by_kind.items():
         if s["not_recovered"] and "interrupted" not in failures:
             failures.append(f"{s['not_recovered']} {kind} fault(s) not recovered from in {args.recovery_timeout:.0f} s")
     report["faults_by_kind"] = by_kind
-    report["faults"] = [asdict(f) for f in c.faults]
+    report["faults"] = [asdict(f) for f in sorted(c.faults, key=lambda f: f.start)]
+    report["plan"] = {lane: [asdict(p) for p in planned] for lane, planned in c.plan.items()}
     report["unplanned_exits"] = {p.name: p.unplanned_exits for p in [*c.sinks, *([c.producer] if c.producer else [])]}
     report["elapsed_s"] = round(time.monotonic() - t_start, 1)
     report["load_end"] = os.getloadavg()

@@ -26,6 +26,8 @@ class ConsumeCommand:
                 "them. "
                 "Invalid messages go to the dead-letter topic and the dead_letters table.\n"
                 "Runs until SIGTERM/Ctrl-C (finishes the batch, commits, exits 0), --until-idle or --max-events.\n"
+                "A broker that does not answer at start is waited for (a warning names it, retries back off up to "
+                "15 s; --broker-wait bounds the wait); a wrong KAFKA_BROKER_URL or security setting fails at once.\n"
                 "Several `clickstream consume` processes in one group split the partitions; with the embedded store "
                 "(chdb) only one process may open a data directory, so run several consumers against a ClickHouse "
                 "server.\n"
@@ -78,6 +80,12 @@ class ConsumeCommand:
             metavar="SECONDS",
             help=f"longest wait before a batch is inserted (default {DEFAULT_BATCH_MAX_WAIT_S})",
         )
+        p.add_argument(
+            "--broker-wait",
+            type=float,
+            metavar="SECONDS",
+            help="give up (exit 1) if no broker answered within SECONDS of the start (default: wait until one does)",
+        )
         p.add_argument("--instance-id", help="static group membership id: a restart takes its partitions back at once")
         p.add_argument(
             "--session-timeout",
@@ -107,6 +115,8 @@ class ConsumeCommand:
             raise ConfigError("--until-idle", f"{args.until_idle} must be more than 0 seconds")
         if args.batch_max_rows < 1 or args.batch_max_wait <= 0 or args.batch_max_bytes < 1:
             raise ConfigError("--batch-max-rows/--batch-max-bytes/--batch-max-wait", "must be positive")
+        if args.broker_wait is not None and args.broker_wait < 0:
+            raise ConfigError("--broker-wait", f"{args.broker_wait} must be 0 or more seconds")
         consumer_config: dict[str, int] = {}
         if args.session_timeout is not None:
             if not 1 <= args.session_timeout <= 3600:
@@ -134,6 +144,7 @@ class ConsumeCommand:
             instance_id=args.instance_id,
             from_beginning=args.from_beginning,
             consumer_config=consumer_config,
+            broker_wait_s=args.broker_wait,
         )
         interrupted = {"n": 0}
 

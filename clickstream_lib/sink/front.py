@@ -19,6 +19,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import FencedInstanceIdError, KafkaError
 
 from .. import topics
+from ..errors import BrokerUnavailable
 from ..kafka_compat import record_decoder
 from ..kafka_compat.consumer import JOIN_POLL_MS, crc32c_accelerated, join_in_progress, unpark_resumed_records
 from ..settings import Settings
@@ -30,7 +31,7 @@ from .dead_letters import DeadLetterPublisher
 from .delivery import GROUP_MAX_BATCHES, Delivery
 from .memory import PollSizer, relaxed_gc
 from .recovery import Recovery
-from .retry import DEFAULT_RETRY_MAX_S
+from .retry import DEFAULT_RETRY_MAX_S, backoff_s
 from .startup import await_partitions, check_dedup, consumer_configs, topic_epoch, warn_undeduplicated_views
 from .stats import SinkFigures, SinkStats
 
@@ -49,6 +50,8 @@ DEFAULT_STOP_TIMEOUT_S = 30.0
 JOIN_GRACE_S = 60.0
 # How long one poll() may wait while the insert thread works: its result is committed on the next loop turn.
 INFLIGHT_POLL_S = 0.005
+# While no broker answers at start: the first retry after 1 s, then doubling up to this.
+BROKER_WAIT_BACKOFF_MAX_S = 15.0
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -88,6 +91,9 @@ class Sink:
         from_beginning: a partition without a committed offset for the consumer group starts at the log start (a
             replay) instead of after the highest offset already stored from it (see
             :meth:`~.recovery.Recovery.start_offsets`). Partitions with a committed offset always resume from it.
+        broker_wait_s: how long :meth:`run` waits at start for a broker that does not answer (retrying with
+            backoff, logging what it waits for); None: until it answers or the sink is stopped. A broker that
+            answers but refuses the security settings fails at once.
 
     Over 400 lines for a reason: it owns the consumer's thread — the poll loop, the rebalance queue, the drain at a
     stop — which kafka-python requires to stay on one thread; the work itself is in its parts.
@@ -112,6 +118,7 @@ class Sink:
         on_batch_stored: Callable[[BatchInfo], None] | None = None,
         group_max_batches: int = GROUP_MAX_BATCHES,
         from_beginning: bool = False,
+        broker_wait_s: float | None = None,
     ) -> None:
         if batch_max_rows < 1:
             raise ValueError(f"batch_max_rows must be >= 1, got {batch_max_rows}")
@@ -132,6 +139,9 @@ class Sink:
         self._on_batch_stored = on_batch_stored
         self._group_max_batches = group_max_batches
         self.from_beginning = from_beginning
+        if broker_wait_s is not None and broker_wait_s < 0:
+            raise ValueError(f"broker_wait_s must be >= 0 or None, got {broker_wait_s}")
+        self.broker_wait_s = broker_wait_s
         self._store = store
         self.database = store.database if store is not None else settings.database  # named by the tokens
         self._owns_store = store is None
@@ -169,7 +179,9 @@ class Sink:
             max_events: return after exactly this many records (rows + dead letters) are stored and committed.
 
         Raises:
-            BrokerUnavailable: Kafka cannot be reached at start.
+            BrokerUnavailable: Kafka could not be reached within ``broker_wait_s`` (by default it waits until it
+                answers; a stop request while waiting returns at once).
+            KafkaSecurityError: the broker refused the TLS/SASL settings.
             StoreError: ClickHouse cannot be opened, or its tables would ignore deduplication tokens.
         """
         figures = self._figures
@@ -181,11 +193,11 @@ class Sink:
             figures.last_error = None
             figures.started = time.monotonic()
         try:
-            self._open()
             try:
-                with relaxed_gc():
-                    self._loop(until_idle, max_events)
-                    self._drain()
+                if self._open():
+                    with relaxed_gc():
+                        self._loop(until_idle, max_events)
+                        self._drain()
             finally:
                 self._close()
         except BaseException as exc:
@@ -252,7 +264,8 @@ class Sink:
 
     # --- start-up / shutdown ------------------------------------------------------------------------------------
 
-    def _open(self) -> None:
+    def _open(self) -> bool:
+        """Open the store, then Kafka (waiting for a broker); False if the sink was stopped while it waited."""
         if not crc32c_accelerated():
             logger.warning("the crc32c package is missing: kafka-python checks record CRCs in pure Python (slow)")
         if self._store is None:
@@ -262,6 +275,77 @@ class Sink:
         self.database = store.database
         check_dedup(store)
         warn_undeduplicated_views(store)
+        fetch_config = self._await_kafka()
+        if fetch_config is None:
+            return False
+        assert self._consumer is not None
+        self._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"clickstream-sink-insert-{self.topic}")
+        self._make_parts(fetch_config)
+        await_partitions(self._consumer, self.topic)
+        self._consumer.subscribe([self.topic], listener=_Listener(self))
+        logger.info(
+            "sink %s -> %s.events: group %s, epoch %s, batches of <= %d rows / %d MiB / %.2f s",
+            self.topic,
+            store.database,
+            self.settings.kafka_group_id,
+            self.epoch,
+            self.batch_max_rows,
+            self.batch_max_bytes // (1024 * 1024),
+            self.batch_max_wait_s,
+        )
+        return True
+
+    def _await_kafka(self) -> dict[str, Any] | None:
+        """:meth:`_open_kafka`, retried with backoff while no broker answers (a broker started after the sink, or
+        restarting). Returns the fetch config; None if the sink was stopped while waiting.
+
+        Raises:
+            BrokerUnavailable: still no broker after ``broker_wait_s``.
+            KafkaSecurityError: the broker answered but refused the security settings (waiting cannot fix that).
+        """
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                fetch_config = self._open_kafka()
+            except (BrokerUnavailable, KafkaError) as exc:
+                if isinstance(exc, KafkaError) and not exc.retriable:
+                    raise
+                waited = time.monotonic() - started
+                if self.broker_wait_s is not None and waited >= self.broker_wait_s:
+                    if isinstance(exc, BrokerUnavailable):
+                        raise
+                    raise topics.unreachable(self.settings, exc) from exc
+                attempt += 1
+                delay = backoff_s(attempt, base_s=1.0, cap_s=BROKER_WAIT_BACKOFF_MAX_S)
+                if self.broker_wait_s is not None:
+                    delay = min(delay, max(0.0, self.broker_wait_s - waited))
+                message = (
+                    f"waiting for Kafka at {self.settings.kafka_broker_url} (KAFKA_BROKER_URL) to consume "
+                    f"{self.topic} as group {self.settings.kafka_group_id}: {exc}"
+                )
+                logger.warning("%s — next try in %.0f s (waited %.0f s so far)", message, delay, waited)
+                self._figures.error(message)
+                if self._stop.wait(delay):
+                    logger.info("stopped while waiting for Kafka; nothing was consumed")
+                    return None
+                continue
+            if attempt:
+                # A warning, as the waiting was: whoever saw that sees it end.
+                logger.warning(
+                    "Kafka at %s answered after %.0f s of waiting; consuming",
+                    self.settings.kafka_broker_url,
+                    time.monotonic() - started,
+                )
+                self._figures.error(None)
+            return fetch_config
+
+    def _open_kafka(self) -> dict[str, Any]:
+        """Topics, their epoch, the consumer and the dead-letter producer; returns the fetch config.
+
+        Raises:
+            BrokerUnavailable: no broker answered (nothing is left open).
+        """
         topics.ensure_topic(self.settings, self.topic)
         topics.ensure_topic(self.settings, self.settings.dead_letter_topic)
         self.epoch = topic_epoch(self.settings, self.topic)
@@ -279,20 +363,7 @@ class Sink:
                 self._consumer.close(autocommit=False)
                 self._consumer = None
             raise topics.unreachable(self.settings, exc) from exc
-        self._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"clickstream-sink-insert-{self.topic}")
-        self._make_parts(fetch_config)
-        await_partitions(self._consumer, self.topic)
-        self._consumer.subscribe([self.topic], listener=_Listener(self))
-        logger.info(
-            "sink %s -> %s.events: group %s, epoch %s, batches of <= %d rows / %d MiB / %.2f s",
-            self.topic,
-            store.database,
-            self.settings.kafka_group_id,
-            self.epoch,
-            self.batch_max_rows,
-            self.batch_max_bytes // (1024 * 1024),
-            self.batch_max_wait_s,
-        )
+        return fetch_config
 
     def _make_parts(self, fetch_config: Mapping[str, Any]) -> None:
         """The parts of a run, over the consumer, producer, store and insert thread that :meth:`_open` made."""

@@ -39,3 +39,28 @@ def test_session_timeout_out_of_range_names_the_option(capsys: pytest.CaptureFix
     assert build_parser().parse_args(["consume", "--session-timeout", "10"]).session_timeout == 10.0
     assert main(["consume", "--session-timeout", "0.5"]) == 2
     assert "--session-timeout: 0.5 is out of range; expected 1..3600 seconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:notaport", "127.0.0.1:99999", "127.0.0.1"])
+def test_a_malformed_broker_url_fails_at_once_naming_the_variable(
+    url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sink waits for a broker that does not answer, never for a setting that cannot be right."""
+    import time
+
+    from clickstream_lib.cli import main
+
+    monkeypatch.setenv("KAFKA_BROKER_URL", url)
+    t0 = time.monotonic()
+    assert main(["consume"]) == 2
+    assert time.monotonic() - t0 < 5
+    assert "configuration error: KAFKA_BROKER_URL:" in capsys.readouterr().err
+
+
+def test_broker_wait_refuses_a_negative_wait(capsys: pytest.CaptureFixture[str]) -> None:
+    from clickstream_lib.cli import main
+
+    assert build_parser().parse_args(["consume", "--broker-wait", "30"]).broker_wait == 30.0
+    assert build_parser().parse_args(["consume"]).broker_wait is None
+    assert main(["consume", "--broker-wait", "-1"]) == 2
+    assert "--broker-wait: -1.0 must be 0 or more seconds" in capsys.readouterr().err
