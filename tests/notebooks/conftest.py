@@ -68,7 +68,7 @@ import json
 from clickstream_lib import queries
 from clickstream_lib.settings import Settings
 from clickstream_lib.store import connect
-from clickstream_lib.widgets import report_kpis
+from clickstream_lib.panels.kpis import report_kpis
 store = connect(Settings.from_env())
 spec = json.loads({spec!r})
 out = {{}}

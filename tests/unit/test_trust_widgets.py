@@ -6,8 +6,9 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from clickstream_lib import queries
+from clickstream_lib.panels.figures import mark_partial, partial_bucket
+from clickstream_lib.panels.kpis import complete_html, kpi_estimates, kpi_html
 from clickstream_lib.panels.reconcile import reconcile_html, totals
-from clickstream_lib.widgets import complete_html, kpi_estimates, kpi_html, mark_partial, partial_bucket
 
 
 def test_exact_kpis_carry_no_estimate_marker_and_estimates_show_their_bound() -> None:
