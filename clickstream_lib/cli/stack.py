@@ -45,8 +45,8 @@ class StackCommand:
             if before.running:
                 out(f"already up: {before.describe()}")
                 return 0
-            if not stack.jars_present() and stack.is_local:
-                err(f"resolving Kafka {stack.version} jars from Maven Central (once) into {stack.libs} ...")
+            if not stack.jars.present() and stack.is_local:
+                err(f"resolving Kafka {stack.jars.version} jars from Maven Central (once) into {stack.jars.libs} ...")
             st = stack.up(timeout_s=args.timeout)
             out(f"up: {st.describe()}")
             return 0

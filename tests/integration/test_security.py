@@ -138,7 +138,7 @@ def test_producer_and_group_consumer_work_over_sasl_ssl(secure: Settings, passwo
 
 
 def test_users_are_not_written_to_broker_files_or_command_line(secure_kafka: KafkaStack, password: str) -> None:
-    props = secure_kafka.properties_file.read_text()
+    props = secure_kafka.config.properties_file.read_text()
     assert "SASL_SSL://" in props and "ssl.keystore.type=PEM" in props
     assert password not in props
     assert password not in secure_kafka.log_file.read_text(errors="replace")

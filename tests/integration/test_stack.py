@@ -86,7 +86,7 @@ def test_broker_restart_keeps_messages_and_downloads_nothing(tmp_path: Path, bas
     stack = KafkaStack(settings)
     try:
         first = stack.up()
-        assert stack.ensure_jars() is False  # the session already cached them
+        assert stack.jars.ensure() is False  # the session already cached them
         again = stack.up()
         assert again.pid == first.pid  # `up` when up changes nothing
         _produce(settings, 1_000)
