@@ -61,7 +61,8 @@ def compose_config(env_file: Path | None, extra_env: dict[str, str] | None = Non
 def compose() -> dict[str, Any]:
     proc = compose_config(ROOT / ".env.example")
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    config: dict[str, Any] = json.loads(proc.stdout)
+    return config
 
 
 def test_compose_has_kafka_clickhouse_and_the_dashboard(compose: dict[str, Any]) -> None:
@@ -308,7 +309,8 @@ def test_binder_installs_java_maven_and_the_project() -> None:
 
 @pytest.fixture(scope="module")
 def precommit() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    config: dict[str, Any] = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    return config
 
 
 def _hook(precommit: dict[str, Any], hook_id: str) -> dict[str, Any]:

@@ -13,8 +13,8 @@ import pytest
 from clickstream_lib.errors import KafkaSecurityError, StackError
 from clickstream_lib.security import RedactSecrets, check_kafka
 from clickstream_lib.settings import Settings
-from clickstream_lib.stack import KafkaStack, SecureListener
-from tests.conftest import base_env, free_port
+from clickstream_lib.stack import KafkaStack, SecureListener, free_port
+from tests.conftest import base_env
 from tests.helpers import TlsServer
 from tests.pki import Pki, make_pki
 
