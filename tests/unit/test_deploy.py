@@ -337,6 +337,15 @@ def test_precommit_config_is_valid_and_has_the_hooks(precommit: dict[str, Any]) 
     assert ruff_rev.lstrip("v") == installed.split()[-1]
 
 
+def test_mypy_hook_checks_the_library_and_the_tests_strictly(precommit: dict[str, Any]) -> None:
+    # The hook runs the project's mypy on the packages pyproject.toml names, not on the files pre-commit passes.
+    hook = _hook(precommit, "mypy")
+    assert hook["entry"] == "mypy" and hook["pass_filenames"] is False
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert config["strict"] is True
+    assert set(config["packages"]) == {"clickstream_lib", "tests"}
+
+
 def test_nbstripout_as_configured_keeps_the_parameters_tag(precommit: dict[str, Any], tmp_path: Path) -> None:
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("n_events = 1_000", metadata={"tags": ["parameters"]})
