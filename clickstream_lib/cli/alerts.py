@@ -70,13 +70,7 @@ class AlertsCommand:
             ),
         )
         common(q)
-        q.add_argument(
-            "--interval",
-            type=_duration_arg,
-            default=timedelta(minutes=1),
-            metavar="DURATION",
-            help="time between evaluations: seconds, or e.g. 30s, 5m (default 1m)",
-        )
+        _duration_option(q, "--interval", "time between evaluations")
         q.set_defaults(handler=AlertsCommand.run)
 
         q = actions.add_parser(
@@ -96,13 +90,7 @@ class AlertsCommand:
             metavar="NAME=VALUE",
             help="start=TIME and end=TIME (required)",
         )
-        q.add_argument(
-            "--step",
-            type=_duration_arg,
-            default=timedelta(minutes=1),
-            metavar="DURATION",
-            help="time between evaluations in the replay: seconds, or e.g. 30s, 5m (default 1m)",
-        )
+        _duration_option(q, "--step", "time between evaluations in the replay")
         q.add_argument("--format", "-f", choices=["table", "csv", "json"], default="table", help="output format")
         q.set_defaults(handler=AlertsCommand.backtest)
 
@@ -210,6 +198,20 @@ def _duration_arg(text: str) -> timedelta:
     return value
 
 
+def _duration_option(
+    p: argparse.ArgumentParser, flag: str, what: str, default: timedelta | None = timedelta(minutes=1)
+) -> None:
+    """A duration option: seconds, or a number with ms/s/m/h/d; None as ``default`` leaves the choice (1m) to the
+    caller's settings."""
+    p.add_argument(
+        flag,
+        type=_duration_arg,
+        default=default,
+        metavar="DURATION",
+        help=f"{what}: seconds, or e.g. 30s, 5m (default 1m)",
+    )
+
+
 def _rules(args: argparse.Namespace, settings: Settings) -> Any:
     from ..alerts import load_rules
 
@@ -242,10 +244,4 @@ def add_alert_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="alert rules (docs/alerts.md) the owner evaluates on a schedule (default: CLICKSTREAM_ALERT_RULES)",
     )
-    p.add_argument(
-        "--alert-interval",
-        type=_duration_arg,
-        default=None,
-        metavar="DURATION",
-        help="time between alert evaluations: seconds, or e.g. 30s, 5m (default 1m)",
-    )
+    _duration_option(p, "--alert-interval", "time between alert evaluations", default=None)
