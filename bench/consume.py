@@ -17,8 +17,8 @@ All figures come from one run, against a throwaway local Kafka broker and the em
   the producer ended. Both check rows == produced with no duplicate event id, and give the CPU seconds per event of
   the producer process, the sink's process (this one: consumer, insert thread, engine) and the broker.
 - large values = with --large-values N: N values of 5 MB (a few KiB each as lz4, as a foreign producer may send
-  them) and 1 000 events drained by a sink process (tests/integration/sink_worker.py) with --batch-max-bytes; its
-  peak RSS (VmHWM), and the same for 1 000 events alone as the baseline. Only that part runs.
+  them) and 1 000 events drained by `clickstream consume --batch-max-bytes` in its own process; its peak RSS
+  (ru_maxrss), and the same for 1 000 events alone as the baseline. Only that part runs.
 
 Medians over --repeats rounds for the backlog figures.
 
@@ -291,36 +291,44 @@ def start_stack(prefix: str) -> tuple[Settings, KafkaStack]:
 
 
 def large_values(base: Settings, n: int, batch_max_bytes: int) -> None:
-    """Peak RSS of a sink process draining ``n`` 5 MB lz4 values and 1 000 events, against 1 000 events alone."""
+    """Peak RSS of a sink process (``clickstream consume``) draining ``n`` 5 MiB lz4 values and 1 000 events, against
+    1 000 events alone."""
+    import json
+
     from kafka import KafkaProducer
 
-    from tests.integration.sink_worker import make_values, produce, worker_env
-    from tests.integration.test_sink_hardening import huge_json
+    from clickstream_lib.notebooks import settings_env
 
     def peak(settings: Settings) -> dict[str, float]:
-        env = worker_env(settings, base.data_dir.parent / f"worker-{uuid.uuid4().hex[:6]}")
-        cmd = [PYTHON, "-m", "tests.integration.sink_worker", "run", "--until-idle", "3", "--batch-max-rows", "20000"]
-        done = subprocess.run(
-            [*cmd, "--batch-max-bytes", str(batch_max_bytes)], cwd=ROOT, env=env, capture_output=True, timeout=1800
-        )
-        if done.returncode != 0:
-            raise RuntimeError(done.stderr.decode()[-2000:])
-        import json
-
-        return dict(json.loads(done.stdout.decode().strip().splitlines()[-1]))
+        """The final stats of ``clickstream consume --stats`` in its own process, with its peak RSS (MiB)."""
+        settings = settings.replace(data_dir=base.data_dir.parent / f"consume-{uuid.uuid4().hex[:6]}")
+        cmd = [PYTHON, "-m", "clickstream_lib", "consume", "--until-idle", "3", "--stats"]
+        cmd += ["--batch-max-rows", "20000", "--batch-max-bytes", str(batch_max_bytes)]
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=settings_env(settings, clean_env()), stdout=out, stderr=err)
+            _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage: its peak RSS (ru_maxrss, KiB)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            err.seek(0)
+            if proc.returncode != 0:
+                raise RuntimeError(err.read().decode()[-2000:])
+            stats = json.loads(out.read().decode().strip().splitlines()[-1])
+        return {**stats, "peak_rss_mb": usage.ru_maxrss / 1024}
 
     alone = fresh(base, "small")
-    produce(alone, make_values(1_000, seed=1))
+    Producer(alone, rate=None).run(events=1_000)
     base_rss = peak(alone)["peak_rss_mb"]
     big = fresh(base, "large")
     topics.ensure_topic(big, big.kafka_topic)
     prod = KafkaProducer(**topics.client_config(big), compression_type="lz4", max_request_size=8 * 1024 * 1024)
-    value = huge_json()
+    # What a foreign producer may send: an event-shaped JSON value of 5 MiB that lz4 compresses to a few KiB.
+    head = b'{"user_id":"user_0001","item_id":"item_0001","interaction_type":"click","pad":"'
+    value = head + b"x" * (5 * 2**20 - len(head) - 2) + b'"}'
     for i in range(n):
         prod.send(big.kafka_topic, value, partition=i % big.kafka_partitions)
     prod.flush(timeout=300)
     prod.close()
-    produce(big, make_values(1_000, seed=2))
+    Producer(big, rate=None).run(events=1_000)
     t0 = time.perf_counter()
     st = peak(big)
     print(

@@ -36,9 +36,9 @@ def measure(database: str, repeat: int) -> dict[str, Any]:
     import pandas as pd
 
     from clickstream_lib import queries
+    from clickstream_lib.dashboard import Dashboard
     from clickstream_lib.settings import Settings
     from clickstream_lib.store import connect
-    from clickstream_lib.widgets import Dashboard
 
     settings = Settings.from_env(clickhouse_database=database)
     store = connect(settings)

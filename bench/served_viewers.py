@@ -48,7 +48,7 @@ from clickstream_lib.store import ServedStore, served_store  # noqa: E402
 VIEWER = """
 import json, sys, time
 from clickstream_lib import Settings, connect, queries
-from clickstream_lib.widgets import Dashboard
+from clickstream_lib.dashboard import Dashboard
 offset, period, duration, full = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1"
 store = connect(Settings.from_env())
 assert type(store).__name__ == "ServedStore", type(store)

@@ -4,8 +4,8 @@ Notebooks import from here only::
 
     from clickstream_lib import Settings, connect, queries
 
-Heavy names (widgets, notebook runners, the Kafka clients) load on first use, so ``import clickstream_lib`` and the
-``clickstream`` command stay fast.
+Heavy names (the dashboard and the workbench, notebook runners, the Kafka clients) load on first use, so
+``import clickstream_lib`` and the ``clickstream`` command stay fast.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ from .errors import (
 from .settings import Settings
 
 if TYPE_CHECKING:
-    from . import alerts, notebooks, queries, widgets
+    from . import alerts, notebooks, queries
+    from .dashboard import Dashboard
     from .generator import SCENARIOS, Generator
     from .producer import Producer, ProducerStats
     from .sink import Sink, SinkStats
     from .stack import KafkaStack
     from .store import Store, connect
-    from .widgets import Dashboard, Workbench
+    from .workbench import Workbench
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -67,13 +68,12 @@ __all__ = [
     "connect",
     "notebooks",
     "queries",
-    "widgets",
 ]
 
 # name -> (module, attribute or None for the module itself)
 _LAZY: dict[str, tuple[str, str | None]] = {
     "SCENARIOS": ("generator", "SCENARIOS"),
-    "Dashboard": ("widgets", "Dashboard"),
+    "Dashboard": ("dashboard", "Dashboard"),
     "Generator": ("generator", "Generator"),
     "KafkaStack": ("stack", "KafkaStack"),
     "Producer": ("producer", "Producer"),
@@ -81,12 +81,11 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Sink": ("sink", "Sink"),
     "SinkStats": ("sink", "SinkStats"),
     "Store": ("store", "Store"),
-    "Workbench": ("widgets", "Workbench"),
+    "Workbench": ("workbench", "Workbench"),
     "alerts": ("alerts", None),
     "connect": ("store", "connect"),
     "notebooks": ("notebooks", None),
     "queries": ("queries", None),
-    "widgets": ("widgets", None),
 }
 
 

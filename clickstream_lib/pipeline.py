@@ -10,16 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .served_pipeline import ServedPipeline
+from .served_pipeline import PipelineState, PipelineStats, ServedPipeline
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from .producer import Producer, ProducerStats
+    from .sink import Sink
     from .store import Store
-
-
-def field_of(stats: Any, name: str) -> Any:
-    """A figure from a stats snapshot, whether it is a dataclass or a mapping."""
-    return stats.get(name) if isinstance(stats, Mapping) else getattr(stats, name, None)
 
 
 #: Users of the pipeline's generator: as many as its starting rate needs for sessions that the 30-minute rule
@@ -57,7 +54,7 @@ class Pipeline:
         self.sink_options = dict(sink_options or {})
         self.n_users: int | None = None
         self.scenarios: dict[str, bool] = {}
-        self._done: dict[str, float] = {
+        self._done: dict[str, int] = {
             "sent": 0,
             "acked": 0,
             "rows_inserted": 0,
@@ -66,12 +63,12 @@ class Pipeline:
         }
         self._dead_by_reason: dict[str, int] = {}
         self._acked_by_partition: dict[int, int] = {}
-        self.producer = self._new_producer()
-        self.sink = self._new_sink()
+        self.producer: Producer = self._new_producer()
+        self.sink: Sink = self._new_sink()
         self._producer_used = False
         self._sink_used = False
 
-    def _new_producer(self) -> Any:
+    def _new_producer(self) -> Producer:
         from .generator import Generator
         from .producer import Producer
 
@@ -84,7 +81,7 @@ class Pipeline:
             producer.set_scenario(name, on)
         return producer
 
-    def _new_sink(self) -> Any:
+    def _new_sink(self) -> Sink:
         from .sink import Sink
 
         return Sink(self.settings, self.store, **self.sink_options)
@@ -95,12 +92,12 @@ class Pipeline:
         self.start_producer(events)
 
     def start_producer(self, events: int | None = None) -> None:
-        if field_of(self.producer.stats(), "running"):
+        if self.producer.stats().running:
             return
         if self._producer_used:
             p = self.producer.stats()
-            self._done["sent"] += field_of(p, "sent") or 0
-            self._done["acked"] += field_of(p, "acked") or 0
+            self._done["sent"] += p.sent
+            self._done["acked"] += p.acked
             self._acked_by_partition = self._partition_acks(p)
             self.producer.close()
             self.producer = self._new_producer()
@@ -111,14 +108,14 @@ class Pipeline:
         self.producer.stop()
 
     def start_sink(self) -> None:
-        if field_of(self.sink.stats(), "running"):
+        if self.sink.stats().running:
             return
         if self._sink_used:
             s = self.sink.stats()
-            self._done["rows_inserted"] += field_of(s, "rows_inserted") or 0
-            self._done["dead_letters"] += field_of(s, "dead_letters") or 0
-            self._done["dead_letters_unpublished"] += field_of(s, "dead_letters_unpublished") or 0
-            for reason, n in (field_of(s, "dead_letters_by_reason") or {}).items():
+            self._done["rows_inserted"] += s.rows_inserted
+            self._done["dead_letters"] += s.dead_letters
+            self._done["dead_letters_unpublished"] += s.dead_letters_unpublished
+            for reason, n in s.dead_letters_by_reason.items():
                 self._dead_by_reason[reason] = self._dead_by_reason.get(reason, 0) + int(n)
             self.sink = self._new_sink()
         self._sink_used = True
@@ -152,19 +149,19 @@ class Pipeline:
 
     @property
     def running(self) -> bool:
-        return bool(field_of(self.producer.stats(), "running") or field_of(self.sink.stats(), "running"))
+        return self.producer.stats().running or self.sink.stats().running
 
     def rows_inserted(self) -> int:
-        return int(self._done["rows_inserted"] + (field_of(self.sink.stats(), "rows_inserted") or 0))
+        return self._done["rows_inserted"] + self.sink.stats().rows_inserted
 
-    def _partition_acks(self, p: Any) -> dict[int, int]:
+    def _partition_acks(self, p: ProducerStats) -> dict[int, int]:
         """Messages acknowledged per partition, over this and the replaced producers."""
         out = dict(self._acked_by_partition)
-        for partition, n in (field_of(p, "acked_by_partition") or {}).items():
+        for partition, n in p.acked_by_partition.items():
             out[int(partition)] = out.get(int(partition), 0) + int(n)
         return out
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> PipelineStats:
         """Live figures of both threads, flattened for display (``data-stat`` hooks use these keys).
 
         ``acked_by_partition`` maps each partition of the topic to the messages the producer had acknowledged there
@@ -173,29 +170,27 @@ class Pipeline:
         p = self.producer.stats()
         s = self.sink.stats()
         reasons = dict(self._dead_by_reason)
-        for reason, n in (field_of(s, "dead_letters_by_reason") or {}).items():
+        for reason, n in s.dead_letters_by_reason.items():
             reasons[reason] = reasons.get(reason, 0) + int(n)
         return {
-            "producer": "running" if field_of(p, "running") else "stopped",
-            "sent": int(self._done["sent"] + (field_of(p, "sent") or 0)),
-            "acked": int(self._done["acked"] + (field_of(p, "acked") or 0)),
+            "producer": "running" if p.running else "stopped",
+            "sent": self._done["sent"] + p.sent,
+            "acked": self._done["acked"] + p.acked,
             "acked_by_partition": self._partition_acks(p),
-            "produced_per_s": field_of(p, "rate_now"),
-            "sink": "running" if field_of(s, "running") else "stopped",
+            "produced_per_s": p.rate_now,
+            "sink": "running" if s.running else "stopped",
             "rows_inserted": self.rows_inserted(),
-            "ingested_per_s": field_of(s, "rows_per_s"),
-            "lag": dict(field_of(s, "lag") or {}),
-            "latency_p50_ms": field_of(s, "latency_event_p50_ms"),
-            "latency_p99_ms": field_of(s, "latency_event_p99_ms"),
-            "dead_letters": int(self._done["dead_letters"] + (field_of(s, "dead_letters") or 0)),
+            "ingested_per_s": s.rows_per_s,
+            "lag": dict(s.lag),
+            "latency_p50_ms": s.latency_event_p50_ms,
+            "latency_p99_ms": s.latency_event_p99_ms,
+            "dead_letters": self._done["dead_letters"] + s.dead_letters,
             "dead_letters_by_reason": reasons,
-            "dead_letters_unpublished": int(
-                self._done["dead_letters_unpublished"] + (field_of(s, "dead_letters_unpublished") or 0)
-            ),
-            "last_error": field_of(s, "last_error") or "",
+            "dead_letters_unpublished": self._done["dead_letters_unpublished"] + s.dead_letters_unpublished,
+            "last_error": s.last_error or "",
         }
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> PipelineState:
         """The settings a viewer's controls show: rate and scenarios switched on."""
         return {"rate": self.rate, "scenarios": dict(self.scenarios)}
 
@@ -213,8 +208,8 @@ class PipelineControl(Protocol):
     def set_rate(self, rate: float) -> None: ...
     def set_scenario(self, name: str, on: bool = True) -> None: ...
     def rows_inserted(self) -> int: ...
-    def stats(self) -> dict[str, Any]: ...
-    def state(self) -> dict[str, Any]: ...
+    def stats(self) -> PipelineStats: ...
+    def state(self) -> PipelineState: ...
 
 
-__all__ = ["PIPELINE_USERS", "Pipeline", "PipelineControl", "ServedPipeline", "field_of"]
+__all__ = ["PIPELINE_USERS", "Pipeline", "PipelineControl", "PipelineState", "PipelineStats", "ServedPipeline"]

@@ -7,10 +7,41 @@ can import it without importing them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 if TYPE_CHECKING:
     from .store import ServedStore
+
+
+class PipelineStats(TypedDict, total=False):
+    """A pipeline's live figures, flat for display (the ``data-stat`` hooks use these keys).
+
+    The owner answers with only the first five before its pipeline has started (``service.StoreService``); over the
+    socket the keys of ``lag`` (partitions) arrive as strings.
+    """
+
+    producer: str  # "running" or "stopped"
+    sent: int
+    acked: int
+    acked_by_partition: dict[int, int]  # over the socket the keys arrive as strings, as lag's do
+    sink: str  # "running" or "stopped"
+    rows_inserted: int
+    produced_per_s: float
+    ingested_per_s: float
+    lag: dict[int, int]
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    dead_letters: int
+    dead_letters_by_reason: dict[str, int]
+    dead_letters_unpublished: int
+    last_error: str
+
+
+class PipelineState(TypedDict):
+    """What a viewer's controls show: the producer's rate and the scenarios switched on or off."""
+
+    rate: float
+    scenarios: dict[str, bool]
 
 
 class ServedPipeline:
@@ -61,8 +92,8 @@ class ServedPipeline:
     def rows_inserted(self) -> int:
         return int(self.stats().get("rows_inserted") or 0)
 
-    def stats(self) -> dict[str, Any]:
-        return dict(self._call("stats"))
+    def stats(self) -> PipelineStats:
+        return cast(PipelineStats, self._call("stats"))
 
-    def state(self) -> dict[str, Any]:
-        return dict(self._call("state"))
+    def state(self) -> PipelineState:
+        return cast(PipelineState, self._call("state"))

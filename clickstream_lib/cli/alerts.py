@@ -30,7 +30,8 @@ class AlertsCommand:
                 "(SLACK_BOT_TOKEN + CLICKSTREAM_ALERT_SLACK_CHANNEL)."
             ),
             epilog=(
-                "examples:\n  clickstream alerts check --rules alerts.toml        # exit 1 when something fires\n"
+                "examples:\n"
+                "  clickstream alerts check --rules alerts.toml        # exit 1 when something fires\n"
                 "  clickstream alerts run --rules alerts.toml --interval 60\n"
                 "  clickstream alerts backtest --rules alerts.toml --param start=2026-11-28 --param end=2026-11-29"
             ),
@@ -41,7 +42,14 @@ class AlertsCommand:
         def common(q: argparse.ArgumentParser) -> None:
             q.add_argument("--rules", help="the rules file (default: CLICKSTREAM_ALERT_RULES)")
 
-        q = actions.add_parser("check", help="evaluate once; exit 1 if any rule fires, 0 if none")
+        q = actions.add_parser(
+            "check",
+            help="evaluate once; exit 1 if any rule fires, 0 if none",
+            description=(
+                "Evaluate every rule once, as of now or --at: record what fires and resolves in alert_events, post "
+                "it, and print it. Exit 1 if any rule fires (or an evaluation or a delivery failed), 0 if none."
+            ),
+        )
         common(q)
         q.add_argument("--at", help="evaluate as of this time (ISO-8601, UTC unless it has an offset); default now")
         q.add_argument(
@@ -53,12 +61,26 @@ class AlertsCommand:
         q.add_argument("--no-deliver", action="store_true", help="store and print, post nothing")
         q.set_defaults(handler=AlertsCommand.check)
 
-        q = actions.add_parser("run", help="evaluate on a schedule until interrupted")
+        q = actions.add_parser(
+            "run",
+            help="evaluate on a schedule until interrupted",
+            description=(
+                "Evaluate the rules every --interval until SIGTERM/Ctrl-C, recording and posting what fires and "
+                "resolves."
+            ),
+        )
         common(q)
-        q.add_argument("--interval", type=_duration_arg, default=timedelta(minutes=1), help="e.g. 30s, 1m (default 1m)")
+        _duration_option(q, "--interval", "time between evaluations")
         q.set_defaults(handler=AlertsCommand.run)
 
-        q = actions.add_parser("backtest", help="replay the rules over history: when each would have fired")
+        q = actions.add_parser(
+            "backtest",
+            help="replay the rules over history: when each would have fired",
+            description=(
+                "Replay the rules over the stored events from start to end, evaluating every --step, and list when "
+                "each rule would have fired and resolved. Nothing is recorded or posted."
+            ),
+        )
         common(q)
         q.add_argument(
             "--param",
@@ -68,8 +90,8 @@ class AlertsCommand:
             metavar="NAME=VALUE",
             help="start=TIME and end=TIME (required)",
         )
-        q.add_argument("--step", type=_duration_arg, default=timedelta(minutes=1), help="evaluate every (default 1m)")
-        q.add_argument("--format", "-f", choices=["table", "csv", "json"], default="table")
+        _duration_option(q, "--step", "time between evaluations in the replay")
+        q.add_argument("--format", "-f", choices=["table", "csv", "json"], default="table", help="output format")
         q.set_defaults(handler=AlertsCommand.backtest)
 
     @staticmethod
@@ -176,6 +198,20 @@ def _duration_arg(text: str) -> timedelta:
     return value
 
 
+def _duration_option(
+    p: argparse.ArgumentParser, flag: str, what: str, default: timedelta | None = timedelta(minutes=1)
+) -> None:
+    """A duration option: seconds, or a number with ms/s/m/h/d; None as ``default`` leaves the choice (1m) to the
+    caller's settings."""
+    p.add_argument(
+        flag,
+        type=_duration_arg,
+        default=default,
+        metavar="DURATION",
+        help=f"{what}: seconds, or e.g. 30s, 5m (default 1m)",
+    )
+
+
 def _rules(args: argparse.Namespace, settings: Settings) -> Any:
     from ..alerts import load_rules
 
@@ -208,6 +244,4 @@ def add_alert_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="alert rules (docs/alerts.md) the owner evaluates on a schedule (default: CLICKSTREAM_ALERT_RULES)",
     )
-    p.add_argument(
-        "--alert-interval", type=_duration_arg, default=None, help="seconds between alert evaluations (default 1m)"
-    )
+    _duration_option(p, "--alert-interval", "time between alert evaluations", default=None)

@@ -23,24 +23,22 @@ class ConsumeCommand:
             description=(
                 "Join the consumer group and insert the topic's events into ClickHouse, effectively once: batches are "
                 "offset ranges stored with a deduplication token and committed only after ClickHouse acknowledged "
-                "them. "
-                "Invalid messages go to the dead-letter topic and the dead_letters table.\n"
+                "them. Invalid messages go to the dead-letter topic and the dead_letters table.\n"
                 "Runs until SIGTERM/Ctrl-C (finishes the batch, commits, exits 0), --until-idle or --max-events.\n"
                 "A broker that does not answer at start is waited for (a warning names it, retries back off up to "
                 "15 s; --broker-wait bounds the wait); a wrong KAFKA_BROKER_URL or security setting fails at once.\n"
-                "Several `clickstream consume` processes in one group split the partitions; with the embedded store "
-                "(chdb) only one process may open a data directory, so run several consumers against a ClickHouse "
-                "server.\n"
+                "Several `clickstream consume` processes in one group split the partitions. The embedded store (chdb) "
+                "lets only one process open a data directory, so run several consumers against a ClickHouse server.\n"
                 "A partition the group has no committed offset for (a new --group, or offsets expired after a week "
-                "idle) "
-                "starts after the highest offset already stored from it, so the retained log is not stored twice; "
-                "--from-beginning replays it instead. Another group's batches have their own deduplication tokens: "
-                "`--group replay --from-beginning` into the same database stores a second copy (use it with a fresh "
-                "CLICKHOUSE_DATABASE to rebuild one)."
+                "idle) starts after the highest offset already stored from it, so the retained log is not stored "
+                "twice; --from-beginning replays it instead. Another group's batches have their own deduplication "
+                "tokens: `--group replay --from-beginning` into the same database stores a second copy (use it with a "
+                "fresh CLICKHOUSE_DATABASE to rebuild one)."
             ),
             epilog=(
-                "examples:\n  clickstream consume --until-idle 5\n  clickstream consume --group replay --max-events "
-                "10000\n"
+                "examples:\n"
+                "  clickstream consume --until-idle 5\n"
+                "  clickstream consume --group replay --max-events 10000\n"
                 "  CLICKHOUSE_DATABASE=rebuilt clickstream consume --group rebuild --from-beginning --until-idle 5\n"
                 "  clickstream consume --stats"
             ),
@@ -133,8 +131,7 @@ class ConsumeCommand:
         if owner is not None:
             raise StoreLocked(
                 f"the embedded store {settings.store_url.path} is owned by `clickstream serve` (pid {owner.pid}), "
-                "which "
-                "runs the sink itself: stop it to run `clickstream consume`, or use another CLICKSTREAM_DATA_DIR"
+                "which runs the sink itself: stop it to run `clickstream consume`, or use another CLICKSTREAM_DATA_DIR"
             )
         sink = Sink(
             settings,

@@ -21,13 +21,11 @@ class DemoCommand:
             "demo",
             help="the main job: local Kafka + live pipeline + dashboard in your browser",
             description=(
-                "Start the local Kafka broker (resolving its jars once), the owner of the embedded store (`clickstream "
-                "serve --produce`: the live pipeline generator -> Kafka -> sink -> embedded ClickHouse), and the "
-                "dashboard "
-                "with Voila on 127.0.0.1. Open the printed URL in as many tabs as you like: every page shows and "
-                "controls "
-                "the same pipeline, and `clickstream query`/`report` work meanwhile. Ctrl-C or SIGTERM stops the "
-                "dashboard, the owner (the sink commits first) and the broker it started."
+                "Start the local Kafka broker (resolving its jars once), the owner of the embedded store "
+                "(`clickstream serve --produce`: the live pipeline generator -> Kafka -> sink -> embedded ClickHouse) "
+                "and the dashboard with Voila on 127.0.0.1. Open the printed URL in as many tabs as you like: every "
+                "page shows and controls the same pipeline, and `clickstream query`/`report` work meanwhile.\n"
+                "Ctrl-C or SIGTERM stops the dashboard, the owner (the sink commits first) and the broker it started."
             ),
             epilog="examples:\n  clickstream demo\n  clickstream demo --port 8870 --rate 1000",
             formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -41,16 +41,21 @@ def add_generator_args(p: argparse.ArgumentParser) -> None:
         "--profile",
         choices=("default", "case-study"),
         default="default",
-        help="default: sessions walking the view -> click -> add_to_cart -> purchase funnel; case-study: the original "
-        "case study's six types (open_app 40%%, login 25%%, view, click, payment_initiated, purchase) with a nested "
-        "metadata (experiment_name, experiment_variation, session_id, device_name), users and items uniform",
+        help=(
+            "default: sessions walking the view -> click -> add_to_cart -> purchase funnel; case-study: the original "
+            "case study's six types (open_app 40%%, login 25%%, view, click, payment_initiated, purchase) with a "
+            "nested `metadata` object (experiment_name, experiment_variation, session_id, device_name), users and "
+            "items uniform"
+        ),
     )
     p.add_argument(
         "--users",
         type=int,
         default=None,
-        help="number of users (default 10000; case-study 9999); live sessions 30 minutes apart need about 540 per "
-        "event/s",
+        help=(
+            "number of users (default 10000; case-study 9999); when live, a user's sessions stay 30 minutes apart "
+            "(so that the sessions rule tells them apart) with about 540 users per event/s"
+        ),
     )
     p.add_argument("--items", type=int, default=None, help="catalogue size (default 1000; case-study 50)")
     p.add_argument(
@@ -59,8 +64,10 @@ def add_generator_args(p: argparse.ArgumentParser) -> None:
         type=scenario_arg,
         default=[],
         metavar="NAME[:k=v,...]",
-        help="switch a scenario on (repeatable): flash_sale, bot_burst, late_events, duplicates, malformed; "
-        "e.g. --scenario malformed:share=0.05 --scenario flash_sale:item=item_0007",
+        help=(
+            "switch a scenario on (repeatable): flash_sale, bot_burst, late_events, duplicates, malformed; "
+            "e.g. --scenario malformed:share=0.05 --scenario flash_sale:item=item_0007"
+        ),
     )
 
 

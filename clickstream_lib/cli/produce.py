@@ -22,8 +22,8 @@ class ProduceCommand:
             description=(
                 "Generate events and send them to KAFKA_TOPIC (created with KAFKA_PARTITIONS partitions if missing), "
                 "keyed by user_id, acks=all, idempotent, lz4. Runs until --events or --duration, or Ctrl-C (which "
-                "flushes and prints the summary). The case study's flags work as they did: a batch of --batch_size "
-                "events every --time_interval seconds, at most --data_generation_speed events/s."
+                "flushes and prints the summary). The case study's flags work too: a batch of --batch_size events "
+                "every --time_interval seconds, at most --data_generation_speed events/s."
             ),
             epilog=(
                 "examples:\n  clickstream produce --rate 5000 --duration 60\n"

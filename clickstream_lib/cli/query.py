@@ -48,9 +48,11 @@ class QueryCommand:
             "--source",
             choices=["auto", "raw", "rollup", "approx"],
             default="auto",
-            help="read rollups where they answer (auto, default), always raw events, insist on rollups, or estimate "
-            "distinct counts from the rollups' HLL states (approx; the output's `estimated` column says which rows "
-            "are)",
+            help=(
+                "auto (default): read rollups where they answer; raw: always the raw events; rollup: insist on "
+                "rollups; approx: estimate distinct counts from the rollups' HLL states (the output's `estimated` "
+                "column marks those rows)"
+            ),
         )
         p.add_argument("--sql", help="run this SQL read-only instead of a named query")
         p.add_argument("--format", "-f", choices=["table", "csv", "json"], default="table", help="output format")

@@ -20,9 +20,8 @@ class ReportCommand:
             help="run the papermill report; write the executed notebook and an HTML export",
             description=(
                 "Execute notebooks/report.ipynb with papermill (parameters: start, end, interaction_type, device, "
-                "country, "
-                "referrer, top_n, alert_rules, alert_step) and write <out>/report.ipynb (widget state stripped) and "
-                "<out>/report.html (no code).\n"
+                "country, referrer, top_n, alert_rules, alert_step) and write <out>/report.ipynb (widget state "
+                "stripped) and <out>/report.html (no code).\n"
                 "In embedded mode the report's kernel reaches the store through its owner (`clickstream serve`) "
                 "when one runs, else opens it itself."
             ),

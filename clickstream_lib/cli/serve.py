@@ -21,19 +21,17 @@ class ServeCommand:
             help="own the embedded store: run the sink and serve every other process of this machine",
             description=(
                 "Open the embedded ClickHouse store (chdb, CLICKSTREAM_DATA_DIR) once, run the sink (and with "
-                "--produce "
-                "the generator/producer), and serve the store to every other process of this machine over a Unix "
-                "socket "
-                "in the data directory (Arrow Flight; same user only: a 0700 directory and a token file). While it "
-                "runs, "
-                "`clickstream query`, `clickstream report`, notebooks and every dashboard viewer reach the store "
-                "through "
-                "it, and the dashboard and the workbench show and control its pipeline.\n"
+                "--produce the generator/producer), and serve the store to every other process of this machine over a "
+                "Unix socket in the data directory (Arrow Flight; same user only: a 0700 directory and a token file). "
+                "While it runs, `clickstream query`, `clickstream report`, notebooks and every dashboard viewer reach "
+                "the store through it, and the dashboard and the workbench show and control its pipeline.\n"
                 "Prints `serving: <socket>` once ready; runs until SIGTERM/Ctrl-C (the sink stores and commits first)."
             ),
             epilog=(
-                "examples:\n  clickstream serve\n  clickstream serve --produce --rate 500\n  clickstream serve "
-                "--no-sink"
+                "examples:\n"
+                "  clickstream serve\n"
+                "  clickstream serve --produce --rate 500\n"
+                "  clickstream serve --no-sink"
             ),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )

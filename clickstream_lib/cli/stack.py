@@ -20,15 +20,20 @@ class StackCommand:
             help="start, stop or inspect the local Kafka broker",
             description=(
                 "Manage a real Apache Kafka 4.x broker (KRaft) on 127.0.0.1. The first `up` resolves its jars from "
-                "Maven "
-                "Central into the cache directory; later ones download nothing. Data persists across down/up.\n"
+                "Maven Central into the cache directory; later ones download nothing. Data persists across down/up.\n"
                 "Nothing is started when KAFKA_BROKER_URL names a broker that is not on loopback."
             ),
             epilog="examples:\n  clickstream stack up\n  clickstream stack status\n  clickstream stack down",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.add_argument("action", choices=["up", "down", "status"], help="what to do")
-        p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for readiness (default 90)")
+        p.add_argument(
+            "--timeout",
+            type=float,
+            default=90.0,
+            metavar="SECONDS",
+            help="how long `up` waits for the broker (default 90)",
+        )
         p.set_defaults(handler=StackCommand.run)
 
     @staticmethod
@@ -45,8 +50,8 @@ class StackCommand:
             if before.running:
                 out(f"already up: {before.describe()}")
                 return 0
-            if not stack.jars_present() and stack.is_local:
-                err(f"resolving Kafka {stack.version} jars from Maven Central (once) into {stack.libs} ...")
+            if not stack.jars.present() and stack.is_local:
+                err(f"resolving Kafka {stack.jars.version} jars from Maven Central (once) into {stack.jars.libs} ...")
             st = stack.up(timeout_s=args.timeout)
             out(f"up: {st.describe()}")
             return 0

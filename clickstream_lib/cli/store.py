@@ -19,12 +19,14 @@ class StoreCommand:
             "store",
             help="inspect or migrate the ClickHouse store",
             description=(
-                "Open the ClickHouse store (embedded chdb:// by default, or CLICKHOUSE_URL), apply pending schema "
-                "migrations, and report its location, schema version and row counts."
+                "Open the ClickHouse store (embedded chdb:// by default, or CLICKHOUSE_URL), applying any pending "
+                "schema migrations, and print its location and schema version; `status` also counts the rows of "
+                "events and dead_letters."
             ),
             epilog=(
-                "examples:\n  clickstream store status\n  CLICKHOUSE_URL=http://u:p@host:8123/db clickstream store "
-                "migrate"
+                "examples:\n"
+                "  clickstream store status\n"
+                "  CLICKHOUSE_URL=http://u:p@host:8123/db clickstream store migrate"
             ),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )

@@ -1,1 +1,2 @@
-"""Widget panels that the dashboard and the workbench (:mod:`clickstream_lib.widgets`) are built from."""
+"""The widget panels and blocks that the dashboard (:mod:`clickstream_lib.dashboard`) and the workbench
+(:mod:`clickstream_lib.workbench`) are built from."""

@@ -1,10 +1,12 @@
 """What the dashboard, the workbench and every panel module build on: the shared CSS, small HTML blocks, running a
-panel's named queries, and :class:`Chart` (a plotly figure in an ``ipywidgets.Output``). It imports no other part
-of the widgets, so the panels and :mod:`clickstream_lib.widgets` both import it, one way.
+panel's named queries, :class:`Chart` (a plotly figure in an ``ipywidgets.Output``) and :class:`AutoRefresh` (the
+refresh loop of both apps). It imports no other part of the widgets, so the panels,
+:mod:`clickstream_lib.dashboard` and :mod:`clickstream_lib.workbench` all import it, one way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 from collections.abc import Sequence
@@ -12,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 import pandas as pd
+
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -57,6 +61,14 @@ def table_html(df: pd.DataFrame, hook: str, max_rows: int = 20) -> str:
         return f'<div class="cs-table" data-table="{html.escape(hook)}"><i>no rows</i></div>'
     body = df.head(max_rows).to_html(index=False, escape=True, border=0, float_format=lambda v: f"{v:,.2f}")
     return _CSS + f'<div class="cs-table" data-table="{html.escape(hook)}">{body}</div>'
+
+
+def first_row(df: pd.DataFrame | None) -> dict[str, Any]:
+    """The first row of ``df`` as plain Python values (numpy scalars unwrapped); empty for no rows."""
+    if df is None or df.empty:
+        return {}
+    row = df.iloc[0].to_dict()
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
 
 
 def query_args(name: str, **kwargs: Any) -> tuple[str, dict[str, Any]]:
@@ -118,3 +130,52 @@ class Chart:
     def render(self) -> None:
         bundle = {PLOTLY_MIME: json.loads(self.fig.to_json()), "text/plain": f"<chart {self.fig.layout.title.text}>"}
         self.widget.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+
+
+_WIDE = {"timeseries", "dead_letters"}
+_THIRD = {"device", "country", "referrer"}
+
+
+def sized(widget: w.Output, name: str) -> w.Output:
+    """Charts share a row: full width for time series, a third for the small breakdowns, else half."""
+    widget.layout.width = "100%" if name in _WIDE else "33%" if name in _THIRD else "50%"
+    return widget
+
+
+def refresh_seconds(value: float) -> float:
+    """``value`` as seconds between refreshes; less than 0.5 s (or 0, or negative) would be a busy loop.
+
+    Raises:
+        ConfigError: naming ``refresh_s``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.5 <= value < float("inf"):
+        raise ConfigError("refresh_s", f"{value!r} is out of range; expected seconds >= 0.5 (e.g. 5)")
+    return float(value)
+
+
+class AutoRefresh:
+    """Re-runs ``refresh()`` every ``refresh_s`` seconds with an asyncio task on the kernel's loop.
+
+    A task on the kernel loop is what ticks in Voila (a Play widget started while the notebook executes never does).
+    """
+
+    refresh_s: float
+    _task: asyncio.Task[None] | None = None
+
+    def refresh(self) -> None:
+        raise NotImplementedError
+
+    def _start_refreshing(self) -> None:
+        if self._task and not self._task.done():
+            return
+        self._task = asyncio.get_event_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            self.refresh()
+
+    def _stop_refreshing(self) -> None:
+        if self._task:
+            self._task.cancel()
+            self._task = None

@@ -30,8 +30,9 @@ from clickstream_lib.alerts import (
     parse_rules,
 )
 from clickstream_lib.settings import Settings
+from clickstream_lib.stack import free_port
 from clickstream_lib.store import Store, connect
-from tests.conftest import base_env, free_port
+from tests.conftest import base_env
 from tests.integration.alert_helpers import CASE_STUDY_RULE, ITEM, MIN, SALE_END, T0, Receiver, load
 
 pytestmark = pytest.mark.integration
@@ -307,7 +308,8 @@ def test_threshold_live_and_anomaly_rules_on_the_store(alert_store: Store) -> No
     anomaly = next(f for f in ev.firing if f.rule.name == "traffic anomaly")
     assert anomaly.value == per_minute[pd.Timestamp(T0 + MIN)]
     history = per_minute.reindex(pd.date_range(T0 - 30 * MIN + MIN, T0 + MIN, freq="min", inclusive="left"))
-    assert anomaly.baseline == pytest.approx(history.fillna(0).mean()) and anomaly.score > 4
+    assert anomaly.baseline == pytest.approx(history.fillna(0).mean())
+    assert anomaly.score is not None and anomaly.score > 4
     ev = runner.evaluate(SALE_END)
     # By the sale's end its minutes are part of the anomaly's 30-minute history: no longer unusual.
     assert {f.rule.name for f in ev.firing} == {"busy ten minutes", "live rate"}

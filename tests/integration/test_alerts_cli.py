@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import base_env, free_port
+from clickstream_lib.stack import free_port
+from tests.conftest import base_env
 from tests.integration.alert_helpers import CASE_STUDY_RULE, ITEM, SALE_END, T0, Receiver
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,8 @@ import pytest
 from clickstream_lib import alerts
 from clickstream_lib.alerts.format import number
 from clickstream_lib.settings import Settings
+from clickstream_lib.stack import free_port
 from clickstream_lib.store import ServedStore, connect
-from tests.conftest import free_port
 from tests.integration.alert_helpers import CASE_STUDY_RULE, ITEM, Receiver, live_timeline
 from tests.integration.owner import ROOT, start_owner, stop_owner
 from tests.integration.sink_worker import produce, worker_env

@@ -321,7 +321,8 @@ def cohorts_truth(df: pd.DataFrame, period: str, periods: int, mode: str, by: st
 
     def period_of(t: pd.Timestamp) -> date:
         d = t.date()
-        return d - timedelta(days=d.weekday()) if period == "week" else d
+        monday: date = d - timedelta(days=d.weekday()) if period == "week" else d
+        return monday
 
     per_user: dict[str, list[tuple[int, str, date]]] = {}
     for user, t, b in zip(df["user_id"], df["event_time"], df[by] if by else [""] * len(df), strict=True):
@@ -349,7 +350,7 @@ def cohort_frame_as_dict(got: pd.DataFrame, by: str = "") -> dict[tuple[Any, ...
 
 # --- tests ---------------------------------------------------------------------------------------------------------
 
-PATH_CASES = [
+PATH_CASES: list[dict[str, Any]] = [
     {"event": "view", "direction": "after", "steps": 4},
     {"event": "purchase", "direction": "before", "steps": 3},
     {"event": "click", "direction": "after", "steps": 7, "gap_s": 300},
@@ -366,7 +367,7 @@ def test_paths_equal_reference(stores: dict[str, tuple[Store, pd.DataFrame]], da
     ]
     for case in PATH_CASES:
         for window in windows:
-            opts = {k: v for k, v in case.items() if k in ("event", "direction", "steps", "gap_s")}
+            opts: dict[str, Any] = {k: v for k, v in case.items() if k in ("event", "direction", "steps", "gap_s")}
             filters = {k: v for k, v in case.items() if k not in opts}
             got = analytics.paths(st, limit=100_000, **opts, **window, **filters)
             want = paths_truth(
@@ -416,6 +417,7 @@ def test_paths_on_the_edge_cases(stores: dict[str, tuple[Store, pd.DataFrame]]) 
     assert list(drops["sessions"]) == [5, 3, 1] and list(drops["dropped"]) == [2, 2, 0]
 
 
+FUNNEL_FILTERS: list[dict[str, Any]] = [{}, {"device": ["mobile", "desktop"]}]
 FUNNEL_CASES: list[dict[str, Any]] = [
     {"steps": ["view", "click", "purchase"], "windows_s": [1800]},
     {"steps": ["view", "click", "add_to_cart", "purchase"], "windows_s": [60, 600, 3600], "by": "device"},
@@ -434,7 +436,7 @@ def test_funnel_steps_equal_reference(stores: dict[str, tuple[Store, pd.DataFram
     ]
     for case in FUNNEL_CASES:
         for window in windows:
-            for filters in ({}, {"device": ["mobile", "desktop"]}):
+            for filters in FUNNEL_FILTERS:
                 got = analytics.funnel_steps(st, **case, **window, **filters)
                 windows_s = (
                     case["windows_s"] * (len(case["steps"]) - 1) if len(case["windows_s"]) == 1 else case["windows_s"]

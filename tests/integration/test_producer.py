@@ -21,8 +21,9 @@ from clickstream_lib.errors import BrokerUnavailable, ConfigError
 from clickstream_lib.generator import Generator
 from clickstream_lib.producer import Producer, TokenBucket, send_raw
 from clickstream_lib.settings import Settings
+from clickstream_lib.stack import free_port
 from clickstream_lib.topics import admin, client_config, end_offsets
-from tests.conftest import base_env, free_port
+from tests.conftest import base_env
 from tests.helpers import wait_until
 
 CLI = str(Path(sys.executable).with_name("clickstream"))
@@ -349,7 +350,7 @@ def test_cli_generate_writes_the_same_events_without_kafka(tmp_path: Path) -> No
     parsed = [events.parse(line, reference_ms=ref) for line in lines]
     valid = [p for p in parsed if not isinstance(p, events.Rejection)]
     assert 2_940 < len(valid) < 3_000
-    assert all(events.parse_timestamp("2026-11-22") <= p["timestamp_ms"] < ref for p in valid)  # type: ignore[operator]
+    assert all(events.parse_timestamp("2026-11-22") <= p["timestamp_ms"] < ref for p in valid)
 
 
 def _topic_has(settings: Settings, n: int) -> bool:

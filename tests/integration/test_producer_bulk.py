@@ -21,9 +21,8 @@ from kafka.partitioner.default import DefaultPartitioner
 from clickstream_lib.generator import Generator
 from clickstream_lib.producer import Producer
 from clickstream_lib.settings import Settings
-from clickstream_lib.stack import KafkaStack
+from clickstream_lib.stack import KafkaStack, free_port
 from clickstream_lib.topics import admin, client_config, end_offsets
-from tests.conftest import free_port
 from tests.helpers import wait_until
 
 
@@ -136,7 +135,7 @@ def test_a_custom_partitioner_falls_back_to_send_with_one_warning(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     class EveryoneOnZero(DefaultPartitioner):
-        def partition(self, *args: object) -> int:  # type: ignore[override]
+        def partition(self, *args: object) -> int:
             return 0
 
     with (

@@ -208,9 +208,10 @@ def loaded(store: Store, events: pd.DataFrame) -> Store:
 # --- pandas ground truth ---------------------------------------------------------------------------------------
 
 
-def select(
-    df: pd.DataFrame, start: datetime | None = None, end: datetime | None = None, **filters: Any
-) -> pd.DataFrame:
+def select(df: pd.DataFrame, *window: datetime | None, **filters: Any) -> pd.DataFrame:
+    """The rows of ``df`` in ``[start, end)`` (positional or by name) whose columns match ``filters``."""
+    start, end = (*window, None, None)[:2]
+    start, end = filters.pop("start", start), filters.pop("end", end)
     m = pd.Series(True, index=df.index)
     if start is not None:
         m &= df["event_time"] >= pd.Timestamp(start)
@@ -229,12 +230,12 @@ def close_hll(estimate: float, exact: int) -> bool:
     return abs(estimate - exact) <= max(1, 3 * HLL_RELATIVE_ERROR * exact)
 
 
-WINDOWS = [
+WINDOWS: list[dict[str, Any]] = [
     {},
     {"start": BASE + timedelta(hours=5), "end": BASE + timedelta(days=2)},  # aligned to days -> every rollup
     {"start": BASE + timedelta(hours=7, minutes=13, seconds=5), "end": BASE + timedelta(days=2, minutes=1)},
 ]
-FILTER_SETS = [
+FILTER_SETS: list[dict[str, Any]] = [
     {},
     {"device": "mobile"},
     {"interaction_type": ["click", "purchase"], "country": "DE"},
@@ -247,7 +248,9 @@ FILTER_SETS = [
 
 @pytest.mark.parametrize("window", WINDOWS)
 @pytest.mark.parametrize("source", ["raw", "auto"])
-def test_dashboard_queries_equal_pandas(loaded: Store, events: pd.DataFrame, window: dict, source: str) -> None:
+def test_dashboard_queries_equal_pandas(
+    loaded: Store, events: pd.DataFrame, window: dict[str, Any], source: str
+) -> None:
     for filters in FILTER_SETS:
         sel = select(events, **window, **filters)
         kw = {**window, **filters, "source": source}
@@ -287,7 +290,7 @@ def test_dashboard_queries_equal_pandas(loaded: Store, events: pd.DataFrame, win
 
 
 def test_auto_reads_rollups_only_when_exact(loaded: Store, events: pd.DataFrame) -> None:
-    aligned = {"start": BASE + timedelta(days=1), "end": BASE + timedelta(days=2)}
+    aligned: dict[str, Any] = {"start": BASE + timedelta(days=1), "end": BASE + timedelta(days=2)}
     assert queries.kpis(loaded, **aligned).attrs["source"] == "events_by_day"
     assert queries.kpis(loaded).attrs["source"] == "events_by_day"
     assert queries.kpis(loaded, start=BASE + timedelta(hours=1)).attrs["source"] == "events_by_minute"
@@ -350,10 +353,10 @@ def funnel_truth(df: pd.DataFrame, window_ms: int) -> list[int]:
                 i = steps[itype]
                 if i == 0:
                     updates.append((0, (t, t)))
-                elif best[i - 1] is not None and t > best[i - 1][1] and t - best[i - 1][0] <= window_ms:
-                    updates.append((i, (best[i - 1][0], t)))
+                elif (prev := best[i - 1]) is not None and t > prev[1] and t - prev[0] <= window_ms:
+                    updates.append((i, (prev[0], t)))
             for i, val in updates:  # events at the same time cannot extend each other (strict increase)
-                if best[i] is None or val[0] >= best[i][0]:
+                if (cur := best[i]) is None or val[0] >= cur[0]:
                     best[i] = val
         level = max((i + 1 for i in range(len(steps)) if best[i] is not None), default=0)
         for i in range(level):
@@ -534,7 +537,7 @@ def test_injection_payloads_change_nothing(loaded: Store, events: pd.DataFrame) 
         with pytest.raises(QueryError):
             queries.run(loaded, "kpis", **{"device) OR (1": "x"})
         with pytest.raises(QueryError):
-            queries.top_items(loaded, limit=payload)
+            queries.top_items(loaded, limit=payload)  # type: ignore[arg-type]  # a string where an int goes
     after = queries.kpis(loaded, source="raw")
     pd.testing.assert_frame_equal(before, after)
     assert int(after["total_interactions"][0]) == len(events)
@@ -757,7 +760,7 @@ def test_experiments_equal_pandas(store: Store, source: str) -> None:
     mobile = queries.experiments(store, source=source, device="mobile", **{"prop.plan": "pro"})
     sel = select(df, device="mobile", **{"prop.plan": "pro"})
     assert list(mobile["users"].astype(int)) == list(experiments_truth(sel)["users"])
-    window = {"start": BASE + timedelta(days=1), "end": BASE + timedelta(days=2)}
+    window: dict[str, Any] = {"start": BASE + timedelta(days=1), "end": BASE + timedelta(days=2)}
     part = queries.experiments(store, source=source, experiment_name="onboarding", **window)
     assert part.attrs["source"] == got.attrs["source"]
     truth = experiments_truth(select(df, experiment_name="onboarding", **window))
@@ -776,7 +779,7 @@ def test_experiments_equal_pandas(store: Store, source: str) -> None:
 def test_user_and_item_daily_equal_pandas(store: Store, source: str) -> None:
     df = with_open_types(make_events(n_sessions=400, seed=43))
     insert_events(store, df)
-    window = {"start": BASE + timedelta(days=1), "end": BASE + timedelta(days=3)}
+    window: dict[str, Any] = {"start": BASE + timedelta(days=1), "end": BASE + timedelta(days=3)}
     for name, key in (("user_daily", "user_id"), ("item_daily", "item_id")):
         for filters in ({}, {"interaction_type": ["view", "login"]}):
             got = queries.run(store, name, source=source, **window, **filters)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pandas as pd
 
@@ -32,7 +33,7 @@ def normalized(create: str) -> tuple[str, frozenset[str]]:
     return head, frozenset(settings.split(", "))
 
 
-def plan_reads(store: Store, name: str, **kwargs: object) -> str:
+def plan_reads(store: Store, name: str, **kwargs: Any) -> str:
     """The EXPLAIN text of a named query as run() would send it (with its query-level settings)."""
     _, q, sql = queries.plan(name, store.database, **kwargs)
     return "\n".join(str(r[0]) for r in store.query_rows(f"EXPLAIN {sql}", q.params))

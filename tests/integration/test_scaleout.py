@@ -60,7 +60,9 @@ def group(settings: Settings, store: Store) -> Iterator[tuple[Settings, list[Sin
             fork.close()
 
 
-def test_three_members_share_partitions_and_a_leaver_hands_over(group, store: Store) -> None:
+def test_three_members_share_partitions_and_a_leaver_hands_over(
+    group: tuple[Settings, list[Sink]], store: Store
+) -> None:
     settings, sinks = group
     for sink in sinks:
         sink.start()

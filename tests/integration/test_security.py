@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,9 +22,10 @@ from kafka.errors import KafkaError
 
 from clickstream_lib.errors import KafkaSecurityError
 from clickstream_lib.settings import Settings
-from clickstream_lib.stack import KafkaStack, SecureListener
+from clickstream_lib.stack import KafkaStack, SecureListener, free_port
+from clickstream_lib.store import Store
 from clickstream_lib.topics import client_config, ensure_topic, ping, unreachable
-from tests.conftest import base_env, free_port
+from tests.conftest import base_env
 from tests.pki import Pki, make_pki
 
 pytestmark = pytest.mark.integration
@@ -100,7 +101,9 @@ def _all_text(caplog: pytest.LogCaptureFixture, exc: BaseException | None = None
     return "\n".join(parts)
 
 
-def test_producer_and_group_consumer_work_over_sasl_ssl(secure: Settings, password: str, caplog) -> None:
+def test_producer_and_group_consumer_work_over_sasl_ssl(
+    secure: Settings, password: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     assert ping(secure)["cluster_id"]
     ensure_topic(secure, secure.kafka_topic, partitions=3)
@@ -138,7 +141,7 @@ def test_producer_and_group_consumer_work_over_sasl_ssl(secure: Settings, passwo
 
 
 def test_users_are_not_written_to_broker_files_or_command_line(secure_kafka: KafkaStack, password: str) -> None:
-    props = secure_kafka.properties_file.read_text()
+    props = secure_kafka.config.properties_file.read_text()
     assert "SASL_SSL://" in props and "ssl.keystore.type=PEM" in props
     assert password not in props
     assert password not in secure_kafka.log_file.read_text(errors="replace")
@@ -177,6 +180,7 @@ def _wrong_mechanism(s: Settings, pki: Pki, stack: KafkaStack) -> Settings:
     return s.replace(kafka_sasl_mechanism="SCRAM-SHA-256")
 
 
+Breakage = Callable[[Settings, Pki, KafkaStack], Settings]  # a working client's settings -> broken ones
 MISCONFIGURATIONS = [
     pytest.param(_wrong_password, "KAFKA_SASL_PASSWORD", "wrong password", id="wrong-password"),
     pytest.param(_unknown_user, "KAFKA_SASL_PASSWORD", "unknown user", id="unknown-user"),
@@ -191,7 +195,14 @@ MISCONFIGURATIONS = [
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(("breakage", "variable", "phrase"), MISCONFIGURATIONS)
 def test_misconfiguration_fails_fast_naming_the_setting(
-    breakage, variable: str, phrase: str, secure: Settings, secure_kafka: KafkaStack, pki: Pki, password: str, caplog
+    breakage: Breakage,
+    variable: str,
+    phrase: str,
+    secure: Settings,
+    secure_kafka: KafkaStack,
+    pki: Pki,
+    password: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     bad = breakage(secure, pki, secure_kafka)
@@ -219,7 +230,13 @@ def test_misconfiguration_fails_fast_naming_the_setting(
     ],
 )
 def test_raw_client_bootstrap_failure_is_explained(
-    breakage, variable: str, secure: Settings, secure_kafka: KafkaStack, pki: Pki, password: str, caplog
+    breakage: Breakage,
+    variable: str,
+    secure: Settings,
+    secure_kafka: KafkaStack,
+    pki: Pki,
+    password: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Code that builds kafka-python clients itself (producer, sink) gets the same answer through unreachable()."""
     caplog.set_level(logging.DEBUG)
@@ -240,7 +257,9 @@ def test_settings_describe_and_repr_hide_the_password(secure: Settings, password
     assert secure.describe()["KAFKA_SASL_PASSWORD"] == "***"
 
 
-def test_producer_and_sink_work_end_to_end_over_sasl_ssl(secure: Settings, store, password: str, caplog) -> None:
+def test_producer_and_sink_work_end_to_end_over_sasl_ssl(
+    secure: Settings, store: Store, password: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The library's own Producer and Sink, configured only through Settings, deliver every event exactly once."""
     from clickstream_lib.producer import Producer
     from clickstream_lib.sink import Sink

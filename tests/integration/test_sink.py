@@ -273,7 +273,7 @@ def test_store_failing_for_10_s_mid_stream(settings: Settings, store: Store) -> 
             during = sink.stats()
             time.sleep(10)
             assert sink.stats().rows_inserted == during.rows_inserted  # nothing acknowledged while detached
-            assert sink.stats().last_error is not None and "events" in sink.stats().last_error
+            assert "events" in (sink.stats().last_error or "")
             # Nothing was committed ahead of the store.
             assert sum(_committed(settings).values()) <= during.rows_inserted
         finally:
@@ -386,7 +386,7 @@ class _CrashingStore:
         if dedup_token and ":group:" in dedup_token and not self.tokens:
             self.tokens.append(dedup_token)
             raise SystemExit("simulated crash between a group's pre-commit and its insert")
-        return self._store.insert(table, *args, dedup_token=dedup_token, **kw)
+        return self._store.insert(table, *args, **{**kw, "dedup_token": dedup_token})
 
 
 @pytest.mark.parametrize("stored", [True, False], ids=["group-stored", "group-not-stored"])

@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ def _dedup_off_store(settings: Settings, store: Store) -> Store:
     return Store(settings, open_client(settings.store_url, store.database, settings=DEDUP_OFF), store.database)
 
 
-def _crash_after_first_batch(infos: list[BatchInfo]) -> object:
+def _crash_after_first_batch(infos: list[BatchInfo]) -> Callable[[BatchInfo], None]:
     def crash(info: BatchInfo) -> None:
         infos.append(info)
         raise RuntimeError("simulated crash between an insert and its commit")
@@ -99,7 +100,7 @@ def test_a_retried_insert_is_dropped_even_when_the_session_switches_dedup_off(
     off = _dedup_off_store(settings, store)
     try:
         crashed: list[BatchInfo] = []
-        victim = Sink(settings, off, batch_max_rows=500, on_batch_stored=_crash_after_first_batch(crashed))  # type: ignore[arg-type]
+        victim = Sink(settings, off, batch_max_rows=500, on_batch_stored=_crash_after_first_batch(crashed))
         with pytest.raises(RuntimeError, match="simulated crash"):
             victim.run(until_idle=2)
         stored_first = _counts(store)[0]

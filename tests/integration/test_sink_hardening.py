@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import orjson
 import pytest
@@ -136,14 +137,13 @@ def test_a_dead_letter_the_topic_never_takes_is_counted_and_the_sink_moves_on(se
 def test_commit_metadata_over_the_brokers_limit_falls_back_to_smaller_group_inserts(
     base_settings: Settings,
     store: Store,
-    tmp_path,
-    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A broker with offset.metadata.max.bytes = 44 refuses the pre-commit of any group insert (its metadata names
     every range; one range takes <= 39 bytes): the sink inserts smaller groups, says why, stores everything once."""
     from clickstream_lib.sink import Sink
-    from clickstream_lib.stack import KafkaStack
-    from tests.conftest import free_port
+    from clickstream_lib.stack import KafkaStack, free_port
 
     small = base_settings.replace(
         kafka_broker_url=f"127.0.0.1:{free_port()}",
@@ -180,7 +180,7 @@ def test_commit_metadata_over_the_brokers_limit_falls_back_to_smaller_group_inse
 def test_cli_consume_stops_with_exit_1_when_another_member_takes_its_instance_id(
     settings: Settings,
     store: Store,
-    tmp_path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
 ) -> None:
     """Two processes with one --instance-id: the group fences the older one for good. It stops with exit 1 and one
     line saying why, instead of retrying its refused commits forever."""

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,7 +39,7 @@ def _stored_since(log: Path, mark: int, timeout_s: float) -> bool:
     return False
 
 
-def _final_run(env: dict[str, str], log: Path) -> dict:
+def _final_run(env: dict[str, str], log: Path) -> dict[str, Any]:
     proc = spawn(env, "--instance-id", "w1", "--until-idle", "4", log=log)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log.read_text()[-3000:]

@@ -7,16 +7,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from clickstream_lib.errors import BrokerUnavailable
 from clickstream_lib.settings import Settings
-from clickstream_lib.stack import KafkaStack
+from clickstream_lib.stack import KafkaStack, free_port
 from clickstream_lib.store import Store, connect
 from clickstream_lib.topics import end_offsets, ensure_topic, ping
-from tests.conftest import base_env, free_port
+from tests.conftest import base_env
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +87,7 @@ def test_broker_restart_keeps_messages_and_downloads_nothing(tmp_path: Path, bas
     stack = KafkaStack(settings)
     try:
         first = stack.up()
-        assert stack.ensure_jars() is False  # the session already cached them
+        assert stack.jars.ensure() is False  # the session already cached them
         again = stack.up()
         assert again.pid == first.pid  # `up` when up changes nothing
         _produce(settings, 1_000)
@@ -175,7 +176,7 @@ def test_dedup_token_drops_a_replayed_batch(store: Store) -> None:
     import datetime as dt
 
     now = dt.datetime.now(dt.UTC)
-    data = [["u1", "u2"], ["i1", "i2"], ["view", "click"], [now, now]]
+    data: list[list[Any]] = [["u1", "u2"], ["i1", "i2"], ["view", "click"], [now, now]]
     assert store.insert("events", data, cols, dedup_token="t:0:0-1") == 2
     store.insert("events", data, cols, dedup_token="t:0:0-1")
     assert store.scalar(f"SELECT count() FROM {store.table('events')}") == 2

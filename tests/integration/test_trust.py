@@ -72,10 +72,9 @@ def event_time(msg: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(msg["timestamp"].replace("Z", "+00:00"))
 
 
-def pick(
-    sent: list[dict[str, Any]], start: datetime | None = None, end: datetime | None = None, **filters: str
-) -> list[dict[str, Any]]:
-    """The messages in ``[start, end)`` whose fields equal ``filters`` (a missing field equals "")."""
+def pick(sent: list[dict[str, Any]], **filters: Any) -> list[dict[str, Any]]:
+    """The messages in ``[start, end)`` whose fields equal the other ``filters`` (a missing field equals "")."""
+    start, end = filters.pop("start", None), filters.pop("end", None)
     out = []
     for m in sent:
         t = event_time(m)
@@ -266,7 +265,7 @@ def test_panels_agree_with_each_other(store: Store, seed: int) -> None:
         windows.append({"start": start, "end": start + timedelta(seconds=rng.randrange(60, SPAN_S))})
     for window in windows:
         for filters in FILTERS:
-            kw = {**window, **filters}
+            kw: dict[str, Any] = {**window, **filters}
             k = queries.kpis(store, **kw).iloc[0]
             users_total = int(k["unique_users"])
             assert users_total == truth_kpis(pick(data, **kw))["unique_users"]

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 import pytest
 
 from clickstream_lib import queries
+from clickstream_lib.dashboard import Dashboard
 from clickstream_lib.panels import reconcile as reconcile_panel
 from clickstream_lib.pipeline import Pipeline
 from clickstream_lib.settings import Settings
 from clickstream_lib.store import Store
-from clickstream_lib.widgets import Dashboard
 from tests.helpers import RunManySpy, wait_until
 
 pytestmark = pytest.mark.integration
@@ -93,7 +93,10 @@ def test_the_dashboards_panels_agree_while_events_flow(
     step = int(RATE)  # at least a second of events stored between two checks
     for moment in range(1, MOMENTS + 1):
         target = moment * step
-        wait_until(lambda t=target: live.rows_inserted() >= t, 120, what=f"{target} events stored", state=live.stats)
+        def stored_enough(t: int = target) -> bool:
+            return live.rows_inserted() >= t
+
+        wait_until(stored_enough, 120, what=f"{target} events stored", state=live.stats)
         for label, dash in dashboards.items():
             seen = check_refresh(dash, spy, f"moment {moment}, {label}")
             if label == "all time":

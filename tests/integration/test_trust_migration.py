@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pandas as pd
 
@@ -14,7 +15,7 @@ from tests.integration.test_queries_schema import _store_at_version, rollup_even
 
 EXACT = schema.EXACT_DISTINCT_MIGRATION
 # A window each event rollup answers: whole days, whole hours (segments by hour), whole minutes (events by minute).
-WINDOWS = (
+WINDOWS: tuple[tuple[dict[str, Any], dict[str, Any]], ...] = (
     ({}, {}),
     ({"start": BASE + timedelta(days=1), "end": BASE + timedelta(days=2)}, {}),
     ({"start": BASE + timedelta(days=1), "end": BASE + timedelta(days=2)}, {"device": "mobile"}),

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import BrowserContext
 
 from clickstream_lib.settings import Settings
 from tests.conftest import base_env
-from tests.helpers import CHROMIUM_ARGS, LOAD_EVENTS, wait_until  # noqa: F401  (the notebook tests import them from here)
+from tests.helpers import CHROMIUM_ARGS, LOAD_EVENTS
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -68,7 +69,7 @@ import json
 from clickstream_lib import queries
 from clickstream_lib.settings import Settings
 from clickstream_lib.store import connect
-from clickstream_lib.widgets import report_kpis
+from clickstream_lib.panels.kpis import report_kpis
 store = connect(Settings.from_env())
 spec = json.loads({spec!r})
 out = {{}}
@@ -104,7 +105,7 @@ def chromium_path() -> str:
 
 
 @pytest.fixture(scope="session")
-def browser(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def browser(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
     """A persistent headless Chromium context (one per session; each test opens its own pages)."""
     from playwright.sync_api import sync_playwright
 

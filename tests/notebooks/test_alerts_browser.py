@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import BrowserContext
 
 from clickstream_lib.notebooks import VoilaServer
 from clickstream_lib.settings import Settings
@@ -20,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.notebooks]
 AT = (T0 + (SALE_END - T0) / 2).isoformat()  # mid-sale: the case study's rule fires for ITEM
 
 
-def _banner_text(server: VoilaServer, browser) -> str:  # type: ignore[no-untyped-def]
+def _banner_text(server: VoilaServer, browser: BrowserContext) -> str:
     page = browser.new_page()
     try:
         page.goto(server.url, wait_until="domcontentloaded", timeout=90_000)
@@ -34,9 +37,9 @@ def _banner_text(server: VoilaServer, browser) -> str:  # type: ignore[no-untype
         page.close(run_before_unload=True)
 
 
-def test_a_firing_rule_shows_the_banner(browser, own_settings: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_firing_rule_shows_the_banner(browser: BrowserContext, own_settings: Settings, tmp_path: Path) -> None:
     env = {**env_for(own_settings), "PYTHONPATH": str(ROOT)}
-    run = {"env": env, "cwd": ROOT, "timeout": 300, "capture_output": True, "text": True}
+    run: dict[str, Any] = {"env": env, "cwd": ROOT, "timeout": 300, "capture_output": True, "text": True}
     fill = subprocess.run([sys.executable, "-m", "tests.integration.alert_helpers", "fill", "spike"], **run)
     assert fill.returncode == 0, fill.stderr[-3000:]
     rules = tmp_path / "alerts.toml"

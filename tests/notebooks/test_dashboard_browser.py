@@ -5,18 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import BrowserContext, Page
 
 from clickstream_lib.notebooks import VoilaServer
 from clickstream_lib.settings import Settings
 from clickstream_lib.store import Store
 
-from .conftest import ARTIFACTS, kpi, query_json, screenshot, wait_until
+from tests.helpers import wait_until
+
+from .conftest import ARTIFACTS, kpi, query_json, screenshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.notebooks]
 
 
 def test_second_viewer_of_an_embedded_store_gets_a_clear_message(
-    browser, settings: Settings, store: Store, tmp_path: Path
+    browser: BrowserContext, settings: Settings, store: Store, tmp_path: Path
 ) -> None:
     # This pytest process holds the embedded store (the `store` fixture), exactly as a first viewer's kernel would.
     with VoilaServer(settings, "dashboard", port=0, log_file=tmp_path / "voila.log") as server:
@@ -36,11 +39,11 @@ def test_second_viewer_of_an_embedded_store_gets_a_clear_message(
             page.close()
 
 
-def _select(page, hook: str, label: str) -> None:
+def _select(page: Page, hook: str, label: str) -> None:
     page.locator(f".cs-filter-{hook} select").select_option(label=label)
 
 
-def _chart_sum(page, name: str) -> float:
+def _chart_sum(page: Page, name: str) -> float:
     """Sum of the first trace's y values in the chart as plotly drew it on the page."""
     return float(
         page.evaluate(
@@ -53,11 +56,11 @@ def _chart_sum(page, name: str) -> float:
     )
 
 
-def _options(page, hook: str) -> list[str]:
+def _options(page: Page, hook: str) -> list[str]:
     return page.locator(f".cs-filter-{hook} select option").all_inner_texts()
 
 
-def test_live_dashboard_in_chromium(browser, own_settings: Settings, tmp_path: Path) -> None:
+def test_live_dashboard_in_chromium(browser: BrowserContext, own_settings: Settings, tmp_path: Path) -> None:
     """Charts render; the KPIs grow with each refresh; a filter changes the panels; the numbers equal SQL counts;
     closing the tab ends the kernel and frees the embedded store."""
     params = {"live_pipeline": True, "rate": 400.0, "refresh_s": 1.5}
@@ -112,7 +115,7 @@ def test_live_dashboard_in_chromium(browser, own_settings: Settings, tmp_path: P
     assert counts["mobile"]["total"] == filtered
 
 
-def _analytics_render(page, prefix: str) -> None:
+def _analytics_render(page: Page, prefix: str) -> None:
     """The paths Sankey (nodes and links drawn) and the retention heatmap (cells in percent, cohort sizes) are on the
     page; a screenshot of each goes to the test artifacts."""
     sankey = page.locator(".cs-chart-sankey .js-plotly-plot")
@@ -135,12 +138,12 @@ def _alive(pid: int) -> bool:
     import psutil
 
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 
 
-def test_an_empty_store_shows_a_friendly_message(browser, own_settings: Settings, tmp_path: Path) -> None:
+def test_an_empty_store_shows_a_friendly_message(browser: BrowserContext, own_settings: Settings, tmp_path: Path) -> None:
     with VoilaServer(own_settings, "dashboard", port=0, log_file=tmp_path / "voila.log") as server:
         page = browser.new_page()
         try:

@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import BrowserContext
 
 from clickstream_lib.notebooks import VoilaServer
 from clickstream_lib.settings import Settings
 
-from .conftest import ROOT, env_for, kpi, load_events, screenshot, wait_until
+from tests.helpers import wait_until
+
+from .conftest import ROOT, env_for, kpi, load_events, screenshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.notebooks]
 
@@ -48,7 +51,7 @@ def _panel_rows(page: Any) -> dict[tuple[str, str], dict[str, str]]:
 
 
 def test_case_study_dashboard_experiments_panel_and_open_type_filter(
-    browser, own_settings: Settings, tmp_path: Path
+    browser: BrowserContext, own_settings: Settings, tmp_path: Path
 ) -> None:
     n = load_events(own_settings, 3000, seed=11, profile="case-study")
     experiments = cli_json(own_settings, "experiments")

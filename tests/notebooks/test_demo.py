@@ -8,15 +8,18 @@ from pathlib import Path
 
 import psutil
 import pytest
+from playwright.sync_api import BrowserContext
 
 from clickstream_lib.settings import Settings
 
-from .conftest import ROOT, env_for, kpi, page_status, screenshot, wait_until
+from tests.helpers import wait_until
+
+from .conftest import ROOT, env_for, kpi, page_status, screenshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.notebooks]
 
 
-def test_demo_serves_a_live_dashboard_and_ctrl_c_stops_it(browser, own_settings: Settings, tmp_path: Path) -> None:
+def test_demo_serves_a_live_dashboard_and_ctrl_c_stops_it(browser: BrowserContext, own_settings: Settings, tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [str(ROOT / ".venv" / "bin" / "clickstream"), "demo", "--port", "0", "--rate", "300", "--refresh", "2"],
         env=env_for(own_settings),
@@ -27,7 +30,7 @@ def test_demo_serves_a_live_dashboard_and_ctrl_c_stops_it(browser, own_settings:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # blocks until the dashboard listens
-        assert line.startswith("dashboard: http://127.0.0.1:"), line + (proc.stderr.read() if proc.poll() else "")
+        assert line.startswith("dashboard: http://127.0.0.1:"), line + (proc.stderr.read() if proc.stderr and proc.poll() else "")
         url = line.split(" ", 1)[1].strip()
         page = browser.new_page()
         page.goto(url, wait_until="domcontentloaded", timeout=120_000)

@@ -22,7 +22,8 @@ from clickstream_lib.notebooks import (
     strip_widget_state,
 )
 from clickstream_lib.settings import Settings
-from clickstream_lib.widgets import kpi_html, message_html, table_html
+from clickstream_lib.panels.base import message_html, table_html
+from clickstream_lib.panels.kpis import kpi_html
 
 from ..conftest import base_env
 

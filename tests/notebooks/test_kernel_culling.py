@@ -21,12 +21,15 @@ from typing import Any
 
 import psutil
 import pytest
+from playwright.sync_api import BrowserContext
 
 from clickstream_lib.notebooks import KernelCulling, VoilaServer
 from clickstream_lib.settings import Settings
 from tests.conftest import base_env
 
-from .conftest import CHROMIUM_ARGS, kpi, page_status, run_python, screenshot, wait_until
+from tests.helpers import CHROMIUM_ARGS, wait_until
+
+from .conftest import kpi, page_status, run_python, screenshot
 
 pytestmark = [pytest.mark.notebooks]
 
@@ -121,7 +124,7 @@ def test_twenty_gets_without_a_browser_leave_no_kernel_behind(seeded: tuple[Sett
 
 
 def test_a_killed_browser_is_culled_and_the_next_page_shows_kpis(
-    browser, chromium_path: str, seeded: tuple[Settings, int], tmp_path: Path
+    browser: BrowserContext, chromium_path: str, seeded: tuple[Settings, int], tmp_path: Path
 ) -> None:
     settings, n_events = seeded
     with VoilaServer(settings, "dashboard", port=0, culling=CULLING, log_file=tmp_path / "voila.log") as server:
@@ -172,11 +175,11 @@ def test_a_killed_browser_is_culled_and_the_next_page_shows_kpis(
 
 
 def test_an_open_page_keeps_its_kernel_past_the_page_timeout(
-    browser, seeded: tuple[Settings, int], tmp_path: Path
+    browser: BrowserContext, seeded: tuple[Settings, int], tmp_path: Path
 ) -> None:
     settings, n_events = seeded
     params = {"refresh_s": 1.0}
-    culling = KernelCulling(page_timeout_s=PAGE_TIMEOUT_S, interval_s=1, idle_timeout_s=PAGE_TIMEOUT_S)
+    culling = KernelCulling(page_timeout_s=PAGE_TIMEOUT_S, interval_s=1, idle_timeout_s=int(PAGE_TIMEOUT_S))
     with VoilaServer(
         settings, "dashboard", port=0, params=params, culling=culling, log_file=tmp_path / "voila.log"
     ) as server:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -19,14 +20,14 @@ def test_every_shipped_notebook_is_in_the_repository() -> None:
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
-def test_notebook_has_no_outputs_or_widget_state(path) -> None:
+def test_notebook_has_no_outputs_or_widget_state(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     assert has_outputs(nb) == [], f"{path.name} is not clean: {has_outputs(nb)} — strip it (nbstripout)"
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
-def test_first_code_cell_is_the_parameters_cell_of_literals(path) -> None:
+def test_first_code_cell_is_the_parameters_cell_of_literals(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", []), f"{path.name}: first code cell is not tagged parameters"
@@ -38,7 +39,7 @@ def test_first_code_cell_is_the_parameters_cell_of_literals(path) -> None:
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
-def test_notebook_cells_are_thin(path) -> None:
+def test_notebook_cells_are_thin(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         # The parameters cell holds only literal assignments (checked above): its length is the number of knobs.
@@ -55,7 +56,7 @@ def test_notebook_path_finds_shipped_notebooks_and_rejects_unknown_ones() -> Non
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
-def test_papermill_sees_every_parameter(path) -> None:
+def test_papermill_sees_every_parameter(path: Path) -> None:
     import papermill
 
     nb = nbformat.read(path, as_version=4)

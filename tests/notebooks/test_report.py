@@ -6,6 +6,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from playwright.sync_api import Route
+
 import nbformat
 import pytest
 
@@ -77,7 +79,12 @@ def test_report_numbers_equal_the_named_queries(browser: Any, own_settings: Sett
     # The HTML report opens offline: plotly.js travels inside it, so every chart draws with the network cut off.
     page = browser.new_page()
     blocked: list[str] = []
-    page.route("http*://**", lambda route: (blocked.append(route.request.url), route.abort()))
+
+    def block(route: Route) -> None:
+        blocked.append(route.request.url)
+        route.abort()
+
+    page.route("http*://**", block)
     try:
         page.goto((out / "report.html").as_uri())
         charts = page.locator(".js-plotly-plot")

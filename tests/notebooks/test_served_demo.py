@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+import functools
 from typing import Any
 
 import nbformat
@@ -18,7 +19,9 @@ from clickstream_lib.notebooks import recorded
 from clickstream_lib.settings import Settings
 from clickstream_lib.store import find_owner
 
-from .conftest import ROOT, env_for, kpi, page_status, screenshot, wait_until
+from tests.helpers import wait_until
+
+from .conftest import ROOT, env_for, kpi, page_status, screenshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.notebooks]
 
@@ -51,6 +54,10 @@ def _stat(page: Any, key: str) -> str:
     return str(page.locator(f'[data-stat="{key}"]').first.inner_text(timeout=5_000))
 
 
+def _sink_stopped(page: Any) -> bool:
+    return _stat(page, "sink") == "stopped"
+
+
 def test_five_pages_share_the_owners_live_pipeline(browser: Any, own_settings: Settings, tmp_path: Path) -> None:
     log = open(tmp_path / "demo.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -78,7 +85,7 @@ def test_five_pages_share_the_owners_live_pipeline(browser: Any, own_settings: S
         for page in pages:
             page.locator('[data-kpi="total"]').wait_for(timeout=180_000)
         status = lambda: " || ".join(page_status(p) for p in pages)  # noqa: E731
-        first = [wait_until(lambda p=p: kpi(p, "total"), 180, what="events on every page", state=status) for p in pages]
+        first = [wait_until(functools.partial(kpi, p, "total"), 180, what="events on every page", state=status) for p in pages]
         kpis_s = time.monotonic() - t0
         wait_until(
             lambda: all(kpi(p, "total") > n for p, n in zip(pages, first, strict=True)),
@@ -103,7 +110,7 @@ def test_five_pages_share_the_owners_live_pipeline(browser: Any, own_settings: S
         pages[0].bring_to_front()
         pages[0].locator(".cs-btn-pause").dispatch_event("click")
         for page in pages:
-            wait_until(lambda p=page: _stat(p, "sink") == "stopped", 60, what="the pipeline paused on every page")
+            wait_until(functools.partial(_sink_stopped, page), 60, what="the pipeline paused on every page")
         stable = _cli_total(own_settings)
         wait_until(
             lambda: all(kpi(p, "total") == stable for p in pages),

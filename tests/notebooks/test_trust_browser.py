@@ -11,7 +11,9 @@ from clickstream_lib.notebooks import VoilaServer
 from clickstream_lib.settings import Settings
 from tests.integration.test_trust import END, N_EVENTS, N_USERS, messages, send
 
-from .conftest import kpi, run_python, screenshot, wait_until
+from tests.helpers import wait_until
+
+from .conftest import kpi, run_python, screenshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.notebooks]
 

@@ -21,12 +21,12 @@ from clickstream_lib import queries
 from clickstream_lib.notebooks import recorded, run_report
 from clickstream_lib.settings import Settings
 from clickstream_lib.store import ServedStore, connect
-from clickstream_lib.widgets import Dashboard
+from clickstream_lib.dashboard import Dashboard
 from tests.integration.owner import start_owner, stop_owner
 from tests.integration.test_trust import END, N_EVENTS, messages, send
-from tests.helpers import RunManySpy
+from tests.helpers import RunManySpy, wait_until
 
-from .conftest import env_for, wait_until
+from .conftest import env_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.notebooks]
 

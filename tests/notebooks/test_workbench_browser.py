@@ -5,25 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import BrowserContext, Page
 
 from clickstream_lib.notebooks import VoilaServer
 from clickstream_lib.settings import Settings
 
-from .conftest import query_json, screenshot, wait_until
+from tests.helpers import wait_until
+
+from .conftest import query_json, screenshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.notebooks]
 
 
-def _stat(page, key: str) -> str:
+def _stat(page: Page, key: str) -> str:
     return page.locator(f'[data-stat="{key}"]').first.inner_text()
 
 
-def _num(page, key: str) -> int:
+def _num(page: Page, key: str) -> int:
     text = _stat(page, key).replace(",", "")
     return int(float(text)) if text not in ("", "–") else 0
 
 
-def test_workbench_buttons_start_and_stop_the_pipeline(browser, own_settings: Settings, tmp_path: Path) -> None:
+def test_workbench_buttons_start_and_stop_the_pipeline(browser: BrowserContext, own_settings: Settings, tmp_path: Path) -> None:
     params = {"rate": 500.0, "refresh_s": 1.0}
     with VoilaServer(own_settings, "workbench", port=0, params=params, log_file=tmp_path / "voila.log") as server:
         page = browser.new_page()

@@ -145,8 +145,13 @@ def test_runner_with_a_fake_measure_and_clock() -> None:
     notifier = FakeNotifier()
     dispatcher = Dispatcher([notifier])
     runner = AlertRunner(
-        None, [rule], dispatcher=dispatcher, clock=lambda: now[0], record=False, measure_fn=fake_measure
-    )  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]  # no store: measure_fn is a fake and nothing is recorded
+        [rule],
+        dispatcher=dispatcher,
+        clock=lambda: now[0],
+        record=False,
+        measure_fn=fake_measure,
+    )
     ev = runner.evaluate()
     assert [f.key for f in ev.firing] == ["a"] and len(ev.fired) == 1 and calls == [T0]
     values["down"] = 1.0

@@ -61,7 +61,8 @@ def compose_config(env_file: Path | None, extra_env: dict[str, str] | None = Non
 def compose() -> dict[str, Any]:
     proc = compose_config(ROOT / ".env.example")
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    config: dict[str, Any] = json.loads(proc.stdout)
+    return config
 
 
 def test_compose_has_kafka_clickhouse_and_the_dashboard(compose: dict[str, Any]) -> None:
@@ -308,7 +309,8 @@ def test_binder_installs_java_maven_and_the_project() -> None:
 
 @pytest.fixture(scope="module")
 def precommit() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    config: dict[str, Any] = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    return config
 
 
 def _hook(precommit: dict[str, Any], hook_id: str) -> dict[str, Any]:
@@ -333,6 +335,15 @@ def test_precommit_config_is_valid_and_has_the_hooks(precommit: dict[str, Any]) 
     ruff_rev = next(r["rev"] for r in precommit["repos"] if "ruff-pre-commit" in r["repo"])
     installed = subprocess.run([sys.executable, "-m", "ruff", "--version"], capture_output=True, text=True).stdout
     assert ruff_rev.lstrip("v") == installed.split()[-1]
+
+
+def test_mypy_hook_checks_the_library_and_the_tests_strictly(precommit: dict[str, Any]) -> None:
+    # The hook runs the project's mypy on the packages pyproject.toml names, not on the files pre-commit passes.
+    hook = _hook(precommit, "mypy")
+    assert hook["entry"] == "mypy" and hook["pass_filenames"] is False
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert config["strict"] is True
+    assert set(config["packages"]) == {"clickstream_lib", "tests"}
 
 
 def test_nbstripout_as_configured_keeps_the_parameters_tag(precommit: dict[str, Any], tmp_path: Path) -> None:

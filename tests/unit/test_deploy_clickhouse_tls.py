@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from clickstream_lib import store as store_module
 from clickstream_lib.errors import ConfigError, StoreError
 from clickstream_lib.settings import Settings
 from clickstream_lib.store import MIGRATIONS, connect, open_client, server_client_args
@@ -215,7 +215,7 @@ def test_certificate_for_another_host_is_refused(pki: Pki) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # the point of this test
-def test_verification_off_reaches_an_untrusted_server(https_server: _Server, caplog) -> None:
+def test_verification_off_reaches_an_untrusted_server(https_server: _Server, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     _open_error(_settings(https_server.port, CLICKHOUSE_VERIFY="false"))
     assert https_server.requests
@@ -263,7 +263,7 @@ def test_restricted_server_user_runs_no_ddl_once_the_schema_is_current(
     monkeypatch: pytest.MonkeyPatch, version: int | None, opens: bool
 ) -> None:
     log: list[str] = []
-    monkeypatch.setattr(store_module.clickhouse_connect, "get_client", lambda **kw: _ServerClient(version, log))
+    monkeypatch.setattr(clickhouse_connect, "get_client", lambda **kw: _ServerClient(version, log))
     settings = _settings(8443)
     if opens:
         st = connect(settings)

@@ -13,8 +13,8 @@ import pytest
 from clickstream_lib.errors import KafkaSecurityError, StackError
 from clickstream_lib.security import RedactSecrets, check_kafka
 from clickstream_lib.settings import Settings
-from clickstream_lib.stack import KafkaStack, SecureListener
-from tests.conftest import base_env, free_port
+from clickstream_lib.stack import KafkaStack, SecureListener, free_port
+from tests.conftest import base_env
 from tests.helpers import TlsServer
 from tests.pki import Pki, make_pki
 
@@ -48,9 +48,9 @@ def test_users_and_passwords_stay_out_of_repr_and_properties(pki: Pki, tmp_path:
     listener = SecureListener(port=free_port(), certfile=pki.server_cert, keyfile=pki.server_key, users={"app": secret})
     assert secret not in repr(listener)
     stack = KafkaStack(_settings(tmp_path, free_port()), secure=listener)
-    stack._write_config()  # what up() writes before starting the JVM
-    props = dict(line.split("=", 1) for line in stack.properties_file.read_text().splitlines() if "=" in line)
-    assert secret not in stack.properties_file.read_text()
+    stack.config.write()  # what up() writes before starting the JVM
+    props = dict(line.split("=", 1) for line in stack.config.properties_file.read_text().splitlines() if "=" in line)
+    assert secret not in stack.config.properties_file.read_text()
     assert f"SASL_SSL://{listener.url}" in props["listeners"]
     assert f"SASL_SSL://{listener.url}" in props["advertised.listeners"]
     assert "SASL_SSL:SASL_SSL" in props["listener.security.protocol.map"]

@@ -11,7 +11,9 @@ import pytest
 from clickstream_lib import events
 from clickstream_lib.events import REASONS, Rejection, parse
 
-REF = events.parse_timestamp("2026-11-29T10:00:00Z")
+_REF = events.parse_timestamp("2026-11-29T10:00:00Z")
+assert _REF is not None
+REF: int = _REF
 assert REF is not None
 
 CASE_STUDY = (
@@ -274,7 +276,9 @@ def test_json_schema_file_agrees_with_parse() -> None:
 # --- the sink's fast path: parse_row gives what parse gives -----------------------------------------------------
 
 
-def _same_as_parse(raw: bytes | str | None, reference_ms: int | None = REF) -> tuple[object, ...] | Rejection:
+def _same_as_parse(
+    raw: bytes | bytearray | str | None, reference_ms: int | None = REF
+) -> tuple[object, ...] | Rejection:
     """parse_row(raw) checked against parse(raw): the same rejection (reason and detail) or the same values."""
     row = events.parse_row(raw, reference_ms)
     expected = parse(raw, reference_ms) if raw is not None else Rejection(events.NOT_JSON, "empty message (null value)")
@@ -296,7 +300,7 @@ def test_parse_row_rejects_each_invalid_class_as_parse_does(raw: bytes | str, re
 
 def test_parse_row_gives_the_rows_of_parse() -> None:
     uuid_upper = str(FULL["event_id"]).upper()
-    cases: list[bytes | str | None] = [
+    cases: list[bytes | bytearray | str | None] = [
         CASE_STUDY,
         orjson.dumps(FULL),
         orjson.dumps({**FULL, "event_id": uuid_upper}),  # valid, but normalised: parse's own path

@@ -362,7 +362,8 @@ def test_shards_split_the_users_and_share_catalogue_and_prices() -> None:
     # One catalogue: an item costs the same in a currency whichever shard sells it, as in the unsharded generator.
     def prices(frame: pd.DataFrame) -> dict[tuple[str, str], set[float]]:
         bought = frame[frame["interaction_type"] == "purchase"]
-        return bought.groupby(["item_id", "currency"])["price"].agg(set).to_dict()
+        by_item: dict[tuple[str, str], set[float]] = bought.groupby(["item_id", "currency"])["price"].agg(set).to_dict()
+        return by_item
 
     merged: dict[tuple[str, str], set[float]] = {}
     for p in parts:

@@ -20,6 +20,7 @@ from kafka.errors import CorruptRecordError
 from kafka.protocol.consumer import IsolationLevel
 from kafka.record import MemoryRecords, MemoryRecordsBuilder
 from kafka.record.util import calc_crc32c
+from kafka.structs import TopicPartition
 
 from clickstream_lib.kafka_compat import record_decoder
 from clickstream_lib.kafka_compat.record_decoder import FastPartitionRecords, decode_all
@@ -63,9 +64,11 @@ def batch(
     return buf
 
 
-def decode(cls: Any, data: bytes, fetch_offset: int = 0, take: int = 1000, **kw: Any) -> tuple[list[Any], list[Any]]:
+def decode(
+    cls: Any, data: bytes | bytearray, fetch_offset: int = 0, take: int = 1000, **kw: Any
+) -> tuple[list[Any], list[Any]]:
     """Records taken ``take`` at a time, and the fetcher-visible state after every take and at the end."""
-    parts = cls(fetch_offset, record_decoder.TopicPartition("clicks", 2), MemoryRecords(bytes(data)), **kw)
+    parts = cls(fetch_offset, TopicPartition("clicks", 2), MemoryRecords(bytes(data)), **kw)
     out: list[Any] = []
     states = []
     while parts:
@@ -77,7 +80,7 @@ def decode(cls: Any, data: bytes, fetch_offset: int = 0, take: int = 1000, **kw:
     return out, states
 
 
-def assert_same(data: bytes, fetch_offset: int = 0, take: int = 1000, **kw: Any) -> list[Any]:
+def assert_same(data: bytes | bytearray, fetch_offset: int = 0, take: int = 1000, **kw: Any) -> list[Any]:
     ours = decode(FastPartitionRecords, data, fetch_offset, take, **kw)
     theirs = decode(KafkaPartitionRecords, data, fetch_offset, take, **kw)
     assert ours[0] == theirs[0]
@@ -159,10 +162,10 @@ def test_deserializers_get_topic_headers_and_bytes() -> None:
 
 
 def test_read_committed_skips_aborted_and_control_batches() -> None:
-    pid = dict(producer_id=77, producer_epoch=1, base_sequence=0)
+    pid: dict[str, Any] = {"producer_id": 77, "producer_epoch": 1, "base_sequence": 0}
     committed = batch(varied(5), base_offset=0, transactional=True, **pid)
     aborted = batch(varied(5, seed=4), base_offset=5, transactional=True, **pid)
-    marker = [(T0, struct.pack(">hh", 0, 0), b"\x00\x00\x00\x00\x00\x00", [])]  # version 0, type 0 = abort
+    marker: list[Spec] = [(T0, struct.pack(">hh", 0, 0), b"\x00\x00\x00\x00\x00\x00", [])]  # version 0, type 0 = abort
     abort = batch(marker, base_offset=10, attributes=CONTROL, transactional=True, **pid)
     plain = batch(varied(5, seed=5), base_offset=11)
     data = committed + aborted + abort + plain
@@ -174,7 +177,7 @@ def test_read_committed_skips_aborted_and_control_batches() -> None:
 
 
 def test_legacy_message_formats_go_to_kafka_pythons_decoder() -> None:
-    legacy = [(T0 + i, b"k", b"v" * i, []) for i in range(5)]
+    legacy: list[Spec] = [(T0 + i, b"k", b"v" * i, []) for i in range(5)]
     data = batch(varied(5), base_offset=0) + batch(legacy, magic=1, first_delta=5) + batch(varied(5), base_offset=10)
     got = assert_same(data, take=4)
     assert [r.offset for r in got] == list(range(15))
@@ -203,7 +206,7 @@ def test_a_corrupted_batch_fails_the_crc_check_in_both() -> None:
 def _corruptions() -> dict[str, bytearray]:
     """Record-level corruptions (the CRC left stale: decoded with check_crcs=False)."""
     header = 61  # DefaultRecordBase.HEADER_STRUCT.size: the first record's length varint starts here
-    one = [(T0, b"key", b"value", [("h", b"x")])]
+    one: list[Spec] = [(T0, b"key", b"value", [("h", b"x")])]
     good = batch([*one, (T0, b"k2", b"v2", [])])
     # length, attributes, timestamp delta, offset delta, key length, b"key", value length, b"value"
     headers_at = header + 1 + 1 + 1 + 1 + 1 + 3 + 1 + 5

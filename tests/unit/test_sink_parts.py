@@ -7,8 +7,10 @@ import gc
 import re
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import FrozenInstanceError
+from typing import cast
 
 import numpy as np
 import orjson
@@ -308,7 +310,7 @@ class _FakeConsumer:
         self.log = log
         self.highwaters: dict[int, int] = {}
 
-    def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], timeout_ms: int) -> None:
+    def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata], timeout_ms: int) -> None:
         for tp, om in sorted(offsets.items()):
             self.log.append(f"commit p{tp.partition} {om.offset} {om.metadata!r}")
 
@@ -339,10 +341,10 @@ class _FakeStore:
     def insert(
         self,
         table: str,
-        columns: list[list[object]],
-        column_names: tuple[str, ...],
+        columns: Sequence[Sequence[object]],
+        column_names: Sequence[str],
         dedup_token: str | None = None,
-        column_types: tuple[str, ...] | None = None,
+        column_types: Sequence[str] | None = None,
     ) -> int:
         self.release.wait(10)
         if self.fail:
@@ -608,7 +610,7 @@ def test_a_group_insert_whose_record_did_not_reach_every_partition_was_never_mad
         SCOPE,
         consumer=consumer,
         committer=OffsetCommitter(consumer, SETTINGS),
-        store=_FakeStore(log),
+        store=cast(store.Store, _FakeStore(log)),  # reads nothing from the store: the commits decide
         dead_letters=DeadLetterPublisher(_NoProducer(), SETTINGS.dead_letter_topic, TOPIC, batcher.figures),
         figures=batcher.figures,
         settings=SETTINGS,
@@ -719,7 +721,7 @@ class _MetadataLimitConsumer(_FakeConsumer):
         super().__init__(log)
         self.limit = limit
 
-    def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], timeout_ms: int) -> None:
+    def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata], timeout_ms: int) -> None:
         from kafka.errors import OffsetMetadataTooLargeError
 
         if any(len(om.metadata) > self.limit for om in offsets.values()):
@@ -764,7 +766,12 @@ def test_a_refused_single_batch_pre_commit_stops_the_sink() -> None:
 
 def test_large_values_are_collected_every_batch_max_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     collected: list[int] = []
-    monkeypatch.setattr(memory.gc, "collect", lambda generation=2: collected.append(generation) or 0)
+
+    def collect(generation: int = 2) -> int:
+        collected.append(generation)
+        return 0
+
+    monkeypatch.setattr(gc, "collect", collect)
     sizer = PollSizer(batch_max_rows=20_000, batch_max_bytes=16 * 1024 * 1024)
     tp = TopicPartition(TOPIC, 0)
     for i in range(200):  # ordinary events: the raised GC threshold is left alone

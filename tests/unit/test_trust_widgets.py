@@ -10,8 +10,9 @@ import pytest
 
 from clickstream_lib import queries
 from clickstream_lib.errors import QueryError
+from clickstream_lib.panels.figures import mark_partial, partial_bucket
+from clickstream_lib.panels.kpis import complete_html, kpi_estimates, kpi_html
 from clickstream_lib.panels.reconcile import producer_acks, reconcile_html, totals
-from clickstream_lib.widgets import complete_html, kpi_estimates, kpi_html, mark_partial, partial_bucket
 
 
 def test_exact_kpis_carry_no_estimate_marker_and_estimates_show_their_bound() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from clickstream_lib.errors import ConfigError
-from clickstream_lib.widgets import TIME_WINDOWS, Filters, refresh_seconds, window_options
+from clickstream_lib.panels.base import refresh_seconds
+from clickstream_lib.panels.filters import TIME_WINDOWS, Filters, window_options
 
 
 def test_a_window_outside_the_list_is_offered_in_its_place() -> None:
