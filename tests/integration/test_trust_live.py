@@ -93,6 +93,7 @@ def test_the_dashboards_panels_agree_while_events_flow(
     step = int(RATE)  # at least a second of events stored between two checks
     for moment in range(1, MOMENTS + 1):
         target = moment * step
+
         def stored_enough(t: int = target) -> bool:
             return live.rows_inserted() >= t
 
