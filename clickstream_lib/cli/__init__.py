@@ -100,6 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (a service manager, `kill`) ends a command the way Ctrl-C does, so `finally` blocks stop the child
     # processes and threads it started. Commands with their own shutdown (consume) install their own handler.
     signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C and SIGTERM reach the command however it was started: a blocked signal mask is inherited across exec,
+    # and a shell's background job starts with SIGINT ignored.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         settings = Settings.from_env()
         handler: Handler = args.handler
