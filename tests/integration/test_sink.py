@@ -338,8 +338,14 @@ def test_two_members_split_partitions_and_survivor_takes_over(settings: Settings
             "the first member",
         )
         victim.start()
+        # Each member's stats show its assignment once its own loop has taken it: wait until both have, and the
+        # survivor has given up what the victim took.
         _wait(
-            lambda: survivor.stats().assigned_partitions and victim.stats().assigned_partitions,
+            lambda: (
+                survivor.stats().assigned_partitions
+                and victim.stats().assigned_partitions
+                and set(survivor.stats().assigned_partitions).isdisjoint(victim.stats().assigned_partitions)
+            ),
             90,
             "a split of the partitions",
         )
