@@ -219,7 +219,9 @@ class Dashboard(AutoRefresh):
             return
         self._busy = True
         try:
-            args = self._refresh_kpis(self.filters.values())
+            args = self.filters.values()
+            if not self._consistent:  # a consistent refresh reads the KPIs with the panels, in one snapshot
+                args = self._refresh_kpis(args)
             for _ in self._refresh_panels(args):
                 pass
             self.refreshes += 1
@@ -286,23 +288,49 @@ class Dashboard(AutoRefresh):
         }
         self.charts = {name: Chart(fig, name, self._outputs[name]) for name, fig in self.figures.items()}
 
+    @property
+    def _consistent(self) -> bool:
+        """Every write to the store passes through its engine's gate here or in its owner, so a refresh set can be
+        read in one snapshot, from the rollups (:mod:`clickstream_lib.snapshot`); else it is cut at one ingest time."""
+        return bool(self.store is not None and self.store.consistent_reads)
+
+    def _head(self, args: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """The status line's and the KPI row's queries."""
+        source = "approx" if self.approx.value else "auto"
+        return [
+            ("freshness", {}),
+            ("complete_through", {"topic": self.settings.kafka_topic}),
+            ("kpis", {"source": source, **args}),
+            ("active_users", {**args, "since": args.get("start")}),
+        ]
+
     def _refresh_kpis(self, args: dict[str, Any]) -> dict[str, Any]:
         """The KPI row, the status line and the pipeline's figures; returns ``args`` with this refresh's cut.
 
-        Every panel of one refresh reads the events stored by the newest ingest time seen first (``as_of``), so the
-        panels agree with each other while events are being stored (docs/analytics.md, "Panels agree").
+        Every panel of one refresh reads the same events (docs/analytics.md, "Panels agree"): in one snapshot of the
+        store where its writes pass through the engine's gate (an embedded store; :meth:`_refresh_panels` then reads
+        the KPIs again with the panels), else cut at the newest ingest time seen first (``as_of``).
         """
-        source = "approx" if self.approx.value else "auto"
-        fresh, complete = run_queries(
-            self.store, [("freshness", {}), ("complete_through", {"topic": self.settings.kafka_topic})]
-        )
+        head = self._head(args)
+        if self._consistent:
+            self._show_head(args, *run_queries(self.store, head, consistent=True))
+            return args
+        fresh, complete = run_queries(self.store, head[:2])
         as_of = first_row(fresh).get("newest_ingest_time")
         if as_of is not None and pd.notna(as_of):
             args = {**args, "as_of": as_of}
-        kpis, active = run_queries(
-            self.store,
-            [("kpis", {"source": source, **args}), ("active_users", {**args, "since": args.get("start")})],
-        )
+        kpis, active = run_queries(self.store, self._head(args)[2:])
+        self._show_head(args, fresh, complete, kpis, active)
+        return args
+
+    def _show_head(
+        self,
+        args: dict[str, Any],
+        fresh: pd.DataFrame,
+        complete: pd.DataFrame,
+        kpis: pd.DataFrame,
+        active: pd.DataFrame,
+    ) -> None:
         self._args = args
         values = report_kpis(kpis)
         total = int(values["total"])
@@ -323,11 +351,11 @@ class Dashboard(AutoRefresh):
             self._show_paused(stats.get("producer") != "running" and stats.get("sink") != "running")
         self.header.value = EMPTY_HTML if total == 0 else ""
         self.header.layout.display = "" if total == 0 else "none"
-        return args
 
     def _refresh_panels(self, args: dict[str, Any]) -> Iterator[None]:
-        """Charts and tables (built on the first call): their queries in one call to a served store's owner, then
-        one panel per step."""
+        """Charts and tables (built on the first call): their queries in one call to a served store's owner (with
+        the KPI row's, in one snapshot, where the store allows it: see :meth:`_refresh_kpis`), then one panel per
+        step."""
         if not self.charts:
             self._build_charts()
             yield
@@ -344,9 +372,18 @@ class Dashboard(AutoRefresh):
             ("sessions", args),
             ("experiments", args),
         ]
-        breakdown, series, top_users, top_items, funnel, *by_dim, items, sessions, experiments = run_queries(
-            self.store, asked
-        )
+        if self._consistent:
+            head = self._head(args)
+            *got, fresh, complete, kpis, active = run_queries(self.store, asked + head, consistent=True)
+            self._show_head(args, fresh, complete, kpis, active)
+            # A young store's per-second series below is read after the snapshot: it is cut at the snapshot's
+            # newest ingest time, which a young store's raw events answer at once.
+            cut = first_row(fresh).get("newest_ingest_time")
+            series_args = args if cut is None or pd.isna(cut) else {**args, "as_of": cut}
+        else:
+            got = run_queries(self.store, asked)
+            series_args = args
+        breakdown, series, top_users, top_items, funnel, *by_dim, items, sessions, experiments = got
         yield
         self.alert_banner.refresh()  # after the KPIs: the first KPIs cost one call to a served store's owner
         f = self.figures
@@ -354,7 +391,7 @@ class Dashboard(AutoRefresh):
         self.filters.set_choices("interaction_type", label_value(breakdown)[0])  # events are open: the data's types
         if bucket == "minute" and (series.empty or series["time"].nunique() < 3):  # a young store: per second
             bucket = "second"
-            series = self._q("timeseries", bucket=bucket, **args)
+            series = self._q("timeseries", bucket=bucket, **series_args)
         set_timeseries(f["timeseries"], series)
         from .queries import BUCKET_SECONDS
 

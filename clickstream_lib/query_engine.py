@@ -483,15 +483,20 @@ def run(
     return df
 
 
-def run_many(store: Store, asked: Iterable[tuple[str, dict[str, Any]]]) -> list[pd.DataFrame]:
+def run_many(store: Store, asked: Iterable[tuple[str, dict[str, Any]]], consistent: bool = False) -> list[pd.DataFrame]:
     """Run several named queries, ``(name, keyword arguments)`` pairs as :func:`run` takes them; results in order.
 
     A served store sends them to its owner in one call (a dashboard's refresh set pays one round trip, not one per
-    panel); otherwise they run here one after the other. Same errors as :func:`run`.
+    panel); otherwise they run here one after the other. ``consistent``: no insert lands between them, so they all
+    read the same events (:mod:`clickstream_lib.snapshot`; only where ``store.consistent_reads``). Same errors as
+    :func:`run`, and StoreError for ``consistent`` on a store with writers in other processes.
     """
     asked = list(asked)
     if isinstance(store, ServedStore):
-        return store.run_queries(asked)
+        return store.run_queries(asked, consistent=consistent)
+    if consistent:
+        with store.snapshot():
+            return [run(store, name, **kwargs) for name, kwargs in asked]
     return [run(store, name, **kwargs) for name, kwargs in asked]
 
 

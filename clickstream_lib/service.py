@@ -14,7 +14,7 @@ asks for:
   ``alerts.record`` (rows for ``alert_events`` or ``alert_pending`` only: an ``alerts check`` run by cron while the
   owner runs); ``queries`` with ``{"queries": [[name, {...}], ...]}`` runs several named queries in one call (a
   dashboard's refresh set) and answers one result per query, each an Arrow IPC stream of its table, in the order
-  asked.
+  asked; with ``"consistent": true`` no insert lands while they run (:mod:`clickstream_lib.snapshot`).
 
 Clients never send SQL that runs other than read-only. Only the same user is served: the socket and the token file
 live in a 0700 directory, and every call must carry the token (``authorization: Bearer <token>``); a call without
@@ -37,7 +37,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -231,7 +231,7 @@ class StoreService:
         self._pipeline_lock = threading.Lock()
         self._stopped = threading.Event()
         self.share_s = float(share_s)
-        self._shared: dict[str, tuple[float, pa.Table]] = {}
+        self._shared: dict[str, tuple[float, Any]] = {}
         self._gates: dict[str, threading.Lock] = {}
         self._shared_lock = threading.Lock()
         self.alert_rules = settings.alert_rules if alert_rules is None else alert_rules
@@ -397,11 +397,51 @@ class StoreService:
         questions on every refresh, so N viewers cost the engine about what one does. A request that arrives while
         the same one runs waits for its answer.
         """
+        self._check_database(request)
+        table: pa.Table = self._shared_run(request, lambda: self._run(request))
+        return table
+
+    def get_many(self, request: dict[str, Any]) -> list[pa.Table]:
+        """Run the named queries of a batch (``{"queries": [[name, args], ...]}``) as :meth:`get` runs each.
+
+        One call for a dashboard's whole refresh set: a client pays the round trip once, not once per panel. With
+        ``"consistent": true`` the batch holds the engine's inserts off while it runs (:mod:`clickstream_lib.snapshot`),
+        so its queries all read the same inserts; such a batch is shared whole, never mixed with another's answers.
+        """
+        asked = request.get("queries")
+        if not isinstance(asked, list) or not all(isinstance(q, list) and len(q) == 2 for q in asked):
+            raise StoreError('a batch of queries is {"queries": [[name, {arguments}], ...]}')
+        self._check_database(request)
+        database = request.get("database")
+        requests = [{"database": database, "query": name, "args": args} for name, args in asked]
+        if request.get("consistent"):
+            assert self.store is not None
+
+            def snapshot() -> list[pa.Table]:
+                assert self.store is not None
+                with self.store.snapshot():
+                    return self._run_all(requests, self._run)
+
+            tables: list[pa.Table] = self._shared_run(request, snapshot)
+            return tables
+        return self._run_all(requests, self.get)
+
+    def _run_all(self, requests: list[dict[str, Any]], run: Callable[[dict[str, Any]], pa.Table]) -> list[pa.Table]:
+        if len(requests) < 2 or self.query_clients < 2:
+            return [run(r) for r in requests]
+        # The batch's queries share the engine clients, so a refresh set takes about half its serial time on two.
+        with ThreadPoolExecutor(min(self.query_clients, len(requests)), thread_name_prefix="batch") as pool:
+            return list(pool.map(run, requests))
+
+    def _check_database(self, request: dict[str, Any]) -> None:
         database = request.get("database")
         if database not in (None, self.settings.database):
             raise StoreError(f"this owner serves database {self.settings.database}, not {database}")
+
+    def _shared_run(self, request: dict[str, Any], run: Callable[[], Any]) -> Any:
+        """``run()``, or the answer of an identical ``request`` run within :attr:`share_s` seconds (see :meth:`get`)."""
         if self.share_s <= 0:
-            return self._run(request)
+            return run()
         key = json.dumps(request, sort_keys=True)
         with self._shared_lock:
             gate = self._gates.setdefault(key, threading.Lock())
@@ -409,30 +449,14 @@ class StoreService:
             hit = self._shared.get(key)
             if hit is not None and time.monotonic() - hit[0] < self.share_s:
                 return hit[1]
-            table = self._run(request)
+            answer = run()
             with self._shared_lock:
                 now = time.monotonic()
-                self._shared[key] = (now, table)
+                self._shared[key] = (now, answer)
                 for old in [k for k, (t, _) in self._shared.items() if now - t >= self.share_s]:
                     del self._shared[old]
                     self._gates.pop(old, None)
-            return table
-
-    def get_many(self, request: dict[str, Any]) -> list[pa.Table]:
-        """Run the named queries of a batch (``{"queries": [[name, args], ...]}``) as :meth:`get` runs each.
-
-        One call for a dashboard's whole refresh set: a client pays the round trip once, not once per panel.
-        """
-        asked = request.get("queries")
-        if not isinstance(asked, list) or not all(isinstance(q, list) and len(q) == 2 for q in asked):
-            raise StoreError('a batch of queries is {"queries": [[name, {arguments}], ...]}')
-        database = request.get("database")
-        requests = [{"database": database, "query": name, "args": args} for name, args in asked]
-        if len(requests) < 2 or self.query_clients < 2:
-            return [self.get(r) for r in requests]
-        # The batch's queries share the engine clients, so a refresh set takes about half its serial time on two.
-        with ThreadPoolExecutor(min(self.query_clients, len(requests)), thread_name_prefix="batch") as pool:
-            return list(pool.map(self.get, requests))
+            return answer
 
     def _run(self, request: dict[str, Any]) -> pa.Table:
         with self._client() as store:

@@ -44,6 +44,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from . import errors, schema
 from .errors import ConfigError, StoreError, StoreLocked
 from .settings import Settings, StoreURL
+from .snapshot import ENGINE_GATE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -417,6 +418,28 @@ class Store:
     def embedded(self) -> bool:
         return self.settings.store_url.embedded
 
+    @property
+    def consistent_reads(self) -> bool:
+        """Every write to this store passes through this process's :data:`~clickstream_lib.snapshot.ENGINE_GATE`
+        (an embedded store, owned here), so :meth:`snapshot` keeps inserts out of a set of queries."""
+        return self.embedded
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Hold off this store's inserts while the block runs: its queries all read the same inserts.
+
+        Raises:
+            StoreError: the store has writers in other processes (a ClickHouse server); cut the queries at one
+                ingest time instead (``as_of``).
+        """
+        if not self.consistent_reads:
+            raise StoreError(
+                f"{self.settings.store_url.redacted()} has writers in other processes: its queries cannot be held "
+                "to one snapshot here; cut them at one ingest time (as_of) instead"
+            )
+        with ENGINE_GATE.reading():
+            yield
+
     def fork(self) -> Store:
         """Another client on the same store, for use from another thread."""
         client = open_client(self.settings.store_url, self.database, memory_limit_mb=self.settings.memory_limit_mb)
@@ -545,8 +568,9 @@ class Store:
             settings["insert_deduplication_token"] = dedup_token
         if column_types is not None:
             settings["input_format_native_allow_types_conversion"] = 1
+        gate = ENGINE_GATE.writing() if self.embedded else contextlib.nullcontext()
         try:
-            with self._lock:
+            with gate, self._lock:
                 summary = self.client.insert(
                     self.table(table),
                     list(columns),
@@ -1084,15 +1108,18 @@ class ServedStore(Store):
         """The named query ``name`` run by the owner with :func:`clickstream_lib.queries.run` (same arguments)."""
         return self._get({"database": self.database, "query": name, "args": kwargs}, f"query {name}")
 
-    def run_queries(self, asked: Sequence[tuple[str, dict[str, Any]]]) -> list[pd.DataFrame]:
+    def run_queries(self, asked: Sequence[tuple[str, dict[str, Any]]], consistent: bool = False) -> list[pd.DataFrame]:
         """Several named queries (``(name, arguments)`` pairs) run by the owner in one call, results in order.
 
-        A dashboard's refresh set costs one round trip instead of one per panel.
+        A dashboard's refresh set costs one round trip instead of one per panel. ``consistent``: the owner holds its
+        inserts off while they run, so they all read the same inserts (:mod:`clickstream_lib.snapshot`).
         """
         import pyarrow as pa
         from pyarrow import flight
 
-        request = {"database": self.database, "queries": [[name, kwargs] for name, kwargs in asked]}
+        request: dict[str, Any] = {"database": self.database, "queries": [[name, kwargs] for name, kwargs in asked]}
+        if consistent:
+            request["consistent"] = True
         action = flight.Action(BATCH_ACTION, json.dumps(to_wire(request)).encode())
 
         def call() -> list[pd.DataFrame]:
@@ -1114,6 +1141,18 @@ class ServedStore(Store):
         return ServedPipeline(self)
 
     # --- the Store interface -----------------------------------------------------------------------------------
+
+    @property
+    def consistent_reads(self) -> bool:
+        return True  # the owner's inserts and its queries share its engine's gate
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        raise StoreError(
+            "a served store's snapshot is held by its owner for one call: run the queries together with "
+            "queries.run_many(store, asked, consistent=True)"
+        )
+        yield  # pragma: no cover - a generator, for contextmanager
 
     def fork(self) -> ServedStore:
         return ServedStore(self.settings, self.owner)

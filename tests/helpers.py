@@ -132,11 +132,13 @@ class RunManySpy:
     def __init__(self, real: Callable[..., list[pd.DataFrame]]) -> None:
         self.real = real
         self.calls: list[tuple[list[tuple[str, dict[str, Any]]], list[pd.DataFrame]]] = []
+        self.consistent: list[bool] = []  # each call's ``consistent``
 
-    def __call__(self, store: Any, asked: Any) -> list[pd.DataFrame]:
+    def __call__(self, store: Any, asked: Any, consistent: bool = False) -> list[pd.DataFrame]:
         asked = list(asked)
-        results = self.real(store, asked)
+        results = self.real(store, asked, consistent=True) if consistent else self.real(store, asked)
         self.calls.append((asked, results))
+        self.consistent.append(consistent)
         return results
 
     def frames(self) -> dict[str, list[tuple[dict[str, Any], pd.DataFrame]]]:

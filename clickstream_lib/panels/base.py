@@ -94,12 +94,14 @@ def run_query(store: Store, name: str, **kwargs: Any) -> pd.DataFrame:
     return queries.run(store, name, **kept)
 
 
-def run_queries(store: Store, asked: Sequence[tuple[str, dict[str, Any]]]) -> list[pd.DataFrame]:
+def run_queries(
+    store: Store, asked: Sequence[tuple[str, dict[str, Any]]], consistent: bool = False
+) -> list[pd.DataFrame]:
     """Several panels' queries (``(name, arguments)``, trimmed as :func:`run_query` does) in one call to a served
-    store's owner (``queries.run_many``), results in order."""
+    store's owner (``queries.run_many``, ``consistent`` as it takes it), results in order."""
     from .. import queries
 
-    return queries.run_many(store, [query_args(name, **kwargs) for name, kwargs in asked])
+    return queries.run_many(store, [query_args(name, **kwargs) for name, kwargs in asked], consistent=consistent)
 
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"

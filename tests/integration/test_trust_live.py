@@ -9,7 +9,9 @@ calls) and what it got back are recorded by wrapping ``queries.run_many``.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,9 +19,12 @@ from clickstream_lib import queries
 from clickstream_lib.dashboard import Dashboard
 from clickstream_lib.panels import reconcile as reconcile_panel
 from clickstream_lib.pipeline import Pipeline
+from clickstream_lib.service import SHARE_S
 from clickstream_lib.settings import Settings
-from clickstream_lib.store import Store
+from clickstream_lib.store import ServedStore, Store, connect
 from tests.helpers import RunManySpy, wait_until
+from tests.integration.owner import start_owner, stop_owner
+from tests.integration.sink_worker import worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -52,10 +57,20 @@ def shown_kpi(dash: Dashboard, key: str) -> int:
 def check_refresh(dash: Dashboard, spy: RunManySpy, label: str) -> dict[str, int]:
     """One refresh of ``dash``: the invariants over what its queries returned, and the KPIs on the page."""
     spy.calls.clear()
+    spy.consistent.clear()
     dash.refresh()
     assert dash.error is None and "Refresh failed" not in dash.header.value, dash.header.value
     got = spy.frames()
     kpi_args, kpis = got["kpis"][0]
+    # The KPIs and the panels checked below in one snapshot of the embedded store, so they read the rollups, not
+    # raw events cut at an ingest time.
+    (snapshot,) = [i for i, (asked, _) in enumerate(spy.calls) if any(name == "kpis" for name, _ in asked)]
+    names = {name for name, _ in spy.calls[snapshot][0]}
+    assert spy.consistent[snapshot], f"{label}: the KPIs' call was not consistent ({spy.consistent})"
+    assert {"active_users", "breakdown", "timeseries", "funnel", "sessions"} <= names, (label, names)
+    assert "as_of" not in kpi_args, (label, kpi_args)
+    if "all time" in label:
+        assert kpis.attrs["source"] != "events", (label, kpis.attrs)  # a rollup answers
     total, users = int(kpis["total_interactions"][0]), int(kpis["unique_users"][0])
     where = f"{label}, {kpi_args}"
     assert (shown_kpi(dash, "total"), shown_kpi(dash, "users")) == (total, users), where
@@ -112,6 +127,37 @@ def test_the_dashboards_panels_agree_while_events_flow(
     assert stats["producer"] == "running" and stats["sink"] == "running", stats  # checked while events flowed
     # Every check saw more events stored than the one before, and the device filter was exercised.
     assert all_time == sorted(all_time) and all_time[-1] > all_time[0] > 0 and on_mobile >= MOMENTS - 1, all_time
+
+
+def test_a_served_dashboards_panels_agree_while_the_owner_stores_events(
+    settings: Settings, spy: RunManySpy, tmp_path: Path
+) -> None:
+    """The same checks against `clickstream serve` running the live pipeline: the owner holds its sink's inserts off
+    while it runs a dashboard's consistent batch (``queries.run_many(..., consistent=True)``)."""
+    env = worker_env(settings, tmp_path / "data")
+    client_settings = Settings.from_env(env)
+    log = tmp_path / "owner.log"
+    proc = start_owner(env, "--produce", "--rate", str(int(RATE)), "--seed", "16", log=log)
+    try:
+        served = connect(client_settings)
+        assert isinstance(served, ServedStore)
+        dash = Dashboard(client_settings, store=served)
+        seen: list[int] = [0]
+        for moment in range(1, MOMENTS + 1):
+            # The owner shares an identical batch's answer for SHARE_S, and its answers to the wait's query too:
+            # past that, a second of events more than the last refresh saw.
+            time.sleep(SHARE_S)
+            target = seen[-1] + int(RATE)
+
+            def stored(t: int = target) -> bool:
+                return int(queries.run(served, "kpis", source="raw")["total_interactions"][0]) >= t
+
+            wait_until(stored, 120, what=f"{target} events stored", state=lambda: log.read_text()[-2000:])
+            seen.append(check_refresh(dash, spy, f"served, moment {moment}, all time")["total"])
+        assert seen == sorted(seen) and seen[-1] > seen[1] > 0, seen
+        assert served.pipeline().stats()["sink"] == "running"
+    finally:
+        assert stop_owner(proc) == 0, log.read_text()[-3000:]
 
 
 def test_producer_acks_per_partition_equal_the_rows_stored_there(
