@@ -811,8 +811,9 @@ def live_panels(
     """The dashboard's refresh set (:data:`LIVE_PANELS`) for one window and filter choice, keyed by query name.
 
     The live queries (active users, events per second) take the filters but not the window: theirs is "now" (active
-    users within the window's start). ``as_of`` cuts every query at one ingest time (see
-    :func:`~clickstream_lib.query_engine.plan`).
+    users within the window's start). They read one snapshot of a store whose writes this process or its owner holds
+    off (``store.consistent_reads``: an embedded store); ``as_of`` cuts every query at one ingest time instead (see
+    :func:`~clickstream_lib.query_engine.plan`), as a server store needs.
     """
     windowed = {"start": start, "end": end, "source": source}
     cut = {} if as_of is None else {"as_of": as_of}
@@ -821,7 +822,8 @@ def live_panels(
     ]
     if start is not None:
         asked[LIVE_PANELS.index("active_users")][1]["since"] = start
-    return dict(zip(LIVE_PANELS, run_many(store, asked), strict=True))
+    consistent = as_of is None and store.consistent_reads
+    return dict(zip(LIVE_PANELS, run_many(store, asked, consistent=consistent), strict=True))
 
 
 # Paths, funnels of chosen steps and cohort retention live in their own module, which adds its queries to QUERIES
