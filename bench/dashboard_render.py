@@ -55,7 +55,7 @@ from clickstream_lib.stack import (  # noqa: E402
     clean_env,
     free_port,
 )
-from tests.helpers import CHROMIUM_ARGS, LOAD_EVENTS  # noqa: E402
+from clickstream_lib.stack.throwaway import CHROMIUM_ARGS, LOAD_EVENTS  # noqa: E402
 
 
 def rss_mb(pids: list[int]) -> list[float]:

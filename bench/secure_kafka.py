@@ -10,7 +10,7 @@ check     = clickstream_lib.security.check_kafka: the up-front TCP + TLS + SASL/
             before every secured admin client; against the baseline of constructing that KafkaAdminClient (which
             does its own TLS + SASL + metadata bootstrap).
 Medians of --repeats runs. A broker with both listeners is started on free ports in a temporary directory (its own
-CA and certificate from tests/pki.py) and stopped at the end.
+CA and certificate from clickstream_lib/stack/pki.py) and stopped at the end.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from kafka import KafkaAdminClient, KafkaProducer  # noqa: E402
 from clickstream_lib.security import check_kafka  # noqa: E402
 from clickstream_lib.settings import Settings  # noqa: E402
 from clickstream_lib.stack import KafkaStack, SecureListener, clean_env, free_port  # noqa: E402  # noqa: E402
+from clickstream_lib.stack.pki import make_pki  # noqa: E402
 from clickstream_lib.topics import client_config, ensure_topic  # noqa: E402
-from tests.pki import make_pki  # noqa: E402
 
 
 def produce_rate(settings: Settings, messages: int, size: int) -> float:

@@ -20,42 +20,6 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Debian's headless Chromium, driven by Playwright (never `playwright install`).
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-# Run in a fresh interpreter: produce and sink {n} events (seed, rate, profile) into the store of its settings.
-LOAD_EVENTS = """
-import json, time
-from clickstream_lib.settings import Settings
-from clickstream_lib.store import connect
-from clickstream_lib.producer import Producer
-from clickstream_lib.sink import Sink
-from clickstream_lib.generator import CaseStudyGenerator
-settings = Settings.from_env()
-store = connect(settings)
-sink = Sink(settings, store)
-sink.start()
-generator = CaseStudyGenerator(seed={seed}) if {profile!r} == "case-study" else None
-producer = Producer(settings, rate={rate}, seed={seed}, generator=generator)
-producer.start(events={n})
-acked = producer.wait(300).acked
-deadline = time.monotonic() + 300  # generous: CI machines are shared
-while time.monotonic() < deadline and int(sink.stats().rows_inserted) < acked:
-    time.sleep(0.2)
-producer.close()
-sink.stop()
-count = int(store.scalar(f"SELECT count() FROM {{store.table('events')}}"))
-print(json.dumps({{"count": count, "acked": acked, "rows_inserted": sink.stats().rows_inserted}}))
-"""
 
 
 def wait_until(

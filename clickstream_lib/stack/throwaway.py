@@ -1,5 +1,6 @@
-"""A throwaway broker for benchmarks and test fixtures, on free loopback ports, and the environment a child process
-gets when it must not inherit the caller's services."""
+"""A throwaway broker for benchmarks and test fixtures, on free loopback ports, the environment a child process
+gets when it must not inherit the caller's services, and what the browser tests and benchmarks share (Chromium's
+flags, a script that loads events through the real pipeline)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,41 @@ def throwaway_broker(home: Path, timeout_s: float = 120.0) -> Iterator[KafkaStac
         yield stack
     finally:
         stack.down()
+
+
+# Debian's headless Chromium, driven by Playwright (never `playwright install`).
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+# Run in a fresh interpreter: produce and sink {n} events (seed, rate, profile) into the store of its settings.
+LOAD_EVENTS = """
+import json, time
+from clickstream_lib.settings import Settings
+from clickstream_lib.store import connect
+from clickstream_lib.producer import Producer
+from clickstream_lib.sink import Sink
+from clickstream_lib.generator import CaseStudyGenerator
+settings = Settings.from_env()
+store = connect(settings)
+sink = Sink(settings, store)
+sink.start()
+generator = CaseStudyGenerator(seed={seed}) if {profile!r} == "case-study" else None
+producer = Producer(settings, rate={rate}, seed={seed}, generator=generator)
+producer.start(events={n})
+acked = producer.wait(300).acked
+deadline = time.monotonic() + 300  # generous: CI machines are shared
+while time.monotonic() < deadline and int(sink.stats().rows_inserted) < acked:
+    time.sleep(0.2)
+producer.close()
+sink.stop()
+count = int(store.scalar(f"SELECT count() FROM {{store.table('events')}}"))
+print(json.dumps({{"count": count, "acked": acked, "rows_inserted": sink.stats().rows_inserted}}))
+"""

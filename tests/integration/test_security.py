@@ -23,10 +23,10 @@ from kafka.errors import KafkaError
 from clickstream_lib.errors import KafkaSecurityError
 from clickstream_lib.settings import Settings
 from clickstream_lib.stack import KafkaStack, SecureListener, free_port
+from clickstream_lib.stack.pki import Pki, make_pki
 from clickstream_lib.store import Store
 from clickstream_lib.topics import client_config, ensure_topic, ping, unreachable
 from tests.conftest import base_env
-from tests.pki import Pki, make_pki
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ import pytest
 from playwright.sync_api import BrowserContext
 
 from clickstream_lib.settings import Settings
+from clickstream_lib.stack.throwaway import CHROMIUM_ARGS, LOAD_EVENTS
 from tests.conftest import base_env
-from tests.helpers import CHROMIUM_ARGS, LOAD_EVENTS
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"

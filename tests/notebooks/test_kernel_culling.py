@@ -27,7 +27,8 @@ from clickstream_lib.notebooks import KernelCulling, VoilaServer
 from clickstream_lib.settings import Settings
 from tests.conftest import base_env
 
-from tests.helpers import CHROMIUM_ARGS, wait_until
+from clickstream_lib.stack.throwaway import CHROMIUM_ARGS
+from tests.helpers import wait_until
 
 from .conftest import kpi, page_status, run_python, screenshot
 

@@ -22,9 +22,9 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from clickstream_lib.errors import ConfigError, StoreError
 from clickstream_lib.settings import Settings
+from clickstream_lib.stack.pki import Pki, make_pki
 from clickstream_lib.store import MIGRATIONS, connect, open_client, server_client_args
 from tests.conftest import base_env
-from tests.pki import Pki, make_pki
 
 PASSWORD = "pw-" + secrets.token_urlsafe(12)
 

@@ -14,9 +14,9 @@ from clickstream_lib.errors import KafkaSecurityError, StackError
 from clickstream_lib.security import RedactSecrets, check_kafka
 from clickstream_lib.settings import Settings
 from clickstream_lib.stack import KafkaStack, SecureListener, free_port
+from clickstream_lib.stack.pki import Pki, make_pki
 from tests.conftest import base_env
 from tests.helpers import TlsServer
-from tests.pki import Pki, make_pki
 
 
 @pytest.fixture(scope="module")

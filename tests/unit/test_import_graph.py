@@ -106,3 +106,22 @@ def test_the_graph_sees_relative_lazy_and_package_imports() -> None:
 
 def test_clickstream_lib_has_no_import_cycle() -> None:
     assert cycles(import_graph()) == []
+
+
+def imported_top_levels(path: Path) -> set[str]:
+    """The top-level names a file imports (absolute imports; anywhere in it)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_library_and_the_benchmarks_import_no_test_code() -> None:
+    root = PACKAGE.parent
+    files = [*PACKAGE.rglob("*.py"), *(root / "bench").rglob("*.py")]
+    assert any(f.name == "dashboard_render.py" for f in files)
+    offenders = sorted(str(f.relative_to(root)) for f in files if "tests" in imported_top_levels(f))
+    assert offenders == [], f"these import test code; shared helpers belong in clickstream_lib.stack: {offenders}"

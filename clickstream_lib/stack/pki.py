@@ -1,6 +1,7 @@
-"""A throw-away PKI for the TLS tests: a CA, a second unrelated CA, and a server certificate for 127.0.0.1/localhost.
+"""A throwaway PKI for a local TLS broker or ClickHouse (the TLS tests, bench/secure_kafka.py): a CA, a second
+unrelated CA, and a server certificate for 127.0.0.1/localhost.
 
-Generated with ``cryptography`` at test time (EC P-256, valid two days); nothing is committed.
+Generated with ``cryptography`` (the ``dev`` extra; EC P-256, valid two days) when asked for; nothing is committed.
 """
 
 from __future__ import annotations
