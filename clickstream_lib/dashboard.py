@@ -49,7 +49,7 @@ from .panels.figures import (
     set_timeseries,
 )
 from .panels.filters import Filters
-from .panels.kpis import complete_html, kpi_estimates, kpi_html, report_kpis, stats_html
+from .panels.kpis import kpi_estimates, kpi_html, pipeline_html, report_kpis, status_html
 from .pipeline import Pipeline, PipelineControl
 from .settings import Settings
 from .store import ServedStore, Store, connect
@@ -337,17 +337,10 @@ class Dashboard(AutoRefresh):
         values["active_users"] = int(first_row(active).get("active_users") or 0)
         self.kpis.value = kpi_html(values, estimates=kpi_estimates(kpis))
         self._complete = first_row(complete).get("complete_through")
-        self._update_status(fresh)
+        self.status.value = status_html(fresh, self._complete, self.refresh_s, self.refreshes + 1)
         if self.pipeline:
             stats = self.pipeline.stats()
-            self.pipeline_status.value = stats_html(
-                {
-                    key: v
-                    for key, v in stats.items()
-                    if key in ("producer", "produced_per_s", "sink", "rows_inserted", "ingested_per_s", "dead_letters")
-                },
-                "Live pipeline",
-            )
+            self.pipeline_status.value = pipeline_html(stats)
             self._show_paused(stats.get("producer") != "running" and stats.get("sink") != "running")
         self.header.value = EMPTY_HTML if total == 0 else ""
         self.header.layout.display = "" if total == 0 else "none"
@@ -426,20 +419,6 @@ class Dashboard(AutoRefresh):
         if "start" in args:
             return table_bucket(pd.DataFrame(), args["start"], datetime.now(UTC))
         return table_bucket(self._q("timeseries", bucket="day", **args), None, None)
-
-    def _update_status(self, fresh_df: pd.DataFrame) -> None:
-        fresh = first_row(fresh_df)
-        lag_s = fresh.get("seconds_since_ingest")
-        newest = fresh.get("newest_event_time")
-        now = datetime.now(UTC).strftime("%H:%M:%S")
-        parts = [f'updated at <span data-status="updated">{now}</span> UTC']
-        parts.append(complete_html(pd.DataFrame({"complete_through": [self._complete]})))
-        if lag_s is not None and pd.notna(lag_s):
-            parts.append(f'last ingest <span data-status="freshness">{float(lag_s):.1f}</span> s ago')
-        if newest is not None and pd.notna(newest):
-            parts.append(f'newest event <span data-status="newest">{html.escape(str(newest))[:19]}</span>')
-        parts.append(f'refresh every {self.refresh_s:g} s · <span data-status="refreshes">{self.refreshes + 1}</span>')
-        self.status.value = '<div class="cs-status">' + " · ".join(parts) + "</div>"
 
     def _on_filter(self) -> None:
         self.refresh()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -76,6 +77,31 @@ def stats_html(stats: Mapping[str, Any], title: str) -> str:
             shown = format_number(value)
         parts.append(f'<span class="cs-stat">{html.escape(key)}: <b data-stat="{html.escape(key)}">{shown}</b></span>')
     return _CSS + f'<div class="cs-status"><b>{html.escape(title)}</b> · ' + " · ".join(parts) + "</div>"
+
+
+def status_html(fresh_df: pd.DataFrame, complete_through: Any, refresh_s: float, refreshes: int) -> str:
+    """The dashboard's status line: when it updated, complete up to when, the last ingest, the newest event, and the
+    refresh period with the number of this refresh (each value in a ``data-status`` span)."""
+    fresh = first_row(fresh_df)
+    lag_s = fresh.get("seconds_since_ingest")
+    newest = fresh.get("newest_event_time")
+    now = datetime.now(UTC).strftime("%H:%M:%S")
+    parts = [f'updated at <span data-status="updated">{now}</span> UTC']
+    parts.append(complete_html(pd.DataFrame({"complete_through": [complete_through]})))
+    if lag_s is not None and pd.notna(lag_s):
+        parts.append(f'last ingest <span data-status="freshness">{float(lag_s):.1f}</span> s ago')
+    if newest is not None and pd.notna(newest):
+        parts.append(f'newest event <span data-status="newest">{html.escape(str(newest))[:19]}</span>')
+    parts.append(f'refresh every {refresh_s:g} s · <span data-status="refreshes">{refreshes}</span>')
+    return '<div class="cs-status">' + " · ".join(parts) + "</div>"
+
+
+PIPELINE_FIGURES = ("producer", "produced_per_s", "sink", "rows_inserted", "ingested_per_s", "dead_letters")
+
+
+def pipeline_html(stats: Mapping[str, Any]) -> str:
+    """The live pipeline's figures (:data:`PIPELINE_FIGURES` of its stats) as the dashboard shows them."""
+    return stats_html({key: v for key, v in stats.items() if key in PIPELINE_FIGURES}, "Live pipeline")
 
 
 def report_kpis(df: pd.DataFrame) -> dict[str, Any]:
