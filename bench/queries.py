@@ -71,8 +71,10 @@ def load(size: int, database: str, seed: int, days: int, reuse: bool = False) ->
         return
     if held:
         store.close()
+        what = "fewer than" if held < size else "already"
         raise SystemExit(
-            f"{database} holds {held:,} events, fewer than {size:,}: drop it (or use another --data-dir) to load again"
+            f"{database} holds {held:,} events ({what} {size:,} asked): pass --reuse to measure them, or drop the "
+            "database (or use another --data-dir) to load again"
         )
     # Users grow with the data (100 events per user over the span), as a busier site has more visitors.
     gen = Generator(seed=seed, n_users=max(1_000, size // 100))
