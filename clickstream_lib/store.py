@@ -465,15 +465,12 @@ class Store:
     def reload_views(self, views: Sequence[str]) -> None:
         """Detach and attach again each of ``views``, so the engine runs them as it loads them from their metadata.
 
-        A view whose query ``ALTER TABLE ... MODIFY QUERY`` changed derives, in the engine that ran the ALTER, other
-        deduplication block ids for the blocks it pushes than the same view loaded at the engine's next start
-        (measured on chdb 26.9, tests/integration/test_rollups_exact.py). A batch stored before a restart and inserted
-        again after it under the same token (the sink's rebuild of a recorded range) was then dropped from ``events``
-        but counted a second time in every such rollup. Attached from its metadata, the view derives the ids it
-        derives after any restart. An insert into the view's source between the detach and the attach (a few
-        milliseconds) would not reach the view: on a server, stop the sinks for a migration (the embedded owner
-        migrates before its sink starts). A detached view is attached again at the engine's next start if the
-        attach fails.
+        Run by :meth:`migrate` for the views a migration changed with ``MODIFY QUERY``: in the engine that ran the
+        ALTER such a view derives other deduplication block ids than after a restart, so a batch stored before a
+        restart and rebuilt after it under the same token was counted twice in its rollup (docs/sink.md, "Rollups
+        need their own deduplication window"). An insert into the view's source between the detach and the attach
+        would not reach the view: stop the sinks of a server for a migration. A view left detached by a failed
+        attach is attached again at the engine's next start.
         """
         for name in views:
             view = self.table(name)
