@@ -93,6 +93,14 @@ class Migration:
     # (``{{day:Date}}`` in the text, since ``{db}`` is formatted): a rebuild of rollups in bounded memory.
     per_day: tuple[str, ...] = ()
 
+    @property
+    def modified_views(self) -> tuple[str, ...]:
+        """The materialized views whose query a statement of this migration changes (``MODIFY QUERY``)."""
+        return tuple(m.group(1) for stmt in self.statements if (m := _MODIFY_QUERY_RE.match(stmt)))
+
+
+_MODIFY_QUERY_RE = re.compile(r"ALTER TABLE \{db\}\.(\w+) MODIFY QUERY ")
+
 
 # Versioned, append-only. Each statement is idempotent (IF NOT EXISTS) so a half-applied migration can re-run.
 # ``{db}`` is the database identifier (validated by Settings, so formatting it is safe); values are never formatted.
@@ -469,12 +477,37 @@ class Store:
                 continue
             for stmt in m.statements:
                 self.client.command(stmt.format(db=db))
+            self.reload_views(m.modified_views)
             if m.per_day:
                 self.run_per_day(m)
             self.client.insert(f"{db}.schema_migrations", [[m.version, m.name]], column_names=["version", "name"])
             applied.append(m.version)
             logger.info("applied schema migration %d (%s) to %s", m.version, m.name, db)
         return applied
+
+    def reload_views(self, views: Sequence[str]) -> None:
+        """Detach and attach again each of ``views``, so the engine runs them as it loads them from their metadata.
+
+        Run by :meth:`migrate` for the views a migration changed with ``MODIFY QUERY``: in the engine that ran the
+        ALTER such a view derives other deduplication block ids than after a restart, so a batch stored before a
+        restart and rebuilt after it under the same token was counted twice in its rollup (docs/sink.md, "Rollups
+        need their own deduplication window"). An insert into the view's source between the detach and the attach
+        would not reach the view: stop the sinks of a server for a migration. A view left detached by a failed
+        attach is attached again at the engine's next start.
+        """
+        for name in views:
+            view = self.table(name)
+            self.client.command(f"DETACH TABLE {view}")
+            try:
+                self.client.command(f"ATTACH TABLE {view}")
+            except ClickHouseError as exc:
+                raise StoreError(
+                    f"cannot attach the materialized view {view} again after a migration changed its query "
+                    f"({str(exc).splitlines()[0][:300]}); inserts do not reach it until it is attached: run "
+                    f"ATTACH TABLE {view}, or restart the store's process"
+                ) from None
+        if views:
+            logger.info("reloaded %d materialized views of %s from their metadata", len(views), self.database)
 
     def property_columns(self) -> frozenset[str]:
         """The property keys events has a property column for (:func:`schema.property_column_statements`).

@@ -5,6 +5,8 @@ Settings come from the environment (tests.conftest.base_env plus KAFKA_*/CLICKHO
     python -m tests.integration.sink_worker run [--until-idle S] [--instance-id ID] [--kill-at-batch N]
         [--batch-max-rows N] [--batch-max-wait S] [--batch-max-bytes N]   # stdout: final stats + peak_rss_mb
     python -m tests.integration.sink_worker count        # JSON: rows, distinct event ids, dead letters
+    python -m tests.integration.sink_worker rollups      # JSON: rows in events, events counted by each rollup
+    python -m tests.integration.sink_worker insert       # one fixed batch, inserted as the sink inserts it
 
 ``--kill-at-batch N`` SIGKILLs this process from the ``on_batch_stored`` hook of the N-th batch: its rows are in
 ClickHouse, its offsets are not committed — the worst moment for duplicates.
@@ -28,10 +30,11 @@ from typing import Any
 
 from kafka import KafkaProducer
 
-from clickstream_lib import events, topics
+from clickstream_lib import events, schema, topics
 from clickstream_lib.settings import Settings
 from clickstream_lib.sink import BatchInfo, Sink
-from clickstream_lib.store import connect
+from clickstream_lib.sink.batch import Batch, insert_batches
+from clickstream_lib.store import Store, connect
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -138,6 +141,49 @@ def count(env: dict[str, str]) -> dict[str, Any]:
     return dict(json.loads(out.stdout.decode().strip().splitlines()[-1]))
 
 
+def rollups(env: dict[str, str]) -> dict[str, int]:
+    """Rows in ``events`` and the events each rollup of ``schema.ROLLUPS`` counts, read by a separate process."""
+    out = subprocess.run(
+        [PYTHON, "-m", "tests.integration.sink_worker", "rollups"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    return dict(json.loads(out.stdout.decode().strip().splitlines()[-1]))
+
+
+def insert_fixed_batch(env: dict[str, str]) -> str:
+    """Insert one fixed batch of 1 000 events in a process of its own, as the sink does (its token, its settings);
+    returns the token."""
+    out = subprocess.run(
+        [PYTHON, "-m", "tests.integration.sink_worker", "insert"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    return str(json.loads(out.stdout.decode().strip().splitlines()[-1])["token"])
+
+
+def _rollup_totals(store: Store) -> dict[str, int]:
+    totals = {"events": int(store.scalar(f"SELECT count() FROM {store.table('events')}"))}
+    for table in schema.ROLLUPS:
+        counted = "events" if "events" in table.column_names else " + ".join(schema.COUNT_COLUMNS)
+        totals[table.name] = int(store.scalar(f"SELECT sum({counted}) FROM {store.table(table.name)}") or 0)
+    return totals
+
+
+def _fixed_batch(settings: Settings) -> Batch:
+    batch = Batch(settings.kafka_topic, "epoch", 0, 0.0, database=settings.database, group=settings.kafka_group_id)
+    now_ms = 1_765_000_000_000
+    for offset, value in enumerate(make_values(1_000, seed=19, now_ms=now_ms)):
+        batch.add(offset, now_ms, None, value)
+    return batch
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set size (VmHWM), in MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -151,7 +197,7 @@ def peak_rss_mb() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["run", "count"])
+    parser.add_argument("mode", choices=["run", "count", "rollups", "insert"])
     parser.add_argument("--until-idle", type=float, default=None)
     parser.add_argument("--instance-id", default=None)
     parser.add_argument("--kill-at-batch", type=int, default=0)
@@ -169,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
         dead = store.scalar(f"SELECT count() FROM {db}.dead_letters")
         dead_uniq = store.scalar(f"SELECT uniqExact(kafka_partition, kafka_offset) FROM {db}.dead_letters")
         print(json.dumps({"rows": rows, "uniq": uniq, "dead": dead, "dead_uniq": dead_uniq}))
+        return 0
+    if args.mode == "rollups":
+        print(json.dumps(_rollup_totals(store)))
+        return 0
+    if args.mode == "insert":
+        batch = _fixed_batch(settings)
+        insert_batches(store, [batch], batch.token)
+        print(json.dumps({"token": batch.token}))
         return 0
 
     seen = 0

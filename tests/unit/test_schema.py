@@ -202,3 +202,16 @@ def test_open_types_migration_leaves_earlier_migrations_as_applied() -> None:
             assert f"ALTER TABLE {{db}}.{v.name} MODIFY QUERY {v.select.replace('{src}', '{db}.events')}" in fourth
     # Every total of a wide rollup counts every column, the other types included.
     assert schema.USER_TOTAL_SQL.split(" + ") == list(schema.COUNT_COLUMNS)
+
+
+def test_a_migration_names_every_view_whose_query_it_changes() -> None:
+    """Store.migrate attaches these views again after the migration (Store.reload_views): each MODIFY QUERY counts."""
+    views = {v.name for v in schema.VIEWS}
+    for m in MIGRATIONS:
+        changed = [stmt for stmt in m.statements if " MODIFY QUERY " in stmt]
+        assert len(m.modified_views) == len(changed), m.version
+        assert set(m.modified_views) <= views, m.version
+    assert MIGRATIONS[schema.OPEN_TYPES_MIGRATION - 1].modified_views == ("items_by_hour_mv", "users_by_day_mv")
+    assert set(MIGRATIONS[schema.EXACT_DISTINCT_MIGRATION - 1].modified_views) == {
+        f"{t.name}_mv" for t in schema.EVENT_ROLLUPS
+    }
