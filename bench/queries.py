@@ -48,6 +48,35 @@ DAY_MS = 86_400_000
 CHUNK = 1_000_000
 
 
+def load_and_measure(
+    script: str, size: int, data_dir: str | None, measure_args: list[str], memory_limit_mb: int | None = None
+) -> dict[str, Any]:
+    """Load ``size`` events as this script does into ``data_dir`` (a store loaded there before is reused; None: a
+    temporary directory, removed after), then run ``script --measure MEASURE_ARGS`` in a child process on that store
+    and return the JSON object its last line prints. A benchmark that measures a loaded store starts this way."""
+    tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="bench-store-")
+    directory = str(Path(data_dir).resolve()) if data_dir else tmp.name  # type: ignore[union-attr]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLICKHOUSE_", "CLICKSTREAM_"))}
+    env["CLICKSTREAM_DATA_DIR"] = directory
+    if memory_limit_mb is not None:
+        env["CLICKSTREAM_MEMORY_LIMIT_MB"] = str(memory_limit_mb)
+    db = f"bench_{size}"
+    try:
+        subprocess.run([sys.executable, __file__, "--load", str(size), db, "--reuse"], env=env, check=True)
+        proc = subprocess.run(
+            [sys.executable, script, "--measure", db, *measure_args],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        got: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+        return got
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
 def load(size: int, database: str, seed: int, days: int, reuse: bool = False) -> None:
     """Child process: generate ``size`` events over the last ``days`` days and insert them (views fill rollups).
 

@@ -2,10 +2,10 @@
 it reads a ClickHouse server, whose writers it cannot hold off), on the same data in the same process.
 
     .venv/bin/python bench/refresh_cut.py                                  # 1M events, 5 runs each
-    .venv/bin/python bench/refresh_cut.py --size 10000000 --data-dir /tmp/bq --reuse --repeat 3 --memory-limit-mb 0
+    .venv/bin/python bench/refresh_cut.py --size 10000000 --data-dir /tmp/bq --repeat 3 --memory-limit-mb 0
 
 Events are loaded as bench/queries.py loads them (the generator over the last 7 days, through the materialized
-views; ``--reuse`` keeps a database that bench/queries.py or an earlier run loaded into ``--data-dir``). Then one
+views; a database that bench/queries.py or an earlier run loaded into ``--data-dir`` is reused). Then one
 child process builds a ``Dashboard`` on the store, records every ``queries.run_many`` call of one refresh (KPIs,
 charts, tables, the analytics panels) for "all time" and for "last hour", and times the recorded calls: as the
 dashboard asks them on the embedded store (its KPIs and panels in one snapshot, ``consistent=True``: rollups and
@@ -21,15 +21,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.queries import load_and_measure  # noqa: E402
 
 
 def measure(database: str, repeat: int) -> dict[str, Any]:
@@ -97,7 +97,6 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5, help="timed rounds per form after one warm-up (default 5)")
     parser.add_argument("--data-dir", help="keep the store here (default: a temporary directory)")
-    parser.add_argument("--reuse", action="store_true", help="keep data a previous run loaded into --data-dir")
     parser.add_argument(
         "--memory-limit-mb", type=int, help="the embedded engine's memory limit (default: the product's; 0: none)"
     )
@@ -106,27 +105,7 @@ def main() -> int:
     if args.measure:
         print(json.dumps(measure(args.measure[0], int(args.measure[1]))))
         return 0
-    tmp = None if args.data_dir else tempfile.TemporaryDirectory(prefix="bench-refresh-cut-")
-    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else tmp.name  # type: ignore[union-attr]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLICKHOUSE_", "CLICKSTREAM_"))}
-    env["CLICKSTREAM_DATA_DIR"] = data_dir
-    if args.memory_limit_mb is not None:
-        env["CLICKSTREAM_MEMORY_LIMIT_MB"] = str(args.memory_limit_mb)
-    db = f"bench_{args.size}"
-    try:
-        load = [sys.executable, str(ROOT / "bench" / "queries.py"), "--load", str(args.size), db]
-        subprocess.run(load + (["--reuse"] if args.reuse else []), env=env, check=True)
-        proc = subprocess.run(
-            [sys.executable, __file__, "--measure", db, str(args.repeat)],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        got = json.loads(proc.stdout.strip().splitlines()[-1])
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+    got = load_and_measure(__file__, args.size, args.data_dir, [str(args.repeat)], args.memory_limit_mb)
     load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{got['events']:,} events; load average at the end {load_avg}; medians of {args.repeat}")
     print(f"{'window':<11}{'queries':>8}{'snapshot ms':>13}{'cut (as_of) ms':>16}{'cut / snapshot':>16}")

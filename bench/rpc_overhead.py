@@ -21,12 +21,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.queries import load_and_measure  # noqa: E402
 
 CLIENT = """
 import json, sys, time
@@ -107,30 +108,9 @@ def main() -> int:
     if args.measure:
         print(json.dumps(measure(args.measure[0], int(args.measure[1]), int(args.measure[2]))))
         return 0
-    tmp = None if args.data_dir else tempfile.TemporaryDirectory(prefix="bench-rpc-")
-    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else tmp.name  # type: ignore[union-attr]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLICKHOUSE_", "CLICKSTREAM_"))}
-    env["CLICKSTREAM_DATA_DIR"] = data_dir
-    if args.memory_limit_mb is not None:
-        env["CLICKSTREAM_MEMORY_LIMIT_MB"] = str(args.memory_limit_mb)
-    db = f"bench_{args.size}"
-    try:
-        subprocess.run(
-            [sys.executable, str(ROOT / "bench" / "queries.py"), "--load", str(args.size), db, "--reuse"],
-            env=env,
-            check=True,
-        )
-        proc = subprocess.run(
-            [sys.executable, __file__, "--measure", db, str(args.rounds), str(args.refreshes)],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        got = json.loads(proc.stdout.strip().splitlines()[-1])
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+    got = load_and_measure(
+        __file__, args.size, args.data_dir, [str(args.rounds), str(args.refreshes)], args.memory_limit_mb
+    )
     load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     n = args.rounds * args.refreshes
     overhead = 100 * (got["served_ms"] / got["inproc_ms"] - 1)
