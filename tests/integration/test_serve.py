@@ -290,11 +290,10 @@ def test_show_puts_the_kpis_up_before_plotly_loads_then_fills_the_charts(
     got = json.loads(python(env, SHOW_DASHBOARD))
     n = len(make_events(n_sessions=SESSIONS, seed=SEED))
     first = got["first"]
-    # When show() returns (Voila shows the page once the notebook has run) the KPIs are there: two calls for them
-    # after the connection's own (the refresh's cut, then the KPIs as of it), no chart built and plotly not even
-    # imported.
+    # When show() returns (Voila shows the page once the notebook has run) the KPIs are there: one call for them and
+    # the status line (one snapshot of the owner's store), no chart built and plotly not even imported.
     assert f'data-kpi="total" data-value="{n}"' in first["kpis"], first
-    assert first["charts"] == 0 and first["plotly"] is False and first["calls"] == 2, first
+    assert first["charts"] == 0 and first["plotly"] is False and first["calls"] == 1, first
     assert first["outputs"] == [0] * 8
     # Then the kernel's loop builds and fills every chart.
     assert got["refreshes"] == 1 and got["header"] == "", got
