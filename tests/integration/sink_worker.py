@@ -128,10 +128,10 @@ def spawn(env: dict[str, str], *args: str, log: Path | None = None) -> subproces
             err.close()  # type: ignore[union-attr]
 
 
-def count(env: dict[str, str]) -> dict[str, Any]:
-    """Rows, distinct event ids and dead letters in the worker's store, read by a separate process."""
+def _read(env: dict[str, str], mode: str) -> dict[str, Any]:
+    """What this module's ``mode`` prints (a JSON object), run in a separate process on the worker's store."""
     out = subprocess.run(
-        [PYTHON, "-m", "tests.integration.sink_worker", "count"],
+        [PYTHON, "-m", "tests.integration.sink_worker", mode],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -139,19 +139,16 @@ def count(env: dict[str, str]) -> dict[str, Any]:
         check=True,
     )
     return dict(json.loads(out.stdout.decode().strip().splitlines()[-1]))
+
+
+def count(env: dict[str, str]) -> dict[str, Any]:
+    """Rows, distinct event ids and dead letters in the worker's store, read by a separate process."""
+    return _read(env, "count")
 
 
 def rollups(env: dict[str, str]) -> dict[str, int]:
     """Rows in ``events`` and the events each rollup of ``schema.ROLLUPS`` counts, read by a separate process."""
-    out = subprocess.run(
-        [PYTHON, "-m", "tests.integration.sink_worker", "rollups"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-    return dict(json.loads(out.stdout.decode().strip().splitlines()[-1]))
+    return {key: int(value) for key, value in _read(env, "rollups").items()}
 
 
 def insert_fixed_batch(env: dict[str, str]) -> str:
