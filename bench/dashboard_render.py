@@ -46,7 +46,7 @@ from playwright.sync_api import sync_playwright
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clickstream_lib import queries  # noqa: E402
+from bench.rpc_overhead import alternate  # noqa: E402
 from clickstream_lib.notebooks import KernelCulling, OwnerProcess, VoilaServer, settings_env  # noqa: E402
 from clickstream_lib.service import StoreService  # noqa: E402
 from clickstream_lib.settings import Settings  # noqa: E402
@@ -106,48 +106,6 @@ def uss_mb(pids: list[int]) -> list[float]:
         except psutil.NoSuchProcess:
             out.append(0.0)
     return out
-
-
-SERVED_REFRESHES = """
-import json, sys, time
-from clickstream_lib import Settings, connect, queries
-store = connect(Settings.from_env())
-assert type(store).__name__ == "ServedStore", type(store)
-queries.live_panels(store)
-times = []
-for _ in range({n}):
-    t0 = time.perf_counter()
-    queries.live_panels(store)
-    times.append(time.perf_counter() - t0)
-print(json.dumps({{"times": times, "chdb": "chdb" in sys.modules}}))
-"""
-
-
-def rpc_overhead(service: StoreService, settings: Settings, rounds: int, refreshes: int) -> tuple[list[float], ...]:
-    """Seconds per live refresh, in-process on an engine client of the owner and over the socket, alternating."""
-    assert service.store is not None
-    local = service.store.fork()
-    queries.live_panels(local)
-    inproc: list[float] = []
-    served: list[float] = []
-    env = settings_env(settings, clean_env())
-    for _ in range(rounds):
-        for _ in range(refreshes):
-            t0 = time.perf_counter()
-            queries.live_panels(local)
-            inproc.append(time.perf_counter() - t0)
-        out = subprocess.run(
-            [sys.executable, "-c", SERVED_REFRESHES.format(n=refreshes)],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        got = json.loads(out.stdout.strip().splitlines()[-1])
-        assert not got["chdb"], "a served client imported chdb"
-        served.extend(got["times"])
-    local.close()
-    return inproc, served
 
 
 def main() -> int:
@@ -218,7 +176,7 @@ def main() -> int:
                 service = StoreService(settings, sink=False, share_s=0)
                 service.start()
                 try:
-                    inproc_t, served_rpc_t = rpc_overhead(service, settings, args.rounds, args.refreshes)
+                    inproc_t, served_rpc_t = alternate(service, args.rounds, args.refreshes)
                 finally:
                     service.stop()
                 owner = OwnerProcess(settings, produce=False, sink=False, log_file=tmp / "serve.log")

@@ -23,28 +23,59 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+if TYPE_CHECKING:
+    from clickstream_lib.service import StoreService
 
 from bench.queries import load_and_measure  # noqa: E402
 
 CLIENT = """
 import json, sys, time
 sys.path.insert(0, {root!r})
-from clickstream_lib import queries
-from clickstream_lib.settings import Settings
-from clickstream_lib.store import ServedStore, connect
-store = connect(Settings.from_env(clickhouse_database={database!r}))
-assert isinstance(store, ServedStore), type(store)
+from clickstream_lib import Settings, connect, queries
+store = connect(Settings.from_env())
+assert type(store).__name__ == "ServedStore", type(store)
 queries.live_panels(store)
 times = []
 for _ in range({n}):
     t = time.perf_counter()
     queries.live_panels(store)
     times.append(time.perf_counter() - t)
-print(json.dumps(times))
+print(json.dumps({{"times": times, "chdb": "chdb" in sys.modules}}))
 """
+
+
+def alternate(service: StoreService, rounds: int, refreshes: int) -> tuple[list[float], list[float]]:
+    """Seconds per live refresh set of ``service``'s store, in its process on one of its engine clients and from a
+    client process over its socket, ``refreshes`` each way per round, alternating for ``rounds`` rounds."""
+    from clickstream_lib import queries
+    from clickstream_lib.notebooks import settings_env
+    from clickstream_lib.stack import clean_env
+
+    assert service.store is not None
+    local = service.store.fork()
+    queries.live_panels(local)
+    inproc: list[float] = []
+    served: list[float] = []
+    env = settings_env(service.settings, clean_env())
+    client = CLIENT.format(root=str(ROOT), n=refreshes)
+    try:
+        for _ in range(rounds):
+            for _ in range(refreshes):
+                t = time.perf_counter()
+                queries.live_panels(local)
+                inproc.append(time.perf_counter() - t)
+            out = subprocess.run([sys.executable, "-c", client], env=env, capture_output=True, text=True, check=True)
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            assert not got["chdb"], "a served client imported chdb"
+            served.extend(got["times"])
+    finally:
+        local.close()
+    return inproc, served
 
 
 def measure(database: str, rounds: int, refreshes: int) -> dict[str, float]:
@@ -59,19 +90,9 @@ def measure(database: str, rounds: int, refreshes: int) -> dict[str, float]:
     service = StoreService(settings, sink=False, share_s=0)
     service.start()
     try:
+        inproc, served = alternate(service, rounds, refreshes)
         assert service.store is not None
         local = service.store.fork()
-        queries.live_panels(local)
-        inproc: list[float] = []
-        served: list[float] = []
-        client = CLIENT.format(root=str(ROOT), database=database, n=refreshes)
-        for _ in range(rounds):
-            for _ in range(refreshes):
-                t = time.perf_counter()
-                queries.live_panels(local)
-                inproc.append(time.perf_counter() - t)
-            out = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, check=True)
-            served.extend(json.loads(out.stdout.strip().splitlines()[-1]))
         frames = list(queries.live_panels(local).values())
         t = time.perf_counter()
         for _ in range(refreshes):

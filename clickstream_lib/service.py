@@ -415,7 +415,6 @@ class StoreService:
         database = request.get("database")
         requests = [{"database": database, "query": name, "args": args} for name, args in asked]
         if request.get("consistent"):
-            assert self.store is not None
 
             def snapshot() -> list[pa.Table]:
                 assert self.store is not None
