@@ -211,8 +211,8 @@ def median_ms(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     return statistics.median(times), result
 
 
-def cases(now: datetime) -> list[tuple[str, str, dict[str, Any]]]:
-    """(label, query name, kwargs) — all-time unless the label says otherwise."""
+def cases(now: datetime, item: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, query name, kwargs) — all-time unless the label says otherwise; ``item``: a path's anchor item."""
     last_day = {"start": (now - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)}
     return [
         ("kpis", "kpis", {}),
@@ -235,6 +235,8 @@ def cases(now: datetime) -> list[tuple[str, str, dict[str, Any]]]:
         ("paths after view", "paths", {"event": "view", "steps": 5}),
         ("paths after view last 24 h", "paths", {"event": "view", "steps": 5, **last_day}),
         ("paths before purchase", "paths", {"event": "purchase", "direction": "before", "steps": 4}),
+        ("paths after view of an item", "paths", {"event": "view", "item": item, "steps": 5}),
+        ("paths after view of an item last 24 h", "paths", {"event": "view", "item": item, "steps": 5, **last_day}),
         ("path_steps after view", "path_steps", {"event": "view", "steps": 5}),
         ("funnel_steps by device", "funnel_steps", {"steps": ["view", "click", "purchase"], "by": "device"}),
         (
@@ -270,7 +272,14 @@ def measure(database: str, repeat: int, only: str = "", live_only: bool = False)
     hour_ago = (now - timedelta(hours=1)).replace(second=0, microsecond=0)
     with PeakRSS() as rss:
         count = int(store.scalar(f"SELECT count() FROM {database}.events"))
-        for label, name, kwargs in cases(now):
+        # The most viewed item: the anchor of the item paths (the generator's catalogue is skewed).
+        item = str(
+            store.scalar(
+                f"SELECT item_id FROM {database}.events WHERE interaction_type = 'view'"
+                " GROUP BY item_id ORDER BY count() DESC, item_id LIMIT 1"
+            )
+        )
+        for label, name, kwargs in cases(now, item):
             if live_only or (only and not any(part and part in label for part in only.split(","))):
                 continue
             raw_ms, _ = median_ms(lambda n=name, k=kwargs: queries.run(store, n, source="raw", **k), repeat)

@@ -18,7 +18,7 @@ whitelisted column names are formatted into the SQL. They read the raw ``events`
   ``[entry, entry + sum of the windows]``; step k counts users who completed at least k steps. Steps after the
   window's end count (each user gets the full conversion window), entries do not. Optional breakdown by one column
   (the entry event's value; of entry events in one millisecond, the one whose value sorts first, compared by its
-  first 16 bytes) and by entry day; per step the time to convert from the previous step (p50, p90).
+  first 10 bytes) and by entry day; per step the time to convert from the previous step (p50, p90).
 * ``cohorts`` — users by first active day or week in the window; per period n the users active ``on`` period n or
   ``by`` it (in any of periods 1..n); optional breakdown by one column (the value of the user's first event).
 """
@@ -123,18 +123,24 @@ def _breakdown_expr(by: str) -> str:
 # --- paths -----------------------------------------------------------------------------------------------------
 
 
-# A path's events packed as one Int64 each: time in ms times 2^20 plus the code of its interaction type (1-based
-# index in the sorted list of the types present), so sorting integers orders events by time, ties by type; and the
-# paths group as arrays of codes, named only in the final rows. Strings in the per-user arrays cost ~3x the time.
+# A path's events packed as one Int64 each: time in ms times 2^20, plus 4 times the code of its interaction type
+# (1-based index in a sorted list of types), plus where its item sorts against an anchor's item (0 before, 1 the
+# item, 2 after; 0 for other types and without an item). Sorting integers then orders events by time, ties by type,
+# and a tie of the anchor's type falls on the same side of the anchor as ordering by item puts it; other ties in one
+# type cannot change a path, whose labels are types. The paths group as arrays of codes, named only in the final
+# rows. Strings (or tuples) in the per-user arrays cost ~3x the time.
 _TYPE_BITS = 1 << 20
+_MAX_TYPES = _TYPE_BITS // 4
+# The list is every type ``events_by_day`` holds: a few hundred rows, where listing the types of the window read the
+# window twice (measured at 10M events over the last 24 h: ~30 ms of ~170). A rollup can lag its events (a
+# rebuild, an insert seen half-way), so an event of a type it lacks stops the query with this marker, and run()
+# reads the query again with the types listed from the window itself (Query.fallback).
+_TYPES_LAG = "CLICKSTREAM_PATH_TYPES_LAG"
 
 
 def _path_rows(q: Query) -> str:
-    """One row per session that holds the anchor event: ``path``, its labels (at most ``steps``).
-
-    Without an item, labels are type codes into ``types`` (a ``WITH`` alias the caller keeps in scope); with one,
-    events carry (time, type, item) tuples, whose ties in time order by item too, and labels are the types.
-    """
+    """One row per session that holds the anchor event: ``path``, its labels (at most ``steps``): type codes into
+    ``types`` (a ``WITH`` alias, :func:`_with_path_types`)."""
     _by_user(q)
     steps, direction = q.options["steps"], q.options["direction"]
     q.params["event"] = _event_type(q.options["event"], "event")
@@ -144,18 +150,22 @@ def _path_rows(q: Query) -> str:
         find, cut = "arrayFirstIndex", "arraySlice(l, a, {steps:UInt32})"
     else:
         find, cut = "arrayLastIndex", "arraySlice(l, greatest(1, a - {steps:UInt32} + 1), least(a, {steps:UInt32}))"
+    code = "transform(toString(interaction_type), types, arrayEnumerate(types), 0)"
+    side, anchor_side = "0", 0
     if q.options["item"]:
         q.params["item"] = q.options["item"]
-        event = "(toUnixTimestamp64Milli(event_time), interaction_type, item_id)"
-        time_of, label_of, anchor = "e.1", "e.2", "e -> e.2 = {event:String} AND e.3 = {item:String}"
-    else:
-        event = (
-            f"toUnixTimestamp64Milli(event_time) * {_TYPE_BITS}"
-            " + transform(toString(interaction_type), types, arrayEnumerate(types), 0)"
-            f" + throwIf(length(types) >= {_TYPE_BITS}, 'more interaction types than a path query can code')"
+        side = (
+            "if(interaction_type = {event:String},"
+            " if(item_id < {item:String}, 0, if(item_id = {item:String}, 1, 2)), 0)"
         )
-        time_of, label_of = f"intDiv(e, {_TYPE_BITS})", f"toUInt32(e % {_TYPE_BITS})"
-        anchor = f"e -> e % {_TYPE_BITS} = indexOf(types, {{event:String}})"
+        anchor_side = 1
+    event = (
+        f"toUnixTimestamp64Milli(event_time) * {_TYPE_BITS} + {code} * 4 + {side}"
+        f" + throwIf(length(types) >= {_MAX_TYPES}, 'more interaction types than a path query can code')"
+        f" + throwIf({code} = 0, '{_TYPES_LAG}')"
+    )
+    time_of, label_of = f"intDiv(e, {_TYPE_BITS})", f"toUInt32(intDiv(e % {_TYPE_BITS}, 4))"
+    anchor = f"e -> e % {_TYPE_BITS} = indexOf(types, {{event:String}}) * 4 + {anchor_side}"
     # A user's events sorted, split into sessions before every gap over gap_ms; per session the anchor's index a
     # (0: none) and the path around it, all inside the user's row: only the paths are unrolled (unrolling sessions
     # first copied every user's events once per session).
@@ -171,25 +181,24 @@ def _path_rows(q: Query) -> str:
     )
 
 
-def _path_types(q: Query) -> str:
-    """The ``WITH`` clause naming the sorted interaction types in the window (the codes of :func:`_path_rows`)."""
-    if q.options["item"]:
-        return ""
-    return (
-        "WITH (SELECT arraySort(groupUniqArray(toString(interaction_type)))"
-        f" FROM {q.table('events')} {q.where()}) AS types "
-    )
+def _with_path_types(q: Query, body: str) -> str:
+    """``body`` under the ``WITH`` clause naming the sorted types it codes (see ``_TYPES_LAG``); its fallback
+    (:attr:`Query.fallback`) names the window's own types."""
+    listed = "WITH (SELECT arraySort(groupUniqArray(toString(interaction_type))) FROM {}) AS types "
+    q.fallback = (_TYPES_LAG, listed.format(f"{q.table('events')} {q.where()}") + body)
+    # The subquery inherits the query's settings; a rollup has no projection to force (see _by_user).
+    return listed.format(f"{q.table('events_by_day')} SETTINGS force_optimize_projection = 0") + body
 
 
 def _paths(q: Query) -> str:
     q.params["limit"] = q.options["limit"]
     rows = _path_rows(q)
-    label = "path" if q.options["item"] else "arrayMap(c -> types[c], path)"
-    # Codes sort as their names do, so the order (ties by path) is the same either way.
-    return (
-        f"{_path_types(q)}SELECT {label} AS path_labels, count() AS sessions,"
+    # Codes sort as their names do, so the order (ties by path) is the one of the names.
+    return _with_path_types(
+        q,
+        "SELECT arrayMap(c -> types[c], path) AS path_labels, count() AS sessions,"
         f" sessions / sum(sessions) OVER () AS share FROM ({rows})"
-        " GROUP BY path ORDER BY sessions DESC, path LIMIT {limit:UInt32}"
+        " GROUP BY path ORDER BY sessions DESC, path LIMIT {limit:UInt32}",
     )
 
 
@@ -212,9 +221,10 @@ def _paths_post(df: pd.DataFrame, q: Query) -> pd.DataFrame:
 
 def _path_steps(q: Query) -> str:
     rows = _path_rows(q)
-    return (
-        f"{_path_types(q)}SELECT k AS step, countIf(length(path) >= k) AS sessions, countIf(length(path) = k) AS ended "
-        f"FROM ({rows}) ARRAY JOIN range(1, {{steps:UInt32}} + 1) AS k GROUP BY k ORDER BY k"
+    return _with_path_types(
+        q,
+        "SELECT k AS step, countIf(length(path) >= k) AS sessions, countIf(length(path) = k) AS ended "
+        f"FROM ({rows}) ARRAY JOIN range(1, {{steps:UInt32}} + 1) AS k GROUP BY k ORDER BY k",
     )
 
 
@@ -256,8 +266,9 @@ def _funnel_spec(q: Query) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int,
 # A funnel's events packed as one Int64 each: time in ms times 256 plus a mask of the steps the event matches (bit
 # k-1 for step k; at most 8 steps), so a user's events sort as integers and each step is a bit test. The entry's
 # breakdown value is an aggregate beside them, the value of the first entry event: of those in one millisecond the
-# one whose value sorts first (compared by its first 16 bytes). Tuples of strings in the per-user arrays cost ~4x
-# the time.
+# one whose value sorts first, compared by its first 10 bytes, so that (time, prefix) is one UInt128 (48 bits of ms,
+# 80 of prefix): measured at 10M events over the last 24 h, a UInt256 key with 16 bytes cost ~25 ms more (of
+# ~180), and tuples of strings in the per-user arrays ~4x the time.
 _STEP_BITS = 256
 
 
@@ -328,10 +339,10 @@ def _funnel_steps(q: Query) -> str:
         if "entry_end" in q.params:
             cond.append("toUnixTimestamp64Milli(event_time) < {entry_end:Int64}")
         value = _breakdown_expr(by)
-        # (time, the value's first 16 bytes) as one number: big-endian bytes compare as the string does.
+        # (time, the value's first 10 bytes) as one number: big-endian bytes compare as the string does.
         order = (
-            "bitShiftLeft(toUInt256(toUnixTimestamp64Milli(event_time)), 128)"
-            f" + reinterpretAsUInt128(reverse(rightPad(substring({value}, 1, 16), 16, '\\0')))"
+            "bitShiftLeft(toUInt128(toUnixTimestamp64Milli(event_time)), 80)"
+            f" + bitShiftRight(reinterpretAsUInt128(reverse(rightPad(substring({value}, 1, 10), 16, '\\0'))), 48)"
         )
         aggs.append(f"argMinIf({value}, {order}, {' AND '.join(cond)}) AS b")
         entry_value = "b"

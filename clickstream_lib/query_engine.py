@@ -180,6 +180,9 @@ class Query:
     error_bound: float = 0.0
     # Read only events stored by then (their ingest_time, ms since the epoch): see plan's ``as_of``.
     as_of_ms: int | None = None
+    # (marker, SQL): when the engine's error names the marker, run() reads this SQL instead; a builder's fast form
+    # that relies on something that can lag (analytics: path type codes listed from a rollup) sets it.
+    fallback: tuple[str, str] | None = None
 
     def pick(self, *candidates: Rollup, need: Iterable[str] = (), max_grain_s: int | None = None) -> Rollup | None:
         """The first rollup that answers this query exactly, or None (read raw events).
@@ -231,6 +234,12 @@ class Query:
 
     def table(self, name: str) -> str:
         return f"{self.database}.{name}"
+
+    def settings_sql(self) -> str:
+        """The ``SETTINGS`` clause of :attr:`settings` ('' if none)."""
+        if not self.settings:
+            return ""
+        return " SETTINGS " + ", ".join(f"{k} = {int(v)}" for k, v in self.settings.items())
 
     def where(self, time_col: str = "event_time", rollup: Rollup | None = None, use_filters: bool = True) -> str:
         """The WHERE clause for the window and filters; values go into :attr:`params`, never into the text."""
@@ -433,9 +442,7 @@ def plan(
     q.as_of_ms = _ms(_as_utc(as_of, "as_of")) if as_of is not None else None
     q.property_columns = frozenset(property_columns)
     sql = q.plain_sql = nq.build(q)
-    if q.settings:
-        sql += " SETTINGS " + ", ".join(f"{k} = {int(v)}" for k, v in q.settings.items())
-    return nq, q, sql
+    return nq, q, sql + q.settings_sql()
 
 
 def run(
@@ -460,18 +467,15 @@ def run(
     if isinstance(store, ServedStore):  # the owner of the embedded store runs it (this same function, there)
         return store.run_query(name, start=start, end=end, source=source, **kwargs)
     columns = store.property_columns()
-    nq, q, sql = plan(name, store.database, start=start, end=end, source=source, property_columns=columns, **kwargs)
+    nq, q, _ = plan(name, store.database, start=start, end=end, source=source, property_columns=columns, **kwargs)
     try:
         try:
-            df = store.query_df(sql, q.params)
+            df, sql = _query_df(store, q, q.plain_sql)
         except ClickHouseError as exc:
-            if not q.settings or "PROJECTION_NOT_USED" not in str(exc):
+            if q.fallback is None or q.fallback[0] not in str(exc):
                 raise
-            # An engine that cannot use the projection here (e.g. an older server, which only considers projections
-            # for filtered queries): the same query without forcing it, reading the table itself.
-            logger.debug("query %s: projection not used (%s); reading without it", name, exc)
-            sql = q.plain_sql
-            df = store.query_df(sql, q.params)
+            logger.debug("query %s: %s; reading its fallback", name, q.fallback[0])
+            df, sql = _query_df(store, q, q.fallback[1])
         if df.columns.empty:
             df = empty_frame(store.query_rows(f"DESCRIBE ({sql})", q.params))
     except ClickHouseError as exc:
@@ -481,6 +485,20 @@ def run(
     df.attrs.update(query=name, source=q.used, estimated=q.error_bound > 0, error_bound=q.error_bound)
     logger.debug("query %s from %s: %d rows", name, q.used, len(df))
     return df
+
+
+def _query_df(store: Store, q: Query, plain: str) -> tuple[pd.DataFrame, str]:
+    """Run ``plain`` with the query's settings: the frame and the SQL that gave it."""
+    sql = plain + q.settings_sql()
+    try:
+        return store.query_df(sql, q.params), sql
+    except ClickHouseError as exc:
+        if not q.settings or "PROJECTION_NOT_USED" not in str(exc):
+            raise
+        # An engine that cannot use the projection here (e.g. an older server, which only considers projections
+        # for filtered queries): the same query without forcing it, reading the table itself.
+        logger.debug("query %s: projection not used (%s); reading without it", q.name, exc)
+        return store.query_df(plain, q.params), plain
 
 
 def run_many(store: Store, asked: Iterable[tuple[str, dict[str, Any]]], consistent: bool = False) -> list[pd.DataFrame]:
