@@ -3,7 +3,9 @@
 Three named queries, registered into :data:`clickstream_lib.queries.QUERIES` (run them with
 :func:`clickstream_lib.queries.run` or the functions below). Like every named query they take a window (``start``,
 ``end``) and the event filters, and bind every value as a query parameter; only validated integers (step counts) and
-whitelisted column names are formatted into the SQL. They read the raw ``events`` table: each answer is exact.
+whitelisted column names are formatted into the SQL. They count the raw ``events`` table: each answer is exact.
+(``paths`` takes the list of interaction types it codes from the ``events_by_day`` rollup, and from the window's
+events when the rollup lacks one.)
 
 * ``paths`` — the most common sequences of ``steps`` events (3–7) after (or before) a chosen event, within
   sessions. A session is a user's run of events with no gap over ``gap_s`` (as in ``sessions``); a user's events
@@ -164,20 +166,19 @@ def _path_rows(q: Query) -> str:
         f" + throwIf(length(types) >= {_MAX_TYPES}, 'more interaction types than a path query can code')"
         f" + throwIf({code} = 0, '{_TYPES_LAG}')"
     )
-    time_of, label_of = f"intDiv(e, {_TYPE_BITS})", f"toUInt32(intDiv(e % {_TYPE_BITS}, 4))"
+    label_of = f"toUInt32(intDiv(e % {_TYPE_BITS}, 4))"
     anchor = f"e -> e % {_TYPE_BITS} = indexOf(types, {{event:String}}) * 4 + {anchor_side}"
-    # A user's events sorted, split into sessions before every gap over gap_ms; per session the anchor's index a
-    # (0: none) and the path around it, all inside the user's row: only the paths are unrolled (unrolling sessions
-    # first copied every user's events once per session).
+    # A user's events sorted, split into sessions where the time since the previous event is over gap_ms; per
+    # session the anchor's index a (0: none, and arraySlice from 0 is empty) and the labels of the path around it,
+    # all inside the user's row: only the paths are unrolled (unrolling sessions first copied every user's events
+    # once per session), and only a path's events are labelled (labelling every event first cost ~8% more).
     return (
         "SELECT path FROM ("
-        f" SELECT arraySort(groupArray({event})) AS ev, arrayMap(e -> {time_of}, ev) AS ts,"
-        f" arraySplit((e, p) -> {time_of} - p > {{gap_ms:Int64}}, ev, arrayPushFront(arrayPopBack(ts), ts[1]))"
-        f" AS sessions FROM {q.table('events')} {q.where()} GROUP BY user_id"
-        ") ARRAY JOIN arrayFilter(p -> notEmpty(p), arrayMap("
-        f"(l, a) -> if(a = 0, arrayFilter(x -> 0, l), {cut}),"
-        f" arrayMap(s -> arrayMap(e -> {label_of}, s), sessions), arrayMap(s -> {find}({anchor}, s), sessions)))"
-        " AS path"
+        f" SELECT arraySort(groupArray({event})) AS ev, arraySplit((e, d) -> d > {{gap_ms:Int64}}, ev,"
+        f" arrayDifference(arrayMap(e -> intDiv(e, {_TYPE_BITS}), ev))) AS sessions"
+        f" FROM {q.table('events')} {q.where()} GROUP BY user_id"
+        f") ARRAY JOIN arrayFilter(p -> notEmpty(p), arrayMap((l, a) -> arrayMap(e -> {label_of}, {cut}),"
+        f" sessions, arrayMap(s -> {find}({anchor}, s), sessions))) AS path"
     )
 
 
