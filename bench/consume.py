@@ -72,7 +72,7 @@ from clickstream_lib.store import Store, connect, decimal_text  # noqa: E402
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 SINK_OPTIONS: dict[str, int] = {}  # Sink keyword arguments from the command line (--group-max-batches)
-PRICE_DECIMAL = tuple(int(v) for v in re.findall(r"\d+", dict(schema.EVENTS.columns)["price"]))  # (12, 2)
+PRICE_SCALE = int(re.findall(r"\d+", dict(schema.EVENTS.columns)["price"])[1])  # Decimal(12, 2): 2
 
 
 def raw_consume(settings: Settings, n: int, **fetch: int) -> tuple[float, list[tuple[int, int, int, bytes]]]:
@@ -107,7 +107,7 @@ def raw_insert(store: Store, records: list[tuple[int, int, int, bytes]], topic: 
         cols = [[r[0][f] for r in chunk] for f in events.FIELDS]
         cols += [[topic] * len(chunk), [r[1] for r in chunk], [r[2] for r in chunk], [r[3] for r in chunk]]
         price = EVENT_COLUMNS.index("price")
-        cols[price] = decimal_text(cols[price], *PRICE_DECIMAL)  # sent as the sink sends it (EVENT_INSERT_TYPES)
+        cols[price] = decimal_text(cols[price], PRICE_SCALE)  # sent as the sink sends it (EVENT_INSERT_TYPES)
         store.insert(
             "events", cols, EVENT_COLUMNS, dedup_token=f"bench:{uuid.uuid4().hex}", column_types=EVENT_INSERT_TYPES
         )

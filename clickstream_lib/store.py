@@ -728,17 +728,18 @@ def empty_frame(describe_rows: Sequence[Sequence[Any]]) -> Any:
     return pd.DataFrame(columns)
 
 
-def decimal_text(values: Sequence[float], precision: int, scale: int) -> list[str]:
-    """Numbers as the text of the ``Decimal(precision, scale)`` values clickhouse-connect would store for them.
+def decimal_text(values: Sequence[float], scale: int) -> list[str]:
+    """Numbers as the text of the ``Decimal(P, scale)`` values clickhouse-connect would store for them.
 
-    clickhouse-connect stores ``int(Decimal(str(x)) * 10**scale)`` (truncated; ``precision`` digits of context)
-    for each value; this computes that once per distinct value and writes it as exact decimal text, which the
-    engine parses into the same Decimal.
+    clickhouse-connect (1.13 on) stores ``int(Decimal(str(x)) * 10**scale)``, computed exactly and truncated toward
+    zero, for each value; this computes that once per distinct value and writes it as exact decimal text, which the
+    engine parses into the same Decimal. (Up to 1.12 it computed with P digits, which rounded
+    9999999999.999 up to 10000000000.00, past a ``Decimal(12, 2)``.)
     """
     text: dict[float, str] = {}
     mult = 10**scale
     with decimal.localcontext() as ctx:
-        ctx.prec = precision
+        ctx.prec = decimal.MAX_PREC
         for x in set(values):
             q = int(decimal.Decimal(str(x)) * mult)
             sign, q = ("-", -q) if q < 0 else ("", q)

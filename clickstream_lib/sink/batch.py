@@ -43,7 +43,7 @@ _EVENT_TYPES = dict(schema.EVENTS.columns)
 # The events columns as sent (see _sent_as); naming them also spares clickhouse-connect a DESCRIBE per insert.
 EVENT_INSERT_TYPES: tuple[str, ...] = tuple(_sent_as(_EVENT_TYPES[c]) for c in EVENT_COLUMNS)
 _PRICE_INDEX = EVENT_COLUMNS.index("price")
-_PRICE_PRECISION, _PRICE_SCALE = (int(v) for v in re.findall(r"\d+", _EVENT_TYPES["price"]))
+_PRICE_SCALE = int(re.findall(r"\d+", _EVENT_TYPES["price"])[1])  # Decimal(P, S): S
 DEAD_LETTER_COLUMNS: tuple[str, ...] = (
     "raw",
     "reason",
@@ -221,7 +221,7 @@ class Batch:
         rows = self.rows
         n = len(rows)
         cols: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)] if n else [[] for _ in _PARSED_FIELDS]
-        cols[_PRICE_INDEX] = decimal_text(cols[_PRICE_INDEX], _PRICE_PRECISION, _PRICE_SCALE)
+        cols[_PRICE_INDEX] = decimal_text(cols[_PRICE_INDEX], _PRICE_SCALE)
         cols += [[self.topic] * n, [self.partition] * n, list(self.offsets), list(self.kafka_ms)]
         return cols
 
