@@ -40,6 +40,8 @@ from .settings import ENV_VARS, Settings
 if TYPE_CHECKING:
     import nbformat
 
+    from .store import Store
+
 logger = logging.getLogger(__name__)
 
 NOTEBOOKS = ("workbench", "dashboard", "report")
@@ -262,6 +264,21 @@ def report_arguments(start: str = "", end: str = "", **filters: str) -> dict[str
         out[key] = value if value.tzinfo else value.replace(tzinfo=UTC)
     out.update({k: v for k, v in filters.items() if v not in ("", None)})
     return out
+
+
+def report_cut(store: Store) -> dict[str, Any]:
+    """``{"as_of": T}``, T the newest ingest time stored when a report starts (``{}`` while the store is empty).
+
+    Every query given it reads the events stored by then (``as_of`` in :func:`clickstream_lib.query_engine.plan`),
+    so a report's cells agree with each other while a pipeline stores more. Such a query reads raw events: rollups
+    have no ingest time (estimates, ``source="approx"``, still come from them, uncut).
+    """
+    import pandas as pd
+
+    from . import queries
+
+    value = queries.freshness(store)["newest_ingest_time"].iloc[0]
+    return {} if value is None or pd.isna(value) else {"as_of": value}
 
 
 def recorded(nb: nbformat.NotebookNode) -> dict[str, Any]:

@@ -518,11 +518,17 @@ def _reconcile(q: Query) -> str:
 
 def _complete_through(q: Query) -> str:
     # Per partition the newest event time the sink stored (it stores in offset order and commits after the store
-    # acknowledged), and the minimum over partitions: every partition has delivered its events up to then.
+    # acknowledged), and the minimum over partitions: every partition has delivered its events up to then. Cut at
+    # as_of, of the events stored by then.
+    where = _topic_where(q)
+    if q.as_of_ms is not None:
+        q.params["as_of_ms"] = q.as_of_ms
+        cut = "ingest_time <= fromUnixTimestamp64Milli({as_of_ms:Int64}, 'UTC')"
+        where = f"{where} AND {cut}" if where else f"WHERE {cut}"
     return (
         "SELECT if(count() = 0, NULL, min(newest)) AS complete_through, count() AS partitions, "
         "if(count() = 0, NULL, max(newest)) AS newest_event_time FROM ("
-        f" SELECT kafka_topic, kafka_partition, max(event_time) AS newest FROM {q.table('events')} {_topic_where(q)}"
+        f" SELECT kafka_topic, kafka_partition, max(event_time) AS newest FROM {q.table('events')} {where}"
         " GROUP BY kafka_topic, kafka_partition)"
     )
 

@@ -9,10 +9,16 @@ from typing import Any
 from playwright.sync_api import Route
 
 import nbformat
+import pandas as pd
 import pytest
 
+from clickstream_lib import queries
 from clickstream_lib.notebooks import recorded
 from clickstream_lib.settings import Settings
+from clickstream_lib.store import ServedStore, connect
+from tests.helpers import wait_until
+from tests.integration.owner import start_owner, stop_owner
+from tests.integration.sink_worker import worker_env
 
 from .conftest import ARTIFACTS, ROOT, env_for, load_events, query_json
 
@@ -128,6 +134,38 @@ def test_report_experiments_panel_equals_the_query(own_settings: Settings, tmp_p
     assert len(got["experiments"]) == 5  # checkout_button: 2 variations, homepage_banner: 3
     assert sum(row["interactions"] for row in got["experiments"]) == 3000
     assert "Conversion rate by variation" in (out / "report.html").read_text()
+
+
+def test_a_reports_cells_agree_while_the_owner_stores_events(settings: Settings, tmp_path: Path) -> None:
+    """`clickstream serve` runs the live pipeline while the report runs: every cell reads the events stored when
+    the report started (``report_cut``), so the KPIs' total is each breakdown's sum though more events came since."""
+    env = worker_env(settings, tmp_path / "data")
+    client = Settings.from_env(env)
+    log = tmp_path / "owner.log"
+    proc = start_owner(env, "--produce", "--rate", "1500", "--seed", "21", log=log)
+    try:
+        served = connect(client)
+        assert isinstance(served, ServedStore)
+
+        def total() -> int:
+            return int(queries.run(served, "kpis", source="raw")["total_interactions"][0])
+
+        wait_until(lambda: total() >= 3000, 120, what="3000 events stored", state=lambda: log.read_text()[-2000:])
+        out = tmp_path / "out"
+        run = subprocess.run(
+            [CLI, "report", "--out", str(out)], env=env, capture_output=True, text=True, timeout=300, check=False
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        got = recorded(nbformat.read(out / "report.ipynb", as_version=4))
+        shown = got["kpis"]["total"]
+        for dim in ("interaction_type", "device", "country", "referrer"):
+            assert sum(row["events"] for row in got[f"breakdown_{dim}"]) == shown, (dim, got[f"breakdown_{dim}"])
+        assert pd.Timestamp(got["as_of"]) <= pd.Timestamp.now(tz="UTC")  # the cut, recorded
+        assert total() > shown > 0  # events were stored while the report ran: the cut is what made them agree
+        assert served.pipeline().stats()["sink"] == "running"
+        served.close()
+    finally:
+        assert stop_owner(proc) == 0, log.read_text()[-3000:]
 
 
 def test_a_failing_report_exits_1_and_keeps_the_executed_notebook(own_settings: Settings, tmp_path: Path) -> None:
